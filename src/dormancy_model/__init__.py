@@ -1,0 +1,24 @@
+"""dormancy_model: mechanistic modelling of breast-cancer tumour dormancy.
+
+Public verbs: `simulate` (deterministic ODE). Parameters: `load_parameters`.
+Schedules: `get_schedule`, `load_schedule`, `PRESETS`.
+"""
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+
+from .errors import InputError  # noqa: E402
+from .model import DormancyModel  # noqa: E402
+from .parameters import Parameters, load_model_parameters, load_parameters  # noqa: E402
+from .presets import PRESETS  # noqa: E402
+from .schedule import DoseLine, Schedule, get_schedule, load_schedule  # noqa: E402
+from .simulate import SolveError, SolverOptions, Trajectory, simulate  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DormancyModel", "DoseLine", "InputError", "PRESETS", "Parameters", "Schedule", "SolveError",
+    "SolverOptions", "Trajectory", "get_schedule", "load_model_parameters", "load_parameters",
+    "load_schedule", "simulate", "__version__",
+]

@@ -1,0 +1,23 @@
+"""Errors raised at the edges (files, CLI). Inside jit, failures are values, not exceptions."""
+
+from __future__ import annotations
+
+import difflib
+
+
+class InputError(ValueError):
+    """Bad user input: names the file, the field and the problem in one line."""
+
+    def __init__(self, source: str, field: str, problem: str):
+        self.source = str(source)
+        self.field = field
+        self.problem = problem
+        super().__init__(f"{self.source}: {field}: {problem}")
+
+
+def suggest(name: str, choices) -> str:
+    """' (did you mean 'x'?)' for the closest valid names, or ''."""
+    close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.5)
+    if not close:
+        return ""
+    return " (did you mean " + ", ".join(repr(c) for c in close) + "?)"

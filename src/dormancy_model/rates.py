@@ -1,0 +1,142 @@
+"""The rate functions of the model, written once.
+
+Everything that needs a cell-fate rate (the ODE, the stochastic agents, fitting, sweeps) calls
+these functions; there is no second copy of the biology. Inputs are drug concentrations in ng/mL
+(EVE in plasma/blood, HCQ at its effect site); outputs are per-cell rates in 1/day.
+
+Mechanism (MODEL.md sections 2-3, refined):
+
+* mTORC1 activity  M = 1 - Imax_E C_E^n / (IC50_E^n + C_E^n)            (direct link, [S70])
+* lysosomal block  B = Imax_H Ce_H^n / (IC50_H^n + Ce_H^n)              (HCQ effect site)
+* autophagy demand  S = 1 + sigma (1 - M)   (mTOR inhibition induces autophagy, [S8, S50])
+* degradation capacity  cap = rho (1 - B)   (saturable: at most rho times basal demand)
+* flux = min(S, cap);  deficit = max(S - cap, 0)   (0 when untreated because rho >= 1)
+
+  This is the quasi-steady state of the Martin-type vesicle balance
+  dA/dt = beta S - gamma (1 - B) Vmax A / (Km + A): vesicle turnover (hours) is far faster than
+  cell fate (weeks), so A is at steady state whenever S < cap, and when demand exceeds the
+  saturated capacity vesicles pile up and the deficit S - cap persists for as long as the drugs
+  do. This gives the sustained deficit MODEL.md asks for and keeps the ODE non-stiff.
+
+* EVE alone kills dormant cells because it raises demand above capacity when sigma (1 - M) >
+  rho - 1 (chosen mechanism: demand exceeding the saturable degradation capacity). HCQ lowers the
+  capacity; the combination is stronger than either without any synergy factor.
+* mTOR gate  g(M) = M^n (K^n + 1) / (K^n + M^n),  g(1) = 1: reactivation, commitment and
+  division need mTORC1 activity.
+* dormant death  delta_D = delta_D0 + a delta_max deficit^h / (K_d^h + deficit^h), with `a` the
+  cell's autophagy dependence (1 for the mean-field model).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax.numpy as jnp
+
+
+def hill(x, k, n):
+    """x^n / (k^n + x^n) for x >= 0, safe for x = 0 (value and gradients finite)."""
+    pos = x > 0
+    xs = jnp.where(pos, x, 1.0)
+    return jnp.where(pos, 1.0 / (1.0 + (k / xs) ** n), 0.0)
+
+
+def mtor_activity(c_eve, p):
+    """mTORC1 activity M in [1 - Imax, 1] from EVE concentration (ng/mL)."""
+    return 1.0 - p["eve_imax"] * hill(c_eve, p["eve_ic50"], p["eve_hill"])
+
+
+def lysosomal_block(ce_hcq, p):
+    """Fractional block of lysosomal degradation from HCQ effect-site concentration (ng/mL)."""
+    return p["hcq_imax"] * hill(ce_hcq, p["hcq_ic50"], p["hcq_hill"])
+
+
+class Autophagy(NamedTuple):
+    demand: object
+    capacity: object
+    flux: object
+    deficit: object
+
+
+def autophagy(m, block, p) -> Autophagy:
+    """Autophagy demand, capacity, flux and deficit, all relative to basal demand (= 1)."""
+    demand = 1.0 + p["autophagy_induction"] * (1.0 - m)
+    capacity = p["autophagy_reserve"] * (1.0 - block)
+    flux = jnp.minimum(demand, capacity)
+    deficit = jnp.maximum(demand - capacity, 0.0)
+    return Autophagy(demand, capacity, flux, deficit)
+
+
+def mtor_gate(m, p):
+    """g(M), normalised so g(1) = 1."""
+    kn = p["mtor_k"] ** p["mtor_hill"]
+    mn = jnp.maximum(m, 0.0) ** p["mtor_hill"]
+    return mn * (kn + 1.0) / (kn + mn)
+
+
+class CellRates(NamedTuple):
+    """Per-cell rates (1/day) at one instant."""
+
+    reactivation: object  # D -> R
+    dormancy_return: object  # R -> D
+    commitment: object  # R -> P
+    proliferative_return: object  # P -> D
+    death_dormant: object
+    death_reactivating: object
+    division: object  # P -> 2P
+    death_proliferating: object
+
+
+def cell_rates(c_eve, ce_hcq, p, autophagy_dependence=1.0, reactivation_propensity=1.0):
+    """All per-cell rates from drug concentrations (ng/mL).
+
+    `autophagy_dependence` scales the deficit-induced death and `reactivation_propensity` the
+    D -> R rate of an individual cell (both 1 for the mean-field model).
+    """
+    m = mtor_activity(c_eve, p)
+    aut = autophagy(m, lysosomal_block(ce_hcq, p), p)
+    g = mtor_gate(m, p)
+    death_d = p["delta_d0"] + autophagy_dependence * p["delta_max"] * hill(
+        aut.deficit, p["deficit_k"], p["deficit_hill"])
+    return CellRates(
+        reactivation=reactivation_propensity * p["k_dr"] * g,
+        dormancy_return=p["k_rd"] * jnp.ones_like(g),
+        commitment=p["k_rp"] * g,
+        proliferative_return=p["k_pd"] * jnp.ones_like(g),
+        death_dormant=death_d,
+        death_reactivating=p["delta_r"] * jnp.ones_like(g),
+        division=p["lambda_p"] * g,
+        death_proliferating=p["delta_p"] * jnp.ones_like(g),
+    )
+
+
+def cell_derivatives(d, r, pr, rates: CellRates, capacity):
+    """Mean-field dD/dt, dR/dt, dP/dt and the escape flux into P (cells/day).
+
+    Division slows logistically as P approaches `capacity` (the detection size): a detected
+    relapse stops growing in the mean field instead of reaching absurd numbers. For the small
+    clones that matter before detection the factor is 1 to within P / capacity.
+    """
+    to_r = rates.reactivation * d
+    to_d = rates.dormancy_return * r
+    to_p = rates.commitment * r
+    back = rates.proliferative_return * pr
+    dd = -to_r + to_d + back - rates.death_dormant * d
+    dr = to_r - to_d - to_p - rates.death_reactivating * r
+    dp = to_p + (rates.division * (1.0 - pr / capacity) - rates.death_proliferating) * pr - back
+    return dd, dr, dp, to_p
+
+
+def founding_probability(p):
+    """Probability that a cell entering P founds a lesion escaping extinction: 1 - d/b [S22]."""
+    return 1.0 - p["delta_p"] / p["lambda_p"]
+
+
+def relapse_lag(p):
+    """Days for an escaped lesion to grow from one cell to the detection size."""
+    return jnp.log(p["detection_size"]) / p["lesion_growth_rate"]
+
+
+def p_dtc_positive(cells, p):
+    """Probability that one aspirate shows >= 1 DTC: 1 - exp(-f N) (Poisson sampling)."""
+    return -jnp.expm1(-p["aspirate_fraction"] * cells)
