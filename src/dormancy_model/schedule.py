@@ -237,7 +237,8 @@ def parse_schedule(doc: dict, src: str) -> Schedule:
         if route not in ROUTES:
             raise InputError(src, f"{where}.route", f"must be oral or iv, got {route!r}")
         if "frequency" in entry and "interval_hours" in entry:
-            raise InputError(src, f"{where}.frequency", "give frequency or interval_hours, not both")
+            raise InputError(src, f"{where}.frequency",
+                             "give frequency or interval_hours, not both")
         if "interval_hours" in entry:
             interval = float(_number(src, f"{where}.interval_hours", entry["interval_hours"]))
         else:
