@@ -1,0 +1,29 @@
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import dormancy_model as dm  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def root():
+    return ROOT
+
+
+@pytest.fixture(scope="session")
+def human():
+    return dm.load_parameters(ROOT / "models" / "human.toml")
+
+
+@pytest.fixture(scope="session")
+def mouse():
+    return dm.load_parameters(ROOT / "models" / "mouse.toml")
+
+
+@pytest.fixture(scope="session")
+def model():
+    return dm.DormancyModel()
