@@ -89,3 +89,22 @@ def test_cox_hr_matches_lifelines_and_closed_form_exponential():
     sep = e & (g == 0)
     assert not TA.cox_hazard_ratio(d, sep, g).estimable
     assert TA.cox_hazard_ratio(d, sep, g, penalizer=0.1).hr < 1
+
+
+def test_fast_km_and_cox_equal_lifelines_with_ties():
+    rng = np.random.default_rng(11)
+    for _ in range(5):
+        n = 60
+        g = rng.integers(0, 2, n)
+        t = np.round(rng.exponential(1 / np.where(g == 1, 0.4, 1.0)), 1)  # rounding -> ties
+        c = np.round(rng.uniform(0.2, 3, n), 1)
+        d, e = np.minimum(t, c), t <= c
+        for at in (0.5, 1.0, 2.0, 5.0):
+            assert TA.kaplan_meier_at(d, e, at) == pytest.approx(TA.km_survival_at(d, e, at),
+                                                                 abs=1e-12)
+        fast, ref = TA.cox_binary(d, e, g), TA.cox_hazard_ratio(d, e, g)
+        assert fast.estimable and ref.estimable
+        np.testing.assert_allclose([fast.hr, fast.lower95, fast.upper95],
+                                   [ref.hr, ref.lower95, ref.upper95], rtol=5e-5)
+        # (lifelines stops its Newton at a looser step tolerance than cox_binary's 1e-10)
+    assert not TA.cox_binary(d, e & (g == 1), g).estimable

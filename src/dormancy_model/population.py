@@ -27,10 +27,10 @@ loads are larger than the screened ones (size-biased), and their baseline counts
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from scipy import optimize
 
@@ -43,9 +43,14 @@ DEFAULT_CV = {
 SCREENING_POSITIVITY = 55 / 184  # ESMO 2023 244MO: "184/197 ... baseline BMA, 55 (30%) DTC+"
 
 
+@functools.lru_cache(maxsize=8)
+def _hermite(order: int):
+    return np.polynomial.hermite_e.hermegauss(order)
+
+
 def screening_positivity(load_median: float, load_sigma: float, f: float, order: int = 80):
     """E[1 - exp(-f N)], N ~ LogNormal(ln load_median, load_sigma^2) (Gauss-Hermite)."""
-    x, w = np.polynomial.hermite_e.hermegauss(order)
+    x, w = _hermite(order)
     n = load_median * np.exp(load_sigma * x)
     return float(np.sum(w * -np.expm1(-f * n)) / np.sqrt(2 * np.pi))
 
@@ -94,59 +99,73 @@ class Screened:
 
     params: Parameters with a leading axis n on every value; load: (n,) integer DTC counts at
     screening; baseline_count: (n,) DTCs seen in the screening aspirate (>= 1);
-    n_screened: how many candidates were aspirated to find the n positives.
+    candidate_index: (n,) position of each enrolled patient in the stream of screened
+    candidates (so candidate_index[-1] + 1 candidates were aspirated to find the n positives).
     """
 
     params: Parameters
     load: np.ndarray
     baseline_count: np.ndarray
-    n_screened: int
+    candidate_index: np.ndarray
+
+    @property
+    def n_screened(self) -> int:
+        return int(self.candidate_index[-1]) + 1 if len(self.candidate_index) else 0
 
 
-def _batched(params: Parameters, n: int, updates: dict) -> Parameters:
-    vals = {k: jnp.broadcast_to(jnp.asarray(v), (n,)) for k, v in params.values.items()}
-    vals.update({k: jnp.asarray(v) for k, v in updates.items()})
-    return params.replace(**vals)
+def batched_params(params: Parameters, n: int, updates: dict) -> Parameters:
+    """Parameters with a leading axis n on every value (host numpy arrays, float64)."""
+    vals = {k: np.broadcast_to(np.asarray(v, float), (n,)).copy()
+            for k, v in params.values.items()}
+    vals.update({k: np.asarray(v, float) for k, v in updates.items()})
+    return Parameters(vals, params.specs, params.name, params.species, params.source)
+
+
+def host_rng(key, *salt: int) -> np.random.Generator:
+    """A numpy Generator derived from a JAX key (and salts): host-side randomness that is
+    reproducible from the key without compiling a JAX kernel per array shape."""
+    data = np.asarray(jax.random.key_data(key)).ravel().astype(np.uint64)
+    return np.random.default_rng([*map(int, data), *salt])
 
 
 def sample_patients(key, n: int, pop: Population, params: Parameters, *,
                     screen: bool = True) -> Screened:
     """Draw `n` enrolled patients: candidates are screened by one aspirate until n are DTC+.
 
-    Returns numpy/jax arrays on the host; deterministic for a given key. With `screen=False`
-    every candidate is enrolled (baseline count may be 0).
+    Candidate i has log-normal mean load, an integer DTC count Poisson(load) (the cells the
+    agent model starts with, passed as `dormant_initial`), and a screening aspirate
+    Poisson(f * cells). Deterministic for a given key. With `screen=False` every candidate is
+    enrolled (baseline count may be 0).
     """
     base = pop.base_params(params)
     f = float(base["aspirate_fraction"])
     med = pop.median_load(params)
-    k_load, k_eta = jax.random.split(key)
-    loads, counts, tried = [], [], 0
+    rng = host_rng(key, 0)
+    loads, counts, where = [], [], []
     batch = max(64, int(np.ceil(3.5 * n)))
     i = 0
     while sum(len(x) for x in loads) < n:
-        k = jax.random.fold_in(k_load, i)
-        i += 1
-        k1, k2, k3 = jax.random.split(k, 3)
-        mean = med * np.exp(pop.load_sigma * np.asarray(jax.random.normal(k1, (batch,))))
-        cells = np.asarray(jax.random.poisson(k2, jnp.asarray(mean)), dtype=np.int64)
-        seen = np.asarray(jax.random.poisson(k3, jnp.asarray(f * cells)), dtype=np.int64)
+        mean = med * np.exp(pop.load_sigma * rng.standard_normal(batch))
+        cells = rng.poisson(mean).astype(np.int64)
+        seen = rng.poisson(f * cells).astype(np.int64)
         keep = seen >= 1 if screen else np.ones(batch, bool)
-        # candidates are screened in order; stop counting at the n-th positive
         need = n - sum(len(x) for x in loads)
-        idx = np.flatnonzero(keep)[:need]
-        tried += int(idx[-1]) + 1 if len(idx) == need else batch
+        idx = np.flatnonzero(keep)[:need]  # candidates are screened in order
+        where.append(i * batch + idx)
         loads.append(cells[idx])
         counts.append(seen[idx])
+        i += 1
     load = np.concatenate(loads)[:n]
     baseline = np.concatenate(counts)[:n]
     updates = {}
     spec = base.spec
-    for j, (name, cv) in enumerate(sorted(pop.cv.items())):
+    eta_rng = host_rng(key, 1)
+    for name, cv in sorted(pop.cv.items()):
+        eta = eta_rng.standard_normal(n)  # drawn even when cv = 0: streams stay aligned
         if cv <= 0:
             continue
         omega = np.sqrt(np.log1p(cv ** 2))
-        eta = np.asarray(jax.random.normal(jax.random.fold_in(k_eta, j), (n,)))
         lo, hi = spec[name].bounds
         updates[name] = np.clip(float(base[name]) * np.exp(omega * eta), lo, hi)
     updates["dormant_initial"] = load.astype(float)
-    return Screened(_batched(base, n, updates), load, baseline, tried)
+    return Screened(batched_params(base, n, updates), load, baseline, np.concatenate(where)[:n])
