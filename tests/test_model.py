@@ -7,10 +7,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy.linalg import expm
-from scipy_reference import ReferenceModel
 
 import dormancy_model as dm
 from dormancy_model.pk import Dosing
+from scipy_reference import ReferenceModel
 
 ARMS = ("observation", "clever-hcq", "clever-eve", "clever-combo")
 

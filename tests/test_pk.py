@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from scipy.integrate import quad
 from scipy.linalg import expm
-from scipy_reference import ReferenceModel
 
 import dormancy_model as dm
-from dormancy_model.pk import DoseEvents, drug_system, solve_pk
+from dormancy_model.pk import drug_system, solve_pk
+from scipy_reference import ReferenceModel
 
 
 def independent_matrix(p, drug, per_kg):

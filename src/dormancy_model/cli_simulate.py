@@ -34,7 +34,13 @@ def simulate_cmd(
     atol: float = typer.Option(1e-9, "--atol", help="absolute tolerance (cells)"),
 ):
     """Simulate one individual: writes trajectory.csv, summary.json and trajectory.png."""
-    from .io import atomic_savefig, atomic_write_csv, atomic_write_json, prepare_out_dir
+    from .io import (
+        atomic_savefig,
+        atomic_write_csv,
+        atomic_write_json,
+        check_out_dir,
+        prepare_out_dir,
+    )
     from .plotting import plot_trajectory
     from .schedule import get_schedule
     from .simulate import SolverOptions, simulate
@@ -47,6 +53,7 @@ def simulate_cmd(
                          f"must be > 0, got {save_every_hours:g}")
     if not (0 < rtol < 1 and atol > 0):
         raise InputError("--rtol/--atol", "tolerance", "rtol must be in (0, 1) and atol > 0")
+    check_out_dir(out)
     m, p = load_model_and_params(model, params)
     sched = get_schedule(schedule, cycles)
     options = SolverOptions(rtol=rtol, atol=atol)

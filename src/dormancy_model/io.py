@@ -10,6 +10,22 @@ from pathlib import Path
 from .errors import InputError
 
 
+def check_out_dir(path: str | Path, flag: str = "--out") -> Path:
+    """Fail early (before any work) if `path` cannot become a writable directory; creates
+    nothing."""
+    p = Path(path)
+    probe = p
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise InputError(str(p), flag, f"output directory cannot be written ({probe} is a file)")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise InputError(str(p), flag, f"output directory cannot be written ({probe} is read-only)")
+    return p
+
+
 def prepare_out_dir(path: str | Path, flag: str = "--out") -> Path:
     """Create (if needed) and check that an output directory is writable."""
     p = Path(path)
@@ -18,7 +34,8 @@ def prepare_out_dir(path: str | Path, flag: str = "--out") -> Path:
         probe = tempfile.NamedTemporaryFile(dir=p, prefix=".write-test-", delete=True)
         probe.close()
     except OSError as e:
-        raise InputError(str(p), flag, f"output directory cannot be written ({e.strerror})") from None
+        raise InputError(str(p), flag,
+                         f"output directory cannot be written ({e.strerror})") from None
     return p
 
 

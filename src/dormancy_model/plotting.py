@@ -29,7 +29,8 @@ def plot_trajectory(traj, schedule, title=None):
     a1.set_ylabel("EVE ng/mL", color="tab:orange")
     a1b = a1.twinx()
     a1b.plot(t, np.asarray(traj.hcq_ng_ml), color="tab:blue", label="HCQ blood")
-    a1b.plot(t, np.asarray(traj.hcq_effect_ng_ml), color="tab:blue", ls=":", label="HCQ effect site")
+    a1b.plot(t, np.asarray(traj.hcq_effect_ng_ml), color="tab:blue", ls=":",
+             label="HCQ effect site")
     a1b.set_ylabel("HCQ ng/mL", color="tab:blue")
     for drug, colour, y in (("hcq", "tab:blue", 0.97), ("eve", "tab:orange", 0.92)):
         times, amount, _, _ = schedule.events(drug)

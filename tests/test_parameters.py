@@ -1,0 +1,76 @@
+"""Parameter files: every entry documented; unit conversion; validation; immutable updates."""
+
+import re
+import tomllib
+
+import jax
+import numpy as np
+import pytest
+
+import dormancy_model as dm
+from dormancy_model.parameters import REGISTRY
+
+
+@pytest.mark.parametrize("name", ["human", "mouse"])
+def test_every_parameter_has_value_unit_bounds_scale_source(root, name):
+    doc = tomllib.loads((root / "models" / f"{name}.toml").read_text())
+    assert set(doc["parameters"]) == set(REGISTRY)
+    for k, e in doc["parameters"].items():
+        assert set(e) >= {"value", "unit", "bounds", "scale", "source"}, k
+        assert e["bounds"][0] <= e["value"] <= e["bounds"][1], k
+        assert e["scale"] in ("lin", "log", "logit"), k
+        src = e["source"]
+        assert re.search(r"\[S\d+|assumption: \w|\d{4}", src), (k, src)
+
+
+def test_units_are_converted(human, mouse):
+    assert float(human["eve_cl"]) == pytest.approx(17.4 * 24)  # L/h -> L/day
+    assert float(human["eve_ka"]) == pytest.approx(0.647 * 24)  # 1/h -> 1/day
+    assert float(human["eve_tlag"]) == pytest.approx(0.404 / 24)  # h -> day
+    assert float(mouse["body_weight"]) == pytest.approx(0.025)  # g -> kg
+    assert mouse.pk_per_kg and not human.pk_per_kg
+
+
+def _write(tmp_path, root, edit):
+    text = (root / "models" / "human.toml").read_text()
+    f = tmp_path / "p.toml"
+    f.write_text(edit(text))
+    return f
+
+
+def test_unknown_name_suggests(tmp_path, root):
+    f = _write(tmp_path, root, lambda s: s.replace("[parameters.k_dr]", "[parameters.k_drr]"))
+    with pytest.raises(dm.InputError) as e:
+        dm.load_parameters(f)
+    assert "p.toml: parameters.k_drr: unknown parameter (did you mean 'k_dr'" in str(e.value)
+
+
+def test_missing_name(tmp_path, root):
+    text = (root / "models" / "human.toml").read_text()
+    start = text.index("[parameters.delta_r]")
+    end = text.index("[parameters.lambda_p]")
+    f = tmp_path / "p.toml"
+    f.write_text(text[:start] + text[end:])
+    with pytest.raises(dm.InputError, match="parameters.delta_r: missing"):
+        dm.load_parameters(f)
+
+
+def test_out_of_bounds_and_bad_unit(tmp_path, root):
+    f = _write(tmp_path, root, lambda s: s.replace("value = 17.4", "value = 99.0"))
+    with pytest.raises(dm.InputError, match=r"parameters.eve_cl.value: 99 L/h is outside the bounds"):
+        dm.load_parameters(f)
+    f = _write(tmp_path, root, lambda s: s.replace('value = 17.4\nunit = "L/h"',
+                                                   'value = 17.4\nunit = "L/hr"'))
+    with pytest.raises(dm.InputError, match=r"eve_cl.unit: unknown unit 'L/hr'.*'L/h'"):
+        dm.load_parameters(f)
+
+
+def test_replace_is_immutable_and_a_pytree(human):
+    p2 = human.replace(k_dr=1e-3)
+    assert float(p2["k_dr"]) == 1e-3 and float(human["k_dr"]) == 2e-4
+    leaves = jax.tree_util.tree_leaves(p2)
+    assert len(leaves) == len(REGISTRY)
+    with pytest.raises(KeyError, match="did you mean 'k_dr'"):
+        human.replace(k_drr=1.0)
+    df = human.to_dataframe()
+    assert np.isclose(df.set_index("name").loc["eve_cl", "value"], 17.4)
