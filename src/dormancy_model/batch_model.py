@@ -1,0 +1,195 @@
+"""The dormancy model as a lane problem for the lock-step engine (`engine.py`).
+
+Only the cell states (D, R, P, E) are integrated. Drug exposure comes from the closed-form PK of
+`pk.py`: between doses each observed concentration is a sum of exponentials,
+c(t + s) = sum_j a_j exp(lambda_j s), so each lane carries the mode amplitudes a_j of EVE in
+plasma (3 modes) and HCQ at its effect site (4 modes). A step advances them exactly
+(a_j <- a_j exp(lambda_j h)); a dose adds amount * obs P_j u (u = F e_depot when oral, e_central
+when IV), the same spectral projectors `simulate` uses. Steps are clipped to every dose time of
+the lane, so no step crosses a kink of the concentrations. Cell rates come from
+`rates.cell_rates`, the single source of the biology.
+
+Outputs per lane: residual burden D + R + P at `residual_days`, relapse-free probability
+exp(-p_found E(t - tau)) at `rfs_days` (E read at the lagged time, as `simulate` does) and
+P(DTC+) = 1 - exp(-f (D + R + P)) at `assessment_days`.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import rates as R
+from .engine import AbstractLaneProblem, EngineOptions, solve_sharded
+from .parameters import Parameters
+from .pk import drug_system
+from .schedule import Schedule
+
+DRUG_MODES = {"eve": 3, "hcq": 4}
+DRUG_OBS_ROW = {"eve": 0, "hcq": 1}  # EVE plasma, HCQ effect site
+
+
+class ScheduleTable(eqx.Module):
+    """Dose events of several schedules, padded to a common length (per drug): arrays (S, K+1)
+    of times (day, +inf padding), amounts (mg or mg/kg), per_kg and oral flags."""
+
+    times: dict
+    amount: dict
+    per_kg: dict
+    oral: dict
+    all_oral: bool = eqx.field(static=True)
+
+    @staticmethod
+    def build(schedules: list[Schedule], min_len: dict | None = None) -> ScheduleTable:
+        times, amount, per_kg, oral = {}, {}, {}, {}
+        all_oral = True
+        for drug in DRUG_MODES:
+            ev = [s.events(drug) for s in schedules]
+            k = max(max(e[0].size for e in ev), (min_len or {}).get(drug, 0)) + 1
+            T = np.full((len(ev), k), np.inf)
+            A = np.zeros((len(ev), k))
+            PK = np.zeros((len(ev), k), bool)
+            O = np.ones((len(ev), k), bool)
+            for i, (t, a, pk, o) in enumerate(ev):
+                T[i, :t.size], A[i, :t.size], PK[i, :t.size], O[i, :t.size] = t, a, pk, o
+                all_oral &= bool(np.all(o[a > 0])) if a.size else True
+            times[drug], amount[drug], per_kg[drug], oral[drug] = T, A, PK, O
+        return ScheduleTable(times, amount, per_kg, oral, all_oral)
+
+    def event_counts(self, t_end: float) -> np.ndarray:
+        """(S,) number of dose events before t_end (both drugs): the step-count driver."""
+        return sum(np.sum((np.asarray(self.times[d]) < t_end) & (np.asarray(self.amount[d]) > 0),
+                          axis=1) for d in DRUG_MODES)
+
+    def astype(self, dtype) -> ScheduleTable:
+        f = lambda d: {k: jnp.asarray(v, dtype) for k, v in d.items()}  # noqa: E731
+        b = lambda d: {k: jnp.asarray(v) for k, v in d.items()}  # noqa: E731
+        return ScheduleTable(f(self.times), f(self.amount), b(self.per_kg), b(self.oral),
+                             self.all_oral)
+
+
+class OutputDays(NamedTuple):
+    residual_days: tuple
+    rfs_days: tuple
+    assessment_days: tuple
+
+
+class _Lane(NamedTuple):
+    params: dict  # per-lane parameter values (N,)
+    sid: jax.Array  # schedule index
+    lam: dict  # drug -> (N, n) eigenvalues
+    coef_oral: dict  # drug -> (N, n) concentration per mg given orally, by mode
+    coef_iv: dict
+    tlag: dict  # drug -> (N,)
+
+
+class DormancyLanes(AbstractLaneProblem):
+    all_oral: bool = eqx.field(static=True)
+
+    @property
+    def rhs_continuous_at_events(self) -> bool:
+        return self.all_oral
+
+    def rhs(self, t, y, x, s, lane: _Lane, shared):
+        p = {**shared["params"], **lane.params}
+        conc = {}
+        for drug in DRUG_MODES:
+            s2 = s[:, None] if jnp.ndim(s) else s
+            conc[drug] = jnp.sum(x[drug] * jnp.exp(lane.lam[drug] * s2), axis=1)
+        rt = R.cell_rates(jnp.maximum(conc["eve"], 0.0), jnp.maximum(conc["hcq"], 0.0), p)
+        return R.cell_derivatives(y[0], y[1], y[2], rt, p["detection_size"])
+
+    def advance(self, x, s, lane, shared):
+        return {d: x[d] * jnp.exp(lane.lam[d] * s[:, None]) for d in DRUG_MODES}
+
+    def _tau(self, drug, k, lane, shared):
+        tab = shared["table"]
+        t = tab.times[drug][lane.sid, k]
+        return t + jnp.where(tab.oral[drug][lane.sid, k], lane.tlag[drug], 0.0)
+
+    def next_event(self, ev, lane, shared):
+        return jnp.minimum(self._tau("hcq", ev["hcq"], lane, shared),
+                           self._tau("eve", ev["eve"], lane, shared))
+
+    def apply_events(self, t, x, ev, lane, shared):
+        tab = shared["table"]
+        p = {**shared["params"], **lane.params}
+        x, ev = dict(x), dict(ev)
+        for drug in DRUG_MODES:
+            k = ev[drug]
+            hit = t >= self._tau(drug, k, lane, shared)
+            amt = tab.amount[drug][lane.sid, k]
+            amt = amt * jnp.where(tab.per_kg[drug][lane.sid, k], p["body_weight"], 1.0)
+            oral = tab.oral[drug][lane.sid, k]
+            coef = jnp.where(oral[:, None], lane.coef_oral[drug], lane.coef_iv[drug])
+            x[drug] = x[drug] + jnp.where(hit, amt, 0.0)[:, None] * coef
+            ev[drug] = k + hit.astype(k.dtype)
+        return x, ev
+
+
+def _pk_lane(values: dict, base: Parameters, drug: str):
+    """Eigenvalues, per-mg mode coefficients (oral and IV) and lag of one drug for one lane."""
+    p = Parameters(values, base.specs, base.name, base.species, base.source)
+    sys = drug_system(p, drug)
+    obs = sys.obs[DRUG_OBS_ROW[drug]]
+    n = sys.A.shape[0]
+    e0 = jnp.zeros(n, sys.A.dtype).at[0].set(1.0)
+    e1 = jnp.zeros(n, sys.A.dtype).at[1].set(1.0)
+    per_mode = jnp.einsum("a,jab->jb", obs, sys.proj)  # (modes, states)
+    return sys.lam, sys.f_oral * (per_mode @ e0), per_mode @ e1, sys.tlag, sys.min_gap
+
+
+def solve_outputs_impl(varying: dict, base: Parameters, table: ScheduleTable, sid, days: OutputDays,
+                       opts: EngineOptions, expected_steps=None):
+    """Outputs of N lanes. `varying`: name -> (N,) internal-unit values (the other parameters
+    are taken from `base`); `sid`: (N,) schedule index into `table`. Traceable."""
+    dt = opts.jnp_dtype
+    n = sid.shape[0]
+    base = base.astype(dt)
+    varying = {k: jnp.asarray(v, dt) for k, v in varying.items()}
+    shared_params = {k: v for k, v in base.values.items() if k not in varying}
+    full = {k: jnp.broadcast_to(varying.get(k, v), (n,)) for k, v in base.values.items()}
+    lam, co, ci, tlag, gap = {}, {}, {}, {}, {}
+    for drug in DRUG_MODES:
+        lam[drug], co[drug], ci[drug], tlag[drug], gap[drug] = jax.vmap(
+            lambda v, d=drug: _pk_lane(v, base, d))(full)
+    lane = _Lane(varying, sid.astype(jnp.int32), lam, co, ci, tlag)
+    shared = {"params": shared_params, "table": table.astype(dt)}
+    lag = R.relapse_lag(full)
+    t0 = jnp.zeros((), dt)
+    out_days = jnp.asarray(sorted(set(days.residual_days) | set(days.assessment_days)), dt)
+    lagged = jnp.maximum(jnp.asarray(days.rfs_days, dt)[None, :] - lag[:, None], t0)
+    saves = jnp.concatenate([jnp.broadcast_to(out_days, (n, out_days.size)), lagged], axis=1)
+    order = jnp.argsort(saves, axis=1)
+    saves_sorted = jnp.take_along_axis(saves, order, axis=1)
+    y0 = (full["dormant_initial"], full["reactivating_initial"], full["proliferating_initial"],
+          jnp.zeros((n,), dt))
+    x0 = {d: jnp.zeros((n, m), dt) for d, m in DRUG_MODES.items()}
+    ev0 = {d: jnp.zeros((n,), jnp.int32) for d in DRUG_MODES}
+    problem = DormancyLanes(table.all_oral)
+    sol = solve_sharded(problem, y0, x0, ev0, t0, saves_sorted, lane, shared, opts,
+                        expected_steps)
+    inv = jnp.argsort(order, axis=1)
+    ys = [jnp.take_along_axis(v, inv, axis=1) for v in sol.ys]
+    n_out = out_days.size
+    cells = ys[0][:, :n_out] + ys[1][:, :n_out] + ys[2][:, :n_out]
+    pos = {d: i for i, d in enumerate(sorted(set(days.residual_days) | set(days.assessment_days)))}
+    ridx = jnp.asarray([pos[d] for d in days.residual_days], jnp.int32)
+    aidx = jnp.asarray([pos[d] for d in days.assessment_days], jnp.int32)
+    e_lag = ys[3][:, n_out:]
+    p_found = R.founding_probability(full)
+    status = sol.status
+    status = jnp.where((gap["eve"] < 1e-6) | (gap["hcq"] < 1e-6), 3, status).astype(jnp.int8)
+    return dict(
+        residual=cells[:, ridx],
+        relapse_free=jnp.exp(-p_found[:, None] * e_lag),
+        p_dtc_positive=R.p_dtc_positive(cells[:, aidx], {"aspirate_fraction":
+                                                          full["aspirate_fraction"][:, None]}),
+        status=status, steps=sol.accepted, rejected=sol.rejected)
+
+
+solve_outputs = eqx.filter_jit(solve_outputs_impl)

@@ -1,0 +1,297 @@
+"""Lock-step batched explicit Runge-Kutta with per-trajectory error control.
+
+This is the throughput engine behind `sweep`. It is not `vmap(diffeqsolve)`: the whole batch is
+one `lax.while_loop` over structure-of-arrays state (one array of shape (N,) per state variable),
+and every trajectory ("lane") carries its own time, step size, accept/reject decision, event
+pointer and save pointer. One loop iteration is one step attempt of every lane: a handful of
+fused element-wise array operations, no per-lane control flow, no solver objects.
+
+What a problem supplies (`AbstractLaneProblem`):
+
+* `rhs(t, y, x, s, lane, shared)`: derivatives of the integrated states `y` (tuple of (N,)
+  arrays) at time t + s, where `x` is an exogenous state known in closed form at time t (for the
+  dormancy model: the PK mode amplitudes), propagated by `advance(x, s, lane, shared)`;
+* `next_event(ev, lane, shared)` and `apply_events(t, x, ev, lane, shared)`: known event times
+  per lane (dose times). Steps are clipped to the next event, so no step straddles a kink.
+
+Steps are also clipped to each lane's own save times (sorted per lane), so the saved values are
+exact solution points, not interpolants. `buckets > 1` sorts lanes by an expected step count and
+runs each bucket in its own while loop (finished lanes stop costing), and `solve_sharded` splits
+the lanes over the local devices with `shard_map`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# ---------------------------------------------------------------------------- tableaux
+
+
+class Tableau(eqx.Module):
+    """Explicit embedded RK pair: a (lower triangular), b (solution), e (error = b - b_hat), c."""
+
+    a: tuple = eqx.field(static=True)
+    b: tuple = eqx.field(static=True)
+    e: tuple = eqx.field(static=True)
+    c: tuple = eqx.field(static=True)
+    order: int = eqx.field(static=True)  # order of the error estimate + 1 (for the controller)
+    fsal: bool = eqx.field(static=True)
+
+
+def _tsit5() -> Tableau:
+    # Tsitouras 2011 coefficients (as in diffrax / OrdinaryDiffEq).
+    c = (0.0, 0.161, 0.327, 0.9, 0.9800255409045097, 1.0, 1.0)
+    a = (
+        (),
+        (0.161,),
+        (-0.008480655492356989, 0.335480655492357),
+        (2.897153057105493, -6.359448489975075, 4.3622954328695815),
+        (5.325864828439257, -11.748883564062828, 7.4955393428898365, -0.09249506636175525),
+        (5.86145544294642, -12.92096931784711, 8.159367898576159, -0.071584973281401,
+         -0.028269050394068383),
+        (0.09646076681806523, 0.01, 0.4798896504144996, 1.379008574103742,
+         -3.290069515436081, 2.324710524099774),
+    )
+    b = a[6] + (0.0,)
+    e = (0.001780011052226, 0.000816434459657, -0.007880878010262, 0.144711007173263,
+         -0.582357165452555, 0.458082105929187, -1.0 / 66.0)
+    return Tableau(a, b, e, c, 5, True)
+
+
+def _dopri5() -> Tableau:
+    c = (0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0)
+    a = ((), (1 / 5,), (3 / 40, 9 / 40), (44 / 45, -56 / 15, 32 / 9),
+         (19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729),
+         (9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656),
+         (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84))
+    b = a[6] + (0.0,)
+    bh = (5179 / 57600, 0.0, 7571 / 16695, 393 / 640, -92097 / 339200, 187 / 2100, 1 / 40)
+    e = tuple(x - y for x, y in zip(b, bh, strict=True))
+    return Tableau(a, b, e, c, 5, True)
+
+
+def _bs3() -> Tableau:
+    c = (0.0, 0.5, 0.75, 1.0)
+    a = ((), (0.5,), (0.0, 0.75), (2 / 9, 1 / 3, 4 / 9))
+    b = a[3] + (0.0,)
+    bh = (7 / 24, 1 / 4, 1 / 3, 1 / 8)
+    e = tuple(x - y for x, y in zip(b, bh, strict=True))
+    return Tableau(a, b, e, c, 3, True)
+
+
+TABLEAUX = {"tsit5": _tsit5, "dopri5": _dopri5, "bs3": _bs3}
+
+
+class EngineOptions(eqx.Module):
+    """Numerical options of the engine. Tolerances are per lane, on a weighted RMS norm:
+    err = rms((y5 - y4) / (atol + rtol max(|y|, |y_new|))) <= 1 accepts a step."""
+
+    method: str = eqx.field(static=True, default="tsit5")
+    rtol: float = eqx.field(static=True, default=1e-6)
+    atol: float = eqx.field(static=True, default=1e-6)
+    dtype: str = eqx.field(static=True, default="float32")
+    h0: float = eqx.field(static=True, default=0.01)
+    max_iters: int = eqx.field(static=True, default=200_000)
+    buckets: int = eqx.field(static=True, default=1)
+    safety: float = eqx.field(static=True, default=0.9)
+    factor_min: float = eqx.field(static=True, default=0.2)
+    factor_max: float = eqx.field(static=True, default=10.0)
+
+    @property
+    def jnp_dtype(self):
+        return jnp.float64 if self.dtype == "float64" else jnp.float32
+
+    @property
+    def tableau(self) -> Tableau:
+        return TABLEAUX[self.method]()
+
+
+class AbstractLaneProblem(eqx.Module):
+    """A batch ODE with closed-form exogenous state and known event times (see module doc)."""
+
+    def rhs(self, t, y, x, s, lane, shared):
+        raise NotImplementedError
+
+    def advance(self, x, s, lane, shared):
+        return x
+
+    def next_event(self, ev, lane, shared):
+        return None  # no events
+
+    def apply_events(self, t, x, ev, lane, shared):
+        return x, ev
+
+    @property
+    def rhs_continuous_at_events(self) -> bool:
+        """True if events never change the rhs at the event time (FSAL stays valid)."""
+        return True
+
+
+class Solution(eqx.Module):
+    """ys: tuple of (N, S) arrays at each lane's save times; status 0 ok, 1 max_iters reached,
+    2 non-finite state; counts of accepted and rejected steps per lane; iterations of the loop."""
+
+    ys: tuple
+    status: jax.Array
+    accepted: jax.Array
+    rejected: jax.Array
+    iterations: jax.Array
+
+
+def _tree_where(c, a, b):
+    def w(u, v):
+        cc = c.reshape(c.shape + (1,) * (jnp.ndim(u) - 1))
+        return jnp.where(cc, u, v)
+
+    return jax.tree_util.tree_map(w, a, b)
+
+
+def _lincomb(y, h, coefs, ks):
+    out = []
+    for i, yi in enumerate(y):
+        acc = None
+        for cf, k in zip(coefs, ks, strict=False):
+            if cf == 0.0:
+                continue
+            term = cf * k[i]
+            acc = term if acc is None else acc + term
+        out.append(yi if acc is None else yi + h * acc)
+    return tuple(out)
+
+
+def _solve_batch(problem, y0, x0, ev0, t0, saves, lane, shared, opts: EngineOptions) -> Solution:
+    """One lock-step loop over a batch. y0: tuple of (N,); saves: (N, S) sorted per lane."""
+    tab = opts.tableau
+    dt_ = opts.jnp_dtype
+    n, n_save = saves.shape
+    fsal = tab.fsal and problem.rhs_continuous_at_events
+    t = jnp.broadcast_to(jnp.asarray(t0, dt_), (n,))
+    t_end = saves[:, -1]
+    rows = jnp.arange(n)
+    # saves at or before t0 are the initial state
+    first = saves <= t[:, None]
+    js = jnp.sum(first, axis=1).astype(jnp.int32)
+    out = tuple(jnp.where(first, yi[:, None], jnp.zeros_like(saves)) for yi in y0)
+    zero = jnp.zeros((), dt_)
+    k1 = problem.rhs(t, y0, x0, zero, lane, shared) if fsal else y0
+    h = jnp.full((n,), opts.h0, dt_)
+    cnt = jnp.zeros((n,), jnp.int32)
+    state = (t, h, y0, k1, x0, ev0, js, out, cnt, cnt, jnp.zeros((n,), bool), jnp.int32(0))
+    expo = -1.0 / tab.order
+
+    def cond(st):
+        t, js, bad, it = st[0], st[6], st[10], st[11]
+        return jnp.any((js < n_save) & ~bad) & (it < opts.max_iters)
+
+    def body(st):
+        t, h, y, k1, x, ev, js, out, nacc, nrej, bad, it = st
+        active = (js < n_save) & ~bad
+        t_save = jnp.take_along_axis(saves, jnp.minimum(js, n_save - 1)[:, None], axis=1)[:, 0]
+        t_stop = jnp.minimum(t_save, t_end)
+        t_ev = problem.next_event(ev, lane, shared)
+        if t_ev is not None:
+            t_stop = jnp.minimum(t_stop, t_ev)
+        avail = jnp.maximum(t_stop - t, 0.0)
+        clipped = h >= avail
+        dt = jnp.where(clipped, avail, h)
+        ks = [k1 if fsal else problem.rhs(t, y, x, zero, lane, shared)]
+        for i in range(1, len(tab.c)):
+            yi = _lincomb(y, dt, tab.a[i], ks)
+            s = tab.c[i] * dt
+            ks.append(problem.rhs(t + s, yi, x, s, lane, shared))
+        y_new = _lincomb(y, dt, tab.b, ks)
+        sq = zero
+        for i in range(len(y)):
+            err_i = dt * sum(cf * k[i] for cf, k in zip(tab.e, ks, strict=True) if cf != 0.0)
+            scale = opts.atol + opts.rtol * jnp.maximum(jnp.abs(y[i]), jnp.abs(y_new[i]))
+            sq = sq + (err_i / scale) ** 2
+        err = jnp.sqrt(sq / len(y))
+        finite = jnp.isfinite(err)
+        accept = active & (err <= 1.0)
+        factor = jnp.where(err > 0, opts.safety * jnp.where(finite, err, 1.0) ** expo,
+                           opts.factor_max)
+        factor = jnp.clip(jnp.where(finite, factor, opts.factor_min), opts.factor_min,
+                          opts.factor_max)
+        h_new = dt * factor
+        h_new = jnp.where(accept & clipped, jnp.maximum(h_new, h), h_new)
+        h_new = jnp.where(active, h_new, h)
+        t_new = jnp.where(accept, jnp.where(clipped, t_stop, t + dt), t)
+        y_out = _tree_where(accept, y_new, y)
+        x_out = _tree_where(accept, problem.advance(x, dt, lane, shared), x)
+        # record saves reached by this step
+        hit = accept & (t_new >= t_save) & (js < n_save)
+        idx = jnp.where(hit, js, n_save)
+        out = tuple(o.at[rows, idx].set(yi, mode="drop") for o, yi in zip(out, y_out, strict=True))
+        js = js + hit.astype(jnp.int32)
+        if t_ev is not None:
+            x_out, ev = problem.apply_events(t_new, x_out, ev, lane, shared)
+        k1n = _tree_where(accept, tuple(ks[-1]), k1) if fsal else k1
+        ybad = ~jnp.all(jnp.stack([jnp.isfinite(v) for v in y_out]), axis=0)
+        stuck = active & (dt < 1e-12 * jnp.maximum(jnp.abs(t), 1.0)) & ~clipped
+        bad = bad | (active & ybad) | stuck
+        nacc = nacc + accept.astype(jnp.int32)
+        nrej = nrej + (active & ~accept).astype(jnp.int32)
+        return (t_new, h_new, y_out, k1n, x_out, ev, js, out, nacc, nrej, bad, it + 1)
+
+    st = jax.lax.while_loop(cond, body, state)
+    _, _, _, _, _, _, js, out, nacc, nrej, bad, it = st
+    status = jnp.where(bad, 2, jnp.where(js < n_save, 1, 0)).astype(jnp.int8)
+    return Solution(out, status, nacc, nrej, jnp.broadcast_to(it, (n,)))
+
+
+def solve_lanes(problem, y0, x0, ev0, t0, saves, lane, shared, opts: EngineOptions,
+                expected_steps=None) -> Solution:
+    """Solve a batch of lanes; with `opts.buckets > 1`, lanes are sorted by `expected_steps`
+    and each bucket of N / buckets lanes runs its own loop. Every leaf of y0, x0, ev0, saves and
+    `lane` has the lane axis first; `shared` is common to all lanes. Traceable (call under jit)."""
+    n = saves.shape[0]
+    b = opts.buckets
+    if b <= 1 or n % b:
+        return _solve_batch(problem, y0, x0, ev0, t0, saves, lane, shared, opts)
+    key = expected_steps if expected_steps is not None else jnp.zeros((n,))
+    order = jnp.argsort(key, stable=True)
+    inv = jnp.argsort(order)
+    per = (y0, x0, ev0, saves, lane)
+    per = jax.tree_util.tree_map(lambda a: a[order].reshape((b, n // b) + a.shape[1:]), per)
+
+    def one(args):
+        yb, xb, evb, sb, lb = args
+        return _solve_batch(problem, yb, xb, evb, t0, sb, lb, shared, opts)
+
+    sol = jax.lax.map(one, per)
+    return jax.tree_util.tree_map(lambda a: a.reshape((n,) + a.shape[2:])[inv], sol)
+
+
+def local_mesh():
+    """1-D mesh over the local devices (axis 'lanes')."""
+    devs = np.array(jax.local_devices())
+    return jax.sharding.Mesh(devs, ("lanes",))
+
+
+def solve_sharded(problem, y0, x0, ev0, t0, saves, lane, shared, opts: EngineOptions,
+                  expected_steps=None, mesh=None) -> Solution:
+    """`solve_lanes` split over local devices with `shard_map` (each device runs its own loop,
+    so a device never waits for another device's slowest lane). N must be a multiple of the
+    device count; with one device this is `solve_lanes`."""
+    mesh = mesh or local_mesh()
+    if mesh.size == 1:
+        return solve_lanes(problem, y0, x0, ev0, t0, saves, lane, shared, opts, expected_steps)
+    from jax.sharding import PartitionSpec as P
+
+    es = expected_steps if expected_steps is not None else jnp.zeros(saves.shape[:1])
+
+    def f(y0, x0, ev0, saves, lane, es, shared):
+        return solve_lanes(problem, y0, x0, ev0, t0, saves, lane, shared, opts, es)
+
+    spec = P("lanes")
+    return jax.shard_map(f, mesh=mesh, in_specs=(spec, spec, spec, spec, spec, spec, P()),
+                         out_specs=spec, check_vma=False)(y0, x0, ev0, saves, lane, es, shared)
+
+
+def pad_lanes(n: int, multiple: int) -> int:
+    return int(math.ceil(max(n, 1) / multiple) * multiple)
