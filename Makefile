@@ -15,7 +15,7 @@ demo: $(STAMP)
 	$(BIN)/python -m dormancy_model.demo --out out/demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -x --durations=15
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow

@@ -1,9 +1,12 @@
+import os
 import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# share compiled XLA programs between the test processes and the example subprocesses
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(ROOT / ".jax_cache"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import dormancy_model as dm  # noqa: E402
