@@ -1,0 +1,363 @@
+"""`simulate_agents`: the stochastic agent counterpart of the ODE (MODEL.md section 5).
+
+Each DTC is an agent in state D (dormant), R (reactivating) or P (proliferating) with two traits
+drawn per cell: autophagy dependence `a` (scales the deficit-induced death of a dormant cell) and
+reactivation propensity `rp` (scales D -> R). Traits are log-normal with mean 1 and coefficient
+of variation `autophagy_cv` / `reactivation_cv` (sigma^2 = ln(1 + cv^2)); cv = 0 gives a = rp = 1
+exactly, the homogeneous model whose mean is the ODE. Proliferating cells form clones that keep
+their founder's traits. All per-cell rates come from `rates.cell_rates` through the cumulative
+hazard table of `agents_hazard` (rates vary within a day with the drugs; event times are drawn
+by inverting the integrated hazard, never from rates frozen over a day).
+
+A clone that reaches `switch_size` cells becomes a lesion that grows deterministically at
+`lesion_growth_rate`: relapse is declared when it reaches `detection_size`, i.e.
+`ln(detection_size / switch_size) / lesion_growth_rate` days after the switch (the same growth
+law as the ODE's relapse lag). Clearance = no cells (and no lesion) left; its day is the last
+death. Aspirates at `assess_days`: Poisson(aspirate_fraction * cells) DTCs seen, DTC+ when >= 1.
+
+Initial cells (when `initial` is None): per replicate Poisson(dormant_initial) dormant cells (and
+Poisson reactivating/proliferating initial counts) with `initial_count="poisson"` (default: the
+DTC load varies between patients, and one aspirate of a Poisson load is again Poisson, as in the
+ODE's P(DTC+) = 1 - exp(-f N)); `initial_count="fixed"` rounds the values instead.
+
+Methods: "exact" (every event of every cell) and "fast" (exact events on trait-class pools of
+D and R cells, clones advanced by exact-in-law birth-death leaps of at most `leap_days`; error
+control: `leap_days`, see `agents_engine`). With heterogeneity the fast method stratifies each
+log-normal trait into `strata` equiprobable classes at their conditional means (mean kept).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import agents_engine as E
+from . import rates as Rt
+from .agents_hazard import hazard_nodes, hazard_table
+from .model import DormancyModel
+from .parameters import Parameters
+from .pk import Dosing
+from .schedule import Schedule
+
+STATUS_MESSAGES = {E.STATUS_OK: "ok",
+                   E.STATUS_MAX_EVENTS: "max_events reached before t1 (raise max_events)",
+                   E.STATUS_OVERFLOW: "no free slot for a new agent or clone (raise "
+                                      "extra_slots / clone_slots)"}
+
+
+class Heterogeneity(eqx.Module):
+    """Log-normal (mean 1) spread of per-cell traits; cv = 0 means no spread."""
+
+    autophagy_cv: float = eqx.field(static=True, default=0.0)
+    reactivation_cv: float = eqx.field(static=True, default=0.0)
+    strata: int = eqx.field(static=True, default=4)  # classes per trait, fast method only
+
+    @staticmethod
+    def _sigma(cv):
+        return math.sqrt(math.log1p(cv * cv))
+
+    def draw(self, key, shape):
+        """(autophagy dependence, reactivation propensity) arrays of `shape`."""
+        ka, kr = jax.random.split(key)
+        out = []
+        for k, cv in ((ka, self.autophagy_cv), (kr, self.reactivation_cv)):
+            s = self._sigma(cv)
+            out.append(jnp.exp(s * jax.random.normal(k, shape) - 0.5 * s * s))
+        return tuple(out)
+
+    def classes(self):
+        """Class traits (K,), (K,) for the fast method: product of per-trait strata."""
+        from scipy.stats import norm
+
+        vals = []
+        for cv in (self.autophagy_cv, self.reactivation_cv):
+            if cv <= 0:
+                vals.append(np.ones(1))
+                continue
+            s, k = self._sigma(cv), self.strata
+            z = norm.ppf(np.linspace(0.0, 1.0, k + 1))
+            vals.append(k * (norm.cdf(z[1:] - s) - norm.cdf(z[:-1] - s)))
+        a, rp = np.meshgrid(vals[0], vals[1], indexing="ij")
+        return jnp.asarray(a.ravel()), jnp.asarray(rp.ravel())
+
+
+class AgentState(eqx.Module):
+    """State of every replicate at a day (leading axis = replicate); continue a run with
+    `simulate_agents(..., initial=state, t0=state_day)` using the same method."""
+
+    arrays: dict
+    method: str = eqx.field(static=True)
+
+
+class AgentResult(eqx.Module):
+    """Per-replicate outcomes (numpy arrays, leading axis = replicate).
+
+    counts: (n, len(count_days), 3) cells D, R, P (P includes lesions); aspirate_count and
+    dtc_positive: (n, len(assess_days)); days in days from the schedule's day 0."""
+
+    cleared: Any
+    clearance_day: Any
+    relapsed: Any
+    relapse_day: Any
+    counts: Any
+    aspirate_count: Any
+    dtc_positive: Any
+    final_state: AgentState
+    count_days: Any
+    assess_days: Any
+    status: Any
+    n_events: Any
+    t1: float = eqx.field(static=True)
+    method: str = eqx.field(static=True)
+
+    @property
+    def ok(self) -> bool:
+        return bool(np.all(self.status == 0))
+
+    @property
+    def message(self) -> str:
+        return "; ".join(STATUS_MESSAGES[int(c)] for c in np.unique(self.status) if c) or "ok"
+
+    def to_dataframe(self):
+        """One row per replicate: outcomes, aspirates and cell counts."""
+        import pandas as pd
+
+        cols = {"replicate": np.arange(len(self.cleared)), "cleared": self.cleared,
+                "clearance_day": self.clearance_day, "relapsed": self.relapsed,
+                "relapse_day": self.relapse_day}
+        for j, day in enumerate(self.assess_days):
+            cols[f"dtc_positive_day{day:g}"] = self.dtc_positive[:, j]
+            cols[f"aspirate_count_day{day:g}"] = self.aspirate_count[:, j]
+        for j, day in enumerate(self.count_days):
+            for s, name in enumerate(("dormant", "reactivating", "proliferating")):
+                cols[f"{name}_day{day:g}"] = self.counts[:, j, s]
+        cols["status"] = self.status
+        return pd.DataFrame(cols)
+
+
+def _is_batched(params: Parameters) -> bool:
+    return any(np.ndim(v) > 0 for v in params.values.values())
+
+
+def _broadcast(params: Parameters, n: int) -> Parameters:
+    vals = {k: jnp.broadcast_to(jnp.asarray(v), (n,)) for k, v in params.values.items()}
+    return Parameters(vals, params.specs, params.name, params.species, params.source)
+
+
+def _last_dose(dosing: Dosing) -> float:
+    times = [np.asarray(ev.times)[np.asarray(ev.amount) > 0] for ev in (dosing.hcq, dosing.eve)]
+    return float(max((t.max() for t in times if t.size), default=0.0))
+
+
+@eqx.filter_jit
+def _initial_counts(params, keys, mode, batched):
+    def one(p, k):
+        names = ("dormant_initial", "reactivating_initial", "proliferating_initial")
+        ks = jax.random.split(k, 3)
+        if mode == "poisson":
+            return jnp.stack([jax.random.poisson(kk, p[nm]).astype(jnp.int64)
+                              for kk, nm in zip(ks, names, strict=True)])
+        return jnp.stack([jnp.round(p[nm]) for nm in names]).astype(jnp.int64)
+
+    return jax.vmap(one, in_axes=(0 if batched else None, 0))(params, keys)
+
+
+def _exact_state(n0, key, het: Heterogeneity, capacity: int, t0):
+    d0, r0, p0 = n0[0], n0[1], n0[2]
+    idx = jnp.arange(capacity)
+    kind = jnp.where(idx < d0, E.DORMANT, jnp.where(idx < d0 + r0, E.REACTIVATING,
+                                                     jnp.where(idx < d0 + r0 + p0,
+                                                               E.PROLIFERATING, E.EMPTY)))
+    a, rp = het.draw(key, (capacity,))
+    tot = d0 + r0 + p0
+    return dict(kind=kind.astype(jnp.int64), count=jnp.where(kind > 0, 1.0, 0.0), a=a, rp=rp,
+                switch_day=jnp.full(capacity, jnp.inf),
+                clearance_day=jnp.where(tot > 0, jnp.inf, t0))
+
+
+def _fast_state(n0, key, class_a, class_rp, max_cells: int, clone_slots: int, t0):
+    n_cls = class_a.shape[0]
+    kd, kr, kp = jax.random.split(key, 3)
+    idx = jnp.arange(max_cells)
+
+    def pool(k, m):
+        cls = jax.random.randint(k, (max_cells,), 0, n_cls)
+        return jnp.sum((cls[:, None] == jnp.arange(n_cls)[None, :]) & (idx < m)[:, None],
+                       axis=0).astype(jnp.float64)
+
+    p0 = n0[2].astype(jnp.float64)
+    ckind = jnp.zeros(clone_slots, jnp.int64).at[0].set(
+        jnp.where(p0 > 0, E.PROLIFERATING, E.EMPTY))
+    return dict(d=pool(kd, n0[0]), r=pool(kr, n0[1]), class_a=class_a, class_rp=class_rp,
+                clone_kind=ckind, clone_count=jnp.zeros(clone_slots).at[0].set(p0),
+                clone_cls=jnp.zeros(clone_slots, jnp.int64).at[0].set(
+                    jax.random.randint(kp, (), 0, n_cls)),
+                switch_day=jnp.full(clone_slots, jnp.inf),
+                clearance_day=jnp.where(jnp.sum(n0) > 0, jnp.inf, t0))
+
+
+@eqx.filter_jit
+def _initial_states(method, n0, keys, het, class_a, class_rp, size, clone_slots, t0):
+    if method == "exact":
+        return jax.vmap(lambda c, k: _exact_state(c, k, het, size, t0))(n0, keys)
+    return jax.vmap(lambda c, k: _fast_state(c, k, class_a, class_rp, size, clone_slots, t0))(
+        n0, keys)
+
+
+@eqx.filter_jit
+def _replicate_keys(key, n):
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n))
+    return tuple(jax.vmap(lambda k, j=j: jax.random.fold_in(k, j))(keys) for j in range(3))
+
+
+@eqx.filter_jit
+def _run_chunk(method, table, table_axis, states, keys, t0, t1, rec_t, switch_size, max_events,
+               leap_days):
+    if method == "exact":
+        fn = lambda tb, s, k: E.run_exact(tb, s, k, t0, t1, rec_t, switch_size,  # noqa: E731
+                                          max_events)
+    else:
+        fn = lambda tb, s, k: E.run_fast(tb, s, k, t0, t1, rec_t, switch_size,  # noqa: E731
+                                         max_events, leap_days)
+    return jax.vmap(fn, in_axes=(table_axis, 0, 0))(table, states, keys)
+
+
+@eqx.filter_jit
+def _tables(model, params, dosing, nodes, spec, batched):
+    if batched:
+        return jax.vmap(lambda p: hazard_table(model, p, dosing, nodes, spec))(params)
+    return hazard_table(model, params, dosing, nodes, spec)
+
+
+def simulate_agents(model: DormancyModel, params: Parameters, schedule: Schedule | Dosing, *,
+                    n_replicates: int, key, t1: float, method: str = "exact",
+                    heterogeneity: Heterogeneity | None = None, count_days=(),
+                    assess_days=(), initial: AgentState | None = None, t0: float = 0.0,
+                    initial_count: str = "poisson", switch_size: float = 1e4,
+                    leap_days: float = 1.0, hazard_hours: float = 1.0,
+                    max_events: int | None = None, chunk_size: int = 4096,
+                    extra_slots: int | None = None, clone_slots: int = 16,
+                    progress=None) -> AgentResult:
+    """Simulate `n_replicates` individuals from day t0 to t1 (days) with the agent model.
+
+    `params` may carry a leading batch axis of length n_replicates (one virtual patient per
+    replicate). Same `key` -> same result, independent of `chunk_size` (replicate i uses
+    `fold_in(key, i)`). `progress(done, total)` is called after each chunk.
+    """
+    het = heterogeneity or Heterogeneity()
+    if method not in ("exact", "fast"):
+        raise ValueError(f"method must be 'exact' or 'fast', got {method!r}")
+    if initial_count not in ("poisson", "fixed"):
+        raise ValueError(f"initial_count must be 'poisson' or 'fixed', got {initial_count!r}")
+    n = int(n_replicates)
+    if n < 1 or not t1 > t0 or not switch_size >= 2 or not leap_days > 0:
+        raise ValueError("need n_replicates >= 1, t1 > t0, switch_size >= 2, leap_days > 0")
+    count_days = np.atleast_1d(np.asarray(count_days, float))
+    assess_days = np.atleast_1d(np.asarray(assess_days, float))
+    for name, days in (("count_days", count_days), ("assess_days", assess_days)):
+        if days.size and (days.min() < t0 or days.max() > t1):
+            raise ValueError(f"{name} must lie in [t0, t1] = [{t0:g}, {t1:g}]")
+    rec_days = np.unique(np.concatenate([count_days, assess_days, [t1]]))
+    dosing = schedule if isinstance(schedule, Dosing) else Dosing.from_schedule(schedule)
+    batched = _is_batched(params)
+    params = _broadcast(params, n) if batched else params
+    end = schedule.end_of_treatment if isinstance(schedule, Schedule) else _last_dose(dosing)
+    grid = hazard_nodes(t0, t1, end, fine_hours=hazard_hours)
+    spec = np.array([t0, grid.h_fine, grid.t_split, grid.h_coarse, grid.n_fine], float)
+    table = _tables(model, params, dosing, jnp.asarray(grid.nodes), jnp.asarray(spec), batched)
+
+    k_init, k_run, k_asp = _replicate_keys(key, n)
+    if initial is None:
+        n0 = _initial_counts(params, k_init, initial_count, batched)
+        n0_host = np.asarray(n0)
+        kpd = np.asarray(params["k_pd"])
+        extra = extra_slots if extra_slots is not None else (8 if np.any(kpd > 0) else 0)
+        if method == "exact":
+            size = int(n0_host.sum(1).max()) + extra
+        else:
+            size = int(n0_host[:, :2].max())
+        size = 32 * (size // 32 + 1)  # bucket the capacity: fewer recompilations
+        ca, crp = het.classes()
+        states = _initial_states(method, n0, k_init, het, ca, crp, size, clone_slots,
+                                 float(t0))
+    else:
+        if initial.method != method:
+            raise ValueError(f"initial state is from method {initial.method!r}, not {method!r}")
+        states = dict(initial.arrays)
+        if method == "exact" and extra_slots:
+            pad = lambda x, v: jnp.concatenate(  # noqa: E731
+                [x, jnp.full((n, extra_slots), v, x.dtype)], axis=1)
+            states.update(kind=pad(states["kind"], E.EMPTY), count=pad(states["count"], 0.0),
+                          a=pad(states["a"], 1.0), rp=pad(states["rp"], 1.0),
+                          switch_day=pad(states["switch_day"], jnp.inf))
+    if max_events is None:
+        max_events = 2_000_000 if method == "exact" else 200_000
+    chunk = int(min(max(chunk_size, 1), n))
+    outs = []
+    f64 = lambda x: jnp.asarray(x, jnp.float64)  # noqa: E731
+    for start in range(0, n, chunk):
+        sl = np.arange(start, start + chunk) % n  # pad the last chunk by wrapping
+        take = lambda x, sl=sl: x[sl]  # noqa: E731
+        tb = jax.tree_util.tree_map(take, table) if batched else table
+        out = _run_chunk(method, tb, 0 if batched else None,
+                         jax.tree_util.tree_map(take, states), k_run[sl], f64(t0), f64(t1),
+                         jnp.asarray(rec_days), f64(switch_size), jnp.asarray(max_events),
+                         f64(leap_days))
+        m = min(chunk, n - start)
+        outs.append(jax.tree_util.tree_map(lambda x, m=m: np.asarray(x)[:m], out))
+        if progress is not None:
+            progress(start + m, n)
+    final, records, status, n_events = jax.tree_util.tree_map(
+        lambda *xs: np.concatenate(xs, axis=0), *outs)
+    return _outcomes(params, batched, final, records, status, n_events, rec_days, count_days,
+                     assess_days, k_asp, switch_size, t1, method)
+
+
+def _outcomes(params, batched, final, records, status, n_events, rec_days, count_days,
+              assess_days, k_asp, switch_size, t1, method) -> AgentResult:
+    get = lambda name: np.asarray(params[name])[:, None] if batched else float(  # noqa: E731
+        params[name])
+    kind_key = "kind" if method == "exact" else "clone_kind"
+    switch = np.where(np.asarray(final[kind_key]) == E.LESION, final["switch_day"], np.inf)
+    growth = get("lesion_growth_rate")
+    lag = np.log(get("detection_size") / switch_size) / growth
+    relapse_day = np.min(switch + lag, axis=1)
+    relapsed = relapse_day <= t1
+    relapse_day = np.where(relapsed, relapse_day, np.inf)
+    # deterministic lesion sizes at the record days
+    dt = rec_days[None, :, None] - switch[:, None, :]
+    g = growth[:, :, None] if batched else growth
+    size = np.where(dt >= 0, np.minimum(switch_size * np.exp(g * np.maximum(dt, 0.0)),
+                                        get("detection_size") if not batched else
+                                        np.asarray(params["detection_size"])[:, None, None]),
+                    0.0)
+    records = records.copy()
+    records[:, :, 2] += size.sum(axis=2)
+    idx = {d: j for j, d in enumerate(rec_days)}
+    counts = records[:, [idx[d] for d in count_days], :] if count_days.size else \
+        np.zeros((records.shape[0], 0, 3))
+    cells = records[:, [idx[d] for d in assess_days], :].sum(axis=2) if assess_days.size else \
+        np.zeros((records.shape[0], 0))
+    f = get("aspirate_fraction")
+    lam = jnp.asarray(f * cells)
+    asp = np.asarray(jax.vmap(lambda k, lm: jax.random.poisson(k, lm))(k_asp, lam)) \
+        if assess_days.size else np.zeros_like(cells, dtype=np.int64)
+    clearance_day = np.asarray(final["clearance_day"], float)
+    cleared = np.isfinite(clearance_day) & (clearance_day <= t1)
+    state = AgentState({k: np.asarray(v) for k, v in final.items()}, method)
+    return AgentResult(cleared=cleared, clearance_day=np.where(cleared, clearance_day, np.inf),
+                       relapsed=relapsed, relapse_day=relapse_day, counts=counts,
+                       aspirate_count=asp, dtc_positive=asp >= 1, final_state=state,
+                       count_days=count_days, assess_days=assess_days,
+                       status=np.asarray(status), n_events=np.asarray(n_events), t1=float(t1),
+                       method=method)
+
+
+def ode_relapse_lag_after_switch(params: Parameters, switch_size: float):
+    """Days from the switch size to detection at lesion_growth_rate (same law as the ODE)."""
+    return (Rt.relapse_lag(params) - jnp.log(switch_size) / params["lesion_growth_rate"])

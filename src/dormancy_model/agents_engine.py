@@ -1,0 +1,295 @@
+"""The event loops of the agent model, for one replicate (vmapped by `agents.py`).
+
+Both loops are next-reaction methods: every slot holds the time of its next event, drawn by
+inverting its cumulative hazard (`HazardTable.next_time`), and each iteration processes the
+earliest slot. Slots are fixed-capacity arrays; empty slots are masked.
+
+* exact: one slot per cell (D, R) or per proliferating clone (P; all its cells share the
+  founder's traits). Every transition, death and division is an individual event.
+* fast: D and R cells are pooled by trait class (stratified traits; exact events on the class
+  pools), and proliferating clones advance by leaps of at most `leap_days` with the exact
+  birth-death (Kendall) transition law for the step-average rates: a clone of n cells becomes a
+  sum of n modified-geometric lineages (summed exactly for n <= 16, moment-matched normal above).
+
+Slot kinds: 0 empty, 1 dormant D, 2 reactivating R, 3 proliferating clone P, 4 lesion L (a
+clone that reached `switch_size` and continues deterministically; its switch day is kept).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from . import agents_hazard as H
+
+EMPTY, DORMANT, REACTIVATING, PROLIFERATING, LESION = range(5)
+N_EXACT_LINEAGES = 16
+STATUS_OK, STATUS_MAX_EVENTS, STATUS_OVERFLOW = 0, 1, 2
+
+
+def _record(rec_t, records, t, t_next, counts):
+    mask = (rec_t >= t) & (rec_t < t_next)
+    return jnp.where(mask[:, None], counts[None, :], records)
+
+
+def _onehot(c, n):
+    return jnp.arange(n) == c
+
+
+# ---------------------------------------------------------------- exact (one slot per cell)
+
+def exact_weights(kind, count, a, rp):
+    """Channel weights (..., 9) of slots."""
+    is_d, is_r, is_p = kind == DORMANT, kind == REACTIVATING, kind == PROLIFERATING
+    z = jnp.zeros_like(count)
+    cols = [
+        jnp.where(is_d, rp, z), jnp.where(is_d, 1.0, z), jnp.where(is_d, a, z),
+        jnp.where(is_r, 1.0, z), jnp.where(is_r, 1.0, z), jnp.where(is_r, 1.0, z),
+        jnp.where(is_p, count, z), jnp.where(is_p, count, z), jnp.where(is_p, count, z),
+    ]
+    return jnp.stack(cols, axis=-1)
+
+
+def _alive(kind):
+    return (kind >= DORMANT) & (kind <= PROLIFERATING)
+
+
+def exact_counts(kind, count):
+    return jnp.stack([jnp.sum(kind == DORMANT), jnp.sum(kind == REACTIVATING),
+                      jnp.sum(jnp.where(kind == PROLIFERATING, count, 0.0))]).astype(count.dtype)
+
+
+def run_exact(table: H.HazardTable, state: dict, key, t0, t1, rec_t, switch_size, max_events):
+    """Simulate one replicate from `state` (kind, count, a, rp, switch_day, clearance_day)."""
+    kind, count, a, rp = state["kind"], state["count"], state["a"], state["rp"]
+    n_slots = kind.shape[0]
+    k_init, k_loop = jax.random.split(key)
+    e0 = jax.random.exponential(k_init, (n_slots,))
+    w0 = exact_weights(kind, count, a, rp)
+    nt = jax.vmap(lambda w, e: table.next_time(w, t0, e))(w0, e0)
+    nt = jnp.where(_alive(kind), nt, jnp.inf)
+    records = jnp.zeros((rec_t.shape[0], 3))
+    carry = dict(kind=kind, count=count, a=a, rp=rp, switch_day=state["switch_day"], next_t=nt,
+                 fresh=jnp.zeros(n_slots, bool), t=jnp.asarray(t0, jnp.float64),
+                 records=records, it=jnp.asarray(0), done=jnp.asarray(False),
+                 status=jnp.asarray(STATUS_OK), clearance_day=state["clearance_day"])
+
+    def cond(c):
+        return (~c["done"]) & (c["it"] < max_events)
+
+    def body(c):
+        kind, count = c["kind"], c["count"]
+        i = jnp.argmin(c["next_t"])
+        T = c["next_t"][i]
+        finish = T > t1
+        records = _record(rec_t, c["records"], c["t"], T, exact_counts(kind, count))
+        u = jax.random.uniform(jax.random.fold_in(k_loop, c["it"]), (2,))
+        # channel of the event, from the cell-average rates at T
+        wi = exact_weights(kind[i], count[i], c["a"][i], c["rp"][i])
+        p = wi * table.rate[table.cell(T)]
+        cum = jnp.cumsum(p)
+        ch = jnp.minimum(jnp.sum(cum < u[0] * cum[-1]), H.N_CHANNELS - 1)
+        fresh = c["fresh"][i]
+        act = (~finish) & (~fresh)
+        ki, ni = kind[i], count[i]
+        grow = ni + 1.0
+        new_k = jnp.select(
+            [ch == H.REACT, (ch == H.DEATH_D0) | (ch == H.DEATH_DEFICIT) | (ch == H.DEATH_R),
+             ch == H.RETURN_RD, ch == H.COMMIT,
+             ch == H.DIVIDE, (ch == H.DEATH_P) | (ch == H.RETURN_PD)],
+            [REACTIVATING, EMPTY, DORMANT, PROLIFERATING,
+             jnp.where(grow >= switch_size, LESION, PROLIFERATING),
+             jnp.where(ni - 1.0 <= 0.0, EMPTY, PROLIFERATING)], ki)
+        new_n = jnp.select([ch == H.COMMIT, ch == H.DIVIDE,
+                            (ch == H.DEATH_P) | (ch == H.RETURN_PD)],
+                           [1.0, grow, ni - 1.0], ni)
+        kind = kind.at[i].set(jnp.where(act, new_k, ki))
+        count = count.at[i].set(jnp.where(act, new_n, ni))
+        switch_day = c["switch_day"].at[i].set(
+            jnp.where(act & (new_k == LESION) & (ki == PROLIFERATING), T, c["switch_day"][i]))
+        # next event of slot i (memoryless redraw with its new weights)
+        wn = exact_weights(kind[i], count[i], c["a"][i], c["rp"][i])
+        ti = table.next_time(wn, T, -jnp.log(u[1]))
+        next_t = c["next_t"].at[i].set(
+            jnp.where(finish, c["next_t"][i], jnp.where(_alive(kind[i]), ti, jnp.inf)))
+        fresh_arr = c["fresh"].at[i].set(jnp.where(finish, fresh, False))
+        # P -> D return: a new dormant agent with the clone's traits in a free slot
+        birth = act & (ch == H.RETURN_PD)
+        j = jnp.argmax(kind == EMPTY)
+        has_free = kind[j] == EMPTY
+        b = birth & has_free
+        kind = kind.at[j].set(jnp.where(b, DORMANT, kind[j]))
+        count = count.at[j].set(jnp.where(b, 1.0, count[j]))
+        a_arr = c["a"].at[j].set(jnp.where(b, c["a"][i], c["a"][j]))
+        rp_arr = c["rp"].at[j].set(jnp.where(b, c["rp"][i], c["rp"][j]))
+        next_t = next_t.at[j].set(jnp.where(b, T, next_t[j]))
+        fresh_arr = fresh_arr.at[j].set(jnp.where(b, True, fresh_arr[j]))
+        status = jnp.where(birth & ~has_free, STATUS_OVERFLOW, c["status"])
+        any_left = jnp.any(_alive(kind) | (kind == LESION))
+        clearance_day = jnp.where(act & ~any_left & ~jnp.isfinite(c["clearance_day"]), T,
+                                  c["clearance_day"])
+        return dict(kind=kind, count=count, a=a_arr, rp=rp_arr, switch_day=switch_day,
+                    next_t=next_t, fresh=fresh_arr, t=jnp.where(finish, c["t"], T),
+                    records=records, it=c["it"] + 1, done=finish, status=status,
+                    clearance_day=clearance_day)
+
+    c = jax.lax.while_loop(cond, body, carry)
+    status = jnp.where(c["done"], c["status"], STATUS_MAX_EVENTS)
+    final = dict(kind=c["kind"], count=c["count"], a=c["a"], rp=c["rp"],
+                 switch_day=c["switch_day"], clearance_day=c["clearance_day"])
+    return final, c["records"], status, c["it"]
+
+
+# ---------------------------------------------------------------- fast (class pools + leaps)
+
+def class_weights(d, r, ca, crp):
+    """Channel weights (K, 9) of class pools with d dormant and r reactivating cells."""
+    z = jnp.zeros_like(d)
+    return jnp.stack([d * crp, d, d * ca, r, r, r, z, z, z], axis=-1)
+
+
+def kendall(lam, mu, tau):
+    """(alpha, beta) of the birth-death transition law over tau for constant rates:
+    P(0) = alpha, P(j) = (1 - alpha)(1 - beta) beta^(j-1) for one ancestor [Kendall 1948]."""
+    r = lam - mu
+    rt = r * tau
+    small = jnp.abs(rt) < 1e-8
+    ratio = jnp.where(small, 1.0 / jnp.maximum(tau, 1e-300),
+                      r / jnp.where(small, 1.0, jnp.expm1(rt)))  # r / expm1(r tau)
+    denom = lam + ratio
+    return mu / denom, lam / denom
+
+
+def leap_clone(u, n, alpha, beta):
+    """Size after a leap of a clone of n cells: the sum of n iid modified-geometric lineages
+    (exact for n <= 16; above, a normal draw with the exact mean and variance, rounded).
+    `u`: 2 * 16 + 2 uniforms."""
+    m = N_EXACT_LINEAGES
+    lb = jnp.log(jnp.clip(beta, 1e-300, 1.0 - 1e-16))
+    v = jnp.maximum(u[m:2 * m], 1e-300)
+    geo = 1.0 + jnp.where(beta > 0, jnp.floor(jnp.log(v) / lb), 0.0)
+    lineage = jnp.where(u[:m] < 1.0 - alpha, geo, 0.0)
+    exact = jnp.sum(jnp.where(jnp.arange(m) < n, lineage, 0.0))
+    mean = n * (1.0 - alpha) / (1.0 - beta)
+    var = n * (1.0 - alpha) * (alpha + beta) / (1.0 - beta) ** 2
+    z = jnp.sqrt(-2.0 * jnp.log(jnp.maximum(u[2 * m], 1e-300))) * jnp.cos(2 * jnp.pi * u[2 * m + 1])
+    approx = jnp.maximum(jnp.round(mean + jnp.sqrt(var) * z), 0.0)
+    return jnp.where(n <= m, exact, approx)
+
+
+def fast_counts(d, r, ckind, ccount):
+    return jnp.stack([jnp.sum(d), jnp.sum(r),
+                      jnp.sum(jnp.where(ckind == PROLIFERATING, ccount, 0.0))])
+
+
+def run_fast(table: H.HazardTable, state: dict, key, t0, t1, rec_t, switch_size, max_events,
+             leap_days):
+    """Simulate one replicate from `state` (d, r (K,), class_a, class_rp (K,), clone_kind,
+    clone_count, clone_cls, clone_since, switch_day (Q,), clearance_day)."""
+    d, r, ca, crp = state["d"], state["r"], state["class_a"], state["class_rp"]
+    n_cls = d.shape[0]
+    q_slots = state["clone_kind"].shape[0]
+    k_init, k_loop = jax.random.split(key)
+
+    def leap_end(t):
+        nxt = jnp.min(jnp.where(rec_t > t, rec_t, jnp.inf))
+        return jnp.where(t >= t1, jnp.inf, jnp.minimum(jnp.minimum(t + leap_days, nxt), t1))
+
+    e0 = jax.random.exponential(k_init, (n_cls,))
+    cnt = jax.vmap(lambda w, e: table.next_time(w, t0, e))(class_weights(d, r, ca, crp), e0)
+    ckind = state["clone_kind"]
+    clone_next = jnp.where(ckind == PROLIFERATING, leap_end(jnp.asarray(t0, jnp.float64)),
+                           jnp.inf)
+    carry = dict(d=d, r=r, class_next=cnt, class_fresh=jnp.zeros(n_cls, bool), ckind=ckind,
+                 ccount=state["clone_count"], ccls=state["clone_cls"],
+                 csince=jnp.full(q_slots, t0, jnp.float64), cnext=clone_next,
+                 switch_day=state["switch_day"], t=jnp.asarray(t0, jnp.float64),
+                 records=jnp.zeros((rec_t.shape[0], 3)), it=jnp.asarray(0),
+                 done=jnp.asarray(False), status=jnp.asarray(STATUS_OK),
+                 clearance_day=state["clearance_day"])
+
+    def cond(c):
+        return (~c["done"]) & (c["it"] < max_events)
+
+    def body(c):
+        all_next = jnp.concatenate([c["class_next"], c["cnext"]])
+        i = jnp.argmin(all_next)
+        T = all_next[i]
+        finish = T > t1
+        d, r, ckind, ccount = c["d"], c["r"], c["ckind"], c["ccount"]
+        records = _record(rec_t, c["records"], c["t"], T, fast_counts(d, r, ckind, ccount))
+        u = jax.random.uniform(jax.random.fold_in(k_loop, c["it"]), (5 + 2 * N_EXACT_LINEAGES,))
+        is_class = i < n_cls
+        # --- class pool event
+        k = jnp.minimum(i, n_cls - 1)
+        wk = class_weights(d[k], r[k], ca[k], crp[k])
+        p = wk * table.rate[table.cell(T)]
+        cum = jnp.cumsum(p)
+        ch = jnp.minimum(jnp.sum(cum < u[0] * cum[-1]), H.N_CHANNELS - 1)
+        act_c = (~finish) & is_class & ~c["class_fresh"][k]
+        dd = jnp.select([ch == H.REACT, (ch == H.DEATH_D0) | (ch == H.DEATH_DEFICIT),
+                         ch == H.RETURN_RD], [-1.0, -1.0, 1.0], 0.0)
+        dr = jnp.select([ch == H.REACT, ch == H.RETURN_RD, ch == H.COMMIT, ch == H.DEATH_R],
+                        [1.0, -1.0, -1.0, -1.0], 0.0)
+        d = d.at[k].add(jnp.where(act_c, dd, 0.0))
+        r = r.at[k].add(jnp.where(act_c, dr, 0.0))
+        commit = act_c & (ch == H.COMMIT)
+        # --- clone leap
+        qi = jnp.clip(i - n_cls, 0, q_slots - 1)
+        act_l = (~finish) & ~is_class
+        since, n = c["csince"][qi], ccount[qi]
+        tau = T - since
+        avg = table.averages(since, T)
+        lam, mu, kpd = avg[H.DIVIDE], avg[H.DEATH_P], avg[H.RETURN_PD]
+        ret = jnp.minimum(jnp.floor(n * -jnp.expm1(-kpd * tau) + u[1]), n)
+        alpha, beta = kendall(lam, mu, tau)
+        n_new = leap_clone(u[3:], n - ret, alpha, beta)
+        became_lesion = n_new >= switch_size
+        frac = jnp.log(switch_size / n) / jnp.log(jnp.maximum(n_new, switch_size) / n)
+        sw = since + tau * jnp.clip(jnp.where(n < switch_size, frac, 0.0), 0.0, 1.0)
+        new_kind = jnp.where(n_new <= 0, EMPTY, jnp.where(became_lesion, LESION, PROLIFERATING))
+        ckind = ckind.at[qi].set(jnp.where(act_l, new_kind, ckind[qi]))
+        ccount = ccount.at[qi].set(jnp.where(act_l, n_new, n))
+        switch_day = c["switch_day"].at[qi].set(
+            jnp.where(act_l & became_lesion, sw, c["switch_day"][qi]))
+        csince = c["csince"].at[qi].set(jnp.where(act_l, T, since))
+        cnext = c["cnext"].at[qi].set(
+            jnp.where(act_l, jnp.where(new_kind == PROLIFERATING, leap_end(T), jnp.inf),
+                      c["cnext"][qi]))
+        cls_ret = c["ccls"][qi]
+        got_ret = act_l & (ret > 0)
+        d = d.at[cls_ret].add(jnp.where(got_ret, ret, 0.0))
+        # --- new clone from a commitment
+        j = jnp.argmax(ckind == EMPTY)
+        has_free = ckind[j] == EMPTY
+        b = commit & has_free
+        ckind = ckind.at[j].set(jnp.where(b, PROLIFERATING, ckind[j]))
+        ccount = ccount.at[j].set(jnp.where(b, 1.0, ccount[j]))
+        ccls = c["ccls"].at[j].set(jnp.where(b, k, c["ccls"][j]))
+        csince = csince.at[j].set(jnp.where(b, T, csince[j]))
+        cnext = cnext.at[j].set(jnp.where(b, leap_end(T), cnext[j]))
+        status = jnp.where(commit & ~has_free, STATUS_OVERFLOW, c["status"])
+        # --- redraw the class pool whose counts changed (memoryless)
+        w_new = class_weights(d[k], r[k], ca[k], crp[k])
+        tk = table.next_time(w_new, T, -jnp.log(u[2]))
+        class_next = c["class_next"].at[k].set(jnp.where((~finish) & is_class, tk,
+                                                         c["class_next"][k]))
+        class_fresh = c["class_fresh"].at[k].set(
+            jnp.where((~finish) & is_class, False, c["class_fresh"][k]))
+        # a pool that received returned cells draws a new time at the next iteration
+        class_next = class_next.at[cls_ret].set(jnp.where(got_ret, T, class_next[cls_ret]))
+        class_fresh = class_fresh.at[cls_ret].set(class_fresh[cls_ret] | got_ret)
+        any_left = (jnp.sum(d) + jnp.sum(r) > 0) | jnp.any(ckind != EMPTY)
+        clearance_day = jnp.where((~finish) & ~any_left & ~jnp.isfinite(c["clearance_day"]),
+                                  T, c["clearance_day"])
+        return dict(d=d, r=r, class_next=class_next, class_fresh=class_fresh, ckind=ckind,
+                    ccount=ccount, ccls=ccls, csince=csince, cnext=cnext,
+                    switch_day=switch_day, t=jnp.where(finish, c["t"], T), records=records,
+                    it=c["it"] + 1, done=finish, status=status, clearance_day=clearance_day)
+
+    c = jax.lax.while_loop(cond, body, carry)
+    status = jnp.where(c["done"], c["status"], STATUS_MAX_EVENTS)
+    final = dict(d=c["d"], r=c["r"], class_a=ca, class_rp=crp, clone_kind=c["ckind"],
+                 clone_count=c["ccount"], clone_cls=c["ccls"], switch_day=c["switch_day"],
+                 clearance_day=c["clearance_day"])
+    return final, c["records"], status, c["it"]
