@@ -24,6 +24,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 COMMAND_MODULES = (
     "dormancy_model.cli_simulate",
+    "dormancy_model.cli_sweep",
 )
 
 for _mod in COMMAND_MODULES:

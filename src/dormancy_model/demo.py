@@ -14,6 +14,7 @@ from pathlib import Path
 # one-line result text.
 STAGES = [
     ("CLEVER arms, deterministic model", "dormancy_model.demo_simulate:run"),
+    ("HCQ x EVE dose-grid sweep", "dormancy_model.demo_sweep:run"),
 ]
 
 

@@ -181,15 +181,19 @@ def _solve_batch(problem, y0, x0, ev0, t0, saves, lane, shared, opts: EngineOpti
     k1 = problem.rhs(t, y0, x0, zero, lane, shared) if fsal else y0
     h = jnp.full((n,), opts.h0, dt_)
     cnt = jnp.zeros((n,), jnp.int32)
-    state = (t, h, y0, k1, x0, ev0, js, out, cnt, cnt, jnp.zeros((n,), bool), jnp.int32(0))
+    # h_ev: the first accepted (unclipped) step after the previous event; a step right after an
+    # event starts from at most 1.2 h_ev (doses start fast transients: this avoids most of the
+    # rejections at every dose while still letting h_ev adapt)
+    false = jnp.zeros((n,), bool)
+    state = (t, h, y0, k1, x0, ev0, js, out, cnt, cnt, false, jnp.int32(0), h, false)
     expo = -1.0 / tab.order
 
     def cond(st):
-        t, js, bad, it = st[0], st[6], st[10], st[11]
+        js, bad, it = st[6], st[10], st[11]
         return jnp.any((js < n_save) & ~bad) & (it < opts.max_iters)
 
     def body(st):
-        t, h, y, k1, x, ev, js, out, nacc, nrej, bad, it = st
+        t, h, y, k1, x, ev, js, out, nacc, nrej, bad, it, h_ev, post = st
         active = (js < n_save) & ~bad
         t_save = jnp.take_along_axis(saves, jnp.minimum(js, n_save - 1)[:, None], axis=1)[:, 0]
         t_stop = jnp.minimum(t_save, t_end)
@@ -228,18 +232,25 @@ def _solve_batch(problem, y0, x0, ev0, t0, saves, lane, shared, opts: EngineOpti
         idx = jnp.where(hit, js, n_save)
         out = tuple(o.at[rows, idx].set(yi, mode="drop") for o, yi in zip(out, y_out, strict=True))
         js = js + hit.astype(jnp.int32)
+        first = accept & post & ~clipped
+        h_ev = jnp.where(first, dt, h_ev)
+        post = post & ~first
         if t_ev is not None:
+            fired = accept & (t_new >= t_ev)
             x_out, ev = problem.apply_events(t_new, x_out, ev, lane, shared)
+            h_new = jnp.where(fired, jnp.minimum(h_new, 1.2 * h_ev), h_new)
+            post = post | fired
         k1n = _tree_where(accept, tuple(ks[-1]), k1) if fsal else k1
         ybad = ~jnp.all(jnp.stack([jnp.isfinite(v) for v in y_out]), axis=0)
         stuck = active & (dt < 1e-12 * jnp.maximum(jnp.abs(t), 1.0)) & ~clipped
         bad = bad | (active & ybad) | stuck
         nacc = nacc + accept.astype(jnp.int32)
         nrej = nrej + (active & ~accept).astype(jnp.int32)
-        return (t_new, h_new, y_out, k1n, x_out, ev, js, out, nacc, nrej, bad, it + 1)
+        return (t_new, h_new, y_out, k1n, x_out, ev, js, out, nacc, nrej, bad, it + 1, h_ev,
+                post)
 
     st = jax.lax.while_loop(cond, body, state)
-    _, _, _, _, _, _, js, out, nacc, nrej, bad, it = st
+    js, out, nacc, nrej, bad, it = st[6:12]
     status = jnp.where(bad, 2, jnp.where(js < n_save, 1, 0)).astype(jnp.int8)
     return Solution(out, status, nacc, nrej, jnp.broadcast_to(it, (n,)))
 
