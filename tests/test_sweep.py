@@ -1,0 +1,264 @@
+"""Sweeps: engine accuracy against `simulate`, chunking, compile-once, resume after SIGKILL, Dask,
+Sobol indices, spec validation. Sizes are tiny; one shared spec keeps compilations few."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import tomllib
+
+import equinox as eqx
+import numpy as np
+import pytest
+
+import dormancy_model as dm
+from dormancy_model import batch_model
+from dormancy_model.errors import InputError
+from dormancy_model.sensitivity import (ishigami, ishigami_indices, saltelli_design,
+                                        sobol_indices)
+from dormancy_model.sweep import open_sweep, sweep
+from dormancy_model.sweep_spec import parse_sweep
+
+SPEC = """
+[sweep]
+name = "test"
+model = "human"
+schedule = "clever-combo"
+
+[schedule]
+cycles = [1, 2]
+hcq_dose = [0.5, 1.0]
+
+[patients]
+n = 2
+variability = { k_dr = 0.5, eve_cl = 0.3 }
+
+[outputs]
+residual_days = [28, 56]
+relapse_free_days = [800]
+assessment_days = [56]
+
+[solver]
+chunk = 2
+"""
+
+
+def make_spec(text=SPEC, src="test.toml"):
+    return parse_sweep(tomllib.loads(text), src, text)
+
+
+@pytest.fixture(scope="module")
+def spec():
+    return make_spec()
+
+
+@pytest.fixture(scope="module")
+def reference_store(spec, tmp_path_factory):
+    """The uninterrupted in-process store (chunk = 2 lanes, 4 chunks)."""
+    out = tmp_path_factory.mktemp("ref") / "ref.zarr"
+    sweep(spec, out)
+    return out
+
+
+def _assert_same_store(a, b):
+    da, db = open_sweep(a), open_sweep(b)
+    assert da.attrs == db.attrs
+    for var in da.data_vars:
+        np.testing.assert_array_equal(da[var].values, db[var].values, err_msg=var)
+    for c in da.coords:
+        np.testing.assert_array_equal(da[c].values, db[c].values, err_msg=c)
+
+
+def test_store_layout(reference_store, spec):
+    ds = open_sweep(reference_store)
+    assert ds.attrs["complete"] == 1
+    assert ds["relapse_free"].dims == ("cycles", "hcq_dose", "patient", "rfs_day")
+    assert ds["residual"].attrs["units"] == "cells"
+    assert ds["residual_day"].attrs["units"] == "day"
+    assert list(ds["cycles"].values) == [1, 2]
+    np.testing.assert_allclose(ds["hcq_dose_amount"].values, [300.0, 600.0])
+    assert ds.attrs["spec_toml"] == SPEC
+    assert ds.attrs["dormancy_model_version"] == dm.__version__
+    assert (ds["status"].values == 0).all()
+
+
+def test_float64_engine_matches_simulate(spec):
+    """Every lane of the sweep equals an individual `simulate` call (float64, tight tolerances):
+    residual and P(DTC+) to 1e-6 relative, relapse-free to 1e-7 absolute."""
+    text = SPEC.replace("chunk = 2", 'chunk = 8\ndtype = "float64"\nrtol = 1e-10\natol = 1e-12')
+    s64 = make_spec(text)
+    ds = sweep(s64)
+    model = dm.DormancyModel()
+    ts = np.array([0.0, 28.0, 56.0, 800.0])
+    opts = dm.SolverOptions(rtol=1e-11, atol=1e-13, max_steps=100_000)
+    for ic, cyc in enumerate(s64.dims[0].values):
+        for ih, fh in enumerate(s64.dims[1].values):
+            sched = dm.get_schedule("clever-combo").with_cycles(int(cyc)).scaled("hcq", fh)
+            for ip in range(2):
+                flat = np.ravel_multi_index((ic, ih, ip), s64.shape)
+                vals, _ = s64.lanes([flat])
+                p = s64.params.replace(**{k: v[0] for k, v in vals.items()})
+                tr = dm.simulate(model, p, sched, ts=ts, options=opts)
+                lane = ds.isel(cycles=ic, hcq_dose=ih, patient=ip)
+                np.testing.assert_allclose(lane["residual"].values,
+                                           np.asarray(tr.residual)[1:3], rtol=1e-6)
+                np.testing.assert_allclose(lane["p_dtc_positive"].values,
+                                           np.asarray(tr.p_dtc_positive)[2:3], rtol=1e-6)
+                np.testing.assert_allclose(lane["relapse_free"].values,
+                                           np.asarray(tr.relapse_free)[3:], atol=1e-7)
+
+
+def test_float32_default_close_to_simulate(reference_store, spec):
+    """The float32 default (rtol 1e-6, atol 1e-8) against float64 `simulate`: residual within
+    1e-3 relative, relapse-free within 1e-5 absolute."""
+    ds = open_sweep(reference_store)
+    sched = dm.get_schedule("clever-combo").with_cycles(2)
+    vals, _ = spec.lanes([np.ravel_multi_index((1, 1, 0), spec.shape)])
+    p = spec.params.replace(**{k: v[0] for k, v in vals.items()})
+    tr = dm.simulate(dm.DormancyModel(), p, sched, ts=np.array([0.0, 28.0, 56.0, 800.0]),
+                     options=dm.SolverOptions(rtol=1e-10, atol=1e-12))
+    lane = ds.isel(cycles=1, hcq_dose=1, patient=0)
+    np.testing.assert_allclose(lane["residual"].values, np.asarray(tr.residual)[1:3], rtol=1e-3)
+    np.testing.assert_allclose(lane["relapse_free"].values, np.asarray(tr.relapse_free)[3:],
+                               atol=1e-5)
+
+
+def test_chunked_equals_unchunked(spec, reference_store):
+    """Chunks of 2 lanes (the store) and one chunk of all 8 lanes agree to float32 rounding."""
+    whole = sweep(spec, chunk=8)
+    ds = open_sweep(reference_store)
+    for var in ("residual", "relapse_free", "p_dtc_positive"):
+        np.testing.assert_allclose(whole[var].values, ds[var].values, rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(whole["status"].values, ds["status"].values)
+
+
+def test_sweep_compiles_once(spec, monkeypatch, tmp_path):
+    counted = eqx.filter_jit(eqx.debug.assert_max_traces(batch_model.solve_outputs_impl,
+                                                         max_traces=1))
+    monkeypatch.setattr(batch_model, "solve_outputs", counted)
+    sweep(spec, tmp_path / "once.zarr")  # 4 chunks, one trace
+    assert open_sweep(tmp_path / "once.zarr").attrs["complete"] == 1
+
+
+KILLER = textwrap.dedent("""
+    import os, signal, sys, tomllib
+    from pathlib import Path
+    import dormancy_model.sweep as sw
+    from dormancy_model.sweep_spec import parse_sweep
+    text = Path(sys.argv[1]).read_text()
+    spec = parse_sweep(tomllib.loads(text), "test.toml", text)
+    real = sw._write_chunk
+    count = [0]
+    def write(out, sl, data):
+        count[0] += 1
+        if count[0] == 3:  # half-write the third chunk, then die before its marker
+            import zarr
+            zarr.open_group(str(out), mode="r+")["residual"][sl] = data["residual"]
+            os.kill(os.getpid(), signal.SIGKILL)
+        real(out, sl, data)
+    sw._write_chunk = write
+    sw.sweep(spec, sys.argv[2])
+""")
+
+
+def test_kill_and_resume_gives_identical_store(spec, reference_store, tmp_path):
+    (tmp_path / "spec.toml").write_text(SPEC)
+    out = tmp_path / "killed.zarr"
+    r = subprocess.run([sys.executable, "-c", KILLER, str(tmp_path / "spec.toml"), str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
+    partial = open_sweep(out)
+    assert partial.attrs["missing_chunks"] == 2  # chunks 3 (half-written) and 4
+    assert np.isnan(partial["residual"].values).sum() == 2 * 2 * 2  # 2 chunks x 2 lanes x 2 days
+    done = set(os.listdir(out / ".sweep" / "done"))
+    calls = []
+    import dormancy_model.sweep as sw
+
+    class Spy(sw.ChunkRunner):
+        def compute(self, sl):
+            calls.append(sl)
+            return super().compute(sl)
+
+    orig = sw.ChunkRunner
+    sw.ChunkRunner = Spy
+    try:
+        sweep(spec, out)
+    finally:
+        sw.ChunkRunner = orig
+    assert len(calls) == 2 and all(sw._chunk_id(sl) not in done for sl in calls)
+    _assert_same_store(out, reference_store)
+
+
+def test_resume_rejects_other_spec(spec, reference_store):
+    other = make_spec(SPEC.replace("n = 2", "n = 3"))
+    with pytest.raises(InputError, match="different spec"):
+        sweep(other, reference_store)
+
+
+def test_dask_local_cluster_gives_same_store(spec, reference_store, tmp_path):
+    out = tmp_path / "dask.zarr"
+    sweep(spec, out, workers=2)
+    _assert_same_store(out, reference_store)
+
+
+def test_ishigami_sobol_indices_recovered():
+    d, n = 3, 2**13
+    u = saltelli_design(d, n, seed=1)
+    y = ishigami(-np.pi + 2 * np.pi * u)
+    s1, st = sobol_indices(y, d)
+    s1_true, st_true = ishigami_indices()
+    np.testing.assert_allclose(s1, s1_true, atol=0.03)
+    np.testing.assert_allclose(st, st_true, atol=0.03)
+
+
+BAD = [
+    ("[sweep]\nmodle = 'human'\n", "sweep.modle"),
+    ("[outputs]\nresidual_days = [84]\n[schedule]\ncycles = [0]\n", "schedule.cycles"),
+    ("[outputs]\nresidual_days = [84]\n[schedule]\npresets = ['clever-combbo']\n",
+     "schedule.presets"),
+    ("[outputs]\nresidual_days = [84]\n[parameters.k_drr]\nvalues = [1e-4]\n", "parameters.k_drr"),
+    ("[outputs]\nresidual_days = [84]\n[parameters.k_dr]\ngrid = 'log'\nrange = [1e-9, 1e-3]\n"
+     "n = 3\n", "parameters.k_dr"),
+    ("[outputs]\nresidual_days = [84]\n[parameters.k_dr]\ngrid = 'cubic'\nrange = [1e-5, 1e-3]\n"
+     "n = 3\n", "parameters.k_dr.grid"),
+    ("[outputs]\nresidual_days = [-1]\n", "outputs.residual_days"),
+    ("[sweep]\nname = 'x'\n", "outputs"),
+    ("[outputs]\nresidual_days = [84]\n[samples]\nmethod = 'sobol'\nn = 8\n",
+     "samples.parameters"),
+    ("[outputs]\nresidual_days = [84]\n[samples]\nmethod = 'grid'\nn = 8\n", "samples.method"),
+    ("[outputs]\nresidual_days = [84]\n[patients]\nn = 0\n", "patients.n"),
+    ("[outputs]\nresidual_days = [84]\n[solver]\ndtype = 'float16'\n", "solver.dtype"),
+    ("[outputs]\nresidual_days = [84]\n[schedule]\neve_dose = [1.0]\n[sweep]\n"
+     "schedule = 'clever-hcq'\n", "schedule.eve_dose"),
+]
+
+
+@pytest.mark.parametrize("text,field", BAD, ids=[f for _, f in BAD])
+def test_invalid_specs_rejected(text, field):
+    with pytest.raises(InputError) as e:
+        make_spec(text, "bad.toml")
+    assert e.value.source == "bad.toml"
+    assert e.value.field == field
+
+
+def test_cli_bad_spec_one_line(tmp_path, capsys):
+    from dormancy_model.cli import main
+
+    p = tmp_path / "bad.toml"
+    p.write_text("[outputs]\nresidual_days = [84]\n[schedule]\ncycles = [0]\n")
+    with pytest.raises(SystemExit) as e:
+        main(["sweep", str(p), "--out", str(tmp_path / "o.zarr")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "schedule.cycles" in err[0]
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_example_specs_parse(root):
+    from dormancy_model.sweep_spec import load_sweep_spec
+
+    specs = sorted((root / "examples").glob("sweep_*.toml"))
+    assert specs
+    for p in specs:
+        assert load_sweep_spec(p).size > 0
