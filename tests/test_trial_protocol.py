@@ -20,7 +20,8 @@ class Recorder:
         self.calls = []
 
     def __call__(self, model, params, dosing, *, n_replicates, key, t1, method,
-                 assess_days=(), initial=None, t0=0.0):
+                 assess_days=(), initial=None, t0=0.0, initial_count="poisson"):
+        assert initial_count == "fixed"  # screening drew the integer cells
         n = n_replicates
         pid = (np.asarray(params["dormant_initial"]) if initial is None
                else np.asarray(initial["pid"]))
@@ -42,7 +43,7 @@ def run():
     mp = pytest.MonkeyPatch()
     mp.setattr(T, "_agent_simulator", lambda: rec)
     design = clever_design()
-    res = T.trial(design, key=jax.random.key(7), replicates=40)
+    res = T.trial(design, key=jax.random.key(7), replicates=40, chunk=4096)  # one call per group
     mp.undo()
     return design, res, rec
 
@@ -130,6 +131,10 @@ def test_same_seed_same_trials_and_discontinuation():
         d = clever_design(sizes=(4, 4, 4), observation_n=3).replace(discontinuation_prob=0.5)
         a = T.trial(d, key=jax.random.key(1), replicates=5)
         b = T.trial(d, key=jax.random.key(1), replicates=5)
+        rec.calls.clear()
+        T.trial(d, key=jax.random.key(1), replicates=20, chunk=32)
+        assert all(c["n"] == 32 for c in rec.calls)  # split into fixed-size padded calls
+        assert sum(c["n"] for c in rec.calls if not c["initial"]) >= 20 * 15
     finally:
         mp.undo()
     assert a.patients.equals(b.patients)

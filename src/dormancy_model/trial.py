@@ -74,10 +74,6 @@ def _take(tree, idx):
     return jax.tree_util.tree_map(take, tree)
 
 
-def _bucket(n: int) -> int:
-    return 1 << max(0, int(np.ceil(np.log2(max(n, 1)))))
-
-
 def _agent_simulator():
     """The agent model's `simulate_agents` (looked up at call time; tests may substitute a
     recording double to check the protocol logic alone)."""
@@ -86,29 +82,45 @@ def _agent_simulator():
     return simulate_agents
 
 
-def _run_group(model, params: Parameters, dosing: Dosing, key, *, t0, t1, assess_days,
-               initial=None, method="fast"):
-    """One agent call for a group of patients, padded to a power of two (repeats patient 0)."""
-    simulate_agents = _agent_simulator()
+def _bucket(n: int, chunk: int) -> int:
+    """Padded call size: a power of two >= n (at least 32), at most `chunk`."""
+    return min(chunk, max(32, 1 << int(np.ceil(np.log2(max(n, 1))))))
 
+
+def _run_group(model, params: Parameters, dosing: Dosing, key, *, t0, t1, assess_days,
+               initial=None, method="fast", chunk=512):
+    """Agent calls for a group of patients sharing one dosing: split into calls of at most
+    `chunk` patients, each padded (repeating its first patient) to a power of two, so that a
+    whole run uses few distinct array shapes (each new shape costs a compile)."""
+    simulate_agents = _agent_simulator()
     n = int(np.shape(params["k_dr"])[0])
-    m = _bucket(n)
-    idx = np.r_[np.arange(n), np.zeros(m - n, int)]
-    p = Parameters({k: jnp.asarray(np.asarray(v)[idx]) for k, v in params.values.items()},
-                   params.specs, params.name, params.species, params.source)
-    init = None if initial is None else _take(initial, idx)
-    kw = dict(n_replicates=m, key=key, t1=float(t1), method=method,
-              assess_days=tuple(float(d) for d in assess_days))
-    if initial is not None:
-        kw.update(initial=init, t0=float(t0))
-    res = simulate_agents(model, p, dosing, **kw)
-    out = dict(
-        aspirate=np.asarray(res.aspirate_count)[:n].reshape(n, len(assess_days)),
-        positive=np.asarray(res.dtc_positive)[:n].reshape(n, len(assess_days)),
-        clearance_day=np.asarray(res.clearance_day, float)[:n],
-        relapse_day=np.asarray(res.relapse_day, float)[:n],
-    )
-    return out, _take(res.final_state, np.arange(n))
+    parts, finals = [], []
+    for c, start in enumerate(range(0, n, chunk)):
+        rows = np.arange(start, min(start + chunk, n))
+        m = _bucket(rows.size, chunk)
+        idx = np.r_[rows, np.full(m - rows.size, rows[0])]
+        p = Parameters({k: jnp.asarray(np.asarray(v)[idx]) for k, v in params.values.items()},
+                       params.specs, params.name, params.species, params.source)
+        # the cells were drawn at screening (integers), so the agents start from exactly them
+        kw = dict(n_replicates=m, key=jax.random.fold_in(key, c), t1=float(t1),
+                  method=method, initial_count="fixed",
+                  assess_days=tuple(float(d) for d in assess_days))
+        if initial is not None:
+            kw.update(initial=_take(initial, idx), t0=float(t0))
+        res = simulate_agents(model, p, dosing, **kw)
+        k = rows.size
+        parts.append(dict(
+            aspirate=np.asarray(res.aspirate_count)[:k].reshape(k, len(assess_days)),
+            positive=np.asarray(res.dtc_positive)[:k].reshape(k, len(assess_days)),
+            clearance_day=np.asarray(res.clearance_day, float)[:k],
+            relapse_day=np.asarray(res.relapse_day, float)[:k],
+            status=np.asarray(getattr(res, "status", np.zeros(m, int)))[:k]))
+        finals.append(_take(res.final_state, np.arange(k)))
+    out = {key_: np.concatenate([q[key_] for q in parts]) for key_ in parts[0]}
+    final = finals[0] if len(finals) == 1 else jax.tree_util.tree_map(
+        lambda *xs: np.concatenate([np.asarray(x) for x in xs]) if np.ndim(xs[0]) else xs[0],
+        *finals)
+    return out, final
 
 
 @dataclass
@@ -131,11 +143,13 @@ class TrialResult:
 def trial(design: TrialDesign, params: Parameters | None = None, *, key,
           replicates: int = 100, population: Population | None = None,
           model: DormancyModel | None = None, method: str = "fast",
-          progress=None) -> TrialResult:
+          chunk: int = 512, progress=None) -> TrialResult:
     """Simulate `replicates` independent trials of `design`; deterministic given `key`.
 
     `params` default to models/human.toml; `population` gives the virtual-patient variability
-    (default `Population()`); `progress(step, total, text)` is called between agent calls.
+    (default `Population()`); `method` is the agent model's ("fast": pooled D/R classes and
+    exact-in-law clone leaps; "exact": every event); `chunk` caps the patients per agent call
+    (memory and compile shapes); `progress(step, total, text)` is called between agent calls.
     """
     params = load_model_parameters("human") if params is None else params
     population = population or Population()
@@ -166,8 +180,9 @@ def trial(design: TrialDesign, params: Parameters | None = None, *, key,
         if arm is None:  # observation arm: one aspirate after observation_days, no RFS
             out, _ = _run_group(model, scr.params, arm_dosing(d, None), jax.random.fold_in(kg, 0),
                                 t0=0.0, t1=d.observation_days, assess_days=[d.observation_days],
-                                method=method)
+                                method=method, chunk=chunk)
             df["count_C3"] = out["aspirate"][:, 0]
+            df["agent_status"] = out["status"]
             for c in ("extension", "cleared_true_eot", "cleared_observed", "rfs_event"):
                 df[c] = False  # not analysed for RFS (kept boolean so columns stay typed)
             df["discontinued_cycle"] = 0
@@ -184,6 +199,7 @@ def trial(design: TrialDesign, params: Parameters | None = None, *, key,
                                                                                 "count_post"]}
         clear_a, relapse_a = np.full(n, np.inf), np.full(n, np.inf)
         ext = np.zeros(n, bool)
+        status = np.zeros(n, int)
         clear_b, relapse_b = np.full(n, np.inf), np.full(n, np.inf)
         states = {}
         for s in np.unique(stop_cycle):  # phase A
@@ -191,10 +207,12 @@ def trial(design: TrialDesign, params: Parameters | None = None, *, key,
             stop_day = None if s == 0 else float(s * d.cycle_days)
             out, fs = _run_group(model, _take(scr.params, idx), arm_dosing(d, arm,
                                  stop_day=stop_day), jax.random.fold_in(kg, int(s)),
-                                 t0=0.0, t1=end_plan, assess_days=a_days, method=method)
+                                 t0=0.0, t1=end_plan, assess_days=a_days, method=method,
+                                 chunk=chunk)
             for j, a in enumerate(a_names):
                 cols["count_" + a][idx] = out["aspirate"][:, j]
             clear_a[idx], relapse_a[idx] = out["clearance_day"], out["relapse_day"]
+            status[idx] = np.maximum(status[idx], out["status"])
             ext[idx] = (out["positive"][:, -1] & (s == 0) & (d.extension_cycles > 0))
             states[int(s)] = (idx, fs)
         step += 1
@@ -213,17 +231,20 @@ def trial(design: TrialDesign, params: Parameters | None = None, *, key,
                     model, _take(scr.params, idx), arm_dosing(d, arm, extension=e,
                                                               stop_day=stop_day),
                     jax.random.fold_in(kg, 1000 + 2 * s + int(e)), t0=end_plan,
-                    t1=d.horizon_days, assess_days=days, initial=_take(fs, sel), method=method)
+                    t1=d.horizon_days, assess_days=days, initial=_take(fs, sel), method=method,
+                    chunk=chunk)
                 if e:
                     cols["count_C12"][idx] = out["aspirate"][:, 0]
                 cols["count_post"][idx] = out["aspirate"][:, -1]
                 clear_b[idx], relapse_b[idx] = out["clearance_day"], out["relapse_day"]
+                status[idx] = np.maximum(status[idx], out["status"])
         step += 1
         if progress:
             progress(step, total, name)
         for c, v in cols.items():
             df[c] = v
         df["extension"] = ext
+        df["agent_status"] = status  # 0 ok; see agents.STATUS_MESSAGES
         df["discontinued_cycle"] = stop_cycle
         eot = np.where(stop_cycle > 0, stop_cycle * d.cycle_days, np.where(ext, end_ext,
                                                                            end_plan))
