@@ -25,6 +25,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 COMMAND_MODULES = (
     "dormancy_model.cli_simulate",
     "dormancy_model.cli_sweep",
+    "dormancy_model.cli_fit",
+    "dormancy_model.cli_agents",
 )
 
 for _mod in COMMAND_MODULES:
