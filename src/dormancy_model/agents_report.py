@@ -19,7 +19,9 @@ def wilson(successes: int, n: int) -> list[float]:
     den = 1 + Z95**2 / n
     centre = (p + Z95**2 / (2 * n)) / den
     half = Z95 * math.sqrt(p * (1 - p) / n + Z95**2 / (4 * n * n)) / den
-    return [max(0.0, centre - half), min(1.0, centre + half)]
+    lo = 0.0 if successes == 0 else max(0.0, centre - half)
+    hi = 1.0 if successes == n else min(1.0, centre + half)
+    return [lo, hi]
 
 
 def proportion(flags) -> dict:
