@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "dormancy_model.cli_simulate",
     "dormancy_model.cli_sweep",
     "dormancy_model.cli_fit",
+    "dormancy_model.cli_fit",
     "dormancy_model.cli_agents",
 )
 

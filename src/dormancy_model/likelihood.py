@@ -110,3 +110,21 @@ def log_prior(scaled_values, centre, width):
     sd = width / 4.0
     z = (scaled_values - centre) / sd
     return jnp.sum(-0.5 * z**2 - jnp.log(sd) - 0.5 * LOG_2PI)
+
+
+def predict_arms(study, params: Parameters, days, options: SolverOptions | None = None,
+                 model: DormancyModel | None = None):
+    """Fitted curves for figures: (residual (A, G) cells, relapse-free probability (A, G)) of
+    every arm of `study` on `days` (increasing, starting at 0), as numpy arrays."""
+    import numpy as np
+
+    from .study import stacked_dosing
+
+    options = options or SolverOptions(rtol=1e-6, atol=1e-6, max_steps=4096)
+    model = model or DormancyModel()
+    p = params.replace(body_weight=study.body_weight_kg)
+    dosing = stacked_dosing([a.schedule for a in study.arms])
+    grid = jnp.asarray(np.asarray(days, float))
+    pred = eqx.filter_jit(jax.vmap(arm_prediction, in_axes=(None, None, 0, None, None)))(
+        model, p, dosing, grid, options)
+    return np.asarray(pred.residual), np.exp(-np.asarray(pred.cum_hazard))
