@@ -213,7 +213,8 @@ def trial(design: TrialDesign, params: Parameters | None = None, *, key,
                 cols["count_" + a][idx] = out["aspirate"][:, j]
             clear_a[idx], relapse_a[idx] = out["clearance_day"], out["relapse_day"]
             status[idx] = np.maximum(status[idx], out["status"])
-            ext[idx] = (out["positive"][:, -1] & (s == 0) & (d.extension_cycles > 0))
+            ext[idx] = (out["positive"][:, -1] & (s == 0) & (d.extension_cycles > 0)
+                        & bool(arm.drugs))
             states[int(s)] = (idx, fs)
         step += 1
         if progress:

@@ -33,7 +33,8 @@ MONTH_DAYS = 365.25 / 12
 
 @dataclass(frozen=True)
 class Arm:
-    """A treated arm: name, drugs given (subset of hcq, eve), patients, dose factor per drug."""
+    """An arm: name, drugs given (subset of hcq, eve; empty = untreated control followed like
+    the treated arms, never extended), patients, dose factor per drug."""
 
     name: str
     drugs: tuple[str, ...]
@@ -78,8 +79,9 @@ class TrialDesign:
         for a in self.arms:
             if a.n < 1:
                 raise InputError(src, f"arms.{a.name}.n", f"must be >= 1, got {a.n}")
-            if not a.drugs or any(d not in ("hcq", "eve") for d in a.drugs):
-                raise InputError(src, f"arms.{a.name}.drugs", "must be a subset of hcq, eve")
+            if any(d not in ("hcq", "eve") for d in a.drugs):
+                raise InputError(src, f"arms.{a.name}.drugs",
+                                 "must be a subset of hcq, eve (empty: untreated control)")
             if a.hcq_factor < 0 or a.eve_factor < 0:
                 raise InputError(src, f"arms.{a.name}", "dose factors must be >= 0")
         if len({a.name for a in self.arms}) != len(self.arms):
