@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "dormancy_model.cli_fit",
     "dormancy_model.cli_fit",
     "dormancy_model.cli_agents",
+    "dormancy_model.cli_trial",
 )
 
 for _mod in COMMAND_MODULES:

@@ -18,6 +18,7 @@ STAGES = [
     ("Fit the synthetic mouse study", "dormancy_model.demo_fit:run"),
     ("Fit the synthetic mouse study", "dormancy_model.demo_fit:run"),
     ("CLEVER arms, stochastic agents", "dormancy_model.demo_agents:run"),
+    ("Virtual CLEVER trial and report", "dormancy_model.demo_trial:run"),
 ]
 
 
