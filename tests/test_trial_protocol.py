@@ -92,6 +92,11 @@ def test_extension_for_dtc_positive_after_cycle_6(run):
     assert tr.loc[~tr["extension"], "count_C12"].isna().all()
     assert (tr.loc[tr["extension"], "end_treatment_day"] == 336).all()
     assert (tr.loc[~tr["extension"], "end_treatment_day"] == 168).all()
+    # cleared vs persistent: DTC- at C6 (the protocol's persistence); end of treatment: C12 if
+    # extended
+    np.testing.assert_array_equal(tr["cleared_observed"], tr["count_C6"] == 0)
+    last = np.where(tr["extension"], tr["count_C12"], tr["count_C6"])
+    np.testing.assert_array_equal(tr["cleared_eot_observed"], last == 0)
     later = [c for c in rec.calls if c["initial"]]
     assert all(c["t0"] == 168.0 and c["t1"] == design.horizon_days for c in later)
     ext_calls = [c for c in later if c["assess"] == (336.0, 518.0)]

@@ -236,3 +236,42 @@ def load_calibration(path) -> dict:
         raise InputError(str(path), "file", "not found") from None
     except (KeyError, TypeError, ValueError, json.JSONDecodeError) as e:
         raise InputError(str(path), "estimates", f"not a calibration file ({e})") from None
+
+
+def main(argv=None) -> None:
+    """python -m dormancy_model.calibrate --replicates 16 --seed 2026 --out fits/..."""
+    import argparse
+    import time
+
+    from .io import atomic_write_json
+    from .parameters import load_model_parameters
+    from .trial_design import clever_design
+
+    ap = argparse.ArgumentParser(description="Calibrate the virtual CLEVER trial")
+    ap.add_argument("--model", default="human")
+    ap.add_argument("--replicates", type=int, default=16)
+    ap.add_argument("--check-replicates", type=int, default=32)
+    ap.add_argument("--points", type=int, default=3)
+    ap.add_argument("--span", type=float, default=1.0)
+    ap.add_argument("--seed", type=int, default=2026)
+    ap.add_argument("--out", default="fits/clever_calibration.json")
+    a = ap.parse_args(argv)
+    p = load_model_parameters(a.model)
+    t = time.perf_counter()
+    res = calibrate(clever_design(), p, key=jax.random.key(a.seed), replicates=a.replicates,
+                    span=a.span, points=a.points, check_replicates=a.check_replicates,
+                    progress=lambda i, n, s: print(f"{s} {i}/{n} "
+                                                   f"({time.perf_counter() - t:.0f} s)",
+                                                   flush=True))
+    rec = calibration_record(res, p, a.seed)
+    rec["command"] = ("python -m dormancy_model.calibrate " + " ".join(argv or [])).strip()
+    rec["wall_seconds"] = round(time.perf_counter() - t, 1)
+    atomic_write_json(a.out, rec)
+    print(res.check.drop(columns=["source"]).to_string())
+    print(f"wrote {a.out}: " + ", ".join(f"{k} = {v:.4g} /day" for k, v in res.values.items()))
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1:])

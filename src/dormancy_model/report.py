@@ -14,7 +14,8 @@ from .io import atomic_savefig, atomic_write_csv, atomic_write_text
 
 ARM_COLOURS = {"HCQ": "tab:blue", "EVE": "tab:orange", "HCQ+EVE": "tab:green",
                "observation": "tab:gray"}
-SUMMARY_METRICS = [("clearance_C3", "DTC- after C3"), ("clearance_eot", "DTC- at end of tx"),
+SUMMARY_METRICS = [("clearance_C3", "DTC- after C3"), ("clearance_C6", "DTC- after C6"),
+                   ("clearance_eot", "DTC- at end of tx"),
                    ("cleared_true_eot", "no cell left at end of tx (model)"),
                    ("extension_fraction", "extended to 12 cycles"),
                    ("reduction_C3", "DTC reduction C3 (Poisson)"),
@@ -129,7 +130,7 @@ def write_report(result, trials: pd.DataFrame, out_dir, *, check: pd.DataFrame |
     hr = TA.spread(trials, "hr_cleared", "all treated")
     n_est = int(np.isfinite(trials.loc[trials["arm"] == "all treated", "hr_cleared"]).sum())
     sections.append(("Relapse: cleared vs persistent", (
-        f"Cox HR of relapse, DTC- vs DTC+ at the last on-treatment aspirate: median "
+        f"Cox HR of relapse, DTC- vs DTC+ after cycle 6 (persistent): median "
         f"{_fmt(hr[1])} [{_fmt(hr[0])}, {_fmt(hr[2])}] over the {n_est} of "
         f"{result.replicates} trials where it is estimable (relapses in both groups); pooled "
         f"over all simulated patients {_fmt(pooled.hr)} (95% CI {_fmt(pooled.lower95)}-"

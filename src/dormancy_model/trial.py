@@ -183,7 +183,8 @@ def trial(design: TrialDesign, params: Parameters | None = None, *, key,
                                 method=method, chunk=chunk)
             df["count_C3"] = out["aspirate"][:, 0]
             df["agent_status"] = out["status"]
-            for c in ("extension", "cleared_true_eot", "cleared_observed", "rfs_event"):
+            for c in ("extension", "cleared_true_eot", "cleared_observed", "cleared_eot_observed",
+                      "rfs_event"):
                 df[c] = False  # not analysed for RFS (kept boolean so columns stay typed)
             df["discontinued_cycle"] = 0
             rows.append(df)
@@ -253,8 +254,11 @@ def trial(design: TrialDesign, params: Parameters | None = None, *, key,
         clearance = np.minimum(clear_a, clear_b)
         df["clearance_day"] = clearance
         df["cleared_true_eot"] = clearance <= eot
+        # cleared vs persistent (for the HR): DTC- at the last planned assessment (C6), the
+        # protocol's own definition of persistence (DTC+ after C6 triggers the extension)
+        df["cleared_observed"] = df["count_" + a_names[-1]] == 0
         last_on = np.where(ext, df["count_C12"], df["count_" + a_names[-1]])
-        df["cleared_observed"] = last_on == 0
+        df["cleared_eot_observed"] = last_on == 0  # DTC- at the last on-treatment aspirate
         relapse = np.minimum(relapse_a, relapse_b)
         u = host_rng(k_cens, gi).uniform(size=n)
         lo, hi = d.followup_min_months, d.followup_max_months

@@ -254,19 +254,22 @@ def cox_binary(durations, events, group, *, max_iter: int = 50) -> CoxResult:
 
 
 # ----------------------------------------------------------------------------- whole trials
-ARM_METRICS = ("n", "clearance_C3", "clearance_eot", "cleared_true_eot", "extension_fraction",
-               "reduction_C3", "posterior_prob", "posterior_prob_80", "rfs_3y", "relapses")
+ARM_METRICS = ("n", "clearance_C3", "clearance_C6", "clearance_eot", "cleared_true_eot",
+               "extension_fraction", "reduction_C3", "posterior_prob", "posterior_prob_80",
+               "rfs_3y", "relapses")
 
 
 def analyze_one_trial(pat: pd.DataFrame, screening: pd.DataFrame | None = None) -> list[dict]:
     """Per-arm endpoints of one trial (rows: each arm, 'observation', and 'all treated').
 
-    clearance_C3: fraction DTC- in the aspirate after cycle 3; clearance_eot: DTC- at the last
-    on-treatment aspirate (C6, or C12 after an extension); cleared_true_eot: no cell left at the
+    clearance_C3: fraction DTC- in the aspirate after cycle 3; clearance_C6: DTC- at the last
+    planned assessment (C6; DTC+ there means persistent and triggers the extension);
+    clearance_eot: DTC- at the last on-treatment aspirate (C6, or C12 after an extension);
+    cleared_true_eot: no cell left at the
     end of treatment (known only to the model); reduction_C3: Poisson-regression reduction of
     DTC counts baseline -> C3; posterior_prob(_80): P(C3 DTC rate below (20% of) the observation
     arm's 3-month rate); rfs_3y: Kaplan-Meier 3-year RFS; hr_cleared: Cox HR of relapse, cleared
-    (DTC- at the last on-treatment aspirate) vs persistent, all treated patients pooled.
+    (DTC- at C6) vs persistent (DTC+ at C6), all treated patients of the trial pooled.
     """
     obs = pat[pat["arm"] == "observation"]
     obs_c3 = obs["count_C3"].to_numpy(float)
@@ -281,7 +284,8 @@ def analyze_one_trial(pat: pd.DataFrame, screening: pd.DataFrame | None = None) 
         if is_obs:
             return row
         row.update(
-            clearance_eot=float(g["cleared_observed"].mean()),
+            clearance_C6=float(g["cleared_observed"].mean()),
+            clearance_eot=float(g["cleared_eot_observed"].mean()),
             cleared_true_eot=float(g["cleared_true_eot"].mean()),
             extension_fraction=float(g["extension"].mean()),
             posterior_prob=posterior_prob_reduction(c3, obs_c3) if obs_c3.size else np.nan,

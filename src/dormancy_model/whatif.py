@@ -24,7 +24,8 @@ from . import trial_analysis as TA
 from .trial import trial
 from .trial_design import Arm, TrialDesign
 
-METRICS = ("clearance_C3", "clearance_eot", "cleared_true_eot", "reduction_C3", "rfs_3y")
+METRICS = ("clearance_C3", "clearance_C6", "clearance_eot", "cleared_true_eot", "reduction_C3",
+           "rfs_3y")
 
 
 def _summarise(label: str, trials: pd.DataFrame) -> list[dict]:
