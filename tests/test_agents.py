@@ -79,8 +79,10 @@ def test_same_key_same_result_different_key_different(model, human):
     a = run(model, p, seed=1)
     b = run(model, p, seed=1)
     c = run(model, p, seed=2)
+    d = run(model, p, seed=1, chunk_size=N)  # results do not depend on the chunking
     np.testing.assert_array_equal(a.counts, b.counts)
     np.testing.assert_array_equal(a.clearance_day, b.clearance_day)
+    np.testing.assert_array_equal(a.counts, d.counts)
     assert not np.array_equal(a.counts, c.counts)
 
 

@@ -217,13 +217,13 @@ def _replicate_keys(key, n):
 
 @eqx.filter_jit
 def _run_chunk(method, table, table_axis, states, keys, t0, t1, rec_t, switch_size, max_events,
-               leap_days):
+               leap_days, late_leap_days):
     if method == "exact":
         fn = lambda tb, s, k: E.run_exact(tb, s, k, t0, t1, rec_t, switch_size,  # noqa: E731
                                           max_events)
     else:
         fn = lambda tb, s, k: E.run_fast(tb, s, k, t0, t1, rec_t, switch_size,  # noqa: E731
-                                         max_events, leap_days)
+                                         max_events, leap_days, late_leap_days)
     return jax.vmap(fn, in_axes=(table_axis, 0, 0))(table, states, keys)
 
 
@@ -239,15 +239,17 @@ def simulate_agents(model: DormancyModel, params: Parameters, schedule: Schedule
                     heterogeneity: Heterogeneity | None = None, count_days=(),
                     assess_days=(), initial: AgentState | None = None, t0: float = 0.0,
                     initial_count: str = "poisson", switch_size: float = 1e4,
-                    leap_days: float = 1.0, hazard_hours: float = 1.0,
-                    max_events: int | None = None, chunk_size: int = 4096,
+                    leap_days: float = 1.0, late_leap_days: float = 7.0,
+                    hazard_hours: float = 1.0,
+                    max_events: int | None = None, chunk_size: int | None = None,
                     extra_slots: int | None = None, clone_slots: int = 16,
                     progress=None) -> AgentResult:
     """Simulate `n_replicates` individuals from day t0 to t1 (days) with the agent model.
 
     `params` may carry a leading batch axis of length n_replicates (one virtual patient per
     replicate). Same `key` -> same result, independent of `chunk_size` (replicate i uses
-    `fold_in(key, i)`). `progress(done, total)` is called after each chunk.
+    `fold_in(key, i)`). Replicates run in lock-step chunks of `chunk_size` (default 1024 on
+    CPU, 131072 on an accelerator); `progress(done, total)` is called after each chunk.
     """
     het = heterogeneity or Heterogeneity()
     if method not in ("exact", "fast"):
@@ -297,6 +299,8 @@ def simulate_agents(model: DormancyModel, params: Parameters, schedule: Schedule
                           switch_day=pad(states["switch_day"], jnp.inf))
     if max_events is None:
         max_events = 2_000_000 if method == "exact" else 200_000
+    if chunk_size is None:  # lock-step loops: small chunks on CPU (cache), large on GPU
+        chunk_size = 1024 if jax.default_backend() == "cpu" else 131072
     chunk = int(min(max(chunk_size, 1), n))
     outs = []
     f64 = lambda x: jnp.asarray(x, jnp.float64)  # noqa: E731
@@ -307,7 +311,7 @@ def simulate_agents(model: DormancyModel, params: Parameters, schedule: Schedule
         out = _run_chunk(method, tb, 0 if batched else None,
                          jax.tree_util.tree_map(take, states), k_run[sl], f64(t0), f64(t1),
                          jnp.asarray(rec_days), f64(switch_size), jnp.asarray(max_events),
-                         f64(leap_days))
+                         f64(leap_days), f64(max(late_leap_days, leap_days)))
         m = min(chunk, n - start)
         outs.append(jax.tree_util.tree_map(lambda x, m=m: np.asarray(x)[:m], out))
         if progress is not None:

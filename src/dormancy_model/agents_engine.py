@@ -32,8 +32,9 @@ def _record(rec_t, records, t, t_next, counts):
     return jnp.where(mask[:, None], counts[None, :], records)
 
 
-def _onehot(c, n):
-    return jnp.arange(n) == c
+def _pick(onehot, arr):
+    """arr[index] for a one-hot mask of the index (entries of arr may be inf)."""
+    return jnp.sum(jnp.where(onehot, arr, jnp.zeros_like(arr)))
 
 
 # ---------------------------------------------------------------- exact (one slot per cell)
@@ -172,7 +173,8 @@ def leap_clone(u, n, alpha, beta):
     exact = jnp.sum(jnp.where(jnp.arange(m) < n, lineage, 0.0))
     mean = n * (1.0 - alpha) / (1.0 - beta)
     var = n * (1.0 - alpha) * (alpha + beta) / (1.0 - beta) ** 2
-    z = jnp.sqrt(-2.0 * jnp.log(jnp.maximum(u[2 * m], 1e-300))) * jnp.cos(2 * jnp.pi * u[2 * m + 1])
+    z = jnp.sqrt(-2.0 * jnp.log(jnp.maximum(u[2 * m], 1e-300))) * jnp.cos(
+        2 * jnp.pi * u[2 * m + 1])
     approx = jnp.maximum(jnp.round(mean + jnp.sqrt(var) * z), 0.0)
     return jnp.where(n <= m, exact, approx)
 
@@ -183,7 +185,7 @@ def fast_counts(d, r, ckind, ccount):
 
 
 def run_fast(table: H.HazardTable, state: dict, key, t0, t1, rec_t, switch_size, max_events,
-             leap_days):
+             leap_days, late_leap_days):
     """Simulate one replicate from `state` (d, r (K,), class_a, class_rp (K,), clone_kind,
     clone_count, clone_cls, clone_since, switch_day (Q,), clearance_day)."""
     d, r, ca, crp = state["d"], state["r"], state["class_a"], state["class_rp"]
@@ -191,9 +193,13 @@ def run_fast(table: H.HazardTable, state: dict, key, t0, t1, rec_t, switch_size,
     q_slots = state["clone_kind"].shape[0]
     k_init, k_loop = jax.random.split(key)
 
+    t_split = table.spec[2]  # end of the hourly grid: drugs vary within a day before it
+
     def leap_end(t):
         nxt = jnp.min(jnp.where(rec_t > t, rec_t, jnp.inf))
-        return jnp.where(t >= t1, jnp.inf, jnp.minimum(jnp.minimum(t + leap_days, nxt), t1))
+        step = jnp.where(t < t_split, leap_days, late_leap_days)
+        end = jnp.minimum(t + step, nxt)
+        return jnp.where(t >= t1, jnp.inf, jnp.minimum(end, t1))
 
     e0 = jax.random.exponential(k_init, (n_cls,))
     cnt = jax.vmap(lambda w, e: table.next_time(w, t0, e))(class_weights(d, r, ca, crp), e0)
@@ -214,71 +220,85 @@ def run_fast(table: H.HazardTable, state: dict, key, t0, t1, rec_t, switch_size,
     def body(c):
         all_next = jnp.concatenate([c["class_next"], c["cnext"]])
         i = jnp.argmin(all_next)
-        T = all_next[i]
+        T = jnp.min(all_next)
         finish = T > t1
         d, r, ckind, ccount = c["d"], c["r"], c["ckind"], c["ccount"]
         records = _record(rec_t, c["records"], c["t"], T, fast_counts(d, r, ckind, ccount))
-        u = jax.random.uniform(jax.random.fold_in(k_loop, c["it"]), (5 + 2 * N_EXACT_LINEAGES,))
+        u = jax.random.uniform(jax.random.fold_in(k_loop, c["it"]), (7 + 2 * N_EXACT_LINEAGES,))
         is_class = i < n_cls
-        # --- class pool event
+        # one-hot selectors (cheaper than scatters/gathers on small arrays under vmap)
         k = jnp.minimum(i, n_cls - 1)
-        wk = class_weights(d[k], r[k], ca[k], crp[k])
-        p = wk * table.rate[table.cell(T)]
+        hk = jnp.arange(n_cls) == k
+        qi = jnp.clip(i - n_cls, 0, q_slots - 1)
+        hq = jnp.arange(q_slots) == qi
+        # --- class pool event
+        dk, rk = _pick(hk, d), _pick(hk, r)
+        cak, crpk = _pick(hk, ca), _pick(hk, crp)
+        p = class_weights(dk, rk, cak, crpk) * table.rate[table.cell(T)]
         cum = jnp.cumsum(p)
         ch = jnp.minimum(jnp.sum(cum < u[0] * cum[-1]), H.N_CHANNELS - 1)
-        act_c = (~finish) & is_class & ~c["class_fresh"][k]
+        act_c = (~finish) & is_class & ~jnp.any(hk & c["class_fresh"])
         dd = jnp.select([ch == H.REACT, (ch == H.DEATH_D0) | (ch == H.DEATH_DEFICIT),
                          ch == H.RETURN_RD], [-1.0, -1.0, 1.0], 0.0)
         dr = jnp.select([ch == H.REACT, ch == H.RETURN_RD, ch == H.COMMIT, ch == H.DEATH_R],
                         [1.0, -1.0, -1.0, -1.0], 0.0)
-        d = d.at[k].add(jnp.where(act_c, dd, 0.0))
-        r = r.at[k].add(jnp.where(act_c, dr, 0.0))
+        d = d + jnp.where(hk & act_c, dd, 0.0)
+        r = r + jnp.where(hk & act_c, dr, 0.0)
         commit = act_c & (ch == H.COMMIT)
         # --- clone leap
-        qi = jnp.clip(i - n_cls, 0, q_slots - 1)
         act_l = (~finish) & ~is_class
-        since, n = c["csince"][qi], ccount[qi]
+        since, n = _pick(hq, c["csince"]), _pick(hq, ccount)
         tau = T - since
         avg = table.averages(since, T)
         lam, mu, kpd = avg[H.DIVIDE], avg[H.DEATH_P], avg[H.RETURN_PD]
         ret = jnp.minimum(jnp.floor(n * -jnp.expm1(-kpd * tau) + u[1]), n)
         alpha, beta = kendall(lam, mu, tau)
-        n_new = leap_clone(u[3:], n - ret, alpha, beta)
-        became_lesion = n_new >= switch_size
-        frac = jnp.log(switch_size / n) / jnp.log(jnp.maximum(n_new, switch_size) / n)
-        sw = since + tau * jnp.clip(jnp.where(n < switch_size, frac, 0.0), 0.0, 1.0)
+        n_new = leap_clone(u[5:], n - ret, alpha, beta)
+        # first passage of the switch size inside the leap: observed at the end, or (ended
+        # below it) with the Brownian-bridge crossing probability of the diffusion limit
+        n_mid = 0.5 * (n + n_new)
+        var = jnp.maximum(n_mid * (lam + mu) * tau, 1e-300)
+        gap_a, gap_b = switch_size - n, switch_size - n_new
+        p_cross = jnp.where((n_new > 0) & (gap_b > 0), jnp.exp(-2.0 * gap_a * gap_b / var), 0.0)
+        bridge = u[4] < p_cross
+        became_lesion = (n_new >= switch_size) | bridge
+        frac = jnp.where(bridge, gap_a / jnp.maximum(gap_a + gap_b, 1e-300),
+                         jnp.log(switch_size / jnp.maximum(n, 1.0))
+                         / jnp.log(jnp.maximum(n_new, switch_size + 1e-9) / jnp.maximum(n, 1.0)))
+        sw = since + tau * jnp.clip(frac, 0.0, 1.0)
+        n_new = jnp.where(bridge, switch_size, n_new)
         new_kind = jnp.where(n_new <= 0, EMPTY, jnp.where(became_lesion, LESION, PROLIFERATING))
-        ckind = ckind.at[qi].set(jnp.where(act_l, new_kind, ckind[qi]))
-        ccount = ccount.at[qi].set(jnp.where(act_l, n_new, n))
-        switch_day = c["switch_day"].at[qi].set(
-            jnp.where(act_l & became_lesion, sw, c["switch_day"][qi]))
-        csince = c["csince"].at[qi].set(jnp.where(act_l, T, since))
-        cnext = c["cnext"].at[qi].set(
-            jnp.where(act_l, jnp.where(new_kind == PROLIFERATING, leap_end(T), jnp.inf),
-                      c["cnext"][qi]))
-        cls_ret = c["ccls"][qi]
+        sel = hq & act_l
+        ckind = jnp.where(sel, new_kind, ckind)
+        ccount = jnp.where(sel, n_new, ccount)
+        switch_day = jnp.where(sel & became_lesion, sw, c["switch_day"])
+        csince = jnp.where(sel, T, c["csince"])
+        cnext = jnp.where(sel, jnp.where(new_kind == PROLIFERATING, leap_end(T), jnp.inf),
+                          c["cnext"])
+        cls_ret = _pick(hq, c["ccls"])
         got_ret = act_l & (ret > 0)
-        d = d.at[cls_ret].add(jnp.where(got_ret, ret, 0.0))
+        hr = (jnp.arange(n_cls) == cls_ret) & got_ret
+        d = d + jnp.where(hr, ret, 0.0)
         # --- new clone from a commitment
-        j = jnp.argmax(ckind == EMPTY)
-        has_free = ckind[j] == EMPTY
-        b = commit & has_free
-        ckind = ckind.at[j].set(jnp.where(b, PROLIFERATING, ckind[j]))
-        ccount = ccount.at[j].set(jnp.where(b, 1.0, ccount[j]))
-        ccls = c["ccls"].at[j].set(jnp.where(b, k, c["ccls"][j]))
-        csince = csince.at[j].set(jnp.where(b, T, csince[j]))
-        cnext = cnext.at[j].set(jnp.where(b, leap_end(T), cnext[j]))
+        empty = ckind == EMPTY
+        j = jnp.argmax(empty)
+        has_free = jnp.any(empty)
+        hj = (jnp.arange(q_slots) == j) & commit & has_free
+        ckind = jnp.where(hj, PROLIFERATING, ckind)
+        ccount = jnp.where(hj, 1.0, ccount)
+        ccls = jnp.where(hj, k, c["ccls"])
+        csince = jnp.where(hj, T, csince)
+        cnext = jnp.where(hj, leap_end(T), cnext)
         status = jnp.where(commit & ~has_free, STATUS_OVERFLOW, c["status"])
         # --- redraw the class pool whose counts changed (memoryless)
-        w_new = class_weights(d[k], r[k], ca[k], crp[k])
+        w_new = class_weights(_pick(hk, d), _pick(hk, r), cak, crpk)
         tk = table.next_time(w_new, T, -jnp.log(u[2]))
-        class_next = c["class_next"].at[k].set(jnp.where((~finish) & is_class, tk,
-                                                         c["class_next"][k]))
-        class_fresh = c["class_fresh"].at[k].set(
-            jnp.where((~finish) & is_class, False, c["class_fresh"][k]))
+        upd = hk & (~finish) & is_class
+        class_next = jnp.where(upd, tk, c["class_next"])
+        class_fresh = jnp.where(upd, False, c["class_fresh"])
         # a pool that received returned cells draws a new time at the next iteration
-        class_next = class_next.at[cls_ret].set(jnp.where(got_ret, T, class_next[cls_ret]))
-        class_fresh = class_fresh.at[cls_ret].set(class_fresh[cls_ret] | got_ret)
+        class_next = jnp.where(hr, T, class_next)
+        class_fresh = class_fresh | hr
         any_left = (jnp.sum(d) + jnp.sum(r) > 0) | jnp.any(ckind != EMPTY)
         clearance_day = jnp.where((~finish) & ~any_left & ~jnp.isfinite(c["clearance_day"]),
                                   T, c["clearance_day"])

@@ -80,9 +80,8 @@ def agents_cmd(
     out_dir = prepare_out_dir(out)
     count_days = sorted(set(list(range(0, int(t1), 28)) + [t1]))
 
-    from rich.progress import Progress
-
     import jax
+    from rich.progress import Progress
 
     with Progress(transient=True) as bar:
         task = bar.add_task(f"{replicates} virtual patients ({method})", total=replicates)
