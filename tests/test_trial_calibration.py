@@ -1,0 +1,79 @@
+"""Calibration: the surrogate machinery recovers a known optimum (fast, analytic stand-in for
+the simulator), and the full simulation-based calibration recovers the parameters of a
+synthetic trial made from known values (slow)."""
+
+import json
+
+import jax
+import numpy as np
+import pandas as pd
+import pytest
+
+from dormancy_model import calibrate as C
+from dormancy_model import load_model_parameters
+from dormancy_model.errors import InputError
+from dormancy_model.trial_design import clever_design
+
+TRUE = np.log([0.025, 3.0e-4])
+
+
+def fake_simulate_at(theta, design, params, population, *, key, replicates, method="fast",
+                     chunk=512):
+    """Statistics as smooth known functions of theta (exactly quadratic in theta), so the
+    response surface is exact and the optimum is known."""
+    u, v = np.asarray(theta) - TRUE
+    rows = []
+    for t in range(3):
+        for arm, base_red, base_rfs in (("HCQ", 0.80, 0.917), ("EVE", 0.78, 0.929),
+                                        ("HCQ+EVE", 0.87, 0.99)):
+            rows.append(dict(trial=t, arm=arm, reduction_C3=base_red + 0.1 * u - 0.01 * u * u,
+                             rfs_3y=base_rfs - 0.04 * v + 0.005 * v * v))
+        rows.append(dict(trial=t, arm="all treated", hr_cleared=0.21 * np.exp(0.2 * u),
+                         screen_positivity=0.3))
+    return pd.DataFrame(rows), None
+
+
+def test_surrogate_calibration_recovers_known_optimum(monkeypatch):
+    monkeypatch.setattr(C, "simulate_at", fake_simulate_at)
+    p = load_model_parameters("human")
+    targets = {k: v for k, v in C.TARGETS.items()}
+    targets["rfs_3y:HCQ+EVE"] = 0.99
+    res = C.calibrate(clever_design(), p, key=jax.random.key(0), replicates=3, span=1.0,
+                      points=3, targets=targets)
+    np.testing.assert_allclose(res.theta, TRUE, atol=1e-3)
+    assert set(res.values) == {"delta_max", "k_dr"}
+    rec = C.calibration_record(res, p, seed=0)
+    assert rec["estimates"]["delta_max"]["internal_value"] == pytest.approx(0.025, rel=1e-3)
+    assert len(rec["grid"]) == 9 and rec["targets"]["hr_cleared"] == 0.21
+
+
+def test_loss_zero_at_targets_and_load_calibration(tmp_path):
+    assert C.loss(dict(C.TARGETS)) == 0.0
+    assert C.loss({**C.TARGETS, "rfs_3y:HCQ": 0.917 + 0.05}) == pytest.approx(1.0)
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"estimates": {"k_dr": {"internal_value": 3e-4}}}))
+    assert C.load_calibration(path) == {"k_dr": 3e-4}
+    path.write_text("{}")
+    with pytest.raises(InputError):
+        C.load_calibration(path)
+
+
+@pytest.mark.slow
+def test_calibration_recovers_synthetic_trial():
+    """Targets = medians of a synthetic trial simulated at known typical values; calibration
+    from the parameter-file values (other key) must find them again."""
+    p = load_model_parameters("human")
+    d = clever_design()
+    trials, pats = C.simulate_at(TRUE, d, p, C.Population(), key=jax.random.key(11),
+                                 replicates=16)
+    stats = C.trial_statistics(trials, pats)
+    targets = {k: stats[k] for k in C.TARGETS if k != "hr_cleared"}
+    res = C.calibrate(d, p, key=jax.random.key(12), replicates=16, span=1.0, points=3,
+                      targets=targets)
+    # delta_max is pinned by three reductions; k_dr by 3-year RFS of ~51 patients (noisier)
+    assert abs(res.theta[0] - TRUE[0]) < 0.3
+    assert abs(res.theta[1] - TRUE[1]) < 0.7
+    chk = res.check.set_index(["statistic", "arm"])
+    for arm in ("HCQ", "EVE", "HCQ+EVE"):
+        row = chk.loc[("reduction_C3", arm)]
+        assert row["sim_p05"] <= targets[f"reduction_C3:{arm}"] <= row["sim_p95"]
