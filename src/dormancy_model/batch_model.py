@@ -85,6 +85,7 @@ class _Lane(NamedTuple):
     coef_oral: dict  # drug -> (N, n) concentration per mg given orally, by mode
     coef_iv: dict
     tlag: dict  # drug -> (N,)
+    body_weight: jax.Array  # (N,) kg
 
 
 class DormancyLanes(AbstractLaneProblem):
@@ -97,38 +98,42 @@ class DormancyLanes(AbstractLaneProblem):
     def rhs(self, t, y, x, s, lane: _Lane, shared):
         p = {**shared["params"], **lane.params}
         conc = {}
-        for drug in DRUG_MODES:
-            s2 = s[:, None] if jnp.ndim(s) else s
-            conc[drug] = jnp.sum(x[drug] * jnp.exp(lane.lam[drug] * s2), axis=1)
+        for drug in DRUG_MODES:  # structure of arrays: one (N,) array per mode
+            conc[drug] = sum(a * jnp.exp(lm * s) for a, lm in zip(x[drug], lane.lam[drug],
+                                                                   strict=True))
         rt = R.cell_rates(jnp.maximum(conc["eve"], 0.0), jnp.maximum(conc["hcq"], 0.0), p)
         return R.cell_derivatives(y[0], y[1], y[2], rt, p["detection_size"])
 
     def advance(self, x, s, lane, shared):
-        return {d: x[d] * jnp.exp(lane.lam[d] * s[:, None]) for d in DRUG_MODES}
-
-    def _tau(self, drug, k, lane, shared):
-        tab = shared["table"]
-        t = tab.times[drug][lane.sid, k]
-        return t + jnp.where(tab.oral[drug][lane.sid, k], lane.tlag[drug], 0.0)
+        return {d: tuple(a * jnp.exp(lm * s) for a, lm in zip(x[d], lane.lam[d], strict=True))
+                for d in DRUG_MODES}
 
     def next_event(self, ev, lane, shared):
-        return jnp.minimum(self._tau("hcq", ev["hcq"], lane, shared),
-                           self._tau("eve", ev["eve"], lane, shared))
+        return jnp.minimum(ev["hcq"]["tau"], ev["eve"]["tau"])
 
     def apply_events(self, t, x, ev, lane, shared):
-        tab = shared["table"]
-        p = {**shared["params"], **lane.params}
         x, ev = dict(x), dict(ev)
         for drug in DRUG_MODES:
-            k = ev[drug]
-            hit = t >= self._tau(drug, k, lane, shared)
-            amt = tab.amount[drug][lane.sid, k]
-            amt = amt * jnp.where(tab.per_kg[drug][lane.sid, k], p["body_weight"], 1.0)
-            oral = tab.oral[drug][lane.sid, k]
-            coef = jnp.where(oral[:, None], lane.coef_oral[drug], lane.coef_iv[drug])
-            x[drug] = x[drug] + jnp.where(hit, amt, 0.0)[:, None] * coef
-            ev[drug] = k + hit.astype(k.dtype)
+            e = ev[drug]
+            hit = t >= e["tau"]
+            add = jnp.where(hit, e["amt"], 0.0)
+            x[drug] = tuple(a + add * jnp.where(e["oral"], co, ci) for a, co, ci in
+                            zip(x[drug], lane.coef_oral[drug], lane.coef_iv[drug], strict=True))
+            ev[drug] = next_dose(e["k"] + hit.astype(jnp.int32), drug, lane, shared)
         return x, ev
+
+
+def next_dose(k, drug, lane, shared):
+    """Cached record of dose k of each lane: effective time (lag added when oral), amount in mg
+    (per-kg amounts times body weight), oral flag. One packed-row gather per drug."""
+    tab = shared["packed"][drug]  # (S * K, 4): time, amount, per_kg, oral
+    kk = tab.shape[0] // shared["n_sched"]
+    row = jnp.take(tab, lane.sid * kk + jnp.minimum(k, kk - 1), axis=0)
+    oral = row[:, 3] > 0.5
+    bw = lane.body_weight
+    amt = row[:, 1] * jnp.where(row[:, 2] > 0.5, bw, 1.0)
+    tau = row[:, 0] + jnp.where(oral, lane.tlag[drug], 0.0)
+    return {"k": k, "tau": tau, "amt": amt, "oral": oral}
 
 
 def _pk_lane(values: dict, base: Parameters, drug: str):
@@ -157,8 +162,13 @@ def solve_outputs_impl(varying: dict, base: Parameters, table: ScheduleTable, si
     for drug in DRUG_MODES:
         lam[drug], co[drug], ci[drug], tlag[drug], gap[drug] = jax.vmap(
             lambda v, d=drug: _pk_lane(v, base, d))(full)
-    lane = _Lane(varying, sid.astype(jnp.int32), lam, co, ci, tlag)
-    shared = {"params": shared_params, "table": table.astype(dt)}
+    cols = lambda a: tuple(a[:, j] for j in range(a.shape[1]))  # noqa: E731
+    lam, co, ci = ({d: cols(v[d]) for d in DRUG_MODES} for v in (lam, co, ci))
+    lane = _Lane(varying, sid.astype(jnp.int32), lam, co, ci, tlag, full["body_weight"])
+    tab = table.astype(dt)
+    packed = {d: jnp.stack([tab.times[d], tab.amount[d], tab.per_kg[d].astype(dt),
+                            tab.oral[d].astype(dt)], axis=-1).reshape(-1, 4) for d in DRUG_MODES}
+    shared = {"params": shared_params, "packed": packed, "n_sched": tab.times["eve"].shape[0]}
     lag = R.relapse_lag(full)
     t0 = jnp.zeros((), dt)
     out_days = jnp.asarray(sorted(set(days.residual_days) | set(days.assessment_days)), dt)
@@ -168,8 +178,8 @@ def solve_outputs_impl(varying: dict, base: Parameters, table: ScheduleTable, si
     saves_sorted = jnp.take_along_axis(saves, order, axis=1)
     y0 = (full["dormant_initial"], full["reactivating_initial"], full["proliferating_initial"],
           jnp.zeros((n,), dt))
-    x0 = {d: jnp.zeros((n, m), dt) for d, m in DRUG_MODES.items()}
-    ev0 = {d: jnp.zeros((n,), jnp.int32) for d in DRUG_MODES}
+    x0 = {d: tuple(jnp.zeros((n,), dt) for _ in range(m)) for d, m in DRUG_MODES.items()}
+    ev0 = {d: next_dose(jnp.zeros((n,), jnp.int32), d, lane, shared) for d in DRUG_MODES}
     problem = DormancyLanes(table.all_oral)
     sol = solve_sharded(problem, y0, x0, ev0, t0, saves_sorted, lane, shared, opts,
                         expected_steps)

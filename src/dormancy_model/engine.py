@@ -172,11 +172,13 @@ def _solve_batch(problem, y0, x0, ev0, t0, saves, lane, shared, opts: EngineOpti
     fsal = tab.fsal and problem.rhs_continuous_at_events
     t = jnp.broadcast_to(jnp.asarray(t0, dt_), (n,))
     t_end = saves[:, -1]
-    rows = jnp.arange(n)
-    # saves at or before t0 are the initial state
+    save_cols = [saves[:, j] for j in range(n_save)]
+    # saves at or before t0 are the initial state. Saved values live in S separate (N,) arrays
+    # per state and are updated with selects (no gather/scatter: those are slow on CPU)
     first = saves <= t[:, None]
     js = jnp.sum(first, axis=1).astype(jnp.int32)
-    out = tuple(jnp.where(first, yi[:, None], jnp.zeros_like(saves)) for yi in y0)
+    out = tuple(tuple(jnp.where(first[:, j], yi, 0.0).astype(dt_) for j in range(n_save))
+                for yi in y0)
     zero = jnp.zeros((), dt_)
     k1 = problem.rhs(t, y0, x0, zero, lane, shared) if fsal else y0
     h = jnp.full((n,), opts.h0, dt_)
@@ -195,7 +197,9 @@ def _solve_batch(problem, y0, x0, ev0, t0, saves, lane, shared, opts: EngineOpti
     def body(st):
         t, h, y, k1, x, ev, js, out, nacc, nrej, bad, it, h_ev, post = st
         active = (js < n_save) & ~bad
-        t_save = jnp.take_along_axis(saves, jnp.minimum(js, n_save - 1)[:, None], axis=1)[:, 0]
+        t_save = save_cols[n_save - 1]
+        for j in range(n_save - 2, -1, -1):
+            t_save = jnp.where(js == j, save_cols[j], t_save)
         t_stop = jnp.minimum(t_save, t_end)
         t_ev = problem.next_event(ev, lane, shared)
         if t_ev is not None:
@@ -229,8 +233,8 @@ def _solve_batch(problem, y0, x0, ev0, t0, saves, lane, shared, opts: EngineOpti
         x_out = _tree_where(accept, problem.advance(x, dt, lane, shared), x)
         # record saves reached by this step
         hit = accept & (t_new >= t_save) & (js < n_save)
-        idx = jnp.where(hit, js, n_save)
-        out = tuple(o.at[rows, idx].set(yi, mode="drop") for o, yi in zip(out, y_out, strict=True))
+        out = tuple(tuple(jnp.where(hit & (js == j), yi, o[j]) for j in range(n_save))
+                    for o, yi in zip(out, y_out, strict=True))
         js = js + hit.astype(jnp.int32)
         first = accept & post & ~clipped
         h_ev = jnp.where(first, dt, h_ev)
@@ -252,7 +256,8 @@ def _solve_batch(problem, y0, x0, ev0, t0, saves, lane, shared, opts: EngineOpti
     st = jax.lax.while_loop(cond, body, state)
     js, out, nacc, nrej, bad, it = st[6:12]
     status = jnp.where(bad, 2, jnp.where(js < n_save, 1, 0)).astype(jnp.int8)
-    return Solution(out, status, nacc, nrej, jnp.broadcast_to(it, (n,)))
+    ys = tuple(jnp.stack(o, axis=1) for o in out)
+    return Solution(ys, status, nacc, nrej, jnp.broadcast_to(it, (n,)))
 
 
 def solve_lanes(problem, y0, x0, ev0, t0, saves, lane, shared, opts: EngineOptions,
