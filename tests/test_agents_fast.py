@@ -70,3 +70,17 @@ def test_leap_size_does_not_change_outcomes(model, active):
     b = simulate_agents(model, active, sched, key=jax.random.PRNGKey(2), leap_days=0.25, **kw)
     assert two_proportion_z(a.relapsed, b.relapsed) < 4
     assert stats.ks_2samp(a.relapse_day[a.relapsed], b.relapse_day[b.relapsed]).pvalue > 1e-3
+
+
+@pytest.mark.slow
+def test_readme_agents_example_runs(root, monkeypatch):
+    import re
+
+    text = (root / "README.md").read_text()
+    start = text.index("## Stochastic agents")
+    block = re.findall(r"```python\n(.*?)```", text[start:text.find("\n## ", start + 3)], re.S)
+    assert len(block) == 1
+    monkeypatch.chdir(root)
+    ns = {}
+    exec(compile(block[0], "README.md", "exec"), ns)  # noqa: S102
+    assert ns["res"].ok and len(ns["df"]) == 200

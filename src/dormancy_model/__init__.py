@@ -8,6 +8,7 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
+from .agents import AgentResult, AgentState, Heterogeneity, simulate_agents  # noqa: E402
 from .errors import InputError  # noqa: E402
 from .model import DormancyModel  # noqa: E402
 from .parameters import Parameters, load_model_parameters, load_parameters  # noqa: E402
@@ -21,4 +22,5 @@ __all__ = [
     "DormancyModel", "DoseLine", "InputError", "PRESETS", "Parameters", "Schedule", "SolveError",
     "SolverOptions", "Trajectory", "get_schedule", "load_model_parameters", "load_parameters",
     "load_schedule", "simulate", "__version__",
+    "AgentResult", "AgentState", "Heterogeneity", "simulate_agents",
 ]

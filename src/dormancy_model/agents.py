@@ -168,14 +168,17 @@ def _initial_counts(params, keys, mode, batched):
 
 
 def _exact_state(n0, key, het: Heterogeneity, capacity: int, t0):
+    """One slot per initial D and R cell; the initial P cells form one clone (same traits)."""
     d0, r0, p0 = n0[0], n0[1], n0[2]
     idx = jnp.arange(capacity)
     kind = jnp.where(idx < d0, E.DORMANT, jnp.where(idx < d0 + r0, E.REACTIVATING,
-                                                     jnp.where(idx < d0 + r0 + p0,
+                                                     jnp.where((idx == d0 + r0) & (p0 > 0),
                                                                E.PROLIFERATING, E.EMPTY)))
+    count = jnp.where(kind == E.PROLIFERATING, p0.astype(jnp.float64),
+                      jnp.where(kind > 0, 1.0, 0.0))
     a, rp = het.draw(key, (capacity,))
     tot = d0 + r0 + p0
-    return dict(kind=kind.astype(jnp.int64), count=jnp.where(kind > 0, 1.0, 0.0), a=a, rp=rp,
+    return dict(kind=kind.astype(jnp.int64), count=count, a=a, rp=rp,
                 switch_day=jnp.full(capacity, jnp.inf),
                 clearance_day=jnp.where(tot > 0, jnp.inf, t0))
 
@@ -280,7 +283,7 @@ def simulate_agents(model: DormancyModel, params: Parameters, schedule: Schedule
         kpd = np.asarray(params["k_pd"])
         extra = extra_slots if extra_slots is not None else (8 if np.any(kpd > 0) else 0)
         if method == "exact":
-            size = int(n0_host.sum(1).max()) + extra
+            size = int(n0_host[:, :2].sum(1).max()) + 1 + extra
         else:
             size = int(n0_host[:, :2].max())
         size = 32 * (size // 32 + 1)  # bucket the capacity: fewer recompilations
