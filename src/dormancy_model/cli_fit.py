@@ -18,8 +18,13 @@ def write_fit_figures(result, study, params, fig_dir: Path) -> list[str]:
     from .fit import PROFILE_DROP
     from .io import atomic_savefig
     from .likelihood import predict_arms
-    from .plotting_fit import (plot_burden_dose, plot_burden_vs_rfs, plot_km, plot_profiles,
-                               plot_waterfall)
+    from .plotting_fit import (
+        plot_burden_dose,
+        plot_burden_vs_rfs,
+        plot_km,
+        plot_profiles,
+        plot_waterfall,
+    )
 
     fitted = result.apply(params)
     t_end = float(max(study.survival.day.max(), study.burden.day.max()))
@@ -46,7 +51,7 @@ def write_fit_figures(result, study, params, fig_dir: Path) -> list[str]:
 
 
 def run_fit(study_path, model_path, free, *, starts, seed, out, figures=None, adam_steps=30,
-            lbfgs_steps=60, profile=(), prior=False, progress=None):
+            lbfgs_steps=60, profile=(), prior=False, arms=None, progress=None):
     """Load, validate, fit, write `out` (JSON) and figures. Returns (result, study, fig names)."""
     from .fit import fit, fit_solver_options
     from .fit_io import write_fit
@@ -59,6 +64,12 @@ def run_fit(study_path, model_path, free, *, starts, seed, out, figures=None, ad
     if adam_steps < 0 or lbfgs_steps < 1:
         raise InputError("--lbfgs-steps", "steps", "adam steps >= 0 and lbfgs steps >= 1")
     study = load_study(study_path)
+    if arms:
+        for a in arms:
+            if a not in study.arm_names:
+                raise InputError("--arms", "arms", f"unknown arm {a!r}; the study has: "
+                                 f"{', '.join(study.arm_names)}")
+        study = study.subset(list(arms))
     params = load_model_parameters(model_path)
     if params.species != study.species:
         raise InputError(str(model_path), "meta.species",
@@ -75,9 +86,9 @@ def run_fit(study_path, model_path, free, *, starts, seed, out, figures=None, ad
     fig_dir = Path(figures) if figures else out.with_suffix("")
     from .io import prepare_out_dir
 
-    prepare_out_dir(out.parent)
     obj = Objective(study, params, free, batch=starts, options=fit_solver_options(),
-                    prior=prior)  # validates the free names before any work
+                    prior=prior)  # validates the free names before any work or output
+    prepare_out_dir(out.parent)
     result = fit(study, params, free, starts=starts, seed=seed, adam_steps=adam_steps,
                  lbfgs_steps=lbfgs_steps, profile=profile, prior=prior, objective=obj,
                  progress=progress)
@@ -101,6 +112,7 @@ def fit_cmd(
     profile: str = typer.Option("", "--profile", help="comma-separated free parameters to "
                                 "profile"),
     prior: bool = typer.Option(False, "--prior/--no-prior", help="add priors from the table"),
+    arms: str = typer.Option("", "--arms", help="fit only these arms (comma-separated)"),
 ):
     """Fit free parameters to a mouse study (residual burden + relapse) by multistart
     gradient descent; writes the fit JSON and figures."""
@@ -118,7 +130,7 @@ def fit_cmd(
         result, st, fig_dir, names = run_fit(
             study, model, free, starts=starts, seed=seed, out=out, figures=figures,
             adam_steps=adam_steps, lbfgs_steps=lbfgs_steps, profile=profile.split(","),
-            prior=prior, progress=progress)
+            prior=prior, arms=[a for a in arms.split(",") if a], progress=progress)
     typer.echo(result.summary())
     typer.echo(f"wrote {out} and {len(names)} figures in {fig_dir}/ "
                f"({result.wall_time_s:.1f} s{', SYNTHETIC study' if st.synthetic else ''})")

@@ -217,8 +217,9 @@ def minimise(obj: Objective, Z0, *, fixed=None, adam_steps: int = 30, adam_lr: f
                 if len(hist[i][0]) > memory:
                     hist[i][0].pop(0)
                     hist[i][1].pop(0)
-        # a relative decrease below 1e-10 counts as converged (flat valley)
-        tiny = accepted & ~done & (np.abs(f - newf) <= 1e-10 * np.maximum(1.0, np.abs(f)))
+        # converged: predicted decrease (-g.d) below 1e-7 or a relative decrease below 1e-10
+        tiny = accepted & ~done & ((-slope < 1e-7) | (
+            np.abs(f - newf) <= 1e-10 * np.maximum(1.0, np.abs(f))))
         iters[~done] += 1
         Z, f, g = newZ, newf, newg
         converged |= tiny
@@ -329,7 +330,8 @@ def fit(study: Study, params: Parameters, free, *, starts: int = 16, seed: int =
     lo_s, hi_s = best - Z95 * se, best + Z95 * se
     ci_lo, ci_hi = obj.natural(lo_s), obj.natural(hi_s)
     est = nat(best)
-    identifiable = {n: bool(np.isfinite(se[j]) and (hi_s[j] - lo_s[j]) < (obj.s_hi[j] - obj.s_lo[j]))
+    span = obj.s_hi - obj.s_lo
+    identifiable = {n: bool(np.isfinite(se[j]) and (hi_s[j] - lo_s[j]) < span[j])
                     for j, n in enumerate(obj.names)}
     prof = {}
     if profile:

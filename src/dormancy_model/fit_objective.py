@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -90,6 +91,46 @@ def free_parameters(params: Parameters, names, source: str = "--free") -> tuple[
     return tuple(out)
 
 
+class ObjectiveData(eqx.Module):
+    """Everything the compiled objective needs, as one PyTree: arrays are leaves, names and
+    solver settings static, so two `Objective`s of the same shapes share one compilation."""
+
+    arrays: object
+    base: Parameters
+    codes: jax.Array
+    s_lo: jax.Array
+    s_hi: jax.Array
+    s_table: jax.Array
+    sigma_fixed: jax.Array
+    names: tuple = eqx.field(static=True)
+    model_names: tuple = eqx.field(static=True)
+    options: SolverOptions = eqx.field(static=True)
+    model: DormancyModel = eqx.field(static=True)
+    use_prior: bool = eqx.field(static=True)
+
+
+def _nll_z(data: ObjectiveData, z):
+    """(nll, (burden loglik, relapse loglik, status)) at one unconstrained point z (d,)."""
+    s = data.s_lo + (data.s_hi - data.s_lo) * jax.nn.sigmoid(z)
+    x = jnp.where(data.codes == 1, jnp.exp(s),
+                  jnp.where(data.codes == 2, jax.nn.sigmoid(s), s))
+    vals = dict(zip(data.names, list(x), strict=True))
+    p = data.base.replace(**{n: vals[n] for n in data.model_names})
+    sigma = vals.get("burden_sigma", data.sigma_fixed)
+    ll, lb, lr, status = joint_loglik(data.model, p, data.arrays, sigma, data.options)
+    nll = -ll
+    if data.use_prior:
+        nll = nll - log_prior(s, data.s_table, data.s_hi - data.s_lo)
+    bad = (status != 0) | ~jnp.isfinite(nll)
+    return jnp.where(bad, jnp.inf, nll), (lb, lr, status)
+
+
+@eqx.filter_jit
+def _batched_value_and_grad(data: ObjectiveData, Z):
+    vg = jax.value_and_grad(_nll_z, argnums=1, has_aux=True)
+    return jax.vmap(vg, in_axes=(None, 0))(data, Z)
+
+
 class Objective:
     """Negative log-likelihood (+ optional negative log-prior) of a study, batched over points.
 
@@ -111,35 +152,17 @@ class Objective:
         self.base = params.replace(body_weight=study.body_weight_kg)
         self.arrays = study_arrays(study)
         self.codes = np.array([SCALE_CODE[f.scale] for f in self.free])
-        self.s_lo = np.array([to_scale(f.lower, f.scale) if not (f.scale == "logit" and f.lower == 0)
-                              else -30.0 for f in self.free])
+        self.s_lo = np.array([to_scale(f.lower, f.scale) for f in self.free])
         self.s_hi = np.array([to_scale(f.upper, f.scale) for f in self.free])
         self.s_table = np.array([to_scale(f.table_value, f.scale) for f in self.free])
         self.n_obs = int(np.asarray(self.arrays.burden_mask).sum()
                          + np.asarray(self.arrays.surv_mask).sum())
-        sigma_fixed = float(sigma)
-        model_names = [f.name for f in self.free if not f.nuisance]
-        codes = jnp.asarray(self.codes)
-        s_lo, s_hi = jnp.asarray(self.s_lo), jnp.asarray(self.s_hi)
-        s_table = jnp.asarray(self.s_table)
-        names = self.names
-        arrays, base, options, model = self.arrays, self.base, self.options, self.model
-        use_prior = self.prior
-
-        def nll_z(z):
-            s = s_lo + (s_hi - s_lo) * jax.nn.sigmoid(z)
-            x = jnp.where(codes == 1, jnp.exp(s), jnp.where(codes == 2, jax.nn.sigmoid(s), s))
-            vals = dict(zip(names, list(x), strict=True))
-            p = base.replace(**{n: vals[n] for n in model_names})
-            sigma = vals.get("burden_sigma", sigma_fixed)
-            ll, lb, lr, status = joint_loglik(model, p, arrays, sigma, options)
-            nll = -ll
-            if use_prior:
-                nll = nll - log_prior(s, s_table, s_hi - s_lo)
-            bad = (status != 0) | ~jnp.isfinite(nll)
-            return jnp.where(bad, jnp.inf, nll), (lb, lr, status)
-
-        self._vg = jax.jit(jax.vmap(jax.value_and_grad(nll_z, has_aux=True)))
+        self.data = ObjectiveData(
+            arrays=self.arrays, base=self.base, codes=jnp.asarray(self.codes),
+            s_lo=jnp.asarray(self.s_lo), s_hi=jnp.asarray(self.s_hi),
+            s_table=jnp.asarray(self.s_table), sigma_fixed=jnp.asarray(float(sigma)),
+            names=self.names, model_names=tuple(f.name for f in self.free if not f.nuisance),
+            options=self.options, model=self.model, use_prior=self.prior)
         self.n_evaluations = 0
 
     # --------------------------------------------------------------- spaces
@@ -175,7 +198,7 @@ class Objective:
             m = chunk.shape[0]
             if m < B:
                 chunk = np.concatenate([chunk, np.repeat(chunk[:1], B - m, axis=0)])
-            (f, (lb, lr, _)), g = self._vg(jnp.asarray(chunk))
+            (f, (lb, lr, _)), g = _batched_value_and_grad(self.data, jnp.asarray(chunk))
             self.n_evaluations += m
             outs.append((np.asarray(f)[:m], np.asarray(g)[:m], np.asarray(lb)[:m],
                          np.asarray(lr)[:m]))

@@ -5,8 +5,9 @@
   detection limit L contributes ``P(y < L) = Phi((log L - log(f residual)) / sigma)`` (censoring).
 * Relapse: right-censored event times from the model's cumulative hazard
   ``Lambda(t) = p_found E(t - tau)`` (`Trajectory.hazard`) and its rate
-  ``h(t) = p_found k_RP g(M(t - tau)) R(t - tau)`` (the escape flux from `rates.cell_rates`, at the
-  lagged time). A relapse at t contributes ``log h(t) - Lambda(t)``, a censored mouse ``-Lambda(t)``.
+  ``h(t) = p_found k_RP g(M(t - tau)) R(t - tau)`` (the escape flux from `rates.cell_rates`, at
+  the lagged time). A relapse at t contributes ``log h(t) - Lambda(t)``, a censored mouse
+  ``-Lambda(t)``.
 * Joint: the sum. Optional priors from the parameter table: Normal in each parameter's scale
   (log, logit or lin) centred on the table value with sd = a quarter of the bounds' width.
 

@@ -1,4 +1,4 @@
-"""Mouse study data: `study.toml`, `burden.csv`, `survival.csv` -> validated `Study` -> padded arrays.
+"""Mouse study data: study.toml, burden.csv, survival.csv -> validated `Study` -> padded arrays.
 
 Formats (a study is a directory holding the three files):
 

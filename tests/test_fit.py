@@ -1,0 +1,162 @@
+"""Fitting: gradient vs finite differences, recovery of the truth, determinism, fit JSON,
+`dormancy fit` / `simulate --params`, and the README example.
+
+All fast tests share one compiled objective: the same 4-arm subset of the shipped SYNTHETIC
+study, the same free parameters and batch size (equinox caches the compilation by shapes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dormancy_model.cli import main
+from dormancy_model.fit import fit, fit_solver_options
+from dormancy_model.fit_io import apply_fit, read_fit, write_fit
+from dormancy_model.fit_objective import Objective
+from dormancy_model.parameters import load_model_parameters
+from dormancy_model.simulate import SolverOptions
+from dormancy_model.study import load_study
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "data" / "mouse_synthetic"
+ARMS = ["vehicle", "hcq120-chronic", "eve5-chronic", "combo-hcq60-eve5-chronic"]
+FREE = ["dormant_initial", "k_dr", "delta_max", "burden_sigma"]
+TRUTH = json.loads((SHIPPED / "truth.json").read_text())
+
+
+def truth_value(name):
+    return TRUTH["burden_sigma"] if name == "burden_sigma" else TRUTH["truth_internal_units"][name]
+
+
+@pytest.fixture(scope="module")
+def setup():
+    study = load_study(SHIPPED).subset(ARMS)
+    params = load_model_parameters("mouse")
+    return study, params
+
+
+def _readme_block(lang):
+    text = (ROOT / "README.md").read_text()
+    sec = text[text.index("## Fitting to mouse data"):]
+    sec = sec[:sec.index("<!-- feature sections end -->")]
+    return re.findall(rf"```{lang}\n(.*?)```", sec, re.S)[0]
+
+
+@pytest.fixture(scope="module")
+def readme_ns():
+    """Runs the README's Python example (4 arms, 4 free parameters, 4 starts, seed 0)."""
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        ns = {}
+        exec(compile(_readme_block("python"), "README.md", "exec"), ns)
+    finally:
+        os.chdir(cwd)
+    return ns
+
+
+@pytest.fixture(scope="module")
+def result(readme_ns):
+    return readme_ns["result"]
+
+
+def test_gradient_matches_finite_differences(setup):
+    """Autodiff gradient through diffrax vs central differences of the objective, at tight
+    solver tolerances (so that the finite differences see a smooth function)."""
+    study, params = setup
+    obj = Objective(study, params, FREE, batch=4,
+                    options=SolverOptions(rtol=1e-8, atol=1e-8, max_steps=4096))
+    z = np.array([0.3, -0.2, 0.1, 0.2])
+    f, g, _, _ = obj.evaluate(z[None])
+    h = 1e-5
+    fp, _, _, _ = obj.evaluate(np.concatenate([z + h * np.eye(4), z - h * np.eye(4)]))
+    fd = (fp[:4] - fp[4:]) / (2 * h)
+    assert np.isfinite(f[0])
+    np.testing.assert_allclose(g[0], fd, rtol=2e-3, atol=1e-6 * np.abs(fd).max())
+
+
+def test_truth_inside_joint_95_region(result, setup):
+    """Recovery: the true values lie inside the joint 95% likelihood-ratio region of the fit,
+    2 (nll(truth) - nll(best)) <= chi2_4(0.95) (Wilks), and every parameter is identifiable
+    (finite SE, CI narrower than its bounds). The per-parameter Wald CIs are checked against the
+    truth on the full study and over seeds in the slow suite (tests/test_fit_slow.py)."""
+    from scipy.stats import chi2
+
+    study, params = setup
+    obj = Objective(study, params, FREE, batch=4, options=fit_solver_options())
+    s_truth = np.array([np.log(truth_value(n)) for n in FREE])
+    f_truth, _ = obj.evaluate_scale(s_truth[None])
+    assert 0.0 <= 2 * (f_truth[0] - result.objective) <= chi2.ppf(0.95, len(FREE))
+    for n in FREE:
+        assert result.identifiable[n], n
+        assert result.ci_low[n] < result.estimate[n] < result.ci_high[n]
+        assert result.ci_high[n] / result.ci_low[n] < 10.0
+
+
+def test_starts_sorted_and_best_is_a_minimum(result, setup):
+    obj_values = [s.objective for s in result.starts]
+    assert obj_values == sorted(obj_values)
+    assert result.objective == pytest.approx(obj_values[0], rel=1e-9)
+    assert result.aic == pytest.approx(2 * len(FREE) + 2 * result.objective)
+    # positive-definite Hessian at the optimum
+    assert np.all(np.linalg.eigvalsh(np.array(result.hessian)) > 0)
+    # converged starts agree on the optimum
+    conv = [s.objective for s in result.starts if s.converged]
+    assert max(conv) - min(conv) < 1e-3
+
+
+def test_same_seed_same_fit(setup):
+    study, params = setup
+    a = fit(study, params, FREE, starts=4, seed=3, adam_steps=3, lbfgs_steps=3)
+    b = fit(study, params, FREE, starts=4, seed=3, adam_steps=3, lbfgs_steps=3)
+    assert a.estimate == b.estimate and a.objective == b.objective
+    assert [s.initial for s in a.starts] == [s.initial for s in b.starts]
+
+
+def test_fit_json_roundtrip_and_apply(result, setup, tmp_path):
+    study, params = setup
+    path = tmp_path / "fit.json"
+    write_fit(path, result, study, "models/mouse.toml")
+    doc = read_fit(path)
+    assert doc["study"]["data_hash"] == study.data_hash and doc["study"]["synthetic"]
+    assert doc["seed"] == 0 and doc["settings"]["starts"] == 4 and doc["package_version"]
+    assert len(doc["starts"]) == 4
+    p2 = apply_fit(params, path)
+    for n in ("dormant_initial", "k_dr", "delta_max"):
+        assert float(p2[n]) == pytest.approx(result.estimate[n], rel=1e-12)
+    assert float(p2["hcq_ic50"]) == float(params["hcq_ic50"])
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"format": "something else"}')
+    with pytest.raises(Exception, match="bad.json: format"):
+        apply_fit(params, bad)
+
+
+def test_readme_cli_example_fit_then_simulate(tmp_path, monkeypatch, capsys):
+    lines = [ln for ln in _readme_block("bash").splitlines() if ln.startswith("dormancy ")]
+    assert len(lines) == 2
+    fit_json = tmp_path / "fits" / "quick.json"
+    for line in lines:
+        argv = shlex.split(line)[1:]
+        argv = [str(fit_json) if a == "fits/quick.json" else a for a in argv]
+        argv = [str(tmp_path / "sim") if a == "out/sim_fit" else a for a in argv]
+        argv = [str(ROOT / a) if a in ("data/mouse_synthetic", "models/mouse.toml") else a
+                for a in argv]
+        main(argv)
+    doc = json.loads(fit_json.read_text())
+    assert set(doc["estimates"]) == set(FREE)
+    for name in ("burden_vs_dose", "kaplan_meier", "burden_vs_rfs", "waterfall"):
+        assert (tmp_path / "fits" / "quick" / f"{name}.png").stat().st_size > 1000
+    assert (tmp_path / "sim" / "trajectory.csv").exists()
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_readme_python_example(readme_ns):
+    assert readme_ns["result"].n_converged >= 1
+    assert float(readme_ns["fitted"]["delta_max"]) == readme_ns["result"].estimate["delta_max"]
