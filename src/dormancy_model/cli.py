@@ -26,7 +26,6 @@ COMMAND_MODULES = (
     "dormancy_model.cli_simulate",
     "dormancy_model.cli_sweep",
     "dormancy_model.cli_fit",
-    "dormancy_model.cli_fit",
     "dormancy_model.cli_agents",
     "dormancy_model.cli_trial",
 )

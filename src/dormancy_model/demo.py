@@ -16,7 +16,6 @@ STAGES = [
     ("CLEVER arms, deterministic model", "dormancy_model.demo_simulate:run"),
     ("HCQ x EVE dose-grid sweep", "dormancy_model.demo_sweep:run"),
     ("Fit the synthetic mouse study", "dormancy_model.demo_fit:run"),
-    ("Fit the synthetic mouse study", "dormancy_model.demo_fit:run"),
     ("CLEVER arms, stochastic agents", "dormancy_model.demo_agents:run"),
     ("Virtual CLEVER trial and report", "dormancy_model.demo_trial:run"),
 ]
