@@ -15,8 +15,7 @@ import pytest
 import dormancy_model as dm
 from dormancy_model import batch_model
 from dormancy_model.errors import InputError
-from dormancy_model.sensitivity import (ishigami, ishigami_indices, saltelli_design,
-                                        sobol_indices)
+from dormancy_model.sensitivity import ishigami, ishigami_indices, saltelli_design, sobol_indices
 from dormancy_model.sweep import open_sweep, sweep
 from dormancy_model.sweep_spec import parse_sweep
 
@@ -262,3 +261,21 @@ def test_example_specs_parse(root):
     assert specs
     for p in specs:
         assert load_sweep_spec(p).size > 0
+
+
+def test_readme_sweep_example_runs(root, monkeypatch):
+    import re
+
+    text = (root / "README.md").read_text()
+    start = text.index("## Parameter sweeps")
+    section = text[start:text.find("\n## ", start + 3)]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) == 1
+    monkeypatch.chdir(root)
+    ns = {}
+    exec(compile(blocks[0], "README.md", "exec"), ns)  # noqa: S102
+    rfs = ns["rfs3"]
+    assert rfs.dims == ("hcq_dose", "eve_dose")
+    # more drug never lowers the mean 3-year relapse-free probability along either axis
+    assert (np.diff(rfs.values, axis=0) >= -1e-6).all()
+    assert (np.diff(rfs.values, axis=1) >= -1e-6).all()

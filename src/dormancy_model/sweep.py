@@ -223,8 +223,14 @@ def missing_chunks(out: Path, shape, cshape):
 
 
 def _progress(total: int, enabled: bool):
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     return Progress(TextColumn("sweep"), BarColumn(), MofNCompleteColumn(), TextColumn("chunks"),
                     TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),

@@ -186,11 +186,15 @@ def _param_name(src, fld, name, params):
 
 def _to_scale(x, scale):
     x = np.asarray(x, float)
-    return {"lin": x, "log": np.log(x), "logit": np.log(x / (1 - x))}[scale]
+    if scale == "log":
+        return np.log(x)
+    return np.log(x / (1 - x)) if scale == "logit" else x
 
 
 def _from_scale(z, scale):
-    return {"lin": z, "log": np.exp(z), "logit": 1 / (1 + np.exp(-z))}[scale]
+    if scale == "log":
+        return np.exp(z)
+    return 1 / (1 + np.exp(-z)) if scale == "logit" else z
 
 
 def _schedule_dims(src, doc, base_name):
