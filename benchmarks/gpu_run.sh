@@ -18,4 +18,4 @@ run() {  # name, time limit (s), command...
 run agents "${AGENTS_S:-150}" python benchmarks/agents_bench.py --gpu
 run sweep "${SWEEP_S:-170}" python benchmarks/sweep_bench.py --gpu --budget 140
 run trial "${TRIAL_S:-110}" python benchmarks/trial_bench.py --gpu
-run fit "${FIT_S:-90}" python benchmarks/fit_bench.py --gpu
+[ -n "${FIT_S:-}" ] && run fit "$FIT_S" python benchmarks/fit_bench.py --gpu
