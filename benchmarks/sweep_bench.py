@@ -99,14 +99,17 @@ def model_case(sizes_naive, sizes_engine, rtol, atol, n_ref=32):
         return solve_outputs(vals, p, table, jnp.zeros(n, jnp.int32), DAYS, eng_opts)
 
     # float64 reference on the first n_ref lanes
+    # (computed on the CPU: a float64 solve at rtol 1e-10 is many small sequential steps)
     ref_vals = patients(p, n_ref)
     ref = []
-    for i in range(n_ref):
-        tr = dm.simulate(model, p.replace(**{k: v[i] for k, v in ref_vals.items()}), sched,
-                         ts=TS, options=dm.SolverOptions(rtol=1e-10, atol=1e-12))
-        ref.append((np.asarray(tr.residual)[1:3], np.asarray(tr.relapse_free)[3:],
-                    np.asarray(tr.p_dtc_positive)[1:3]))
+    with jax.default_device(jax.devices("cpu")[0]):
+        for i in range(n_ref):
+            tr = dm.simulate(model, p.replace(**{k: v[i] for k, v in ref_vals.items()}), sched,
+                             ts=TS, options=dm.SolverOptions(rtol=1e-10, atol=1e-12))
+            ref.append((np.asarray(tr.residual)[1:3], np.asarray(tr.relapse_free)[3:],
+                        np.asarray(tr.p_dtc_positive)[1:3]))
     ref = [np.array(x) for x in zip(*ref, strict=True)]
+    print(f"float64 reference ({n_ref} lanes): {time.perf_counter() - T0:.1f} s", flush=True)
 
     def errors(res, rfs, pdtc):
         return dict(residual_rel=float(np.max(np.abs(np.asarray(res)[:n_ref] / ref[0] - 1))),
@@ -120,11 +123,8 @@ def model_case(sizes_naive, sizes_engine, rtol, atol, n_ref=32):
             continue
         vals = patients(p, n)
         row = {"case": "model", "n": n}
-        if n in sizes_naive:
-            (res, rfs, pdtc, steps), dt = timed(naive, vals)
-            row.update(naive_s=dt, naive_traj_s=n / dt, naive_err=errors(res, rfs, pdtc),
-                       naive_mean_steps=float(np.mean(steps)), naive_peak_mb=peak_memory_mb())
         if n in sizes_engine:
+            print(f"engine n={n} ({time.perf_counter() - T0:.0f} s)", flush=True)
             out, dt = timed(engine, vals)
             row.update(engine_s=dt, engine_traj_s=n / dt,
                        engine_err=errors(out["residual"], out["relapse_free"],
@@ -133,6 +133,11 @@ def model_case(sizes_naive, sizes_engine, rtol, atol, n_ref=32):
                        engine_mean_rejected=float(np.mean(out["rejected"])),
                        engine_failed=int(np.sum(np.asarray(out["status"]) != 0)),
                        engine_peak_mb=peak_memory_mb())
+        if n in sizes_naive:
+            print(f"naive n={n} ({time.perf_counter() - T0:.0f} s)", flush=True)
+            (res, rfs, pdtc, steps), dt = timed(naive, vals)
+            row.update(naive_s=dt, naive_traj_s=n / dt, naive_err=errors(res, rfs, pdtc),
+                       naive_mean_steps=float(np.mean(steps)), naive_peak_mb=peak_memory_mb())
         if "naive_traj_s" in row and "engine_traj_s" in row:
             row["ratio"] = row["engine_traj_s"] / row["naive_traj_s"]
         print(json.dumps(row), flush=True)
