@@ -90,7 +90,7 @@ def birth_death_gillespy2(n):
                                        rate="b"),
                     gillespy2.Reaction(name="death", reactants={x: 1}, products={}, rate="d")])
     m.timespan(np.array([0.0, 1825.0]))
-    solver = gillespy2.SSACSolver(model=m, output_directory=tempfile.mkdtemp())
+    solver = gillespy2.SSACSolver(model=m, output_directory=os.path.join(tempfile.mkdtemp(), "ssa"))
 
     def go():
         return m.run(solver=solver, number_of_trajectories=n, seed=7)
