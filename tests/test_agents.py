@@ -85,6 +85,23 @@ def test_same_key_same_result_different_key_different(model, human):
     assert not np.array_equal(a.counts, c.counts)
 
 
+def test_replicate_i_does_not_depend_on_n_or_padding(model, human):
+    """n is padded to a few compiled sizes (13 -> 14 lanes, 20 -> 20): replicate i of a run
+    with per-patient parameters depends only on the key and i, aspirates included."""
+    from dormancy_model.agents import _bucket
+
+    assert [_bucket(n) for n in (1, 8, 9, 13, 20, 33, 1000)] == [1, 8, 10, 14, 20, 40, 1024]
+    rng = np.random.default_rng(0)
+    p = constant_rate(human, delta_d0=0.01, dormant_initial=20.0, aspirate_fraction=0.05)
+    pat = p.replace(delta_d0=rng.uniform(0.005, 0.02, 20))
+    few = pat.replace(delta_d0=pat["delta_d0"][:13])
+    a = run(model, few, seed=3, n_replicates=13, assess_days=(50.0,))
+    b = run(model, pat, seed=3, n_replicates=20, assess_days=(50.0,))
+    assert a.counts.shape[0] == 13 and a.final_state.arrays["kind"].shape[0] == 13
+    np.testing.assert_array_equal(a.counts, b.counts[:13])
+    np.testing.assert_array_equal(a.aspirate_count, b.aspirate_count[:13])
+
+
 def test_heterogeneous_death_matches_lognormal_mixture(model, human):
     """Dormant death rate delta_D0 + a * X with a ~ log-normal(mean 1, cv): the surviving
     fraction is E_a[exp(-(delta_D0 + a X) t)], computed with scipy quadrature; the homogeneous

@@ -149,6 +149,30 @@ def _broadcast(params: Parameters, n: int) -> Parameters:
     return Parameters(vals, params.specs, params.name, params.species, params.source)
 
 
+def _bucket(n: int) -> int:
+    """Replicates actually run for n requested: n rounded up to a quarter of its octave
+    (<= 25% extra lanes), so that callers with varying n (trial arms, calibration) reuse a few
+    compiled shapes instead of compiling for every n."""
+    if n <= 8:
+        return n
+    step = (1 << (n.bit_length() - 1)) // 4
+    return -(-n // step) * step
+
+
+def _take_rows(tree, idx):
+    return jax.tree_util.tree_map(lambda x: jnp.asarray(x)[idx], tree)
+
+
+def _lane_load(method: str, states: dict) -> np.ndarray:
+    """Live cells per lane (D + R + cells of growing clones): a proxy of its number of events."""
+    if method == "exact":
+        kind, count = np.asarray(states["kind"]), np.asarray(states["count"])
+        return np.sum(np.where((kind > E.EMPTY) & (kind < E.LESION), count, 0.0), axis=1)
+    live = np.asarray(states["clone_kind"]) == E.PROLIFERATING
+    return (np.asarray(states["d"]).sum(1) + np.asarray(states["r"]).sum(1)
+            + np.sum(np.where(live, np.asarray(states["clone_count"]), 0.0), axis=1))
+
+
 def _last_dose(dosing: Dosing) -> float:
     times = [np.asarray(ev.times)[np.asarray(ev.amount) > 0] for ev in (dosing.hcq, dosing.eve)]
     return float(max((t.max() for t in times if t.size), default=0.0))
@@ -251,7 +275,7 @@ def simulate_agents(model: DormancyModel, params: Parameters, schedule: Schedule
 
     `params` may carry a leading batch axis of length n_replicates (one virtual patient per
     replicate). Same `key` -> same result, independent of `chunk_size` (replicate i uses
-    `fold_in(key, i)`). Replicates run in lock-step chunks of `chunk_size` (default 1024 on
+    `fold_in(key, i)`). Replicates run in lock-step chunks of `chunk_size` (default 8192 on
     CPU, 131072 on an accelerator); `progress(done, total)` is called after each chunk.
     """
     het = heterogeneity or Heterogeneity()
@@ -271,12 +295,19 @@ def simulate_agents(model: DormancyModel, params: Parameters, schedule: Schedule
     dosing = schedule if isinstance(schedule, Dosing) else Dosing.from_schedule(schedule)
     batched = _is_batched(params)
     params = _broadcast(params, n) if batched else params
+    params_n = params
+    # run n_run >= n lanes (padding wraps around; lane i always uses fold_in(key, i), so the
+    # first n results do not depend on the padding)
+    n_run = _bucket(n)
+    pad = np.arange(n_run) % n
+    if batched and n_run > n:
+        params = _take_rows(params, pad)
     end = schedule.end_of_treatment if isinstance(schedule, Schedule) else _last_dose(dosing)
     grid = hazard_nodes(t0, t1, end, fine_hours=hazard_hours)
     spec = np.array([t0, grid.h_fine, grid.t_split, grid.h_coarse, grid.n_fine], float)
     table = _tables(model, params, dosing, jnp.asarray(grid.nodes), jnp.asarray(spec), batched)
 
-    k_init, k_run, k_asp = _replicate_keys(key, n)
+    k_init, k_run, k_asp = _replicate_keys(key, n_run)
     if initial is None:
         n0 = _initial_counts(params, k_init, initial_count, batched)
         n0_host = np.asarray(n0)
@@ -294,35 +325,49 @@ def simulate_agents(model: DormancyModel, params: Parameters, schedule: Schedule
         if initial.method != method:
             raise ValueError(f"initial state is from method {initial.method!r}, not {method!r}")
         states = dict(initial.arrays)
+        if n_run > n:
+            states = _take_rows(states, pad)
         if method == "exact" and extra_slots:
-            pad = lambda x, v: jnp.concatenate(  # noqa: E731
-                [x, jnp.full((n, extra_slots), v, x.dtype)], axis=1)
-            states.update(kind=pad(states["kind"], E.EMPTY), count=pad(states["count"], 0.0),
-                          a=pad(states["a"], 1.0), rp=pad(states["rp"], 1.0),
-                          switch_day=pad(states["switch_day"], jnp.inf))
+            widen = lambda x, v: jnp.concatenate(  # noqa: E731
+                [x, jnp.full((n_run, extra_slots), v, x.dtype)], axis=1)
+            states.update(kind=widen(states["kind"], E.EMPTY),
+                          count=widen(states["count"], 0.0), a=widen(states["a"], 1.0),
+                          rp=widen(states["rp"], 1.0),
+                          switch_day=widen(states["switch_day"], jnp.inf))
     if max_events is None:
         max_events = 2_000_000 if method == "exact" else 200_000
-    if chunk_size is None:  # lock-step loops: small chunks on CPU (cache), large on GPU
-        chunk_size = 1024 if jax.default_backend() == "cpu" else 131072
-    chunk = int(min(max(chunk_size, 1), n))
-    outs = []
+    if chunk_size is None:  # lock-step loops: wide enough to amortise each iteration
+        chunk_size = 8192 if jax.default_backend() == "cpu" else 131072
+    chunk = int(min(max(chunk_size, 1), n_run))
+    # lock-step chunks run until their busiest lane is done: group lanes of similar load
+    # (results per lane do not depend on the grouping)
+    order = np.argsort(-_lane_load(method, states)[:n], kind="stable")
+    outs, lanes = [], []
     f64 = lambda x: jnp.asarray(x, jnp.float64)  # noqa: E731
     for start in range(0, n, chunk):
-        sl = np.arange(start, start + chunk) % n  # pad the last chunk by wrapping
+        sl = order[np.arange(start, start + chunk) % n]  # pad the last chunk by wrapping
         take = lambda x, sl=sl: x[sl]  # noqa: E731
         tb = jax.tree_util.tree_map(take, table) if batched else table
         out = _run_chunk(method, tb, 0 if batched else None,
                          jax.tree_util.tree_map(take, states), k_run[sl], f64(t0), f64(t1),
                          jnp.asarray(rec_days), f64(switch_size), jnp.asarray(max_events),
                          f64(leap_days), f64(max(late_leap_days, leap_days)))
-        m = min(chunk, n - start)
+        m = min(chunk, n - start)  # only the requested replicates are kept
         outs.append(jax.tree_util.tree_map(lambda x, m=m: np.asarray(x)[:m], out))
+        lanes.append(sl[:m])
         if progress is not None:
             progress(start + m, n)
+    inverse = np.empty(n, int)
+    inverse[np.concatenate(lanes)] = np.arange(n)
     final, records, status, n_events = jax.tree_util.tree_map(
-        lambda *xs: np.concatenate(xs, axis=0), *outs)
-    return _outcomes(params, batched, final, records, status, n_events, rec_days, count_days,
+        lambda *xs: np.concatenate(xs, axis=0)[inverse], *outs)
+    return _outcomes(params_n, batched, final, records, status, n_events, rec_days, count_days,
                      assess_days, k_asp, switch_size, t1, method)
+
+
+@jax.jit
+def _aspirates(keys, lam):
+    return jax.vmap(lambda k, lm: jax.random.poisson(k, lm))(keys, lam)
 
 
 def _outcomes(params, batched, final, records, status, n_events, rec_days, count_days,
@@ -351,9 +396,11 @@ def _outcomes(params, batched, final, records, status, n_events, rec_days, count
     cells = records[:, [idx[d] for d in assess_days], :].sum(axis=2) if assess_days.size else \
         np.zeros((records.shape[0], 0))
     f = get("aspirate_fraction")
-    lam = jnp.asarray(f * cells)
-    asp = np.asarray(jax.vmap(lambda k, lm: jax.random.poisson(k, lm))(k_asp, lam)) \
-        if assess_days.size else np.zeros_like(cells, dtype=np.int64)
+    lam = f * cells
+    n = lam.shape[0]  # k_asp may hold more (padding) lanes: same shapes, fewer compilations
+    lam = jnp.asarray(lam[np.arange(k_asp.shape[0]) % n])
+    asp = np.asarray(_aspirates(k_asp, lam))[:n] if assess_days.size else \
+        np.zeros_like(cells, dtype=np.int64)
     clearance_day = np.asarray(final["clearance_day"], float)
     cleared = np.isfinite(clearance_day) & (clearance_day <= t1)
     state = AgentState({k: np.asarray(v) for k, v in final.items()}, method)
