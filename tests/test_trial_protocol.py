@@ -20,7 +20,7 @@ class Recorder:
         self.calls = []
 
     def __call__(self, model, params, dosing, *, n_replicates, key, t1, method,
-                 assess_days=(), initial=None, t0=0.0, initial_count="poisson"):
+                 assess_days=(), initial=None, t0=0.0, initial_count="poisson", chunk_size=None):
         assert initial_count == "fixed"  # screening drew the integer cells
         n = n_replicates
         pid = (np.asarray(params["dormant_initial"]) if initial is None

@@ -87,6 +87,14 @@ def _bucket(n: int, chunk: int) -> int:
     return min(chunk, max(32, 1 << int(np.ceil(np.log2(max(n, 1))))))
 
 
+def _agent_chunk(m: int) -> int:
+    """Lanes per lock-step loop inside one agent call. Patients' DTC loads (and so their event
+    counts) spread over two orders of magnitude; `simulate_agents` groups lanes of similar load,
+    and on the CPU small groups waste little on lanes that are already done (measured 1.3x on a
+    336-patient arm). Accelerators want wide loops."""
+    return min(m, 64) if jax.default_backend() == "cpu" else m
+
+
 def _run_group(model, params: Parameters, dosing: Dosing, key, *, t0, t1, assess_days,
                initial=None, method="fast", chunk=512):
     """Agent calls for a group of patients sharing one dosing: split into calls of at most
@@ -103,7 +111,7 @@ def _run_group(model, params: Parameters, dosing: Dosing, key, *, t0, t1, assess
                        params.specs, params.name, params.species, params.source)
         # the cells were drawn at screening (integers), so the agents start from exactly them
         kw = dict(n_replicates=m, key=jax.random.fold_in(key, c), t1=float(t1),
-                  method=method, initial_count="fixed",
+                  method=method, initial_count="fixed", chunk_size=_agent_chunk(m),
                   assess_days=tuple(float(d) for d in assess_days))
         if initial is not None:
             kw.update(initial=_take(initial, idx), t0=float(t0))
