@@ -118,7 +118,7 @@ def main(argv=None):
         sizes = [(args.fast_n or 1_048_576, "fast", 262_144), (args.exact_n or 65_536, "exact",
                                                                   65_536)]
     else:
-        sizes = [(args.fast_n or 8192, "fast", 1024), (args.exact_n or 512, "exact", 128)]
+        sizes = [(args.fast_n or 8192, "fast", 8192), (args.exact_n or 512, "exact", 128)]
     for n, method, chunk in sizes:
         r = clever_combo(method, n, chunk)
         rows.append(r)
