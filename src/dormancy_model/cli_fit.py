@@ -53,7 +53,7 @@ def write_fit_figures(result, study, params, fig_dir: Path) -> list[str]:
 def run_fit(study_path, model_path, free, *, starts, seed, out, figures=None, adam_steps=30,
             lbfgs_steps=60, profile=(), prior=False, arms=None, progress=None):
     """Load, validate, fit, write `out` (JSON) and figures. Returns (result, study, fig names)."""
-    from .fit import fit, fit_solver_options
+    from .fit import fit, fit_batch, fit_solver_options
     from .fit_io import write_fit
     from .fit_objective import Objective
     from .parameters import load_model_parameters
@@ -86,7 +86,7 @@ def run_fit(study_path, model_path, free, *, starts, seed, out, figures=None, ad
     fig_dir = Path(figures) if figures else out.with_suffix("")
     from .io import prepare_out_dir
 
-    obj = Objective(study, params, free, batch=starts, options=fit_solver_options(),
+    obj = Objective(study, params, free, batch=fit_batch(starts), options=fit_solver_options(),
                     prior=prior)  # validates the free names before any work or output
     prepare_out_dir(out.parent)
     result = fit(study, params, free, starts=starts, seed=seed, adam_steps=adam_steps,
