@@ -51,11 +51,16 @@ STATUS_MESSAGES = {E.STATUS_OK: "ok",
 
 
 class Heterogeneity(eqx.Module):
-    """Log-normal (mean 1) spread of per-cell traits; cv = 0 means no spread."""
+    """Log-normal (mean 1) spread of per-cell traits; cv = 0 means no spread.
+
+    The fast method replaces each continuous trait by `strata` equal-probability classes (each
+    at its conditional mean). With 4 strata the fast and exact methods were distinguishable at
+    3,000 replicates (CVs 0.8 and 0.5; KS on total cells, p = 7e-6); 8 strata pass that test
+    (tests/test_agents_fast.py, slow)."""
 
     autophagy_cv: float = eqx.field(static=True, default=0.0)
     reactivation_cv: float = eqx.field(static=True, default=0.0)
-    strata: int = eqx.field(static=True, default=4)  # classes per trait, fast method only
+    strata: int = eqx.field(static=True, default=8)  # classes per trait, fast method only
 
     @staticmethod
     def _sigma(cv):
