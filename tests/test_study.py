@@ -73,11 +73,17 @@ def _bad_missing_column(d):
     return "burden.csv", "detection_limit", "missing column"
 
 
-def _bad_negative_count(d):
-    no, line = _data_line(d / "burden.csv", 2)
+def _set_burden_field(d, row, col, value):
+    """Replace column `col` of data row `row` of burden.csv; returns the file line number."""
+    no, line = _data_line(d / "burden.csv", row)
     parts = line.split(",")
-    parts[3] = "-3"
+    parts[col] = value
     _edit(d / "burden.csv", line, ",".join(parts))
+    return no
+
+
+def _bad_negative_count(d):
+    no = _set_burden_field(d, 2, 3, "-3")
     return f"burden.csv:{no}", "residual_cells", "negative count"
 
 
@@ -109,10 +115,7 @@ def _header_only(d):
 
 
 def _not_a_number(d):
-    no, line = _data_line(d / "burden.csv", 1)
-    parts = line.split(",")
-    parts[2] = "day56"
-    _edit(d / "burden.csv", line, ",".join(parts))
+    no = _set_burden_field(d, 1, 2, "day56")
     return f"burden.csv:{no}", "day", "not a number"
 
 
