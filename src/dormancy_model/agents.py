@@ -164,8 +164,16 @@ def _bucket(n: int) -> int:
     return -(-n // step) * step
 
 
-def _take_rows(tree, idx):
-    return jax.tree_util.tree_map(lambda x: jnp.asarray(x)[idx], tree)
+def take_rows(tree, idx):
+    """Rows `idx` of every array leaf (host-side indexing: no JAX compile per shape)."""
+    def take(x):
+        if isinstance(x, jax.Array) and x.ndim >= 1:
+            return jnp.asarray(np.asarray(x)[idx])
+        if isinstance(x, np.ndarray) and x.ndim >= 1:
+            return x[idx]
+        return x
+
+    return jax.tree_util.tree_map(take, tree)
 
 
 def _lane_load(method: str, states: dict) -> np.ndarray:
@@ -306,7 +314,7 @@ def simulate_agents(model: DormancyModel, params: Parameters, schedule: Schedule
     n_run = _bucket(n)
     pad = np.arange(n_run) % n
     if batched and n_run > n:
-        params = _take_rows(params, pad)
+        params = take_rows(params, pad)
     end = schedule.end_of_treatment if isinstance(schedule, Schedule) else _last_dose(dosing)
     grid = hazard_nodes(t0, t1, end, fine_hours=hazard_hours)
     spec = np.array([t0, grid.h_fine, grid.t_split, grid.h_coarse, grid.n_fine], float)
@@ -331,7 +339,7 @@ def simulate_agents(model: DormancyModel, params: Parameters, schedule: Schedule
             raise ValueError(f"initial state is from method {initial.method!r}, not {method!r}")
         states = dict(initial.arrays)
         if n_run > n:
-            states = _take_rows(states, pad)
+            states = take_rows(states, pad)
         if method == "exact" and extra_slots:
             widen = lambda x, v: jnp.concatenate(  # noqa: E731
                 [x, jnp.full((n_run, extra_slots), v, x.dtype)], axis=1)

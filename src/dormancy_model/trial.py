@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from .agents import take_rows
 from .model import DormancyModel
 from .parameters import Parameters, load_model_parameters
 from .pk import DoseEvents, Dosing
@@ -60,18 +61,6 @@ def arm_dosing(design: TrialDesign, arm: Arm | None, *, extension: bool = False,
                           jnp.zeros(t.shape, bool), jnp.ones(t.shape, bool))
 
     return Dosing(hcq=events("hcq", 0.5, design.hcq_mg), eve=events("eve", 1.0, design.eve_mg))
-
-
-def _take(tree, idx):
-    """Rows `idx` of every array leaf (host-side indexing: no JAX compile per shape)."""
-    def take(x):
-        if isinstance(x, jax.Array) and x.ndim >= 1:
-            return jnp.asarray(np.asarray(x)[idx])
-        if isinstance(x, np.ndarray) and x.ndim >= 1:
-            return x[idx]
-        return x
-
-    return jax.tree_util.tree_map(take, tree)
 
 
 def _agent_simulator():
@@ -114,7 +103,7 @@ def _run_group(model, params: Parameters, dosing: Dosing, key, *, t0, t1, assess
                   method=method, initial_count="fixed", chunk_size=_agent_chunk(m),
                   assess_days=tuple(float(d) for d in assess_days))
         if initial is not None:
-            kw.update(initial=_take(initial, idx), t0=float(t0))
+            kw.update(initial=take_rows(initial, idx), t0=float(t0))
         res = simulate_agents(model, p, dosing, **kw)
         k = rows.size
         parts.append(dict(
@@ -123,7 +112,7 @@ def _run_group(model, params: Parameters, dosing: Dosing, key, *, t0, t1, assess
             clearance_day=np.asarray(res.clearance_day, float)[:k],
             relapse_day=np.asarray(res.relapse_day, float)[:k],
             status=np.asarray(getattr(res, "status", np.zeros(m, int)))[:k]))
-        finals.append(_take(res.final_state, np.arange(k)))
+        finals.append(take_rows(res.final_state, np.arange(k)))
     out = {key_: np.concatenate([q[key_] for q in parts]) for key_ in parts[0]}
     final = finals[0] if len(finals) == 1 else jax.tree_util.tree_map(
         lambda *xs: np.concatenate([np.asarray(x) for x in xs]) if np.ndim(xs[0]) else xs[0],
@@ -214,7 +203,7 @@ def trial(design: TrialDesign, params: Parameters | None = None, *, key,
         for s in np.unique(stop_cycle):  # phase A
             idx = np.flatnonzero(stop_cycle == s)
             stop_day = None if s == 0 else float(s * d.cycle_days)
-            out, fs = _run_group(model, _take(scr.params, idx), arm_dosing(d, arm,
+            out, fs = _run_group(model, take_rows(scr.params, idx), arm_dosing(d, arm,
                                  stop_day=stop_day), jax.random.fold_in(kg, int(s)),
                                  t0=0.0, t1=end_plan, assess_days=a_days, method=method,
                                  chunk=chunk)
@@ -238,10 +227,10 @@ def trial(design: TrialDesign, params: Parameters | None = None, *, key,
                 days = ([end_ext] if e else []) + [eot + d.post_treatment_days]
                 stop_day = None if s == 0 else float(s * d.cycle_days)
                 out, _ = _run_group(
-                    model, _take(scr.params, idx), arm_dosing(d, arm, extension=e,
+                    model, take_rows(scr.params, idx), arm_dosing(d, arm, extension=e,
                                                               stop_day=stop_day),
                     jax.random.fold_in(kg, 1000 + 2 * s + int(e)), t0=end_plan,
-                    t1=d.horizon_days, assess_days=days, initial=_take(fs, sel), method=method,
+                    t1=d.horizon_days, assess_days=days, initial=take_rows(fs, sel), method=method,
                     chunk=chunk)
                 if e:
                     cols["count_C12"][idx] = out["aspirate"][:, 0]
