@@ -152,3 +152,15 @@ def test_cli_unknown_free_parameter(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "hcq_ic5O" in err and "hcq_ic50" in err
     assert not out.exists()
+
+
+def test_cli_unknown_arm(tmp_path, capsys):
+    out = tmp_path / "f" / "x.json"
+    with pytest.raises(SystemExit) as e:
+        main(["fit", "--study", str(SHIPPED), "--arms", "vehicle,hcq120-chronc", "--out",
+              str(out)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--arms" in err[0] and "unknown arm 'hcq120-chronc'" in err[0]
+    assert "did you mean 'hcq120-chronic'" in err[0]
+    assert not out.exists() and not out.parent.exists()

@@ -65,11 +65,7 @@ def run_fit(study_path, model_path, free, *, starts, seed, out, figures=None, ad
         raise InputError("--lbfgs-steps", "steps", "adam steps >= 0 and lbfgs steps >= 1")
     study = load_study(study_path)
     if arms:
-        for a in arms:
-            if a not in study.arm_names:
-                raise InputError("--arms", "arms", f"unknown arm {a!r}; the study has: "
-                                 f"{', '.join(study.arm_names)}")
-        study = study.subset(list(arms))
+        study = study.subset(list(arms), source="--arms")
     params = load_model_parameters(model_path)
     if params.species != study.species:
         raise InputError(str(model_path), "meta.species",

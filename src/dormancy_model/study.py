@@ -106,8 +106,14 @@ class Study:
     def arm_names(self) -> tuple[str, ...]:
         return tuple(a.name for a in self.arms)
 
-    def subset(self, arms) -> Study:
-        """The same study restricted to some arms (by name), e.g. for quick tests."""
+    def subset(self, arms, source: str = "arms") -> Study:
+        """The same study restricted to some arms (by name), e.g. for quick tests. An unknown
+        name raises `InputError` naming `source`."""
+        for a in arms:
+            if a not in self.arm_names:
+                raise InputError(source, "arms", f"unknown arm {a!r}"
+                                 f"{suggest(a, self.arm_names)}; the study has: "
+                                 f"{', '.join(self.arm_names)}")
         keep = [self.arm_names.index(a) for a in arms]
         remap = -np.ones(len(self.arms), int)
         remap[keep] = np.arange(len(keep))
