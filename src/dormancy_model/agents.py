@@ -259,12 +259,20 @@ def _replicate_keys(key, n):
 def _run_chunk(method, table, table_axis, states, keys, t0, t1, rec_t, switch_size, max_events,
                leap_days, late_leap_days):
     if method == "exact":
-        fn = lambda tb, s, k: E.run_exact(tb, s, k, t0, t1, rec_t, switch_size,  # noqa: E731
-                                          max_events)
+        init = lambda tb, s, k: E.exact_init(tb, s, k, t0, rec_t)  # noqa: E731
+        step = lambda tb, c: E.exact_step(tb, c, t1, rec_t, switch_size)  # noqa: E731
+        final = E.exact_final
     else:
-        fn = lambda tb, s, k: E.run_fast(tb, s, k, t0, t1, rec_t, switch_size,  # noqa: E731
-                                         max_events, leap_days, late_leap_days)
-    return jax.vmap(fn, in_axes=(table_axis, 0, 0))(table, states, keys)
+        init = lambda tb, s, k: E.fast_init(tb, s, k, t0, t1, rec_t,  # noqa: E731
+                                            leap_days, late_leap_days)
+        step = lambda tb, c: E.fast_step(tb, c, t1, rec_t, switch_size,  # noqa: E731
+                                         leap_days, late_leap_days)
+        final = E.fast_final
+    carry = jax.vmap(init, in_axes=(table_axis, 0, 0))(table, states, keys)
+    n = keys.shape[0]
+    carry = E.lockstep(jax.vmap(step, in_axes=(table_axis, 0)), table, table_axis, carry,
+                       max_events, width=max(1, n // 16))
+    return jax.vmap(final)(carry)
 
 
 @eqx.filter_jit

@@ -60,8 +60,9 @@ def exact_counts(kind, count):
                       jnp.sum(jnp.where(kind == PROLIFERATING, count, 0.0))]).astype(count.dtype)
 
 
-def run_exact(table: H.HazardTable, state: dict, key, t0, t1, rec_t, switch_size, max_events):
-    """Simulate one replicate from `state` (kind, count, a, rp, switch_day, clearance_day)."""
+def exact_init(table: H.HazardTable, state: dict, key, t0, rec_t) -> dict:
+    """Loop carry of one replicate from `state` (kind, count, a, rp, switch_day,
+    clearance_day)."""
     kind, count, a, rp = state["kind"], state["count"], state["a"], state["rp"]
     n_slots = kind.shape[0]
     k_init, k_loop = jax.random.split(key)
@@ -70,71 +71,73 @@ def run_exact(table: H.HazardTable, state: dict, key, t0, t1, rec_t, switch_size
     nt = jax.vmap(lambda w, e: table.next_time(w, t0, e))(w0, e0)
     nt = jnp.where(_alive(kind), nt, jnp.inf)
     records = jnp.zeros((rec_t.shape[0], 3))
-    carry = dict(kind=kind, count=count, a=a, rp=rp, switch_day=state["switch_day"], next_t=nt,
-                 fresh=jnp.zeros(n_slots, bool), t=jnp.asarray(t0, jnp.float64),
-                 records=records, it=jnp.asarray(0), done=jnp.asarray(False),
-                 status=jnp.asarray(STATUS_OK), clearance_day=state["clearance_day"])
+    return dict(kind=kind, count=count, a=a, rp=rp, switch_day=state["switch_day"], next_t=nt,
+                fresh=jnp.zeros(n_slots, bool), t=jnp.asarray(t0, jnp.float64),
+                records=records, it=jnp.asarray(0), done=jnp.asarray(False),
+                status=jnp.asarray(STATUS_OK), clearance_day=state["clearance_day"],
+                key=k_loop)
 
-    def cond(c):
-        return (~c["done"]) & (c["it"] < max_events)
 
-    def body(c):
-        kind, count = c["kind"], c["count"]
-        i = jnp.argmin(c["next_t"])
-        T = c["next_t"][i]
-        finish = T > t1
-        records = _record(rec_t, c["records"], c["t"], T, exact_counts(kind, count))
-        u = jax.random.uniform(jax.random.fold_in(k_loop, c["it"]), (2,))
-        # channel of the event, from the cell-average rates at T
-        wi = exact_weights(kind[i], count[i], c["a"][i], c["rp"][i])
-        p = wi * table.rate[table.cell(T)]
-        cum = jnp.cumsum(p)
-        ch = jnp.minimum(jnp.sum(cum < u[0] * cum[-1]), H.N_CHANNELS - 1)
-        fresh = c["fresh"][i]
-        act = (~finish) & (~fresh)
-        ki, ni = kind[i], count[i]
-        grow = ni + 1.0
-        new_k = jnp.select(
-            [ch == H.REACT, (ch == H.DEATH_D0) | (ch == H.DEATH_DEFICIT) | (ch == H.DEATH_R),
-             ch == H.RETURN_RD, ch == H.COMMIT,
-             ch == H.DIVIDE, (ch == H.DEATH_P) | (ch == H.RETURN_PD)],
-            [REACTIVATING, EMPTY, DORMANT, PROLIFERATING,
-             jnp.where(grow >= switch_size, LESION, PROLIFERATING),
-             jnp.where(ni - 1.0 <= 0.0, EMPTY, PROLIFERATING)], ki)
-        new_n = jnp.select([ch == H.COMMIT, ch == H.DIVIDE,
-                            (ch == H.DEATH_P) | (ch == H.RETURN_PD)],
-                           [1.0, grow, ni - 1.0], ni)
-        kind = kind.at[i].set(jnp.where(act, new_k, ki))
-        count = count.at[i].set(jnp.where(act, new_n, ni))
-        switch_day = c["switch_day"].at[i].set(
-            jnp.where(act & (new_k == LESION) & (ki == PROLIFERATING), T, c["switch_day"][i]))
-        # next event of slot i (memoryless redraw with its new weights)
-        wn = exact_weights(kind[i], count[i], c["a"][i], c["rp"][i])
-        ti = table.next_time(wn, T, -jnp.log(u[1]))
-        next_t = c["next_t"].at[i].set(
-            jnp.where(finish, c["next_t"][i], jnp.where(_alive(kind[i]), ti, jnp.inf)))
-        fresh_arr = c["fresh"].at[i].set(jnp.where(finish, fresh, False))
-        # P -> D return: a new dormant agent with the clone's traits in a free slot
-        birth = act & (ch == H.RETURN_PD)
-        j = jnp.argmax(kind == EMPTY)
-        has_free = kind[j] == EMPTY
-        b = birth & has_free
-        kind = kind.at[j].set(jnp.where(b, DORMANT, kind[j]))
-        count = count.at[j].set(jnp.where(b, 1.0, count[j]))
-        a_arr = c["a"].at[j].set(jnp.where(b, c["a"][i], c["a"][j]))
-        rp_arr = c["rp"].at[j].set(jnp.where(b, c["rp"][i], c["rp"][j]))
-        next_t = next_t.at[j].set(jnp.where(b, T, next_t[j]))
-        fresh_arr = fresh_arr.at[j].set(jnp.where(b, True, fresh_arr[j]))
-        status = jnp.where(birth & ~has_free, STATUS_OVERFLOW, c["status"])
-        any_left = jnp.any(_alive(kind) | (kind == LESION))
-        clearance_day = jnp.where(act & ~any_left & ~jnp.isfinite(c["clearance_day"]), T,
-                                  c["clearance_day"])
-        return dict(kind=kind, count=count, a=a_arr, rp=rp_arr, switch_day=switch_day,
-                    next_t=next_t, fresh=fresh_arr, t=jnp.where(finish, c["t"], T),
-                    records=records, it=c["it"] + 1, done=finish, status=status,
-                    clearance_day=clearance_day)
+def exact_step(table: H.HazardTable, c: dict, t1, rec_t, switch_size) -> dict:
+    """One event of one replicate (the next-reaction method, one slot per cell)."""
+    k_loop = c["key"]
+    kind, count = c["kind"], c["count"]
+    i = jnp.argmin(c["next_t"])
+    T = c["next_t"][i]
+    finish = T > t1
+    records = _record(rec_t, c["records"], c["t"], T, exact_counts(kind, count))
+    u = jax.random.uniform(jax.random.fold_in(k_loop, c["it"]), (2,))
+    # channel of the event, from the cell-average rates at T
+    wi = exact_weights(kind[i], count[i], c["a"][i], c["rp"][i])
+    p = wi * table.rate[table.cell(T)]
+    cum = jnp.cumsum(p)
+    ch = jnp.minimum(jnp.sum(cum < u[0] * cum[-1]), H.N_CHANNELS - 1)
+    fresh = c["fresh"][i]
+    act = (~finish) & (~fresh)
+    ki, ni = kind[i], count[i]
+    grow = ni + 1.0
+    new_k = jnp.select(
+        [ch == H.REACT, (ch == H.DEATH_D0) | (ch == H.DEATH_DEFICIT) | (ch == H.DEATH_R),
+         ch == H.RETURN_RD, ch == H.COMMIT,
+         ch == H.DIVIDE, (ch == H.DEATH_P) | (ch == H.RETURN_PD)],
+        [REACTIVATING, EMPTY, DORMANT, PROLIFERATING,
+         jnp.where(grow >= switch_size, LESION, PROLIFERATING),
+         jnp.where(ni - 1.0 <= 0.0, EMPTY, PROLIFERATING)], ki)
+    new_n = jnp.select([ch == H.COMMIT, ch == H.DIVIDE,
+                        (ch == H.DEATH_P) | (ch == H.RETURN_PD)],
+                       [1.0, grow, ni - 1.0], ni)
+    kind = kind.at[i].set(jnp.where(act, new_k, ki))
+    count = count.at[i].set(jnp.where(act, new_n, ni))
+    switch_day = c["switch_day"].at[i].set(
+        jnp.where(act & (new_k == LESION) & (ki == PROLIFERATING), T, c["switch_day"][i]))
+    # next event of slot i (memoryless redraw with its new weights)
+    wn = exact_weights(kind[i], count[i], c["a"][i], c["rp"][i])
+    ti = table.next_time(wn, T, -jnp.log(u[1]))
+    next_t = c["next_t"].at[i].set(
+        jnp.where(finish, c["next_t"][i], jnp.where(_alive(kind[i]), ti, jnp.inf)))
+    fresh_arr = c["fresh"].at[i].set(jnp.where(finish, fresh, False))
+    # P -> D return: a new dormant agent with the clone's traits in a free slot
+    birth = act & (ch == H.RETURN_PD)
+    j = jnp.argmax(kind == EMPTY)
+    has_free = kind[j] == EMPTY
+    b = birth & has_free
+    kind = kind.at[j].set(jnp.where(b, DORMANT, kind[j]))
+    count = count.at[j].set(jnp.where(b, 1.0, count[j]))
+    a_arr = c["a"].at[j].set(jnp.where(b, c["a"][i], c["a"][j]))
+    rp_arr = c["rp"].at[j].set(jnp.where(b, c["rp"][i], c["rp"][j]))
+    next_t = next_t.at[j].set(jnp.where(b, T, next_t[j]))
+    fresh_arr = fresh_arr.at[j].set(jnp.where(b, True, fresh_arr[j]))
+    status = jnp.where(birth & ~has_free, STATUS_OVERFLOW, c["status"])
+    any_left = jnp.any(_alive(kind) | (kind == LESION))
+    clearance_day = jnp.where(act & ~any_left & ~jnp.isfinite(c["clearance_day"]), T,
+                              c["clearance_day"])
+    return dict(kind=kind, count=count, a=a_arr, rp=rp_arr, switch_day=switch_day,
+                next_t=next_t, fresh=fresh_arr, t=jnp.where(finish, c["t"], T),
+                records=records, it=c["it"] + 1, done=finish, status=status,
+                clearance_day=clearance_day, key=k_loop)
 
-    c = jax.lax.while_loop(cond, body, carry)
+
+def exact_final(c: dict):
     status = jnp.where(c["done"], c["status"], STATUS_MAX_EVENTS)
     final = dict(kind=c["kind"], count=c["count"], a=c["a"], rp=c["rp"],
                  switch_day=c["switch_day"], clearance_day=c["clearance_day"])
@@ -179,10 +182,26 @@ def leap_clone(u, n, alpha, beta):
     return jnp.where(n <= m, exact, approx)
 
 
+_SM_GAMMA = 0x9E3779B97F4A7C15
+_SM_M1 = 0xBF58476D1CE4E5B9
+_SM_M2 = 0x94D049BB133111EB
+
+
 def _uniforms(key, n):
-    """n uniforms in (0, 1) from 32 random bits each (half the generator work of float64
-    uniforms); the smallest value, 2^-33, caps an Exp(1) draw at 22.9 (probability 1e-10)."""
-    bits = jax.random.bits(key, (n,), jnp.uint32)
+    """n uniforms in (0, 1) for one loop iteration: the iteration's key (threefry) seeds a
+    SplitMix64 stream (Steele, Lea & Flood 2014; passes BigCrush) whose 64-bit outputs give two
+    32-bit uniforms each. One threefry block per iteration instead of n / 2: the generator was a
+    third of the fast loop's time. The smallest value, 2^-33, caps an Exp(1) draw at 22.9
+    (probability 1e-10)."""
+    kd = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+    kd = kd.reshape(-1)[:2].astype(jnp.uint64)
+    seed = (kd[0] << jnp.uint64(32)) | kd[1]
+    m = (n + 1) // 2
+    z = seed + jnp.uint64(_SM_GAMMA) * jnp.arange(1, m + 1, dtype=jnp.uint64)
+    z = (z ^ (z >> jnp.uint64(30))) * jnp.uint64(_SM_M1)
+    z = (z ^ (z >> jnp.uint64(27))) * jnp.uint64(_SM_M2)
+    z = z ^ (z >> jnp.uint64(31))
+    bits = jnp.concatenate([z & jnp.uint64(0xFFFFFFFF), z >> jnp.uint64(32)])[:n]
     return (bits.astype(jnp.float64) + 0.5) * (1.0 / 4294967296.0)
 
 
@@ -191,132 +210,179 @@ def fast_counts(d, r, ckind, ccount):
                       jnp.sum(jnp.where(ckind == PROLIFERATING, ccount, 0.0))])
 
 
-def run_fast(table: H.HazardTable, state: dict, key, t0, t1, rec_t, switch_size, max_events,
-             leap_days, late_leap_days):
-    """Simulate one replicate from `state` (d, r (K,), class_a, class_rp (K,), clone_kind,
-    clone_count, clone_cls, clone_since, switch_day (Q,), clearance_day)."""
+def _leap_end(t, t_split, t1, rec_t, leap_days, late_leap_days):
+    """End of a clone's leap from t: `leap_days` while drugs vary within a day (before the end
+    of the hourly grid), `late_leap_days` after, never past the next record day or t1."""
+    nxt = jnp.min(jnp.where(rec_t > t, rec_t, jnp.inf))
+    step = jnp.where(t < t_split, leap_days, late_leap_days)
+    end = jnp.minimum(t + step, nxt)
+    return jnp.where(t >= t1, jnp.inf, jnp.minimum(end, t1))
+
+
+def fast_init(table: H.HazardTable, state: dict, key, t0, t1, rec_t, leap_days,
+              late_leap_days) -> dict:
+    """Loop carry of one replicate from `state` (d, r (K,), class_a, class_rp (K,),
+    clone_kind, clone_count, clone_cls, switch_day (Q,), clearance_day)."""
     d, r, ca, crp = state["d"], state["r"], state["class_a"], state["class_rp"]
     n_cls = d.shape[0]
     q_slots = state["clone_kind"].shape[0]
     k_init, k_loop = jax.random.split(key)
-
-    t_split = table.spec[2]  # end of the hourly grid: drugs vary within a day before it
-
-    def leap_end(t):
-        nxt = jnp.min(jnp.where(rec_t > t, rec_t, jnp.inf))
-        step = jnp.where(t < t_split, leap_days, late_leap_days)
-        end = jnp.minimum(t + step, nxt)
-        return jnp.where(t >= t1, jnp.inf, jnp.minimum(end, t1))
-
     e0 = jax.random.exponential(k_init, (n_cls,))
     cnt = jax.vmap(lambda w, e: table.next_time(w, t0, e))(class_weights(d, r, ca, crp), e0)
     ckind = state["clone_kind"]
-    clone_next = jnp.where(ckind == PROLIFERATING, leap_end(jnp.asarray(t0, jnp.float64)),
-                           jnp.inf)
-    carry = dict(d=d, r=r, class_next=cnt, class_fresh=jnp.zeros(n_cls, bool), ckind=ckind,
-                 ccount=state["clone_count"], ccls=state["clone_cls"],
-                 csince=jnp.full(q_slots, t0, jnp.float64), cnext=clone_next,
-                 switch_day=state["switch_day"], t=jnp.asarray(t0, jnp.float64),
-                 records=jnp.zeros((rec_t.shape[0], 3)), it=jnp.asarray(0),
-                 done=jnp.asarray(False), status=jnp.asarray(STATUS_OK),
-                 clearance_day=state["clearance_day"])
+    first_leap = _leap_end(jnp.asarray(t0, jnp.float64), table.spec[2], t1, rec_t, leap_days,
+                           late_leap_days)
+    clone_next = jnp.where(ckind == PROLIFERATING, first_leap, jnp.inf)
+    return dict(d=d, r=r, class_a=ca, class_rp=crp, class_next=cnt,
+                class_fresh=jnp.zeros(n_cls, bool), ckind=ckind, ccount=state["clone_count"],
+                ccls=state["clone_cls"], csince=jnp.full(q_slots, t0, jnp.float64),
+                cnext=clone_next, switch_day=state["switch_day"],
+                t=jnp.asarray(t0, jnp.float64), records=jnp.zeros((rec_t.shape[0], 3)),
+                it=jnp.asarray(0), done=jnp.asarray(False), status=jnp.asarray(STATUS_OK),
+                clearance_day=state["clearance_day"], key=k_loop)
 
-    def cond(c):
+
+def fast_step(table: H.HazardTable, c: dict, t1, rec_t, switch_size, leap_days,
+              late_leap_days) -> dict:
+    """One event of one replicate: a class-pool event or a clone leap, whichever is first."""
+    ca, crp, k_loop = c["class_a"], c["class_rp"], c["key"]
+    n_cls = ca.shape[0]
+    q_slots = c["ckind"].shape[0]
+    t_split = table.spec[2]  # end of the hourly grid: drugs vary within a day before it
+
+    def leap_end(t):
+        return _leap_end(t, t_split, t1, rec_t, leap_days, late_leap_days)
+
+    all_next = jnp.concatenate([c["class_next"], c["cnext"]])
+    i = jnp.argmin(all_next)
+    T = jnp.min(all_next)
+    finish = T > t1
+    d, r, ckind, ccount = c["d"], c["r"], c["ckind"], c["ccount"]
+    records = _record(rec_t, c["records"], c["t"], T, fast_counts(d, r, ckind, ccount))
+    u = _uniforms(jax.random.fold_in(k_loop, c["it"]), 7 + 2 * N_EXACT_LINEAGES)
+    is_class = i < n_cls
+    # one-hot selectors (cheaper than scatters/gathers on small arrays under vmap)
+    k = jnp.minimum(i, n_cls - 1)
+    hk = jnp.arange(n_cls) == k
+    qi = jnp.clip(i - n_cls, 0, q_slots - 1)
+    hq = jnp.arange(q_slots) == qi
+    # --- class pool event
+    dk, rk = _pick(hk, d), _pick(hk, r)
+    cak, crpk = _pick(hk, ca), _pick(hk, crp)
+    p = class_weights(dk, rk, cak, crpk) * table.rate[table.cell(T)]
+    cum = jnp.cumsum(p)
+    ch = jnp.minimum(jnp.sum(cum < u[0] * cum[-1]), H.N_CHANNELS - 1)
+    act_c = (~finish) & is_class & ~jnp.any(hk & c["class_fresh"])
+    dd = jnp.select([ch == H.REACT, (ch == H.DEATH_D0) | (ch == H.DEATH_DEFICIT),
+                     ch == H.RETURN_RD], [-1.0, -1.0, 1.0], 0.0)
+    dr = jnp.select([ch == H.REACT, ch == H.RETURN_RD, ch == H.COMMIT, ch == H.DEATH_R],
+                    [1.0, -1.0, -1.0, -1.0], 0.0)
+    d = d + jnp.where(hk & act_c, dd, 0.0)
+    r = r + jnp.where(hk & act_c, dr, 0.0)
+    commit = act_c & (ch == H.COMMIT)
+    # --- clone leap
+    act_l = (~finish) & ~is_class
+    since, n = _pick(hq, c["csince"]), _pick(hq, ccount)
+    tau = T - since
+    avg = table.averages(since, T)
+    lam, mu, kpd = avg[H.DIVIDE], avg[H.DEATH_P], avg[H.RETURN_PD]
+    ret = jnp.minimum(jnp.floor(n * -jnp.expm1(-kpd * tau) + u[1]), n)
+    alpha, beta = kendall(lam, mu, tau)
+    n_new = leap_clone(u[5:], n - ret, alpha, beta)
+    # first passage of the switch size inside the leap: observed at the end, or (ended
+    # below it) with the Brownian-bridge crossing probability of the diffusion limit
+    n_mid = 0.5 * (n + n_new)
+    var = jnp.maximum(n_mid * (lam + mu) * tau, 1e-300)
+    gap_a, gap_b = switch_size - n, switch_size - n_new
+    p_cross = jnp.where((n_new > 0) & (gap_b > 0), jnp.exp(-2.0 * gap_a * gap_b / var), 0.0)
+    bridge = u[4] < p_cross
+    became_lesion = (n_new >= switch_size) | bridge
+    frac = jnp.where(bridge, gap_a / jnp.maximum(gap_a + gap_b, 1e-300),
+                     jnp.log(switch_size / jnp.maximum(n, 1.0))
+                     / jnp.log(jnp.maximum(n_new, switch_size + 1e-9) / jnp.maximum(n, 1.0)))
+    sw = since + tau * jnp.clip(frac, 0.0, 1.0)
+    n_new = jnp.where(bridge, switch_size, n_new)
+    new_kind = jnp.where(n_new <= 0, EMPTY, jnp.where(became_lesion, LESION, PROLIFERATING))
+    sel = hq & act_l
+    ckind = jnp.where(sel, new_kind, ckind)
+    ccount = jnp.where(sel, n_new, ccount)
+    switch_day = jnp.where(sel & became_lesion, sw, c["switch_day"])
+    csince = jnp.where(sel, T, c["csince"])
+    cnext = jnp.where(sel, jnp.where(new_kind == PROLIFERATING, leap_end(T), jnp.inf),
+                      c["cnext"])
+    cls_ret = _pick(hq, c["ccls"])
+    got_ret = act_l & (ret > 0)
+    hr = (jnp.arange(n_cls) == cls_ret) & got_ret
+    d = d + jnp.where(hr, ret, 0.0)
+    # --- new clone from a commitment
+    empty = ckind == EMPTY
+    j = jnp.argmax(empty)
+    has_free = jnp.any(empty)
+    hj = (jnp.arange(q_slots) == j) & commit & has_free
+    ckind = jnp.where(hj, PROLIFERATING, ckind)
+    ccount = jnp.where(hj, 1.0, ccount)
+    ccls = jnp.where(hj, k, c["ccls"])
+    csince = jnp.where(hj, T, csince)
+    cnext = jnp.where(hj, leap_end(T), cnext)
+    status = jnp.where(commit & ~has_free, STATUS_OVERFLOW, c["status"])
+    # --- redraw the class pool whose counts changed (memoryless)
+    w_new = class_weights(_pick(hk, d), _pick(hk, r), cak, crpk)
+    tk = table.next_time(w_new, T, -jnp.log(u[2]))
+    upd = hk & (~finish) & is_class
+    class_next = jnp.where(upd, tk, c["class_next"])
+    class_fresh = jnp.where(upd, False, c["class_fresh"])
+    # a pool that received returned cells draws a new time at the next iteration
+    class_next = jnp.where(hr, T, class_next)
+    class_fresh = class_fresh | hr
+    any_left = (jnp.sum(d) + jnp.sum(r) > 0) | jnp.any(ckind != EMPTY)
+    clearance_day = jnp.where((~finish) & ~any_left & ~jnp.isfinite(c["clearance_day"]),
+                              T, c["clearance_day"])
+    return dict(d=d, r=r, class_next=class_next, class_fresh=class_fresh, ckind=ckind,
+                ccount=ccount, ccls=ccls, csince=csince, cnext=cnext,
+                switch_day=switch_day, t=jnp.where(finish, c["t"], T), records=records,
+                it=c["it"] + 1, done=finish, status=status, clearance_day=clearance_day,
+                class_a=ca, class_rp=crp, key=k_loop)
+
+
+def fast_final(c: dict):
+    status = jnp.where(c["done"], c["status"], STATUS_MAX_EVENTS)
+    final = dict(d=c["d"], r=c["r"], class_a=c["class_a"], class_rp=c["class_rp"],
+                 clone_kind=c["ckind"], clone_count=c["ccount"], clone_cls=c["ccls"],
+                 switch_day=c["switch_day"], clearance_day=c["clearance_day"])
+    return final, c["records"], status, c["it"]
+
+
+# ---------------------------------------------------------------- lock-step driver
+
+def lockstep(step, table, table_axis, carry: dict, max_events, width: int) -> dict:
+    """Run a batch of replicates (leading axis of every carry leaf) until each is done or has
+    processed `max_events` events. `step(table, carry)` advances every lane by one event
+    (vmapped `exact_step` / `fast_step`); lanes that are finished keep their carry.
+
+    A plain vmapped while loop costs (lanes) x (events of the busiest lane). Here the batch
+    steps together only while more than `width` lanes are active; the last (at most `width`)
+    active lanes are then gathered and finished in a narrow loop. Each lane's random stream is
+    indexed by its own event counter, so results do not depend on this grouping."""
+
+    def active(c):
         return (~c["done"]) & (c["it"] < max_events)
 
-    def body(c):
-        all_next = jnp.concatenate([c["class_next"], c["cnext"]])
-        i = jnp.argmin(all_next)
-        T = jnp.min(all_next)
-        finish = T > t1
-        d, r, ckind, ccount = c["d"], c["r"], c["ckind"], c["ccount"]
-        records = _record(rec_t, c["records"], c["t"], T, fast_counts(d, r, ckind, ccount))
-        u = _uniforms(jax.random.fold_in(k_loop, c["it"]), 7 + 2 * N_EXACT_LINEAGES)
-        is_class = i < n_cls
-        # one-hot selectors (cheaper than scatters/gathers on small arrays under vmap)
-        k = jnp.minimum(i, n_cls - 1)
-        hk = jnp.arange(n_cls) == k
-        qi = jnp.clip(i - n_cls, 0, q_slots - 1)
-        hq = jnp.arange(q_slots) == qi
-        # --- class pool event
-        dk, rk = _pick(hk, d), _pick(hk, r)
-        cak, crpk = _pick(hk, ca), _pick(hk, crp)
-        p = class_weights(dk, rk, cak, crpk) * table.rate[table.cell(T)]
-        cum = jnp.cumsum(p)
-        ch = jnp.minimum(jnp.sum(cum < u[0] * cum[-1]), H.N_CHANNELS - 1)
-        act_c = (~finish) & is_class & ~jnp.any(hk & c["class_fresh"])
-        dd = jnp.select([ch == H.REACT, (ch == H.DEATH_D0) | (ch == H.DEATH_DEFICIT),
-                         ch == H.RETURN_RD], [-1.0, -1.0, 1.0], 0.0)
-        dr = jnp.select([ch == H.REACT, ch == H.RETURN_RD, ch == H.COMMIT, ch == H.DEATH_R],
-                        [1.0, -1.0, -1.0, -1.0], 0.0)
-        d = d + jnp.where(hk & act_c, dd, 0.0)
-        r = r + jnp.where(hk & act_c, dr, 0.0)
-        commit = act_c & (ch == H.COMMIT)
-        # --- clone leap
-        act_l = (~finish) & ~is_class
-        since, n = _pick(hq, c["csince"]), _pick(hq, ccount)
-        tau = T - since
-        avg = table.averages(since, T)
-        lam, mu, kpd = avg[H.DIVIDE], avg[H.DEATH_P], avg[H.RETURN_PD]
-        ret = jnp.minimum(jnp.floor(n * -jnp.expm1(-kpd * tau) + u[1]), n)
-        alpha, beta = kendall(lam, mu, tau)
-        n_new = leap_clone(u[5:], n - ret, alpha, beta)
-        # first passage of the switch size inside the leap: observed at the end, or (ended
-        # below it) with the Brownian-bridge crossing probability of the diffusion limit
-        n_mid = 0.5 * (n + n_new)
-        var = jnp.maximum(n_mid * (lam + mu) * tau, 1e-300)
-        gap_a, gap_b = switch_size - n, switch_size - n_new
-        p_cross = jnp.where((n_new > 0) & (gap_b > 0), jnp.exp(-2.0 * gap_a * gap_b / var), 0.0)
-        bridge = u[4] < p_cross
-        became_lesion = (n_new >= switch_size) | bridge
-        frac = jnp.where(bridge, gap_a / jnp.maximum(gap_a + gap_b, 1e-300),
-                         jnp.log(switch_size / jnp.maximum(n, 1.0))
-                         / jnp.log(jnp.maximum(n_new, switch_size + 1e-9) / jnp.maximum(n, 1.0)))
-        sw = since + tau * jnp.clip(frac, 0.0, 1.0)
-        n_new = jnp.where(bridge, switch_size, n_new)
-        new_kind = jnp.where(n_new <= 0, EMPTY, jnp.where(became_lesion, LESION, PROLIFERATING))
-        sel = hq & act_l
-        ckind = jnp.where(sel, new_kind, ckind)
-        ccount = jnp.where(sel, n_new, ccount)
-        switch_day = jnp.where(sel & became_lesion, sw, c["switch_day"])
-        csince = jnp.where(sel, T, c["csince"])
-        cnext = jnp.where(sel, jnp.where(new_kind == PROLIFERATING, leap_end(T), jnp.inf),
-                          c["cnext"])
-        cls_ret = _pick(hq, c["ccls"])
-        got_ret = act_l & (ret > 0)
-        hr = (jnp.arange(n_cls) == cls_ret) & got_ret
-        d = d + jnp.where(hr, ret, 0.0)
-        # --- new clone from a commitment
-        empty = ckind == EMPTY
-        j = jnp.argmax(empty)
-        has_free = jnp.any(empty)
-        hj = (jnp.arange(q_slots) == j) & commit & has_free
-        ckind = jnp.where(hj, PROLIFERATING, ckind)
-        ccount = jnp.where(hj, 1.0, ccount)
-        ccls = jnp.where(hj, k, c["ccls"])
-        csince = jnp.where(hj, T, csince)
-        cnext = jnp.where(hj, leap_end(T), cnext)
-        status = jnp.where(commit & ~has_free, STATUS_OVERFLOW, c["status"])
-        # --- redraw the class pool whose counts changed (memoryless)
-        w_new = class_weights(_pick(hk, d), _pick(hk, r), cak, crpk)
-        tk = table.next_time(w_new, T, -jnp.log(u[2]))
-        upd = hk & (~finish) & is_class
-        class_next = jnp.where(upd, tk, c["class_next"])
-        class_fresh = jnp.where(upd, False, c["class_fresh"])
-        # a pool that received returned cells draws a new time at the next iteration
-        class_next = jnp.where(hr, T, class_next)
-        class_fresh = class_fresh | hr
-        any_left = (jnp.sum(d) + jnp.sum(r) > 0) | jnp.any(ckind != EMPTY)
-        clearance_day = jnp.where((~finish) & ~any_left & ~jnp.isfinite(c["clearance_day"]),
-                                  T, c["clearance_day"])
-        return dict(d=d, r=r, class_next=class_next, class_fresh=class_fresh, ckind=ckind,
-                    ccount=ccount, ccls=ccls, csince=csince, cnext=cnext,
-                    switch_day=switch_day, t=jnp.where(finish, c["t"], T), records=records,
-                    it=c["it"] + 1, done=finish, status=status, clearance_day=clearance_day)
+    def advance(tb, c):
+        new = step(tb, c)
+        a = active(c)
 
-    c = jax.lax.while_loop(cond, body, carry)
-    status = jnp.where(c["done"], c["status"], STATUS_MAX_EVENTS)
-    final = dict(d=c["d"], r=c["r"], class_a=ca, class_rp=crp, clone_kind=c["ckind"],
-                 clone_count=c["ccount"], clone_cls=c["ccls"], switch_day=c["switch_day"],
-                 clearance_day=c["clearance_day"])
-    return final, c["records"], status, c["it"]
+        def keep(x, y):
+            return jnp.where(a.reshape(a.shape + (1,) * (x.ndim - 1)), x, y)
+
+        return {k: v if k == "key" else keep(new[k], v) for k, v in c.items()}
+
+    n = carry["it"].shape[0]
+    width = max(1, min(int(width), n))
+    carry = jax.lax.while_loop(lambda c: jnp.sum(active(c)) > width,
+                               lambda c: advance(table, c), carry)
+    idx = jnp.argsort(~active(carry), stable=True)[:width]  # active lanes first
+    sub = jax.tree_util.tree_map(lambda x: x[idx], carry)
+    tb = table if table_axis is None else jax.tree_util.tree_map(lambda x: x[idx], table)
+    sub = jax.lax.while_loop(lambda c: jnp.any(active(c)), lambda c: advance(tb, c), sub)
+    # (the key leaf never changes: it is not written back)
+    return {k: v if k == "key" else v.at[idx].set(sub[k]) for k, v in carry.items()}
