@@ -51,6 +51,14 @@ def exact_weights(kind, count, a, rp):
     return jnp.stack(cols, axis=-1)
 
 
+def exact_group_weights(kind, count, a, rp):
+    """Group weights (..., 5) of slots (see `agents_hazard.GROUPS`)."""
+    is_d, is_r, is_p = kind == DORMANT, kind == REACTIVATING, kind == PROLIFERATING
+    z = jnp.zeros_like(count)
+    return jnp.stack([jnp.where(is_d, rp, z), jnp.where(is_d, 1.0, z), jnp.where(is_d, a, z),
+                      jnp.where(is_r, 1.0, z), jnp.where(is_p, count, z)], axis=-1)
+
+
 def _alive(kind):
     return (kind >= DORMANT) & (kind <= PROLIFERATING)
 
@@ -67,7 +75,7 @@ def exact_init(table: H.HazardTable, state: dict, key, t0, rec_t) -> dict:
     n_slots = kind.shape[0]
     k_init, k_loop = jax.random.split(key)
     e0 = jax.random.exponential(k_init, (n_slots,))
-    w0 = exact_weights(kind, count, a, rp)
+    w0 = exact_group_weights(kind, count, a, rp)
     nt = jax.vmap(lambda w, e: table.next_time(w, t0, e))(w0, e0)
     nt = jnp.where(_alive(kind), nt, jnp.inf)
     records = jnp.zeros((rec_t.shape[0], 3))
@@ -111,7 +119,7 @@ def exact_step(table: H.HazardTable, c: dict, t1, rec_t, switch_size) -> dict:
     switch_day = c["switch_day"].at[i].set(
         jnp.where(act & (new_k == LESION) & (ki == PROLIFERATING), T, c["switch_day"][i]))
     # next event of slot i (memoryless redraw with its new weights)
-    wn = exact_weights(kind[i], count[i], c["a"][i], c["rp"][i])
+    wn = exact_group_weights(kind[i], count[i], c["a"][i], c["rp"][i])
     ti = table.next_time(wn, T, -jnp.log(u[1]))
     next_t = c["next_t"].at[i].set(
         jnp.where(finish, c["next_t"][i], jnp.where(_alive(kind[i]), ti, jnp.inf)))
@@ -150,6 +158,11 @@ def class_weights(d, r, ca, crp):
     """Channel weights (K, 9) of class pools with d dormant and r reactivating cells."""
     z = jnp.zeros_like(d)
     return jnp.stack([d * crp, d, d * ca, r, r, r, z, z, z], axis=-1)
+
+
+def class_group_weights(d, r, ca, crp):
+    """Group weights (K, 5) of class pools (see `agents_hazard.GROUPS`)."""
+    return jnp.stack([d * crp, d, d * ca, r, jnp.zeros_like(d)], axis=-1)
 
 
 def kendall(lam, mu, tau):
@@ -228,7 +241,8 @@ def fast_init(table: H.HazardTable, state: dict, key, t0, t1, rec_t, leap_days,
     q_slots = state["clone_kind"].shape[0]
     k_init, k_loop = jax.random.split(key)
     e0 = jax.random.exponential(k_init, (n_cls,))
-    cnt = jax.vmap(lambda w, e: table.next_time(w, t0, e))(class_weights(d, r, ca, crp), e0)
+    cnt = jax.vmap(lambda w, e: table.next_time(w, t0, e))(class_group_weights(d, r, ca, crp),
+                                                           e0)
     ckind = state["clone_kind"]
     first_leap = _leap_end(jnp.asarray(t0, jnp.float64), table.spec[2], t1, rec_t, leap_days,
                            late_leap_days)
@@ -326,7 +340,7 @@ def fast_step(table: H.HazardTable, c: dict, t1, rec_t, switch_size, leap_days,
     cnext = jnp.where(hj, leap_end(T), cnext)
     status = jnp.where(commit & ~has_free, STATUS_OVERFLOW, c["status"])
     # --- redraw the class pool whose counts changed (memoryless)
-    w_new = class_weights(_pick(hk, d), _pick(hk, r), cak, crpk)
+    w_new = class_group_weights(_pick(hk, d), _pick(hk, r), cak, crpk)
     tk = table.next_time(w_new, T, -jnp.log(u[2]))
     upd = hk & (~finish) & is_class
     class_next = jnp.where(upd, tk, c["class_next"])

@@ -39,6 +39,15 @@ D_CHANNELS = (REACT, DEATH_D0, DEATH_DEFICIT)
 R_CHANNELS = (RETURN_RD, COMMIT, DEATH_R)
 P_CHANNELS = (DIVIDE, DEATH_P, RETURN_PD)
 
+# Channel groups: an agent's weights are equal within each group (a reactivating cell is
+# exposed to all three R channels alike, a clone of n cells to all three P channels with weight
+# n), so event times are found on five grouped cumulative columns instead of nine.
+GROUPS = ((REACT,), (DEATH_D0,), (DEATH_DEFICIT,), R_CHANNELS, P_CHANNELS)
+N_GROUPS = len(GROUPS)
+_G = np.zeros((N_CHANNELS, N_GROUPS))
+for _g, _chs in enumerate(GROUPS):
+    _G[list(_chs), _g] = 1.0
+
 _GL_X = np.array([-np.sqrt(3.0 / 5.0), 0.0, np.sqrt(3.0 / 5.0)])
 _GL_W = np.array([5.0, 8.0, 5.0]) / 9.0
 
@@ -78,6 +87,8 @@ class HazardTable(eqx.Module):
     cum: jax.Array
     rate: jax.Array
     spec: jax.Array
+    gcum: jax.Array  # (N, 5) grouped cumulative hazards (GROUPS)
+    grate: jax.Array  # (N, 5) grouped cell-average rates
 
     def cell(self, t):
         """Index k of the grid cell [nodes[k], nodes[k+1]) containing t (clipped)."""
@@ -105,13 +116,14 @@ class HazardTable(eqx.Module):
         return jnp.where(t1 > t0, (self.cumulative_all(t1) - self.cumulative_all(t0)) / dt,
                          self.rate[self.cell(t0)])
 
-    def next_time(self, w, t, e):
-        """First time s > t at which the hazard of weights w accumulated since t reaches e
-        (Exp(1) draw); inf when that does not happen before the last node."""
+    def next_time(self, wg, t, e):
+        """First time s > t at which the hazard of group weights wg (5,) accumulated since t
+        reaches e (Exp(1) draw); inf when that does not happen before the last node."""
         n = self.nodes.shape[0]
-        target = self.cumulative(t, w) + e
-        cw = lambda k: jnp.sum(self.cum[k] * w)  # noqa: E731
-        lo, hi = self.cell(t), jnp.asarray(n - 1, jnp.int32)  # invariant: cw(lo) <= target
+        k0 = self.cell(t)
+        target = jnp.sum((self.gcum[k0] + (t - self.nodes[k0]) * self.grate[k0]) * wg) + e
+        cw = lambda k: jnp.sum(self.gcum[k] * wg)  # noqa: E731
+        lo, hi = k0, jnp.asarray(n - 1, jnp.int32)  # invariant: cw(lo) <= target
 
         def body(_, lh):
             lo, hi = lh
@@ -122,7 +134,7 @@ class HazardTable(eqx.Module):
         steps = int(np.ceil(np.log2(max(n, 2)))) + 1
         lo, _ = jax.lax.fori_loop(0, steps, body, (lo, hi))
         k = jnp.minimum(lo, n - 2)
-        r = jnp.sum(self.rate[k] * w)
+        r = jnp.sum(self.grate[k] * wg)
         s = self.nodes[k] + (target - cw(k)) / jnp.where(r > 0, r, 1.0)
         never = (lo >= n - 1) | (r <= 0) | (s > self.nodes[-1])
         return jnp.where(never, jnp.inf, jnp.maximum(s, t))
@@ -153,4 +165,5 @@ def hazard_table(model: DormancyModel, params: Parameters, dosing: Dosing, nodes
     avg = jnp.einsum("kqc,q->kc", r, 0.5 * jnp.asarray(_GL_W))  # cell averages
     cum = jnp.concatenate([jnp.zeros((1, N_CHANNELS)), jnp.cumsum(avg * (b - a)[:, None], 0)])
     rate = jnp.concatenate([avg, avg[-1:]], axis=0)
-    return HazardTable(nodes, cum, rate, jnp.asarray(spec, jnp.float64))
+    g = jnp.asarray(_G)
+    return HazardTable(nodes, cum, rate, jnp.asarray(spec, jnp.float64), cum @ g, rate @ g)
