@@ -19,6 +19,8 @@ Usage
   python benchmarks/sweep_bench.py --gpu            # GPU sizes (< ~2 min), JSON to $OUT
   python benchmarks/sweep_bench.py --bounded 4000 16000
 Timings exclude compilation (one warm-up call per size); the ratio is engine/naive traj/s.
+--extra-engine METHOD:RTOL (default rk4:3e-5) adds another engine run, at a tolerance chosen
+to match the naive solver's error; its error is printed beside its speed.
 """
 
 from __future__ import annotations
@@ -77,7 +79,7 @@ def timed(f, *a, repeats=1):
     return out, best
 
 
-def model_case(sizes_naive, sizes_engine, rtol, atol, n_ref=32):
+def model_case(sizes_naive, sizes_engine, rtol, atol, n_ref=32, extra_engines=()):
     p = dm.load_model_parameters("human")
     sched = dm.get_schedule("clever-combo")
     model = dm.DormancyModel()
@@ -94,9 +96,9 @@ def model_case(sizes_naive, sizes_engine, rtol, atol, n_ref=32):
     table = ScheduleTable.build([sched])
     eng_opts = EngineOptions(rtol=rtol, atol=atol, dtype="float32")
 
-    def engine(vals):
+    def engine(vals, opts=eng_opts):
         n = len(next(iter(vals.values())))
-        return solve_outputs(vals, p, table, jnp.zeros(n, jnp.int32), DAYS, eng_opts)
+        return solve_outputs(vals, p, table, jnp.zeros(n, jnp.int32), DAYS, opts)
 
     # float64 reference on the first n_ref lanes
     # (computed on the CPU: a float64 solve at rtol 1e-10 is many small sequential steps)
@@ -133,6 +135,19 @@ def model_case(sizes_naive, sizes_engine, rtol, atol, n_ref=32):
                        engine_mean_rejected=float(np.mean(out["rejected"])),
                        engine_failed=int(np.sum(np.asarray(out["status"]) != 0)),
                        engine_peak_mb=peak_memory_mb())
+        for method, e_rtol in extra_engines if n in sizes_engine else ():
+            # another engine method, at a tolerance chosen to match the naive solver's error
+            tag = f"{method}@{e_rtol:g}"
+            print(f"engine {tag} n={n} ({time.perf_counter() - T0:.0f} s)", flush=True)
+            o = EngineOptions(method=method, rtol=e_rtol, atol=atol * e_rtol / rtol,
+                              dtype="float32")
+            out, dt = timed(engine, vals, o)
+            row[tag] = dict(traj_s=n / dt, seconds=dt,
+                            err=errors(out["residual"], out["relapse_free"],
+                                       out["p_dtc_positive"]),
+                            mean_steps=float(np.mean(out["steps"])),
+                            mean_rejected=float(np.mean(out["rejected"])),
+                            failed=int(np.sum(np.asarray(out["status"]) != 0)))
         if n in sizes_naive:
             print(f"naive n={n} ({time.perf_counter() - T0:.0f} s)", flush=True)
             (res, rfs, pdtc, steps), dt = timed(naive, vals)
@@ -140,6 +155,9 @@ def model_case(sizes_naive, sizes_engine, rtol, atol, n_ref=32):
                        naive_mean_steps=float(np.mean(steps)), naive_peak_mb=peak_memory_mb())
         if "naive_traj_s" in row and "engine_traj_s" in row:
             row["ratio"] = row["engine_traj_s"] / row["naive_traj_s"]
+            for method, e_rtol in extra_engines:
+                tag = f"{method}@{e_rtol:g}"
+                row[tag]["ratio"] = row[tag]["traj_s"] / row["naive_traj_s"]
         print(json.dumps(row), flush=True)
         rows.append(row)
     return rows
@@ -248,6 +266,8 @@ def main(argv=None):
     ap.add_argument("--rtol", type=float, default=1e-6)
     ap.add_argument("--atol", type=float, default=1e-8)
     ap.add_argument("--budget", type=float, default=None, help="skip cases after this many s")
+    ap.add_argument("--extra-engine", nargs="*", default=["rk4:3e-5"],
+                    help="more engine runs as METHOD:RTOL (atol scaled alike), e.g. rk4:3e-5")
     args = ap.parse_args(argv)
     BUDGET[0] = args.budget or (100.0 if args.gpu else float("inf"))
     dev = jax.devices()[0]
@@ -264,7 +284,8 @@ def main(argv=None):
         eng_n = naive_n + [int(x) for x in (args.engine_sizes or [16000])]
         lor = [int(x) for x in (args.lorenz or [8192])]
         bounded = args.bounded or []
-    rows = model_case(naive_n, eng_n, args.rtol, args.atol)
+    extra = [(m, float(r)) for m, r in (x.split(":") for x in args.extra_engine)]
+    rows = model_case(naive_n, eng_n, args.rtol, args.atol, extra_engines=extra)
     rows += lorenz_case(lor)
     if bounded:
         rows += bounded_case([int(x) for x in bounded], args.chunk)

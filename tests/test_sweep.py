@@ -82,10 +82,13 @@ def test_store_layout(reference_store, spec):
     assert (ds["status"].values == 0).all()
 
 
-def test_float64_engine_matches_simulate(spec):
+@pytest.mark.parametrize("method,rtol", [("tsit5", 1e-10), ("rk4", 1e-9)])
+def test_float64_engine_matches_simulate(spec, method, rtol):
     """Every lane of the sweep equals an individual `simulate` call (float64, tight tolerances):
-    residual and P(DTC+) to 1e-6 relative, relapse-free to 1e-7 absolute."""
-    text = SPEC.replace("chunk = 2", 'chunk = 8\ndtype = "float64"\nrtol = 1e-10\natol = 1e-12')
+    residual and P(DTC+) to 1e-6 relative, relapse-free to 1e-7 absolute; for the default
+    Tsit5 and for the node-coefficient RK4 (`rk4`)."""
+    text = SPEC.replace("chunk = 2", f'chunk = 8\ndtype = "float64"\nrtol = {rtol}\n'
+                        f'atol = 1e-12\nmethod = "{method}"')
     s64 = make_spec(text)
     ds = sweep(s64)
     model = dm.DormancyModel()

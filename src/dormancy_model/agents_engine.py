@@ -13,6 +13,11 @@ earliest slot. Slots are fixed-capacity arrays; empty slots are masked.
 
 Slot kinds: 0 empty, 1 dormant D, 2 reactivating R, 3 proliferating clone P, 4 lesion L (a
 clone that reached `switch_size` and continues deterministically; its switch day is kept).
+
+Each method is `*_init` (loop carry of one replicate), `*_step` (one event) and `*_final`;
+`lockstep` runs a vmapped batch of replicates (all lanes together while many are active, then
+the few slow ones in a narrow loop). A replicate's random numbers depend only on its key and its
+own event counter, so results do not depend on batching or chunking.
 """
 
 from __future__ import annotations

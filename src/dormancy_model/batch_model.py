@@ -96,13 +96,31 @@ class DormancyLanes(AbstractLaneProblem):
         return self.all_oral
 
     def rhs(self, t, y, x, s, lane: _Lane, shared):
+        return self.apply(self.coefficients(t, x, s, lane, shared), y, lane, shared)
+
+    # rk4: the cell rates depend on time only (through the drugs); the derivatives are linear
+    # in the cells but for the logistic factor, so the rates are the coefficients
+    @staticmethod
+    def _rates(x, factors, lane, shared):
         p = {**shared["params"], **lane.params}
         conc = {}
         for drug in DRUG_MODES:  # structure of arrays: one (N,) array per mode
-            conc[drug] = sum(a * jnp.exp(lm * s) for a, lm in zip(x[drug], lane.lam[drug],
-                                                                   strict=True))
-        rt = R.cell_rates(jnp.maximum(conc["eve"], 0.0), jnp.maximum(conc["hcq"], 0.0), p)
-        return R.cell_derivatives(y[0], y[1], y[2], rt, p["detection_size"])
+            conc[drug] = sum(a * f for a, f in zip(x[drug], factors[drug], strict=True))
+        return R.cell_rates(jnp.maximum(conc["eve"], 0.0), jnp.maximum(conc["hcq"], 0.0), p)
+
+    def coefficients(self, t, x, s, lane: _Lane, shared):
+        f = {d: tuple(jnp.exp(lm * s) for lm in lane.lam[d]) for d in DRUG_MODES}
+        return self._rates(x, f, lane, shared)
+
+    def apply(self, coef, y, lane, shared):
+        p = {**shared["params"], **lane.params}
+        return R.cell_derivatives(y[0], y[1], y[2], coef, p["detection_size"])
+
+    def node_coefficients(self, t, x, h, lane, shared):
+        half = {d: tuple(jnp.exp(lm * (0.5 * h)) for lm in lane.lam[d]) for d in DRUG_MODES}
+        full = {d: tuple(e * e for e in half[d]) for d in DRUG_MODES}
+        x_new = {d: tuple(a * e for a, e in zip(x[d], full[d], strict=True)) for d in DRUG_MODES}
+        return (self._rates(x, half, lane, shared), self._rates(x, full, lane, shared), x_new)
 
     def advance(self, x, s, lane, shared):
         return {d: tuple(a * jnp.exp(lm * s) for a, lm in zip(x[d], lane.lam[d], strict=True))

@@ -85,6 +85,12 @@ def _bs3() -> Tableau:
 
 
 TABLEAUX = {"tsit5": _tsit5, "dopri5": _dopri5, "bs3": _bs3}
+# "rk4": classic RK4 with an embedded second-order (trapezoidal) error estimate on the same
+# nodes, k5 = f(t + h, y4) (FSAL). The nodes are only t, t + h/2 and t + h, so a problem whose
+# vector field is y -> A(t) y (time-dependent coefficients, cheap in y) evaluates its
+# coefficients twice per step (`node_coefficients`) instead of once per stage, and
+# exp(lambda h/2) gives exp(lambda h) by squaring.
+METHODS = (*TABLEAUX, "rk4")
 
 
 class EngineOptions(eqx.Module):
@@ -110,6 +116,11 @@ class EngineOptions(eqx.Module):
     def tableau(self) -> Tableau:
         return TABLEAUX[self.method]()
 
+    @property
+    def order(self) -> int:
+        """Order of the error estimate + 1 (the controller's exponent is -1 / order)."""
+        return 3 if self.method == "rk4" else self.tableau.order
+
 
 class AbstractLaneProblem(eqx.Module):
     """A batch ODE with closed-form exogenous state and known event times (see module doc)."""
@@ -130,6 +141,22 @@ class AbstractLaneProblem(eqx.Module):
     def rhs_continuous_at_events(self) -> bool:
         """True if events never change the rhs at the event time (FSAL stays valid)."""
         return True
+
+    # For method "rk4": the vector field split into time-dependent coefficients and a cheap
+    # application to y. The defaults wrap `rhs`; a problem overrides them to share work.
+    def coefficients(self, t, x, s, lane, shared):
+        """Coefficients of the vector field at time t + s (x known at t)."""
+        return (t, x, jnp.broadcast_to(s, jnp.shape(t)).astype(jnp.result_type(t)))
+
+    def apply(self, coef, y, lane, shared):
+        """dy/dt from coefficients and state."""
+        t, x, s = coef
+        return self.rhs(t, y, x, s, lane, shared)
+
+    def node_coefficients(self, t, x, h, lane, shared):
+        """(coefficients at t + h/2, coefficients at t + h, x advanced to t + h)."""
+        return (self.coefficients(t, x, 0.5 * h, lane, shared),
+                self.coefficients(t, x, h, lane, shared), self.advance(x, h, lane, shared))
 
 
 class Solution(eqx.Module):
@@ -164,12 +191,53 @@ def _lincomb(y, h, coefs, ks):
     return tuple(out)
 
 
+def _axpy(y, h, k):
+    return tuple(yi + h * ki for yi, ki in zip(y, k, strict=True))
+
+
+def _tableau_step(problem, tab, fsal, t, y, x, dt, k1, lane, shared):
+    """One embedded explicit RK step: (y_new, error vector, x at t + dt, last stage)."""
+    zero = jnp.zeros((), dt.dtype)
+    ks = [k1 if fsal else problem.rhs(t, y, x, zero, lane, shared)]
+    for i in range(1, len(tab.c)):
+        yi = _lincomb(y, dt, tab.a[i], ks)
+        s = tab.c[i] * dt
+        ks.append(problem.rhs(t + s, yi, x, s, lane, shared))
+    y_new = _lincomb(y, dt, tab.b, ks)
+    err = tuple(dt * sum(cf * k[i] for cf, k in zip(tab.e, ks, strict=True) if cf != 0.0)
+                for i in range(len(y)))
+    return y_new, err, problem.advance(x, dt, lane, shared), tuple(ks[-1])
+
+
+def _rk4_step(problem, fsal, t, y, x, dt, c0, lane, shared):
+    """One RK4 step (trapezoidal error estimate) on node coefficients: (y_new, error vector,
+    x at t + dt, coefficients at t + dt)."""
+    if not fsal:
+        c0 = problem.coefficients(t, x, jnp.zeros((), dt.dtype), lane, shared)
+    c_half, c_full, x_new = problem.node_coefficients(t, x, dt, lane, shared)
+    f = lambda c, yy: problem.apply(c, yy, lane, shared)  # noqa: E731
+    k1 = f(c0, y)
+    k2 = f(c_half, _axpy(y, 0.5 * dt, k1))
+    k3 = f(c_half, _axpy(y, 0.5 * dt, k2))
+    k4 = f(c_full, _axpy(y, dt, k3))
+    y_new = tuple(yi + (dt / 6.0) * (a + 2.0 * b + 2.0 * c + d)
+                  for yi, a, b, c, d in zip(y, k1, k2, k3, k4, strict=True))
+    k5 = f(c_full, y_new)
+    # trapezoidal estimate (order 2) on the same nodes: it sees the time-quadrature error of
+    # rapidly varying coefficients, which a third-order estimate sharing Simpson's weights
+    # (b_hat = (1/6, 1/3, 1/3, 0, 1/6)) does not
+    err = tuple(dt * ((a + 2.0 * b + 2.0 * c + d) / 6.0 - 0.5 * (a + e))
+                for a, b, c, d, e in zip(k1, k2, k3, k4, k5, strict=True))
+    return y_new, err, x_new, c_full
+
+
 def _solve_batch(problem, y0, x0, ev0, t0, saves, lane, shared, opts: EngineOptions) -> Solution:
     """One lock-step loop over a batch. y0: tuple of (N,); saves: (N, S) sorted per lane."""
-    tab = opts.tableau
+    rk4 = opts.method == "rk4"
+    tab = None if rk4 else opts.tableau
     dt_ = opts.jnp_dtype
     n, n_save = saves.shape
-    fsal = tab.fsal and problem.rhs_continuous_at_events
+    fsal = (rk4 or tab.fsal) and problem.rhs_continuous_at_events
     t = jnp.broadcast_to(jnp.asarray(t0, dt_), (n,))
     t_end = saves[:, -1]
     save_cols = [saves[:, j] for j in range(n_save)]
@@ -180,7 +248,11 @@ def _solve_batch(problem, y0, x0, ev0, t0, saves, lane, shared, opts: EngineOpti
     out = tuple(tuple(jnp.where(first[:, j], yi, 0.0).astype(dt_) for j in range(n_save))
                 for yi in y0)
     zero = jnp.zeros((), dt_)
-    k1 = problem.rhs(t, y0, x0, zero, lane, shared) if fsal else y0
+    # carried between steps: the last stage (FSAL tableaux) or the coefficients at t (rk4)
+    if rk4:
+        k1 = problem.coefficients(t, x0, zero, lane, shared)
+    else:
+        k1 = problem.rhs(t, y0, x0, zero, lane, shared) if fsal else y0
     h = jnp.full((n,), opts.h0, dt_)
     cnt = jnp.zeros((n,), jnp.int32)
     # h_ev: the first accepted (unclipped) step after the previous event; a step right after an
@@ -188,7 +260,7 @@ def _solve_batch(problem, y0, x0, ev0, t0, saves, lane, shared, opts: EngineOpti
     # rejections at every dose while still letting h_ev adapt)
     false = jnp.zeros((n,), bool)
     state = (t, h, y0, k1, x0, ev0, js, out, cnt, cnt, false, jnp.int32(0), h, false)
-    expo = -1.0 / tab.order
+    expo = -1.0 / opts.order
 
     def cond(st):
         js, bad, it = st[6], st[10], st[11]
@@ -207,17 +279,15 @@ def _solve_batch(problem, y0, x0, ev0, t0, saves, lane, shared, opts: EngineOpti
         avail = jnp.maximum(t_stop - t, 0.0)
         clipped = h >= avail
         dt = jnp.where(clipped, avail, h)
-        ks = [k1 if fsal else problem.rhs(t, y, x, zero, lane, shared)]
-        for i in range(1, len(tab.c)):
-            yi = _lincomb(y, dt, tab.a[i], ks)
-            s = tab.c[i] * dt
-            ks.append(problem.rhs(t + s, yi, x, s, lane, shared))
-        y_new = _lincomb(y, dt, tab.b, ks)
+        if rk4:
+            y_new, err_v, x_new, k_last = _rk4_step(problem, fsal, t, y, x, dt, k1, lane, shared)
+        else:
+            y_new, err_v, x_new, k_last = _tableau_step(problem, tab, fsal, t, y, x, dt, k1,
+                                                        lane, shared)
         sq = zero
         for i in range(len(y)):
-            err_i = dt * sum(cf * k[i] for cf, k in zip(tab.e, ks, strict=True) if cf != 0.0)
             scale = opts.atol + opts.rtol * jnp.maximum(jnp.abs(y[i]), jnp.abs(y_new[i]))
-            sq = sq + (err_i / scale) ** 2
+            sq = sq + (err_v[i] / scale) ** 2
         err = jnp.sqrt(sq / len(y))
         finite = jnp.isfinite(err)
         accept = active & (err <= 1.0)
@@ -230,7 +300,7 @@ def _solve_batch(problem, y0, x0, ev0, t0, saves, lane, shared, opts: EngineOpti
         h_new = jnp.where(active, h_new, h)
         t_new = jnp.where(accept, jnp.where(clipped, t_stop, t + dt), t)
         y_out = _tree_where(accept, y_new, y)
-        x_out = _tree_where(accept, problem.advance(x, dt, lane, shared), x)
+        x_out = _tree_where(accept, x_new, x)
         # record saves reached by this step
         hit = accept & (t_new >= t_save) & (js < n_save)
         out = tuple(tuple(jnp.where(hit & (js == j), yi, o[j]) for j in range(n_save))
@@ -244,7 +314,7 @@ def _solve_batch(problem, y0, x0, ev0, t0, saves, lane, shared, opts: EngineOpti
             x_out, ev = problem.apply_events(t_new, x_out, ev, lane, shared)
             h_new = jnp.where(fired, jnp.minimum(h_new, 1.2 * h_ev), h_new)
             post = post | fired
-        k1n = _tree_where(accept, tuple(ks[-1]), k1) if fsal else k1
+        k1n = _tree_where(accept, k_last, k1) if fsal else k1
         ybad = ~jnp.all(jnp.stack([jnp.isfinite(v) for v in y_out]), axis=0)
         stuck = active & (dt < 1e-12 * jnp.maximum(jnp.abs(t), 1.0)) & ~clipped
         bad = bad | (active & ybad) | stuck

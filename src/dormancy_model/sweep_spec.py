@@ -35,7 +35,7 @@
     rtol = 1e-6
     atol = 1e-8
     dtype = "float32"
-    method = "tsit5"
+    method = "tsit5"                      # tsit5 | dopri5 | bs3 | rk4
     chunk = 4096                          # trajectories per chunk (Zarr chunk and task)
 
 Fit JSON for `method = "fit"` (assumed format): {"estimates": {name: internal value},
@@ -55,7 +55,7 @@ from pathlib import Path
 import numpy as np
 
 from .batch_model import OutputDays
-from .engine import TABLEAUX, EngineOptions
+from .engine import METHODS, EngineOptions
 from .errors import InputError, suggest
 from .parameters import Parameters, load_model_parameters
 from .schedule import DRUGS, Schedule, get_schedule
@@ -393,8 +393,8 @@ def _solver(src, doc):
     if dtype not in ("float32", "float64"):
         _fail(src, "solver.dtype", f"must be float32 or float64, got {dtype!r}")
     method = s.get("method", "tsit5")
-    if method not in TABLEAUX:
-        _fail(src, "solver.method", f"unknown method {method!r}{suggest(str(method), TABLEAUX)}")
+    if method not in METHODS:
+        _fail(src, "solver.method", f"unknown method {method!r}{suggest(str(method), METHODS)}")
     chunk = _int(src, "solver.chunk", s.get("chunk", 4096))
     buckets = _int(src, "solver.buckets", s.get("buckets", 1))
     max_iters = _int(src, "solver.max_iters", s.get("max_iters", 200_000))
