@@ -7,6 +7,7 @@ constant-rate cases share one compiled program (same schedule, horizon, shapes).
 import math
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy import stats
@@ -200,3 +201,22 @@ def test_extinction_times_match_gillespy2_ssa(model, human, tmp_path, monkeypatc
                       for v in (ours, theirs)])
     table = table[:, table.sum(0) > 0]
     assert stats.chi2_contingency(table).pvalue > 1e-3
+
+
+def test_hazard_grid_padding_and_cell_lookup(model, human):
+    """The hazard grid is padded after t1 to a multiple of 512 nodes (calls starting on
+    different days share shapes); the O(1) cell lookup still finds nodes[k] <= t < nodes[k+1]
+    everywhere in [t0, t1], across the fine/coarse split and at t1."""
+    from dormancy_model.agents_hazard import hazard_nodes, hazard_table
+    from dormancy_model.pk import Dosing
+
+    sched = dm.get_schedule("clever-combo")
+    for t0 in (0.0, 123.4, 200.0):
+        g = hazard_nodes(t0, 1826.25, sched.end_of_treatment)
+        assert g.nodes.size % 512 == 0 and np.all(np.diff(g.nodes) > 0)
+        spec = np.array([t0, g.h_fine, g.t_split, g.h_coarse, g.n_fine])
+        tab = hazard_table(model, human, Dosing.from_schedule(sched), g.nodes, spec)
+        ts = np.concatenate([np.random.default_rng(0).uniform(t0, 1826.25, 2000),
+                             [t0, g.t_split, 1826.25 - 1e-6, 1826.25], g.nodes[:50]])
+        k = np.asarray(jax.vmap(tab.cell)(jnp.asarray(ts)))
+        assert np.all(g.nodes[k] <= ts) and np.all(ts < g.nodes[k + 1])

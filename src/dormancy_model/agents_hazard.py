@@ -64,9 +64,12 @@ class HazardGrid(NamedTuple):
 
 
 def hazard_nodes(t0: float, t1: float, end_of_treatment: float, fine_hours: float = 1.0,
-                 coarse_days: float = 1.0, washout_days: float = 14.0) -> HazardGrid:
+                 coarse_days: float = 1.0, washout_days: float = 14.0,
+                 pad_to: int = 512) -> HazardGrid:
     """Grid (days): `fine_hours` spacing until `end_of_treatment + washout_days`, then
-    `coarse_days` until t1."""
+    `coarse_days` until t1, then more `coarse_days` nodes after t1 until the node count is a
+    multiple of `pad_to` (runs from different start days then share compiled shapes; nothing
+    after t1 is ever simulated)."""
     h_f, h_c = fine_hours / 24.0, float(coarse_days)
     t_split = float(np.clip(end_of_treatment + washout_days, t0, t1)) if end_of_treatment > 0 \
         else float(t0)
@@ -75,6 +78,8 @@ def hazard_nodes(t0: float, t1: float, end_of_treatment: float, fine_hours: floa
     coarse = t_split + h_c * np.arange(int(np.ceil((t1 - t_split) / h_c)) + 1)
     coarse = coarse[coarse < t1 - 1e-9]
     nodes = np.concatenate([fine, coarse, [t1]])
+    extra = -nodes.size % max(int(pad_to), 1)
+    nodes = np.concatenate([nodes, t1 + h_c * np.arange(1, extra + 1)])
     return HazardGrid(nodes, len(fine), t_split, h_f, h_c)
 
 
