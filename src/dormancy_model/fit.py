@@ -3,7 +3,8 @@
     result = fit(study, params, free=("hcq_ic50", "delta_max", ...), starts=16, seed=0)
 
 Pipeline (all starts at once, batched with `jax.vmap` through one compiled objective+gradient,
-see `fit_objective.Objective`):
+see `fit_objective.Objective`; by default each arm is solved on a fixed step grid,
+`likelihood.FixedSteps`, so the objective is smooth in the parameters):
 
 1. starts: scrambled Sobol (or Latin-hypercube) points inside the bounds, in each parameter's
    scale (log/logit/lin), mapped to the unconstrained space z;
