@@ -262,11 +262,17 @@ def _solve_batch(problem, y0, x0, ev0, t0, saves, lane, shared, opts: EngineOpti
     state = (t, h, y0, k1, x0, ev0, js, out, cnt, cnt, false, jnp.int32(0), h, false)
     expo = -1.0 / opts.order
 
-    def cond(st):
-        js, bad, it = st[6], st[10], st[11]
-        return jnp.any((js < n_save) & ~bad) & (it < opts.max_iters)
+    def active_lanes(st):
+        return (st[6] < n_save) & ~st[10]
 
-    def body(st):
+    def cond(st):
+        return jnp.any(active_lanes(st)) & (st[11] < opts.max_iters)
+
+    def body_with(consts):
+        return lambda st: body(consts, st)
+
+    def body(consts, st):
+        save_cols, t_end, lane = consts
         t, h, y, k1, x, ev, js, out, nacc, nrej, bad, it, h_ev, post = st
         active = (js < n_save) & ~bad
         t_save = save_cols[n_save - 1]
@@ -323,7 +329,26 @@ def _solve_batch(problem, y0, x0, ev0, t0, saves, lane, shared, opts: EngineOpti
         return (t_new, h_new, y_out, k1n, x_out, ev, js, out, nacc, nrej, bad, it + 1, h_ev,
                 post)
 
-    st = jax.lax.while_loop(cond, body, state)
+    # Lanes need different step counts (clearances, doses), and a lock-step loop makes every
+    # lane pay for the slowest one. So the batch steps together until half of it is done; the
+    # active half is then gathered into a loop of half the width, and so on down to n / 16
+    # lanes, which finish in the last loop. Each lane's arithmetic does not depend on the others.
+
+    def run(st, consts, width):
+        narrow = max(1, width // 2)
+        if width <= max(1, n // 16) or narrow == width:
+            return jax.lax.while_loop(cond, body_with(consts), st)
+        st = jax.lax.while_loop(lambda st: cond(st) & (jnp.sum(active_lanes(st)) > narrow),
+                                body_with(consts), st)
+        idx = jnp.argsort(~active_lanes(st), stable=True)[:narrow]  # active lanes first
+        take = lambda tree: jax.tree_util.tree_map(lambda a: a[idx], tree)  # noqa: E731
+        per = st[:11] + st[12:]
+        sub = take(per)
+        sub = run(sub[:11] + (st[11],) + sub[11:], take(consts), narrow)
+        per = jax.tree_util.tree_map(lambda a, b: a.at[idx].set(b), per, sub[:11] + sub[12:])
+        return per[:11] + (sub[11],) + per[11:]
+
+    st = run(state, (tuple(save_cols), t_end, lane), n)
     js, out, nacc, nrej, bad, it = st[6:12]
     status = jnp.where(bad, 2, jnp.where(js < n_save, 1, 0)).astype(jnp.int8)
     ys = tuple(jnp.stack(o, axis=1) for o in out)
