@@ -18,7 +18,8 @@ Usage
   python benchmarks/sweep_bench.py                  # CPU sizes (a few minutes)
   python benchmarks/sweep_bench.py --gpu            # GPU sizes (< ~2 min), JSON to $OUT
   python benchmarks/sweep_bench.py --bounded 4000 16000
-Timings exclude compilation (one warm-up call per size); the ratio is engine/naive traj/s.
+Timings exclude compilation (one warm-up call per size) and are the best of 3 engine / 2 naive
+repeats; the ratio is engine/naive traj/s.
 --extra-engine METHOD:RTOL (default rk4:3e-5) adds another engine run, at a tolerance chosen
 to match the naive solver's error; its error is printed beside its speed.
 """
@@ -127,7 +128,7 @@ def model_case(sizes_naive, sizes_engine, rtol, atol, n_ref=32, extra_engines=()
         row = {"case": "model", "n": n}
         if n in sizes_engine:
             print(f"engine n={n} ({time.perf_counter() - T0:.0f} s)", flush=True)
-            out, dt = timed(engine, vals)
+            out, dt = timed(engine, vals, repeats=3)
             row.update(engine_s=dt, engine_traj_s=n / dt,
                        engine_err=errors(out["residual"], out["relapse_free"],
                                          out["p_dtc_positive"]),
@@ -141,7 +142,7 @@ def model_case(sizes_naive, sizes_engine, rtol, atol, n_ref=32, extra_engines=()
             print(f"engine {tag} n={n} ({time.perf_counter() - T0:.0f} s)", flush=True)
             o = EngineOptions(method=method, rtol=e_rtol, atol=atol * e_rtol / rtol,
                               dtype="float32")
-            out, dt = timed(engine, vals, o)
+            out, dt = timed(engine, vals, o, repeats=3)
             row[tag] = dict(traj_s=n / dt, seconds=dt,
                             err=errors(out["residual"], out["relapse_free"],
                                        out["p_dtc_positive"]),
@@ -150,7 +151,7 @@ def model_case(sizes_naive, sizes_engine, rtol, atol, n_ref=32, extra_engines=()
                             failed=int(np.sum(np.asarray(out["status"]) != 0)))
         if n in sizes_naive:
             print(f"naive n={n} ({time.perf_counter() - T0:.0f} s)", flush=True)
-            (res, rfs, pdtc, steps), dt = timed(naive, vals)
+            (res, rfs, pdtc, steps), dt = timed(naive, vals, repeats=2)
             row.update(naive_s=dt, naive_traj_s=n / dt, naive_err=errors(res, rfs, pdtc),
                        naive_mean_steps=float(np.mean(steps)), naive_peak_mb=peak_memory_mb())
         if "naive_traj_s" in row and "engine_traj_s" in row:
