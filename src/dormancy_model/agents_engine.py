@@ -15,8 +15,7 @@ Slot kinds: 0 empty, 1 dormant D, 2 reactivating R, 3 proliferating clone P, 4 l
 clone that reached `switch_size` and continues deterministically; its switch day is kept).
 
 Each method is `*_init` (loop carry of one replicate), `*_step` (one event) and `*_final`;
-`lockstep` runs a vmapped batch of replicates (all lanes together while many are active, then
-the few slow ones in a narrow loop). A replicate's random numbers depend only on its key and its
+`lockstep` runs a vmapped batch of replicates in a loop that narrows as replicates finish. A replicate's random numbers depend only on its key and its
 own event counter, so results do not depend on batching or chunking.
 """
 
@@ -26,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from . import agents_hazard as H
+from .lockstep import compacting_loop
 
 EMPTY, DORMANT, REACTIVATING, PROLIFERATING, LESION = range(5)
 N_EXACT_LINEAGES = 16
@@ -376,17 +376,14 @@ def fast_final(c: dict):
 def lockstep(step, table, table_axis, carry: dict, max_events, width: int) -> dict:
     """Run a batch of replicates (leading axis of every carry leaf) until each is done or has
     processed `max_events` events. `step(table, carry)` advances every lane by one event
-    (vmapped `exact_step` / `fast_step`); lanes that are finished keep their carry.
-
-    A plain vmapped while loop costs (lanes) x (events of the busiest lane). Here the batch
-    steps together only while more than `width` lanes are active; the last (at most `width`)
-    active lanes are then gathered and finished in a narrow loop. Each lane's random stream is
-    indexed by its own event counter, so results do not depend on this grouping."""
+    (vmapped `exact_step` / `fast_step`); finished lanes keep their carry. The loop narrows as
+    lanes finish, down to `width` lanes (`lockstep.compacting_loop`); each lane's random stream
+    is indexed by its own event counter, so results do not depend on this grouping."""
 
     def active(c):
         return (~c["done"]) & (c["it"] < max_events)
 
-    def advance(tb, c):
+    def body(tb, c):
         new = step(tb, c)
         a = active(c)
 
@@ -395,13 +392,6 @@ def lockstep(step, table, table_axis, carry: dict, max_events, width: int) -> di
 
         return {k: v if k == "key" else keep(new[k], v) for k, v in c.items()}
 
-    n = carry["it"].shape[0]
-    width = max(1, min(int(width), n))
-    carry = jax.lax.while_loop(lambda c: jnp.sum(active(c)) > width,
-                               lambda c: advance(table, c), carry)
-    idx = jnp.argsort(~active(carry), stable=True)[:width]  # active lanes first
-    sub = jax.tree_util.tree_map(lambda x: x[idx], carry)
-    tb = table if table_axis is None else jax.tree_util.tree_map(lambda x: x[idx], table)
-    sub = jax.lax.while_loop(lambda c: jnp.any(active(c)), lambda c: advance(tb, c), sub)
-    # (the key leaf never changes: it is not written back)
-    return {k: v if k == "key" else v.at[idx].set(sub[k]) for k, v in carry.items()}
+    if table_axis is None:  # one table for all lanes: not a per-lane constant
+        return compacting_loop(lambda _, c: body(table, c), active, carry, (), width)
+    return compacting_loop(body, active, carry, table, width)

@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .lockstep import compacting_loop
+
 # ---------------------------------------------------------------------------- tableaux
 
 
@@ -263,13 +265,7 @@ def _solve_batch(problem, y0, x0, ev0, t0, saves, lane, shared, opts: EngineOpti
     expo = -1.0 / opts.order
 
     def active_lanes(st):
-        return (st[6] < n_save) & ~st[10]
-
-    def cond(st):
-        return jnp.any(active_lanes(st)) & (st[11] < opts.max_iters)
-
-    def body_with(consts):
-        return lambda st: body(consts, st)
+        return (st[6] < n_save) & ~st[10] & (st[11] < opts.max_iters)
 
     def body(consts, st):
         save_cols, t_end, lane = consts
@@ -329,26 +325,9 @@ def _solve_batch(problem, y0, x0, ev0, t0, saves, lane, shared, opts: EngineOpti
         return (t_new, h_new, y_out, k1n, x_out, ev, js, out, nacc, nrej, bad, it + 1, h_ev,
                 post)
 
-    # Lanes need different step counts (clearances, doses), and a lock-step loop makes every
-    # lane pay for the slowest one. So the batch steps together until half of it is done; the
-    # active half is then gathered into a loop of half the width, and so on down to n / 16
-    # lanes, which finish in the last loop. Each lane's arithmetic does not depend on the others.
-
-    def run(st, consts, width):
-        narrow = max(1, width // 2)
-        if width <= max(1, n // 16) or narrow == width:
-            return jax.lax.while_loop(cond, body_with(consts), st)
-        st = jax.lax.while_loop(lambda st: cond(st) & (jnp.sum(active_lanes(st)) > narrow),
-                                body_with(consts), st)
-        idx = jnp.argsort(~active_lanes(st), stable=True)[:narrow]  # active lanes first
-        take = lambda tree: jax.tree_util.tree_map(lambda a: a[idx], tree)  # noqa: E731
-        per = st[:11] + st[12:]
-        sub = take(per)
-        sub = run(sub[:11] + (st[11],) + sub[11:], take(consts), narrow)
-        per = jax.tree_util.tree_map(lambda a, b: a.at[idx].set(b), per, sub[:11] + sub[12:])
-        return per[:11] + (sub[11],) + per[11:]
-
-    st = run(state, (tuple(save_cols), t_end, lane), n)
+    # lanes need different step counts (clearances, doses): the loop narrows as they finish
+    st = compacting_loop(body, active_lanes, state, (tuple(save_cols), t_end, lane),
+                         min_width=max(1, n // 16))
     js, out, nacc, nrej, bad, it = st[6:12]
     status = jnp.where(bad, 2, jnp.where(js < n_save, 1, 0)).astype(jnp.int8)
     ys = tuple(jnp.stack(o, axis=1) for o in out)
