@@ -15,8 +15,9 @@ Slot kinds: 0 empty, 1 dormant D, 2 reactivating R, 3 proliferating clone P, 4 l
 clone that reached `switch_size` and continues deterministically; its switch day is kept).
 
 Each method is `*_init` (loop carry of one replicate), `*_step` (one event) and `*_final`;
-`lockstep` runs a vmapped batch of replicates in a loop that narrows as replicates finish. A replicate's random numbers depend only on its key and its
-own event counter, so results do not depend on batching or chunking.
+`lockstep` runs a vmapped batch of replicates in a loop that narrows as replicates finish.
+A replicate's random numbers depend only on its key and its own event counter, so results do
+not depend on batching or chunking.
 """
 
 from __future__ import annotations
@@ -376,9 +377,10 @@ def fast_final(c: dict):
 def lockstep(step, table, table_axis, carry: dict, max_events, width: int) -> dict:
     """Run a batch of replicates (leading axis of every carry leaf) until each is done or has
     processed `max_events` events. `step(table, carry)` advances every lane by one event
-    (vmapped `exact_step` / `fast_step`); finished lanes keep their carry. The loop narrows as
-    lanes finish, down to `width` lanes (`lockstep.compacting_loop`); each lane's random stream
-    is indexed by its own event counter, so results do not depend on this grouping."""
+    (vmapped `exact_step` / `fast_step`); finished lanes keep their carry. When only `width`
+    lanes are active they finish in a narrow loop (`lockstep.compacting_loop`); each lane's
+    random stream is indexed by its own event counter, so results do not depend on this
+    grouping."""
 
     def active(c):
         return (~c["done"]) & (c["it"] < max_events)
@@ -392,6 +394,9 @@ def lockstep(step, table, table_axis, carry: dict, max_events, width: int) -> di
 
         return {k: v if k == "key" else keep(new[k], v) for k, v in c.items()}
 
+    # one narrowing stage (shrink = 1 / 16): nearly all lanes of a chunk finish within a few
+    # events of each other, and every stage compiles the (large) event body once more
     if table_axis is None:  # one table for all lanes: not a per-lane constant
-        return compacting_loop(lambda _, c: body(table, c), active, carry, (), width)
-    return compacting_loop(body, active, carry, table, width)
+        return compacting_loop(lambda _, c: body(table, c), active, carry, (), width,
+                               shrink=16)
+    return compacting_loop(body, active, carry, table, width, shrink=16)

@@ -3,8 +3,9 @@
 A vmapped `while_loop` runs every lane until the slowest one is done. Both batched loops of the
 package (the sweep engine's Runge-Kutta steps, the agent model's events) have lanes whose work
 differs by a factor of 2-3 or more, so they use `compacting_loop`: the batch steps together
-until half of its lanes are done, then the active half is gathered into a loop of half the
-width, and so on down to `min_width` lanes, which finish in the last loop. Each lane's
+until only 1/`shrink` of its lanes are active, those are gathered into a loop of 1/`shrink` the
+width, and so on down to `min_width` lanes, which finish in the last loop. Each stage is one
+more compiled copy of the loop body, so `shrink` trades run time for compile time. Each lane's
 arithmetic does not depend on the others, so the grouping never changes a result.
 """
 
@@ -14,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 
-def compacting_loop(body, active, carry, consts, min_width: int):
+def compacting_loop(body, active, carry, consts, min_width: int, shrink: int = 4):
     """Run `carry = body(consts, carry)` until `active(carry)` (a (lanes,) bool array) is all
     False. Array leaves of `carry` and `consts` have the lane axis first; 0-d leaves of `carry`
     are shared by all lanes (e.g. an iteration counter) and pass through. `body` must leave
@@ -28,8 +29,8 @@ def compacting_loop(body, active, carry, consts, min_width: int):
                                       tree, sub)
 
     def run(carry, consts, width):
-        narrow = max(1, width // 2)
-        if width <= min_width or narrow == width:
+        narrow = max(1, min_width, width // shrink)
+        if width <= min_width or narrow >= width:
             return jax.lax.while_loop(lambda c: jnp.any(active(c)),
                                       lambda c: body(consts, c), carry)
         carry = jax.lax.while_loop(lambda c: jnp.sum(active(c)) > narrow,
