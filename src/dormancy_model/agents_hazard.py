@@ -111,10 +111,6 @@ class HazardTable(eqx.Module):
         k = self.cell(t)
         return self.cum[k] + (t - self.nodes[k]) * self.rate[k]
 
-    def cumulative(self, t, w):
-        """sum_c w_c Cum_c(t) for weights w (9,)."""
-        return jnp.sum(self.cumulative_all(t) * w)
-
     def averages(self, t0, t1):
         """Average rates of all channels over [t0, t1] (9,), per cell and day."""
         dt = jnp.maximum(t1 - t0, 1e-300)
