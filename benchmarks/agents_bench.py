@@ -50,7 +50,7 @@ def clever_combo(method, n, chunk, seed=0):
                                initial_count="fixed", assess_days=(84.0, 168.0, 350.0),
                                chunk_size=chunk)
 
-    secs, res = timed(go, repeats=1 if method == "exact" else 5)
+    secs, res = timed(go, repeats=1 if method == "exact" else 3 if n > 100_000 else 5)
     return dict(case="clever-combo 100 DTCs 5 y", method=method, replicates=n, chunk=chunk,
                 seconds=secs, histories_per_s=n / secs, max_events=int(res.n_events.max()),
                 mean_events=float(res.n_events.mean()), cleared=float(res.cleared.mean()),
@@ -108,6 +108,8 @@ def main(argv=None):
     ap.add_argument("--fast-n", type=int, default=None)
     ap.add_argument("--exact-n", type=int, default=None)
     ap.add_argument("--bd-n", type=int, default=1000)
+    ap.add_argument("--fast-chunks", type=int, nargs="*", default=[],
+                    help="with --gpu: also time the fast variant at these chunk sizes")
     args = ap.parse_args(argv)
     rows = []
     info = dict(backend=jax.default_backend(), device=str(jax.devices()[0]),
@@ -115,11 +117,14 @@ def main(argv=None):
                 date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
     print(info, flush=True)
     if args.gpu:
-        sizes = [(args.fast_n or 1_048_576, "fast", 262_144), (args.exact_n or 65_536, "exact",
-                                                                  65_536)]
+        sizes = [(args.fast_n or 1_048_576, "fast", 262_144),
+                 (65_536 if args.exact_n is None else args.exact_n, "exact", 65_536)]
+        sizes += [(args.fast_n or 1_048_576, "fast", c) for c in args.fast_chunks]
     else:
         sizes = [(args.fast_n or 8192, "fast", 8192), (args.exact_n or 512, "exact", 128)]
     for n, method, chunk in sizes:
+        if n == 0:
+            continue
         r = clever_combo(method, n, chunk)
         rows.append(r)
         print(f"{r['case']:<28} {method:<6} n={n:<8} {r['seconds']:8.2f} s "

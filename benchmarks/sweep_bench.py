@@ -6,8 +6,9 @@ Cases
           days 84/168, relapse-free at 3 and 5 years, P(DTC+) at days 84/168.
           (a) naive: jax.jit(jax.vmap(simulate)) = diffrax Tsit5 + PIDController with the dose
               times as jump_ts, float32, same rtol/atol;
-          (b) engine: `batch_model.solve_outputs` (lock-step Tsit5, per-lane error control),
-              float32.
+          (b) engine: `batch_model.solve_outputs` (Tsit5, per-lane error control), float32;
+              on a GPU its loop is one Pallas kernel (`engine_pallas`), elsewhere the XLA
+              lock-step loop.
           Error: max over a subset of lanes against float64 `simulate` at rtol 1e-10.
   lorenz  the adaptive case of the published GPU ODE benchmark (Utkarsh et al. 2024):
           rho = linspace(0, 21, N), sigma 10, beta 8/3, u0 (1, 0, 0), t in [0, 1],
@@ -20,13 +21,15 @@ Usage
   python benchmarks/sweep_bench.py --bounded 4000 16000
 Timings exclude compilation (one warm-up call per size) and are the best of 3 engine / 2 naive
 repeats; the ratio is engine/naive traj/s.
---extra-engine METHOD:RTOL (default rk4:3e-5) adds another engine run, at a tolerance chosen
-to match the naive solver's error; its error is printed beside its speed.
+--extra-engine METHOD:RTOL[:BACKEND[:BLOCK]] (default rk4:3e-5; with --gpu also tsit5:1e-6:xla)
+adds engine runs, e.g. at a tolerance chosen to match the naive solver's error or with the XLA
+loop instead of the Pallas kernel (the GPU default); errors are printed beside speeds.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -128,7 +131,12 @@ def model_case(sizes_naive, sizes_engine, rtol, atol, n_ref=32, extra_engines=()
         row = {"case": "model", "n": n}
         if n in sizes_engine:
             print(f"engine n={n} ({time.perf_counter() - T0:.0f} s)", flush=True)
-            out, dt = timed(engine, vals, repeats=3)
+            try:
+                out, dt = timed(engine, vals, repeats=3)
+            except Exception as e:  # a failed backend must not lose the other rows
+                out, row["engine_error"] = None, f"{type(e).__name__}: {str(e)[:1500]}"
+                print(row["engine_error"], flush=True)
+        if n in sizes_engine and out is not None:
             row.update(engine_s=dt, engine_traj_s=n / dt,
                        engine_err=errors(out["residual"], out["relapse_free"],
                                          out["p_dtc_positive"]),
@@ -136,13 +144,20 @@ def model_case(sizes_naive, sizes_engine, rtol, atol, n_ref=32, extra_engines=()
                        engine_mean_rejected=float(np.mean(out["rejected"])),
                        engine_failed=int(np.sum(np.asarray(out["status"]) != 0)),
                        engine_peak_mb=peak_memory_mb())
-        for method, e_rtol in extra_engines if n in sizes_engine else ():
-            # another engine method, at a tolerance chosen to match the naive solver's error
-            tag = f"{method}@{e_rtol:g}"
+        for method, e_rtol, backend, block in extra_engines if n in sizes_engine else ():
+            # another engine method or backend, e.g. at a tolerance chosen to match the naive
+            # solver's error
+            tag = f"{method}@{e_rtol:g}" + (f"/{backend}" if backend != "auto" else "") + (
+                f"/b{block}" if block else "")
             print(f"engine {tag} n={n} ({time.perf_counter() - T0:.0f} s)", flush=True)
             o = EngineOptions(method=method, rtol=e_rtol, atol=atol * e_rtol / rtol,
-                              dtype="float32")
-            out, dt = timed(engine, vals, o, repeats=3)
+                              dtype="float32", backend=backend, block=block or 128)
+            try:
+                out, dt = timed(engine, vals, o, repeats=3)
+            except Exception as e:
+                row[tag] = dict(error=f"{type(e).__name__}: {str(e)[:1500]}")
+                print(row[tag]["error"], flush=True)
+                continue
             row[tag] = dict(traj_s=n / dt, seconds=dt,
                             err=errors(out["residual"], out["relapse_free"],
                                        out["p_dtc_positive"]),
@@ -156,9 +171,8 @@ def model_case(sizes_naive, sizes_engine, rtol, atol, n_ref=32, extra_engines=()
                        naive_mean_steps=float(np.mean(steps)), naive_peak_mb=peak_memory_mb())
         if "naive_traj_s" in row and "engine_traj_s" in row:
             row["ratio"] = row["engine_traj_s"] / row["naive_traj_s"]
-            for method, e_rtol in extra_engines:
-                tag = f"{method}@{e_rtol:g}"
-                row[tag]["ratio"] = row[tag]["traj_s"] / row["naive_traj_s"]
+            for k in [k for k in row if "@" in k and "traj_s" in row[k]]:
+                row[k]["ratio"] = row[k]["traj_s"] / row["naive_traj_s"]
         print(json.dumps(row), flush=True)
         rows.append(row)
     return rows
@@ -194,9 +208,10 @@ def lorenz_case(sizes, tol=1e-8):
         stepsize_controller=dfx.PIDController(rtol=1e-12, atol=1e-12),
         max_steps=100_000).ys[-1]))
     opts = EngineOptions(rtol=tol, atol=tol, dtype="float32", h0=0.001)
+    opts_xla = EngineOptions(rtol=tol, atol=tol, dtype="float32", h0=0.001, backend="xla")
 
-    @jax.jit
-    def engine(rho):
+    @functools.partial(jax.jit, static_argnums=1)
+    def engine(rho, opts=opts):
         n = rho.shape[0]
         one = jnp.ones((n,), jnp.float32)
         y0 = (one, 0 * one, 0 * one)
@@ -215,11 +230,17 @@ def lorenz_case(sizes, tol=1e-8):
         scale = np.abs(ref) + 1.0
         ys_n, dt_n = timed(naive, rho)
         (ys_e, acc), dt_e = timed(engine, rho)
+        xla = {}
+        if jax.default_backend() == "gpu":  # the XLA loop beside the default Pallas kernel
+            (ys_x, _), dt_x = timed(engine, rho, opts_xla)
+            xla = dict(engine_xla_traj_s=n / dt_x, engine_xla_ratio=dt_n / dt_x,
+                       engine_xla_err=float(np.max(np.abs(np.asarray(ys_x)[sub] - ref)
+                                                   / scale)))
         row = dict(case="lorenz", n=n, naive_s=dt_n, naive_traj_s=n / dt_n,
                    engine_s=dt_e, engine_traj_s=n / dt_e, ratio=dt_n / dt_e,
                    naive_err=float(np.max(np.abs(np.asarray(ys_n)[sub] - ref) / scale)),
                    engine_err=float(np.max(np.abs(np.asarray(ys_e)[sub] - ref) / scale)),
-                   engine_mean_steps=float(np.mean(acc)), peak_mb=peak_memory_mb())
+                   engine_mean_steps=float(np.mean(acc)), peak_mb=peak_memory_mb(), **xla)
         print(json.dumps(row), flush=True)
         rows.append(row)
     return rows
@@ -267,8 +288,10 @@ def main(argv=None):
     ap.add_argument("--rtol", type=float, default=1e-6)
     ap.add_argument("--atol", type=float, default=1e-8)
     ap.add_argument("--budget", type=float, default=None, help="skip cases after this many s")
-    ap.add_argument("--extra-engine", nargs="*", default=["rk4:3e-5"],
-                    help="more engine runs as METHOD:RTOL (atol scaled alike), e.g. rk4:3e-5")
+    ap.add_argument("--extra-engine", nargs="*", default=None,
+                    help="more engine runs as METHOD:RTOL[:BACKEND[:BLOCK]] (atol scaled "
+                         "alike), e.g. rk4:3e-5 or tsit5:1e-6:xla; default rk4:3e-5, on a GPU "
+                         "also tsit5:1e-6:xla (the XLA loop beside the Pallas kernel)")
     args = ap.parse_args(argv)
     BUDGET[0] = args.budget or (100.0 if args.gpu else float("inf"))
     dev = jax.devices()[0]
@@ -285,9 +308,17 @@ def main(argv=None):
         eng_n = naive_n + [int(x) for x in (args.engine_sizes or [16000])]
         lor = [int(x) for x in (args.lorenz or [8192])]
         bounded = args.bounded or []
-    extra = [(m, float(r)) for m, r in (x.split(":") for x in args.extra_engine)]
+    extra = []
+    for x in (args.extra_engine if args.extra_engine is not None else
+              (["tsit5:1e-6:xla", "rk4:3e-5"] if args.gpu else ["rk4:3e-5"])):
+        m, r, *rest = x.split(":")
+        extra.append((m, float(r), rest[0] if rest else "auto", int(rest[1]) if len(rest) > 1
+                      else 0))
     rows = model_case(naive_n, eng_n, args.rtol, args.atol, extra_engines=extra)
-    rows += lorenz_case(lor)
+    try:
+        rows += lorenz_case(lor)
+    except Exception as e:
+        print(f"lorenz failed: {type(e).__name__}: {str(e)[:1500]}", flush=True)
     if bounded:
         rows += bounded_case([int(x) for x in bounded], args.chunk)
     out = os.environ.get("OUT")

@@ -30,7 +30,7 @@ import numpy as np
 from . import rates as R
 from .model import DormancyModel
 from .parameters import Parameters
-from .pk import Dosing
+from .pk import HIGHEST, Dosing
 
 N_CHANNELS = 9
 REACT, DEATH_D0, DEATH_DEFICIT, RETURN_RD, COMMIT, DEATH_R, DIVIDE, DEATH_P, RETURN_PD = range(9)
@@ -163,8 +163,10 @@ def hazard_table(model: DormancyModel, params: Parameters, dosing: Dosing, nodes
     ts = mid[:, None] + half[:, None] * jnp.asarray(_GL_X)[None, :]  # (N-1, 3)
     ex = jax.vmap(course.exposure)(ts.reshape(-1))
     r = _channel_rates(ex.eve, ex.hcq_effect, params).reshape(ts.shape + (N_CHANNELS,))
-    avg = jnp.einsum("kqc,q->kc", r, 0.5 * jnp.asarray(_GL_W))  # cell averages
+    avg = jnp.einsum("kqc,q->kc", r, 0.5 * jnp.asarray(_GL_W), precision=HIGHEST)  # cell averages
     cum = jnp.concatenate([jnp.zeros((1, N_CHANNELS)), jnp.cumsum(avg * (b - a)[:, None], 0)])
     rate = jnp.concatenate([avg, avg[-1:]], axis=0)
     g = jnp.asarray(_G)
-    return HazardTable(nodes, cum, rate, jnp.asarray(spec, jnp.float64), cum @ g, rate @ g)
+    grouped = lambda x: jnp.matmul(x, g, precision=HIGHEST)  # noqa: E731
+    return HazardTable(nodes, cum, rate, jnp.asarray(spec, jnp.float64), grouped(cum),
+                       grouped(rate))

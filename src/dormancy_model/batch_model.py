@@ -25,8 +25,9 @@ import numpy as np
 
 from . import rates as R
 from .engine import AbstractLaneProblem, EngineOptions, solve_sharded
+from .engine_pallas import take_rows
 from .parameters import Parameters
-from .pk import drug_system
+from .pk import HIGHEST, drug_system
 from .schedule import Schedule
 
 DRUG_MODES = {"eve": 3, "hcq": 4}
@@ -145,12 +146,12 @@ def next_dose(k, drug, lane, shared):
     """Cached record of dose k of each lane: effective time (lag added when oral), amount in mg
     (per-kg amounts times body weight), oral flag. One packed-row gather per drug."""
     tab = shared["packed"][drug]  # (S * K, 4): time, amount, per_kg, oral
-    kk = tab.shape[0] // shared["n_sched"]
-    row = jnp.take(tab, lane.sid * kk + jnp.minimum(k, kk - 1), axis=0)
-    oral = row[:, 3] > 0.5
+    kk = shared["per_schedule"][drug]
+    time, amount, per_kg, oral = take_rows(tab, lane.sid * kk + jnp.minimum(k, kk - 1))
+    oral = oral > 0.5
     bw = lane.body_weight
-    amt = row[:, 1] * jnp.where(row[:, 2] > 0.5, bw, 1.0)
-    tau = row[:, 0] + jnp.where(oral, lane.tlag[drug], 0.0)
+    amt = amount * jnp.where(per_kg > 0.5, bw, 1.0)
+    tau = time + jnp.where(oral, lane.tlag[drug], 0.0)
     return {"k": k, "tau": tau, "amt": amt, "oral": oral}
 
 
@@ -159,11 +160,8 @@ def _pk_lane(values: dict, base: Parameters, drug: str):
     p = Parameters(values, base.specs, base.name, base.species, base.source)
     sys = drug_system(p, drug)
     obs = sys.obs[DRUG_OBS_ROW[drug]]
-    n = sys.A.shape[0]
-    e0 = jnp.zeros(n, sys.A.dtype).at[0].set(1.0)
-    e1 = jnp.zeros(n, sys.A.dtype).at[1].set(1.0)
-    per_mode = jnp.einsum("a,jab->jb", obs, sys.proj)  # (modes, states)
-    return sys.lam, sys.f_oral * (per_mode @ e0), per_mode @ e1, sys.tlag, sys.min_gap
+    per_mode = jnp.einsum("a,jab->jb", obs, sys.proj, precision=HIGHEST)  # (modes, states)
+    return sys.lam, sys.f_oral * per_mode[:, 0], per_mode[:, 1], sys.tlag, sys.min_gap
 
 
 def solve_outputs_impl(varying: dict, base: Parameters, table: ScheduleTable, sid, days: OutputDays,
@@ -186,7 +184,8 @@ def solve_outputs_impl(varying: dict, base: Parameters, table: ScheduleTable, si
     tab = table.astype(dt)
     packed = {d: jnp.stack([tab.times[d], tab.amount[d], tab.per_kg[d].astype(dt),
                             tab.oral[d].astype(dt)], axis=-1).reshape(-1, 4) for d in DRUG_MODES}
-    shared = {"params": shared_params, "packed": packed, "n_sched": tab.times["eve"].shape[0]}
+    shared = {"params": shared_params, "packed": packed,
+              "per_schedule": {d: tab.times[d].shape[1] for d in DRUG_MODES}}
     lag = R.relapse_lag(full)
     t0 = jnp.zeros((), dt)
     out_days = jnp.asarray(sorted(set(days.residual_days) | set(days.assessment_days)), dt)

@@ -22,7 +22,9 @@ the lanes over the local devices with `shard_map`.
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 
 import equinox as eqx
 import jax
@@ -93,6 +95,7 @@ TABLEAUX = {"tsit5": _tsit5, "dopri5": _dopri5, "bs3": _bs3}
 # coefficients twice per step (`node_coefficients`) instead of once per stage, and
 # exp(lambda h/2) gives exp(lambda h) by squaring.
 METHODS = (*TABLEAUX, "rk4")
+BACKENDS = ("auto", "xla", "pallas")
 
 
 class EngineOptions(eqx.Module):
@@ -109,6 +112,11 @@ class EngineOptions(eqx.Module):
     safety: float = eqx.field(static=True, default=0.9)
     factor_min: float = eqx.field(static=True, default=0.2)
     factor_max: float = eqx.field(static=True, default=10.0)
+    # "xla": the lock-step while loop over the whole batch (narrowing as lanes finish);
+    # "pallas": one GPU kernel, each program integrating `block` lanes to the end in registers
+    # (interpreted, hence slow, on a CPU); "auto": pallas on a GPU in float32, else xla
+    backend: str = eqx.field(static=True, default="auto")
+    block: int = eqx.field(static=True, default=128)
 
     @property
     def jnp_dtype(self):
@@ -233,16 +241,14 @@ def _rk4_step(problem, fsal, t, y, x, dt, c0, lane, shared):
     return y_new, err, x_new, c_full
 
 
-def _solve_batch(problem, y0, x0, ev0, t0, saves, lane, shared, opts: EngineOptions) -> Solution:
-    """One lock-step loop over a batch. y0: tuple of (N,); saves: (N, S) sorted per lane."""
+def _initial_state(problem, y0, x0, ev0, t0, saves, lane, shared, opts: EngineOptions):
+    """Loop carry of a batch at t0 (every leaf has the lane axis first, but the iteration
+    counter, 0-d)."""
     rk4 = opts.method == "rk4"
-    tab = None if rk4 else opts.tableau
     dt_ = opts.jnp_dtype
     n, n_save = saves.shape
-    fsal = (rk4 or tab.fsal) and problem.rhs_continuous_at_events
+    fsal = _fsal(problem, opts)
     t = jnp.broadcast_to(jnp.asarray(t0, dt_), (n,))
-    t_end = saves[:, -1]
-    save_cols = [saves[:, j] for j in range(n_save)]
     # saves at or before t0 are the initial state. Saved values live in S separate (N,) arrays
     # per state and are updated with selects (no gather/scatter: those are slow on CPU)
     first = saves <= t[:, None]
@@ -261,11 +267,30 @@ def _solve_batch(problem, y0, x0, ev0, t0, saves, lane, shared, opts: EngineOpti
     # event starts from at most 1.2 h_ev (doses start fast transients: this avoids most of the
     # rejections at every dose while still letting h_ev adapt)
     false = jnp.zeros((n,), bool)
-    state = (t, h, y0, k1, x0, ev0, js, out, cnt, cnt, false, jnp.int32(0), h, false)
-    expo = -1.0 / opts.order
+    return (t, h, y0, k1, x0, ev0, js, out, cnt, cnt, false, jnp.int32(0), h, false)
 
-    def active_lanes(st):
+
+def _fsal(problem, opts):
+    return (opts.method == "rk4" or opts.tableau.fsal) and problem.rhs_continuous_at_events
+
+
+def _active_lanes(n_save, opts):
+    def active(st):
         return (st[6] < n_save) & ~st[10] & (st[11] < opts.max_iters)
+
+    return active
+
+
+def _make_body(problem, opts: EngineOptions, n_save: int, shared):
+    """One step attempt of every lane: body(consts, carry) -> carry, with consts = (save
+    columns, t_end, lane). Element-wise in the lanes (no reductions, gathers only through
+    `take_rows`), so the same body runs in the XLA loop and inside the Pallas kernel."""
+    rk4 = opts.method == "rk4"
+    tab = None if rk4 else opts.tableau
+    dt_ = opts.jnp_dtype
+    fsal = _fsal(problem, opts)
+    zero = jnp.zeros((), dt_)
+    expo = -1.0 / opts.order
 
     def body(consts, st):
         save_cols, t_end, lane = consts
@@ -317,7 +342,7 @@ def _solve_batch(problem, y0, x0, ev0, t0, saves, lane, shared, opts: EngineOpti
             h_new = jnp.where(fired, jnp.minimum(h_new, 1.2 * h_ev), h_new)
             post = post | fired
         k1n = _tree_where(accept, k_last, k1) if fsal else k1
-        ybad = ~jnp.all(jnp.stack([jnp.isfinite(v) for v in y_out]), axis=0)
+        ybad = ~functools.reduce(operator.and_, [jnp.isfinite(v) for v in y_out])
         stuck = active & (dt < 1e-12 * jnp.maximum(jnp.abs(t), 1.0)) & ~clipped
         bad = bad | (active & ybad) | stuck
         nacc = nacc + accept.astype(jnp.int32)
@@ -325,14 +350,39 @@ def _solve_batch(problem, y0, x0, ev0, t0, saves, lane, shared, opts: EngineOpti
         return (t_new, h_new, y_out, k1n, x_out, ev, js, out, nacc, nrej, bad, it + 1, h_ev,
                 post)
 
-    # lanes need different step counts (clearances, doses): the loop narrows as they finish
-    # (n -> n/4 -> n/16 lanes)
-    st = compacting_loop(body, active_lanes, state, (tuple(save_cols), t_end, lane),
-                         min_width=max(1, n // 16), shrink=4)
+    return body
+
+
+def _solution(st, n_save, n) -> Solution:
     js, out, nacc, nrej, bad, it = st[6:12]
     status = jnp.where(bad, 2, jnp.where(js < n_save, 1, 0)).astype(jnp.int8)
     ys = tuple(jnp.stack(o, axis=1) for o in out)
     return Solution(ys, status, nacc, nrej, jnp.broadcast_to(it, (n,)))
+
+
+def _solve_batch(problem, y0, x0, ev0, t0, saves, lane, shared, opts: EngineOptions) -> Solution:
+    """One lock-step loop over a batch. y0: tuple of (N,); saves: (N, S) sorted per lane."""
+    n, n_save = saves.shape
+    state = _initial_state(problem, y0, x0, ev0, t0, saves, lane, shared, opts)
+    consts = (tuple(saves[:, j] for j in range(n_save)), saves[:, -1], lane)
+    if _use_pallas(opts):
+        from .engine_pallas import pallas_lane_loop
+
+        st = pallas_lane_loop(lambda sh: _make_body(problem, opts, n_save, sh),
+                              _active_lanes(n_save, opts), state, consts, shared,
+                              block=opts.block)
+        return _solution(st, n_save, n)
+    # lanes need different step counts (clearances, doses): the loop narrows as they finish
+    # (n -> n/4 -> n/16 lanes)
+    st = compacting_loop(_make_body(problem, opts, n_save, shared), _active_lanes(n_save, opts),
+                         state, consts, min_width=max(1, n // 16), shrink=4)
+    return _solution(st, n_save, n)
+
+
+def _use_pallas(opts: EngineOptions) -> bool:
+    if opts.backend == "auto":
+        return jax.default_backend() == "gpu" and opts.dtype == "float32"
+    return opts.backend == "pallas"
 
 
 def solve_lanes(problem, y0, x0, ev0, t0, saves, lane, shared, opts: EngineOptions,

@@ -22,6 +22,10 @@ import jax.numpy as jnp
 
 from .parameters import Parameters
 
+# float32 products on a GPU default to TF32 (about 3 significant digits): the PK projectors and
+# propagators are always computed at full precision
+HIGHEST = jax.lax.Precision.HIGHEST
+
 MG_PER_L_TO_NG_PER_ML = 1000.0
 
 
@@ -106,7 +110,7 @@ def drug_system(p: Parameters, drug: str) -> DrugSystem:
         for i in range(n):
             if i != j:
                 d = lam[j] - lam[i]
-                P = P @ (A - lam[i] * eye) / d
+                P = jnp.matmul(P, A - lam[i] * eye, precision=HIGHEST) / d
                 gaps.append(jnp.abs(d) / (jnp.abs(lam[j]) + jnp.abs(lam[i]) + 1e-30))
         projs.append(P)
     return DrugSystem(A, lam, jnp.stack(projs), jnp.stack([jnp.stack(o) for o in obs]),
@@ -115,7 +119,7 @@ def drug_system(p: Parameters, drug: str) -> DrugSystem:
 
 def propagator(sys: DrugSystem, s):
     """expm(A s) for a scalar s >= 0, via the spectral projectors."""
-    return jnp.einsum("j,jab->ab", jnp.exp(sys.lam * s), sys.proj)
+    return jnp.einsum("j,jab->ab", jnp.exp(sys.lam * s), sys.proj, precision=HIGHEST)
 
 
 class PKSolution(eqx.Module):
@@ -131,14 +135,15 @@ class PKSolution(eqx.Module):
         k = jnp.searchsorted(self.tau, t, side="right") - 1
         kc = jnp.clip(k, 0, self.tau.shape[0] - 1)
         s = jnp.maximum(t - self.tau[kc], 0.0)
-        val = self.modes[kc] @ jnp.exp(self.sys.lam * s)
+        val = jnp.matmul(self.modes[kc], jnp.exp(self.sys.lam * s), precision=HIGHEST)
         return jnp.where(k >= 0, val, jnp.zeros_like(val))
 
     def state(self, t):
         """Full PK state (n,) at scalar time t."""
         k = jnp.searchsorted(self.tau, t, side="right") - 1
         kc = jnp.clip(k, 0, self.tau.shape[0] - 1)
-        x = propagator(self.sys, jnp.maximum(t - self.tau[kc], 0.0)) @ self.states[kc]
+        x = jnp.matmul(propagator(self.sys, jnp.maximum(t - self.tau[kc], 0.0)),
+                       self.states[kc], precision=HIGHEST)
         return jnp.where(k >= 0, x, jnp.zeros_like(x))
 
 
@@ -161,11 +166,11 @@ def solve_pk(sys: DrugSystem, events: DoseEvents, body_weight) -> PKSolution:
 
     def step(x, inp):
         d, uk = inp
-        x = propagator(sys, d) @ x + uk
+        x = jnp.matmul(propagator(sys, d), x, precision=HIGHEST) + uk
         return x, x
 
     x0 = jnp.zeros(sys.A.shape[0], dtype=sys.A.dtype)
     _, states = jax.lax.scan(step, x0, (dt, u))
     # modes[k, i, j] = obs_i . P_j . x_k
-    modes = jnp.einsum("ia,jab,kb->kij", sys.obs, sys.proj, states)
+    modes = jnp.einsum("ia,jab,kb->kij", sys.obs, sys.proj, states, precision=HIGHEST)
     return PKSolution(tau, modes, states, sys)

@@ -55,7 +55,7 @@ from pathlib import Path
 import numpy as np
 
 from .batch_model import OutputDays
-from .engine import METHODS, EngineOptions
+from .engine import BACKENDS, METHODS, EngineOptions
 from .errors import InputError, suggest
 from .parameters import Parameters, load_model_parameters
 from .schedule import DRUGS, Schedule, get_schedule
@@ -68,7 +68,8 @@ FIELDS = {
     "samples": {"method", "n", "parameters", "fit", "seed"},
     "patients": {"n", "variability", "seed"},
     "outputs": {"residual_days", "relapse_free_days", "relapse_free_years", "assessment_days"},
-    "solver": {"rtol", "atol", "dtype", "method", "chunk", "buckets", "max_iters"},
+    "solver": {"rtol", "atol", "dtype", "method", "chunk", "buckets", "max_iters", "backend",
+               "block"},
 }
 GRID_FIELDS = {"grid", "range", "n", "values"}
 
@@ -398,8 +399,14 @@ def _solver(src, doc):
     chunk = _int(src, "solver.chunk", s.get("chunk", 4096))
     buckets = _int(src, "solver.buckets", s.get("buckets", 1))
     max_iters = _int(src, "solver.max_iters", s.get("max_iters", 200_000))
+    backend = s.get("backend", "auto")
+    if backend not in BACKENDS:
+        _fail(src, "solver.backend", f"must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    block = _int(src, "solver.block", s.get("block", 128))
+    if block & (block - 1):
+        _fail(src, "solver.block", f"must be a power of two, got {block}")
     opts = EngineOptions(method=method, rtol=float(rtol), atol=float(atol), dtype=dtype,
-                         buckets=buckets, max_iters=max_iters)
+                         buckets=buckets, max_iters=max_iters, backend=backend, block=block)
     return opts, chunk
 
 
