@@ -40,7 +40,7 @@ def timed(fn, repeats=2):
     return best, res
 
 
-def clever_combo(method, n, chunk, seed=0):
+def clever_combo(method, n, chunk, seed=0, backend="auto", block=64):
     p = dm.load_model_parameters("human")
     s = dm.get_schedule("clever-combo")
 
@@ -48,10 +48,11 @@ def clever_combo(method, n, chunk, seed=0):
         return simulate_agents(dm.DormancyModel(), p, s, n_replicates=n,
                                key=jax.random.PRNGKey(seed), t1=T5, method=method,
                                initial_count="fixed", assess_days=(84.0, 168.0, 350.0),
-                               chunk_size=chunk)
+                               chunk_size=chunk, backend=backend, kernel_block=block)
 
     secs, res = timed(go, repeats=1 if method == "exact" else 3 if n > 100_000 else 5)
-    return dict(case="clever-combo 100 DTCs 5 y", method=method, replicates=n, chunk=chunk,
+    return dict(case="clever-combo 100 DTCs 5 y", method=method, backend=backend,
+                block=block, replicates=n, chunk=chunk,
                 seconds=secs, histories_per_s=n / secs, max_events=int(res.n_events.max()),
                 mean_events=float(res.n_events.mean()), cleared=float(res.cleared.mean()),
                 relapsed=float(res.relapsed.mean()), status=res.message)
@@ -108,6 +109,10 @@ def main(argv=None):
     ap.add_argument("--fast-n", type=int, default=None)
     ap.add_argument("--exact-n", type=int, default=None)
     ap.add_argument("--bd-n", type=int, default=1000)
+    ap.add_argument("--backends", nargs="*", default=["auto", "xla"],
+                    help="with --gpu: fast-variant backends (auto = the kernel on a GPU)")
+    ap.add_argument("--blocks", type=int, nargs="*", default=[64],
+                    help="with --gpu: replicates per kernel program")
     ap.add_argument("--fast-chunks", type=int, nargs="*", default=[],
                     help="with --gpu: also time the fast variant at these chunk sizes")
     args = ap.parse_args(argv)
@@ -117,17 +122,25 @@ def main(argv=None):
                 date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
     print(info, flush=True)
     if args.gpu:
-        sizes = [(args.fast_n or 1_048_576, "fast", 262_144),
-                 (65_536 if args.exact_n is None else args.exact_n, "exact", 65_536)]
-        sizes += [(args.fast_n or 1_048_576, "fast", c) for c in args.fast_chunks]
+        nf = args.fast_n or 1_048_576
+        sizes = [(nf, "fast", 262_144, b, k) for b in args.backends for k in
+                 (args.blocks if b != "xla" else [64])]
+        sizes += [(65_536 if args.exact_n is None else args.exact_n, "exact", 65_536, "xla", 64)]
+        sizes += [(nf, "fast", c, "auto", 64) for c in args.fast_chunks]
     else:
-        sizes = [(args.fast_n or 8192, "fast", 8192), (args.exact_n or 512, "exact", 128)]
-    for n, method, chunk in sizes:
+        sizes = [(args.fast_n or 8192, "fast", 8192, "auto", 64),
+                 (args.exact_n or 512, "exact", 128, "auto", 64)]
+    for n, method, chunk, backend, block in sizes:
         if n == 0:
             continue
-        r = clever_combo(method, n, chunk)
+        try:
+            r = clever_combo(method, n, chunk, backend=backend, block=block)
+        except Exception as e:  # a failed backend must not lose the other rows
+            print(f"{method} {backend} block {block}: {type(e).__name__}: {str(e)[:1500]}",
+                  flush=True)
+            continue
         rows.append(r)
-        print(f"{r['case']:<28} {method:<6} n={n:<8} {r['seconds']:8.2f} s "
+        print(f"{r['case']:<28} {method:<6} {backend}/{block} n={n:<8} {r['seconds']:8.2f} s "
               f"{r['histories_per_s']:12.1f} histories/s  (max events {r['max_events']}, "
               f"cleared {r['cleared']:.3f}, relapsed {r['relapsed']:.4f}, {r['status']})",
               flush=True)

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import agents_engine as E
+from . import agents_kernel as AK
 from . import rates as Rt
 from .agents_hazard import hazard_nodes, hazard_table
 from .model import DormancyModel
@@ -255,9 +256,14 @@ def _replicate_keys(key, n):
     return tuple(jax.vmap(lambda k, j=j: jax.random.fold_in(k, j))(keys) for j in range(3))
 
 
-@eqx.filter_jit
-def _run_chunk(method, table, table_axis, states, keys, t0, t1, rec_t, switch_size, max_events,
-               leap_days, late_leap_days):
+def _use_kernel(backend: str, method: str) -> bool:
+    if method != "fast" or backend == "xla":
+        return False
+    return backend == "pallas" or jax.default_backend() == "gpu"
+
+
+def _run_chunk_impl(method, table, table_axis, states, keys, t0, t1, rec_t, switch_size,
+                    max_events, leap_days, late_leap_days, backend="auto", kernel_block=64):
     if method == "exact":
         init = lambda tb, s, k: E.exact_init(tb, s, k, t0, rec_t)  # noqa: E731
         step = lambda tb, c: E.exact_step(tb, c, t1, rec_t, switch_size)  # noqa: E731
@@ -269,10 +275,17 @@ def _run_chunk(method, table, table_axis, states, keys, t0, t1, rec_t, switch_si
                                          leap_days, late_leap_days)
         final = E.fast_final
     carry = jax.vmap(init, in_axes=(table_axis, 0, 0))(table, states, keys)
+    if _use_kernel(backend, method) and AK.supported(table, table_axis, carry):
+        carry = AK.run_fast_kernel(table, carry, t1, rec_t, switch_size, leap_days,
+                                   late_leap_days, max_events, block=kernel_block)
+        return jax.vmap(final)(carry)
     n = keys.shape[0]
     carry = E.lockstep(jax.vmap(step, in_axes=(table_axis, 0)), table, table_axis, carry,
                        max_events, width=max(1, n // 16))
     return jax.vmap(final)(carry)
+
+
+_run_chunk = eqx.filter_jit(_run_chunk_impl)
 
 
 @eqx.filter_jit
@@ -291,17 +304,24 @@ def simulate_agents(model: DormancyModel, params: Parameters, schedule: Schedule
                     hazard_hours: float = 1.0,
                     max_events: int | None = None, chunk_size: int | None = None,
                     extra_slots: int | None = None, clone_slots: int = 16,
-                    progress=None) -> AgentResult:
+                    progress=None, backend: str = "auto",
+                    kernel_block: int = 64) -> AgentResult:
     """Simulate `n_replicates` individuals from day t0 to t1 (days) with the agent model.
 
     `params` may carry a leading batch axis of length n_replicates (one virtual patient per
     replicate). Same `key` -> same result, independent of `chunk_size` (replicate i uses
     `fold_in(key, i)`). Replicates run in lock-step chunks of `chunk_size` (default 8192 on
     CPU, 131072 on an accelerator); `progress(done, total)` is called after each chunk.
+    `backend` (fast method): "auto" runs the event loop as one GPU kernel on a GPU when all
+    replicates share one parameter set (`agents_kernel`), else the vmapped XLA loop; "xla"
+    always the XLA loop; "pallas" the kernel (interpreted, slowly, without a GPU);
+    `kernel_block` replicates per kernel program (a power of two).
     """
     het = heterogeneity or Heterogeneity()
     if method not in ("exact", "fast"):
         raise ValueError(f"method must be 'exact' or 'fast', got {method!r}")
+    if backend not in ("auto", "xla", "pallas"):
+        raise ValueError(f"backend must be 'auto', 'xla' or 'pallas', got {backend!r}")
     if initial_count not in ("poisson", "fixed"):
         raise ValueError(f"initial_count must be 'poisson' or 'fixed', got {initial_count!r}")
     n = int(n_replicates)
@@ -372,7 +392,8 @@ def simulate_agents(model: DormancyModel, params: Parameters, schedule: Schedule
         out = _run_chunk(method, tb, 0 if batched else None,
                          jax.tree_util.tree_map(take, states), k_run[sl], f64(t0), f64(t1),
                          jnp.asarray(rec_days), f64(switch_size), jnp.asarray(max_events),
-                         f64(leap_days), f64(max(late_leap_days, leap_days)))
+                         f64(leap_days), f64(max(late_leap_days, leap_days)), backend,
+                         int(kernel_block))
         m = min(chunk, n - start)  # only the requested replicates are kept
         outs.append(jax.tree_util.tree_map(lambda x, m=m: np.asarray(x)[:m], out))
         lanes.append(sl[:m])

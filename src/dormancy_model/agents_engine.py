@@ -183,6 +183,11 @@ def kendall(lam, mu, tau):
     return mu / denom, lam / denom
 
 
+def round_half_up(x):
+    """floor(x + 0.5): rounding that GPU kernels lower (ties, of probability zero here, go up)."""
+    return jnp.floor(x + 0.5)
+
+
 def leap_clone(u, n, alpha, beta):
     """Size after a leap of a clone of n cells: the sum of n iid modified-geometric lineages
     (exact for n <= 16; above, a normal draw with the exact mean and variance, rounded).
@@ -197,7 +202,7 @@ def leap_clone(u, n, alpha, beta):
     var = n * (1.0 - alpha) * (alpha + beta) / (1.0 - beta) ** 2
     z = jnp.sqrt(-2.0 * jnp.log(jnp.maximum(u[2 * m], 1e-300))) * jnp.cos(
         2 * jnp.pi * u[2 * m + 1])
-    approx = jnp.maximum(jnp.round(mean + jnp.sqrt(var) * z), 0.0)
+    approx = jnp.maximum(round_half_up(mean + jnp.sqrt(var) * z), 0.0)
     return jnp.where(n <= m, exact, approx)
 
 

@@ -368,9 +368,9 @@ def _solve_batch(problem, y0, x0, ev0, t0, saves, lane, shared, opts: EngineOpti
     if _use_pallas(opts):
         from .engine_pallas import pallas_lane_loop
 
-        st = pallas_lane_loop(lambda sh: _make_body(problem, opts, n_save, sh),
-                              _active_lanes(n_save, opts), state, consts, shared,
-                              block=opts.block)
+        st = pallas_lane_loop(lambda sh: (_make_body(problem, opts, n_save, sh),
+                                          _active_lanes(n_save, opts)),
+                              state, consts, shared, block=opts.block)
         return _solution(st, n_save, n)
     # lanes need different step counts (clearances, doses): the loop narrows as they finish
     # (n -> n/4 -> n/16 lanes)

@@ -23,12 +23,12 @@ import numpy as np
 class RefRows:
     """A 2-D table in device memory inside a kernel; `take_rows` gathers its rows."""
 
-    def __init__(self, ref):
+    def __init__(self, ref, n_cols: int):
         self.ref = ref
-        self.shape = tuple(ref.shape)
+        self.n_cols = n_cols  # columns beyond are padding
 
     def columns(self, idx):
-        return tuple(self.ref[idx, j] for j in range(self.shape[1]))
+        return tuple(self.ref[idx, j] for j in range(self.n_cols))
 
 
 def take_rows(table, idx):
@@ -49,10 +49,11 @@ def _pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
 
-def pallas_lane_loop(make_body, active, carry, consts, shared, block: int = 128,
+def pallas_lane_loop(make_loop, carry, consts, shared, block: int = 128,
                      num_warps: int | None = None):
     """Run `carry = body(consts, carry)` per lane until `active(carry)` is False for every lane,
-    with `body = make_body(shared)`. Leaves of `carry` and `consts` are (N,) arrays (0-d carry
+    with `body, active = make_loop(shared)` (built inside the kernel from the loaded shared
+    inputs). Leaves of `carry` and `consts` are (N,) arrays (0-d carry
     leaves are broadcast per lane), `shared` leaves are 0-d arrays, 2-D tables or Python
     numbers (static). Returns the final
     carry (0-d leaves come back per lane)."""
@@ -80,7 +81,7 @@ def pallas_lane_loop(make_body, active, carry, consts, shared, block: int = 128,
     k_in = [pad(enc(jnp.asarray(x))) for x in k_leaves]
     s_in, s_kind = [], []
     for x in s_leaves:
-        if isinstance(x, (int, float, bool)):  # Python constants stay static
+        if isinstance(x, (int, float, bool)):  # Python constants stay static (not "scalar")
             s_kind.append(x)
             continue
         x = jnp.asarray(x)
@@ -88,9 +89,9 @@ def pallas_lane_loop(make_body, active, carry, consts, shared, block: int = 128,
             s_in.append(x.reshape(1))
             s_kind.append("scalar")
         elif x.ndim == 2:
-            rows = _pow2(x.shape[0])  # power-of-two blocks for Triton
-            s_in.append(jnp.pad(x, ((0, rows - x.shape[0]), (0, 0))))
-            s_kind.append("table")
+            rows, cols = _pow2(x.shape[0]), _pow2(x.shape[1])  # power-of-two blocks (Triton)
+            s_in.append(jnp.pad(x, ((0, rows - x.shape[0]), (0, cols - x.shape[1]))))
+            s_kind.append(("table", x.shape[1]))
         else:
             raise ValueError(f"pallas_lane_loop: shared leaves must be 0-d or 2-D, got "
                              f"{x.shape}")
@@ -108,9 +109,9 @@ def pallas_lane_loop(make_body, active, carry, consts, shared, block: int = 128,
             k_def, [dec(r[...], dt) for r, dt in zip(k_refs, k_dtypes, strict=True)])
         it = iter(s_refs)
         sh = jax.tree_util.tree_unflatten(
-            s_def, [next(it)[0] if kind == "scalar" else RefRows(next(it)) if kind == "table"
-                    else kind for kind in s_kind])
-        body = make_body(sh)
+            s_def, [next(it)[0] if isinstance(kind, str) else RefRows(next(it), kind[1])
+                    if isinstance(kind, tuple) else kind for kind in s_kind])
+        body, active = make_loop(sh)
         c = jax.lax.while_loop(lambda cc: jnp.max(active(cc).astype(jnp.int32)) > 0,
                                lambda cc: body(k, cc), c)
         for r, v in zip(o_refs, jax.tree_util.tree_leaves(c), strict=True):
