@@ -385,9 +385,13 @@ def simulate_agents(model: DormancyModel, params: Parameters, schedule: Schedule
     order = np.argsort(-_lane_load(method, states)[:n], kind="stable")
     outs, lanes = [], []
     f64 = lambda x: jnp.asarray(x, jnp.float64)  # noqa: E731
+    identity = bool(np.all(order == np.arange(n)))
     for start in range(0, n, chunk):
         sl = order[np.arange(start, start + chunk) % n]  # pad the last chunk by wrapping
-        take = lambda x, sl=sl: x[sl]  # noqa: E731
+        if identity and start + chunk <= n:  # contiguous: slice instead of gather
+            take = lambda x, a=start: x[a:a + chunk]  # noqa: E731
+        else:
+            take = lambda x, sl=sl: x[sl]  # noqa: E731
         tb = jax.tree_util.tree_map(take, table) if batched else table
         out = _run_chunk(method, tb, 0 if batched else None,
                          jax.tree_util.tree_map(take, states), k_run[sl], f64(t0), f64(t1),
@@ -399,10 +403,14 @@ def simulate_agents(model: DormancyModel, params: Parameters, schedule: Schedule
         lanes.append(sl[:m])
         if progress is not None:
             progress(start + m, n)
-    inverse = np.empty(n, int)
-    inverse[np.concatenate(lanes)] = np.arange(n)
-    final, records, status, n_events = jax.tree_util.tree_map(
-        lambda *xs: np.concatenate(xs, axis=0)[inverse], *outs)
+    if identity:
+        final, records, status, n_events = jax.tree_util.tree_map(
+            lambda *xs: np.concatenate(xs, axis=0), *outs)
+    else:
+        inverse = np.empty(n, int)
+        inverse[np.concatenate(lanes)] = np.arange(n)
+        final, records, status, n_events = jax.tree_util.tree_map(
+            lambda *xs: np.concatenate(xs, axis=0)[inverse], *outs)
     return _outcomes(params_n, batched, final, records, status, n_events, rec_days, count_days,
                      assess_days, k_asp, switch_size, t1, method)
 
@@ -417,21 +425,27 @@ def _outcomes(params, batched, final, records, status, n_events, rec_days, count
     get = lambda name: np.asarray(params[name])[:, None] if batched else float(  # noqa: E731
         params[name])
     kind_key = "kind" if method == "exact" else "clone_kind"
-    switch = np.where(np.asarray(final[kind_key]) == E.LESION, final["switch_day"], np.inf)
-    growth = get("lesion_growth_rate")
-    lag = np.log(get("detection_size") / switch_size) / growth
-    relapse_day = np.min(switch + lag, axis=1)
+    # lesions (clones past the switch size) are rare: compute their relapse days and
+    # deterministic sizes at the record days on those replicates only
+    is_lesion = np.asarray(final[kind_key]) == E.LESION
+    rows = np.nonzero(is_lesion.any(axis=1))[0]
+    n_all = is_lesion.shape[0]
+    pick = lambda x: x[rows] if batched else x  # noqa: E731
+    switch = np.where(is_lesion[rows], np.asarray(final["switch_day"])[rows], np.inf)
+    growth = pick(get("lesion_growth_rate"))
+    detect = pick(get("detection_size"))
+    lag = np.log(detect / switch_size) / growth
+    relapse_day = np.full(n_all, np.inf)
+    relapse_day[rows] = np.min(switch + lag, axis=1)
     relapsed = relapse_day <= t1
     relapse_day = np.where(relapsed, relapse_day, np.inf)
-    # deterministic lesion sizes at the record days
     dt = rec_days[None, :, None] - switch[:, None, :]
     g = growth[:, :, None] if batched else growth
-    size = np.where(dt >= 0, np.minimum(switch_size * np.exp(g * np.maximum(dt, 0.0)),
-                                        get("detection_size") if not batched else
-                                        np.asarray(params["detection_size"])[:, None, None]),
+    cap = detect[:, :, None] if batched else detect
+    size = np.where(dt >= 0, np.minimum(switch_size * np.exp(g * np.maximum(dt, 0.0)), cap),
                     0.0)
     records = records.copy()
-    records[:, :, 2] += size.sum(axis=2)
+    records[rows, :, 2] += size.sum(axis=2)
     idx = {d: j for j, d in enumerate(rec_days)}
     counts = records[:, [idx[d] for d in count_days], :] if count_days.size else \
         np.zeros((records.shape[0], 0, 3))
