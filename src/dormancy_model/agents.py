@@ -93,8 +93,9 @@ class Heterogeneity(eqx.Module):
 
 
 class AgentState(eqx.Module):
-    """State of every replicate at a day (leading axis = replicate); continue a run with
-    `simulate_agents(..., initial=state, t0=state_day)` using the same method."""
+    """State of every replicate at a day (leading axis = replicate; JAX arrays, left on the
+    device); continue a run with `simulate_agents(..., initial=state, t0=state_day)` using the
+    same method."""
 
     arrays: dict
     method: str = eqx.field(static=True)
@@ -177,14 +178,18 @@ def take_rows(tree, idx):
     return jax.tree_util.tree_map(take, tree)
 
 
-def _lane_load(method: str, states: dict) -> np.ndarray:
-    """Live cells per lane (D + R + cells of growing clones): a proxy of its number of events."""
+@eqx.filter_jit
+def _load_order(method: str, states: dict, n: int):
+    """Replicates 0..n-1 by decreasing live cells (D + R + cells of growing clones: a proxy of
+    their number of events), computed on the device."""
     if method == "exact":
-        kind, count = np.asarray(states["kind"]), np.asarray(states["count"])
-        return np.sum(np.where((kind > E.EMPTY) & (kind < E.LESION), count, 0.0), axis=1)
-    live = np.asarray(states["clone_kind"]) == E.PROLIFERATING
-    return (np.asarray(states["d"]).sum(1) + np.asarray(states["r"]).sum(1)
-            + np.sum(np.where(live, np.asarray(states["clone_count"]), 0.0), axis=1))
+        kind, count = states["kind"], states["count"]
+        load = jnp.sum(jnp.where((kind > E.EMPTY) & (kind < E.LESION), count, 0.0), axis=1)
+    else:
+        live = states["clone_kind"] == E.PROLIFERATING
+        load = (states["d"].sum(1) + states["r"].sum(1)
+                + jnp.sum(jnp.where(live, states["clone_count"], 0.0), axis=1))
+    return jnp.argsort(-load[:n], stable=True)
 
 
 def _last_dose(dosing: Dosing) -> float:
@@ -382,7 +387,7 @@ def simulate_agents(model: DormancyModel, params: Parameters, schedule: Schedule
     chunk = int(min(max(chunk_size, 1), n_run))
     # lock-step chunks run until their busiest lane is done: group lanes of similar load
     # (results per lane do not depend on the grouping)
-    order = np.argsort(-_lane_load(method, states)[:n], kind="stable")
+    order = np.asarray(_load_order(method, states, n))
     outs, lanes = [], []
     f64 = lambda x: jnp.asarray(x, jnp.float64)  # noqa: E731
     identity = bool(np.all(order == np.arange(n)))
@@ -399,18 +404,18 @@ def simulate_agents(model: DormancyModel, params: Parameters, schedule: Schedule
                          f64(leap_days), f64(max(late_leap_days, leap_days)), backend,
                          int(kernel_block))
         m = min(chunk, n - start)  # only the requested replicates are kept
-        outs.append(jax.tree_util.tree_map(lambda x, m=m: np.asarray(x)[:m], out))
+        outs.append(jax.tree_util.tree_map(lambda x, m=m: x[:m], out))  # stays on device
         lanes.append(sl[:m])
         if progress is not None:
             progress(start + m, n)
-    if identity:
-        final, records, status, n_events = jax.tree_util.tree_map(
-            lambda *xs: np.concatenate(xs, axis=0), *outs)
-    else:
+    cat = lambda *xs: xs[0] if len(xs) == 1 else jnp.concatenate(xs, axis=0)  # noqa: E731
+    final, records, status, n_events = jax.tree_util.tree_map(cat, *outs)
+    if not identity:
         inverse = np.empty(n, int)
         inverse[np.concatenate(lanes)] = np.arange(n)
+        inverse = jnp.asarray(inverse)
         final, records, status, n_events = jax.tree_util.tree_map(
-            lambda *xs: np.concatenate(xs, axis=0)[inverse], *outs)
+            lambda x: x[inverse], (final, records, status, n_events))
     return _outcomes(params_n, batched, final, records, status, n_events, rec_days, count_days,
                      assess_days, k_asp, switch_size, t1, method)
 
@@ -427,11 +432,13 @@ def _outcomes(params, batched, final, records, status, n_events, rec_days, count
     kind_key = "kind" if method == "exact" else "clone_kind"
     # lesions (clones past the switch size) are rare: compute their relapse days and
     # deterministic sizes at the record days on those replicates only
-    is_lesion = np.asarray(final[kind_key]) == E.LESION
-    rows = np.nonzero(is_lesion.any(axis=1))[0]
-    n_all = is_lesion.shape[0]
+    # (the final state stays on the device; only what the outcomes need is copied)
+    rows = np.nonzero(np.asarray(jnp.any(final[kind_key] == E.LESION, axis=1)))[0]
+    n_all = final[kind_key].shape[0]
     pick = lambda x: x[rows] if batched else x  # noqa: E731
-    switch = np.where(is_lesion[rows], np.asarray(final["switch_day"])[rows], np.inf)
+    dev_rows = jnp.asarray(rows)
+    switch = np.where(np.asarray(final[kind_key][dev_rows]) == E.LESION,
+                      np.asarray(final["switch_day"][dev_rows]), np.inf)
     growth = pick(get("lesion_growth_rate"))
     detect = pick(get("detection_size"))
     lag = np.log(detect / switch_size) / growth
@@ -444,7 +451,7 @@ def _outcomes(params, batched, final, records, status, n_events, rec_days, count
     cap = detect[:, :, None] if batched else detect
     size = np.where(dt >= 0, np.minimum(switch_size * np.exp(g * np.maximum(dt, 0.0)), cap),
                     0.0)
-    records = records.copy()
+    records = np.array(records)
     records[rows, :, 2] += size.sum(axis=2)
     idx = {d: j for j, d in enumerate(rec_days)}
     counts = records[:, [idx[d] for d in count_days], :] if count_days.size else \
@@ -459,7 +466,7 @@ def _outcomes(params, batched, final, records, status, n_events, rec_days, count
         np.zeros_like(cells, dtype=np.int64)
     clearance_day = np.asarray(final["clearance_day"], float)
     cleared = np.isfinite(clearance_day) & (clearance_day <= t1)
-    state = AgentState({k: np.asarray(v) for k, v in final.items()}, method)
+    state = AgentState(dict(final), method)
     return AgentResult(cleared=cleared, clearance_day=np.where(cleared, clearance_day, np.inf),
                        relapsed=relapsed, relapse_day=relapse_day, counts=counts,
                        aspirate_count=asp, dtc_positive=asp >= 1, final_state=state,
