@@ -99,11 +99,11 @@ def test_fast_kernel_equals_vmapped_loop(model, active):
     draws the same random numbers and makes the same events as the vmapped XLA loop: equal
     outcomes, event counts and cell counts; times equal to 1e-9 days (the two compilations may
     round the last bit differently). Four trait classes, returns P -> D, lanes padded to the
-    block."""
+    block; 8 clone slots (the kernel unrolls its loops over slots: a smaller compile)."""
     het = Heterogeneity(autophagy_cv=0.8, reactivation_cv=0.5, strata=2)
-    kw = dict(n_replicates=20, t1=500.0, switch_size=50.0, heterogeneity=het,
-              count_days=(84.0, 300.0), assess_days=(168.0,), method="fast",
-              key=jax.random.PRNGKey(9), initial_count="fixed")
+    kw = dict(n_replicates=12, t1=240.0, switch_size=20.0, heterogeneity=het,
+              count_days=(84.0, 200.0), assess_days=(168.0,), method="fast",
+              key=jax.random.PRNGKey(9), initial_count="fixed", clone_slots=8)
     params = active.replace(k_pd=0.01, dormant_initial=30.0)
     sched = dm.get_schedule("clever-combo")
     a = simulate_agents(model, params, sched, backend="xla", **kw)

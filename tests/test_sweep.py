@@ -134,9 +134,9 @@ def _engine_lanes(n=6, seed=0):
     rng = np.random.default_rng(seed)
     vals = {"k_dr": float(p["k_dr"]) * np.exp(0.4 * rng.standard_normal(n)),
             "eve_cl": float(p["eve_cl"]) * np.exp(0.3 * rng.standard_normal(n))}
-    table = batch_model.ScheduleTable.build([dm.get_schedule("clever-combo").with_cycles(2),
+    table = batch_model.ScheduleTable.build([dm.get_schedule("clever-combo").with_cycles(1),
                                              dm.get_schedule("observation")])
-    days = batch_model.OutputDays((28.0, 56.0), (400.0,), (56.0,))
+    days = batch_model.OutputDays((14.0, 28.0), (120.0,), (28.0,))
     return p, vals, table, np.arange(n) % 2, days
 
 
@@ -150,7 +150,7 @@ def test_pallas_kernel_equals_xla_loop(method):
     p, vals, table, sid, days = _engine_lanes()
     out = {}
     for backend in ("xla", "pallas"):
-        opts = EngineOptions(method=method, rtol=1e-7, atol=1e-9, backend=backend, block=4,
+        opts = EngineOptions(method=method, rtol=1e-6, atol=1e-9, backend=backend, block=4,
                              dtype="float64")
         out[backend] = batch_model.solve_outputs(vals, p, table, jnp.asarray(sid, jnp.int32),
                                                  days, opts)
@@ -162,7 +162,7 @@ def test_pallas_kernel_equals_xla_loop(method):
             np.testing.assert_allclose(np.asarray(out["pallas"][k]), np.asarray(v), rtol=1e-12,
                                        atol=0, err_msg=k)
     assert (np.asarray(out["xla"]["status"]) == 0).all()
-    assert (np.asarray(out["xla"]["steps"]) > 20).all()
+    assert (np.asarray(out["xla"]["steps"]) > 10).all()
 
 
 def test_pallas_kernel_lowers_to_triton(monkeypatch):
