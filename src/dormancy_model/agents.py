@@ -407,6 +407,7 @@ def simulate_agents(model: DormancyModel, params: Parameters, schedule: Schedule
         outs.append(jax.tree_util.tree_map(lambda x, m=m: x[:m], out))  # stays on device
         lanes.append(sl[:m])
         if progress is not None:
+            jax.block_until_ready(out)  # results stay on the device: report finished work
             progress(start + m, n)
     cat = lambda *xs: xs[0] if len(xs) == 1 else jnp.concatenate(xs, axis=0)  # noqa: E731
     final, records, status, n_events = jax.tree_util.tree_map(cat, *outs)

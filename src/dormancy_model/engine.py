@@ -17,7 +17,9 @@ What a problem supplies (`AbstractLaneProblem`):
 Steps are also clipped to each lane's own save times (sorted per lane), so the saved values are
 exact solution points, not interpolants. `buckets > 1` sorts lanes by an expected step count and
 runs each bucket in its own while loop (finished lanes stop costing), and `solve_sharded` splits
-the lanes over the local devices with `shard_map`.
+the lanes over the local devices with `shard_map`. On a GPU (`EngineOptions.backend`, "auto")
+the same loop body runs inside one Pallas kernel instead (`engine_pallas`): each kernel program
+steps a block of lanes to the end in registers.
 """
 
 from __future__ import annotations
@@ -242,8 +244,8 @@ def _rk4_step(problem, fsal, t, y, x, dt, c0, lane, shared):
 
 
 def _initial_state(problem, y0, x0, ev0, t0, saves, lane, shared, opts: EngineOptions):
-    """Loop carry of a batch at t0 (every leaf has the lane axis first, but the iteration
-    counter, 0-d)."""
+    """Loop carry of a batch at t0 (every leaf has the lane axis first, except the 0-d
+    iteration counter)."""
     rk4 = opts.method == "rk4"
     dt_ = opts.jnp_dtype
     n, n_save = saves.shape
