@@ -188,22 +188,52 @@ def round_half_up(x):
     return jnp.floor(x + 0.5)
 
 
+def lineage_size(u_survive, u_size, alpha, beta):
+    """Cells descending from one ancestor after a leap (modified geometric law of `kendall`),
+    from two uniforms."""
+    lb = jnp.log(jnp.clip(beta, 1e-300, 1.0 - 1e-16))
+    geo = 1.0 + jnp.where(beta > 0, jnp.floor(jnp.log(jnp.maximum(u_size, 1e-300)) / lb), 0.0)
+    return jnp.where(u_survive < 1.0 - alpha, geo, 0.0)
+
+
+def clone_size_normal(n, alpha, beta, u1, u2):
+    """Sum of n lineages drawn from the normal law with their exact mean and variance (Box-Muller
+    on u1, u2), rounded and floored at 0."""
+    mean = n * (1.0 - alpha) / (1.0 - beta)
+    var = n * (1.0 - alpha) * (alpha + beta) / (1.0 - beta) ** 2
+    z = jnp.sqrt(-2.0 * jnp.log(jnp.maximum(u1, 1e-300))) * jnp.cos(2 * jnp.pi * u2)
+    return jnp.maximum(round_half_up(mean + jnp.sqrt(var) * z), 0.0)
+
+
 def leap_clone(u, n, alpha, beta):
     """Size after a leap of a clone of n cells: the sum of n iid modified-geometric lineages
     (exact for n <= 16; above, a normal draw with the exact mean and variance, rounded).
     `u`: 2 * 16 + 2 uniforms."""
     m = N_EXACT_LINEAGES
-    lb = jnp.log(jnp.clip(beta, 1e-300, 1.0 - 1e-16))
-    v = jnp.maximum(u[m:2 * m], 1e-300)
-    geo = 1.0 + jnp.where(beta > 0, jnp.floor(jnp.log(v) / lb), 0.0)
-    lineage = jnp.where(u[:m] < 1.0 - alpha, geo, 0.0)
+    lineage = lineage_size(u[:m], u[m:2 * m], alpha, beta)
     exact = jnp.sum(jnp.where(jnp.arange(m) < n, lineage, 0.0))
-    mean = n * (1.0 - alpha) / (1.0 - beta)
-    var = n * (1.0 - alpha) * (alpha + beta) / (1.0 - beta) ** 2
-    z = jnp.sqrt(-2.0 * jnp.log(jnp.maximum(u[2 * m], 1e-300))) * jnp.cos(
-        2 * jnp.pi * u[2 * m + 1])
-    approx = jnp.maximum(round_half_up(mean + jnp.sqrt(var) * z), 0.0)
+    approx = clone_size_normal(n, alpha, beta, u[2 * m], u[2 * m + 1])
     return jnp.where(n <= m, exact, approx)
+
+
+def leap_outcome(n, n_new, lam, mu, tau, since, switch_size, u_bridge):
+    """(size, kind, became_lesion, switch day) of a clone of n cells whose leap of tau days
+    from `since` ended at n_new cells. The first passage of the switch size inside the leap is
+    observed at the end, or (ended below it) drawn with the Brownian-bridge crossing
+    probability of the diffusion limit (uniform `u_bridge`)."""
+    n_mid = 0.5 * (n + n_new)
+    var = jnp.maximum(n_mid * (lam + mu) * tau, 1e-300)
+    gap_a, gap_b = switch_size - n, switch_size - n_new
+    p_cross = jnp.where((n_new > 0) & (gap_b > 0), jnp.exp(-2.0 * gap_a * gap_b / var), 0.0)
+    bridge = u_bridge < p_cross
+    became_lesion = (n_new >= switch_size) | bridge
+    frac = jnp.where(bridge, gap_a / jnp.maximum(gap_a + gap_b, 1e-300),
+                     jnp.log(switch_size / jnp.maximum(n, 1.0))
+                     / jnp.log(jnp.maximum(n_new, switch_size + 1e-9) / jnp.maximum(n, 1.0)))
+    sw = since + tau * jnp.clip(frac, 0.0, 1.0)
+    n_new = jnp.where(bridge, switch_size, n_new)
+    new_kind = jnp.where(n_new <= 0, EMPTY, jnp.where(became_lesion, LESION, PROLIFERATING))
+    return n_new, new_kind, became_lesion, sw
 
 
 _SM_GAMMA = 0x9E3779B97F4A7C15
@@ -314,20 +344,8 @@ def fast_step(table: H.HazardTable, c: dict, t1, rec_t, switch_size, leap_days,
     ret = jnp.minimum(jnp.floor(n * -jnp.expm1(-kpd * tau) + u[1]), n)
     alpha, beta = kendall(lam, mu, tau)
     n_new = leap_clone(u[5:], n - ret, alpha, beta)
-    # first passage of the switch size inside the leap: observed at the end, or (ended
-    # below it) with the Brownian-bridge crossing probability of the diffusion limit
-    n_mid = 0.5 * (n + n_new)
-    var = jnp.maximum(n_mid * (lam + mu) * tau, 1e-300)
-    gap_a, gap_b = switch_size - n, switch_size - n_new
-    p_cross = jnp.where((n_new > 0) & (gap_b > 0), jnp.exp(-2.0 * gap_a * gap_b / var), 0.0)
-    bridge = u[4] < p_cross
-    became_lesion = (n_new >= switch_size) | bridge
-    frac = jnp.where(bridge, gap_a / jnp.maximum(gap_a + gap_b, 1e-300),
-                     jnp.log(switch_size / jnp.maximum(n, 1.0))
-                     / jnp.log(jnp.maximum(n_new, switch_size + 1e-9) / jnp.maximum(n, 1.0)))
-    sw = since + tau * jnp.clip(frac, 0.0, 1.0)
-    n_new = jnp.where(bridge, switch_size, n_new)
-    new_kind = jnp.where(n_new <= 0, EMPTY, jnp.where(became_lesion, LESION, PROLIFERATING))
+    n_new, new_kind, became_lesion, sw = leap_outcome(n, n_new, lam, mu, tau, since,
+                                                      switch_size, u[4])
     sel = hq & act_l
     ckind = jnp.where(sel, new_kind, ckind)
     ccount = jnp.where(sel, n_new, ccount)

@@ -124,21 +124,26 @@ class HazardTable(eqx.Module):
         k0 = self.cell(t)
         target = jnp.sum((self.gcum[k0] + (t - self.nodes[k0]) * self.grate[k0]) * wg) + e
         cw = lambda k: jnp.sum(self.gcum[k] * wg)  # noqa: E731
-        lo, hi = k0, jnp.asarray(n - 1, jnp.int32)  # invariant: cw(lo) <= target
-
-        def body(_, lh):
-            lo, hi = lh
-            mid = (lo + hi + 1) // 2
-            ok = cw(mid) <= target
-            return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid - 1)
-
-        steps = int(np.ceil(np.log2(max(n, 2)))) + 1
-        lo, _ = jax.lax.fori_loop(0, steps, body, (lo, hi))
+        lo = bisect_nodes(cw, target, k0, jnp.asarray(n - 1, jnp.int32), n)
         k = jnp.minimum(lo, n - 2)
         r = jnp.sum(self.grate[k] * wg)
         s = self.nodes[k] + (target - cw(k)) / jnp.where(r > 0, r, 1.0)
         never = (lo >= n - 1) | (r <= 0) | (s > self.nodes[-1])
         return jnp.where(never, jnp.inf, jnp.maximum(s, t))
+
+
+def bisect_nodes(cw, target, lo, hi, n: int):
+    """Last node k in [lo, hi] with cw(k) <= target, for cw non-decreasing in k and
+    cw(lo) <= target: a fixed number of bisection steps (enough for n nodes)."""
+
+    def body(_, lh):
+        lo, hi = lh
+        mid = (lo + hi + 1) // 2
+        ok = cw(mid) <= target
+        return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid - 1)
+
+    steps = int(np.ceil(np.log2(max(n, 2)))) + 1
+    return jax.lax.fori_loop(0, steps, body, (lo, hi))[0]
 
 
 def _channel_rates(ex_eve, ex_hcq_effect, params: Parameters):

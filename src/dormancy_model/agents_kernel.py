@@ -128,15 +128,7 @@ class _Table:
         target = functools.reduce(operator.add, [(g0[g] + dtn * r0[g]) * wg[g]
                                                  for g in range(H.N_GROUPS)]) + e
         cw = lambda k: dot(take_rows(self.sh["gcum"], k))  # noqa: E731
-
-        def body(_, lh):
-            lo, hi = lh
-            mid = (lo + hi + 1) // 2
-            ok = cw(mid) <= target
-            return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid - 1)
-
-        steps = int(np.ceil(np.log2(max(n, 2)))) + 1
-        lo, _ = jax.lax.fori_loop(0, steps, body, (k0, jnp.full_like(k0, n - 1)))
+        lo = H.bisect_nodes(cw, target, k0, jnp.full_like(k0, n - 1), n)
         k = jnp.minimum(lo, n - 2)
         r = dot(take_rows(self.sh["grate"], k))
         s = self.node(k) + (target - cw(k)) / jnp.where(r > 0, r, 1.0)
@@ -162,20 +154,13 @@ def _leap_end(t, t_split, t1, rec_t, leap_days, late_leap_days):
 
 
 def _leap_clone(u, n, alpha, beta):
-    """`agents_engine.leap_clone` with u a tuple of 2 * 16 + 2 uniforms."""
+    """`agents_engine.leap_clone` with u a tuple of 2 * 16 + 2 uniforms (lineages summed in a
+    loop; integer-valued, so exactly as the vector sum)."""
     m = E.N_EXACT_LINEAGES
-    lb = jnp.log(jnp.clip(beta, 1e-300, 1.0 - 1e-16))
     exact = jnp.zeros_like(n)
     for j in range(m):
-        v = jnp.maximum(u[m + j], 1e-300)
-        geo = 1.0 + jnp.where(beta > 0, jnp.floor(jnp.log(v) / lb), 0.0)
-        lineage = jnp.where(u[j] < 1.0 - alpha, geo, 0.0)
-        exact = exact + jnp.where(j < n, lineage, 0.0)
-    mean = n * (1.0 - alpha) / (1.0 - beta)
-    var = n * (1.0 - alpha) * (alpha + beta) / (1.0 - beta) ** 2
-    z = jnp.sqrt(-2.0 * jnp.log(jnp.maximum(u[2 * m], 1e-300))) * jnp.cos(
-        2 * jnp.pi * u[2 * m + 1])
-    approx = jnp.maximum(E.round_half_up(mean + jnp.sqrt(var) * z), 0.0)
+        exact = exact + jnp.where(j < n, E.lineage_size(u[j], u[m + j], alpha, beta), 0.0)
+    approx = E.clone_size_normal(n, alpha, beta, u[2 * m], u[2 * m + 1])
     return jnp.where(n <= m, exact, approx)
 
 
@@ -235,19 +220,8 @@ def fast_step_soa(tab: _Table, c: dict, ca, crp, sh) -> dict:
     ret = jnp.minimum(jnp.floor(n * -jnp.expm1(-kpd * tau) + u[1]), n)
     alpha, beta = E.kendall(lam, mu, tau)
     n_new = _leap_clone(u[5:], n - ret, alpha, beta)
-    n_mid = 0.5 * (n + n_new)
-    var = jnp.maximum(n_mid * (lam + mu) * tau, 1e-300)
-    gap_a, gap_b = switch_size - n, switch_size - n_new
-    p_cross = jnp.where((n_new > 0) & (gap_b > 0), jnp.exp(-2.0 * gap_a * gap_b / var), 0.0)
-    bridge = u[4] < p_cross
-    became_lesion = (n_new >= switch_size) | bridge
-    frac = jnp.where(bridge, gap_a / jnp.maximum(gap_a + gap_b, 1e-300),
-                     jnp.log(switch_size / jnp.maximum(n, 1.0))
-                     / jnp.log(jnp.maximum(n_new, switch_size + 1e-9) / jnp.maximum(n, 1.0)))
-    sw = since + tau * jnp.clip(frac, 0.0, 1.0)
-    n_new = jnp.where(bridge, switch_size, n_new)
-    new_kind = jnp.where(n_new <= 0, E.EMPTY, jnp.where(became_lesion, E.LESION,
-                                                         E.PROLIFERATING))
+    n_new, new_kind, became_lesion, sw = E.leap_outcome(n, n_new, lam, mu, tau, since,
+                                                        switch_size, u[4])
     sel = [h & act_l for h in hq]
     ckind = [jnp.where(s, new_kind, x).astype(x.dtype) for s, x in zip(sel, ckind, strict=True)]
     ccount = [jnp.where(s, n_new, x) for s, x in zip(sel, ccount, strict=True)]
