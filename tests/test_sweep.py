@@ -326,6 +326,8 @@ def test_example_specs_parse(root):
     assert specs
     for p in specs:
         assert load_sweep_spec(p).size > 0
+    opts = load_sweep_spec(root / "examples" / "sweep_dose_grid.toml").options
+    assert (opts.backend, opts.block) == ("auto", 128)
 
 
 def test_readme_sweep_example_runs(root, monkeypatch):
