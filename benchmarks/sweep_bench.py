@@ -19,6 +19,7 @@ Usage
   python benchmarks/sweep_bench.py                  # CPU sizes (a few minutes)
   python benchmarks/sweep_bench.py --gpu            # GPU sizes (< ~2 min), JSON to $OUT
   python benchmarks/sweep_bench.py --bounded 4000 16000
+  python benchmarks/sweep_bench.py --body-cost 4000   # ns per lane and step attempt, fusions
 Timings exclude compilation (one warm-up call per size) and are the best of 3 engine / 2 naive
 repeats; the ratio is engine/naive traj/s.
 --extra-engine METHOD:RTOL[:BACKEND[:BLOCK]] (default rk4:3e-5; with --gpu also tsit5:1e-6:xla)
@@ -246,6 +247,50 @@ def lorenz_case(sizes, tol=1e-8):
     return rows
 
 
+# ------------------------------------------------------------------------------ body cost
+
+
+def body_cost(n, methods=(("rk4", 3e-5), ("tsit5", 1e-6)), iters=1000):
+    """Cost of one step attempt of the XLA loop: the loop body run `iters` times over n lanes
+    with every lane active (`engine.compacting_loop` replaced by a fixed-count loop), minus the
+    same call with 0 iterations; and the number of fusions in the compiled body."""
+    import re
+
+    from dormancy_model import engine as eng
+    from dormancy_model.batch_model import solve_outputs_impl
+
+    p = dm.load_model_parameters("human")
+    table = ScheduleTable.build([dm.get_schedule("clever-combo")])
+    vals = patients(p, n)
+    real, count = eng.compacting_loop, [0]
+
+    def fixed(body, active, carry, consts, min_width, shrink=4):
+        return jax.lax.fori_loop(0, count[0], lambda i, c: body(consts, c), carry)
+
+    rows = []
+    eng.compacting_loop = fixed
+    try:
+        for method, rtol in methods:
+            o = EngineOptions(method=method, rtol=rtol, atol=1e-8 * rtol / 1e-6, dtype="float32",
+                              backend="xla")
+            secs = {}
+            for count[0] in (0, iters):
+                f = jax.jit(lambda v, o=o: solve_outputs_impl(v, p, table, jnp.zeros(n, jnp.int32),
+                                                              DAYS, o))
+                _, secs[count[0]] = timed(f, vals, repeats=3)
+            hlo = f.lower(vals).compile().as_text()
+            m = re.search(r"body=(%[\w.\-]+)", hlo)
+            body = hlo.split("\n" + m.group(1) + " ", 1)[1].split("\n}\n", 1)[0] if m else ""
+            row = dict(case="body_cost", method=method, n=n, iterations=iters,
+                       ns_per_lane_iteration=(secs[iters] - secs[0]) / iters / n * 1e9,
+                       fusions_in_body=body.count(" fusion("))
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    finally:
+        eng.compacting_loop = real
+    return rows
+
+
 # ------------------------------------------------------------------------------ bounded
 
 
@@ -284,6 +329,8 @@ def main(argv=None):
     ap.add_argument("--engine-sizes", type=float, nargs="*", help="extra engine-only N")
     ap.add_argument("--lorenz", type=float, nargs="*", help="Lorenz N")
     ap.add_argument("--bounded", type=float, nargs="*", help="chunked streamed sweep N")
+    ap.add_argument("--body-cost", type=int, default=None, metavar="N",
+                    help="only: cost per lane and step attempt of the XLA loop body at N lanes")
     ap.add_argument("--chunk", type=int, default=4096)
     ap.add_argument("--rtol", type=float, default=1e-6)
     ap.add_argument("--atol", type=float, default=1e-8)
@@ -299,6 +346,9 @@ def main(argv=None):
                 machine=platform.processor() or platform.machine(), cpus=os.cpu_count(),
                 date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), argv=sys.argv[1:])
     print(json.dumps(info), flush=True)
+    if args.body_cost:
+        body_cost(args.body_cost)
+        return
     if args.gpu and not args.sizes:
         naive_n, eng_n = [10_000, 100_000], [10_000, 100_000, 1_000_000]
         lor = [int(x) for x in (args.lorenz or [131_072, 1_048_576])]
