@@ -22,6 +22,8 @@ not depend on batching or chunking.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -267,7 +269,10 @@ def fast_counts(d, r, ckind, ccount):
 def _leap_end(t, t_split, t1, rec_t, leap_days, late_leap_days):
     """End of a clone's leap from t: `leap_days` while drugs vary within a day (before the end
     of the hourly grid), `late_leap_days` after, never past the next record day or t1."""
-    nxt = jnp.min(jnp.where(rec_t > t, rec_t, jnp.inf))
+    if isinstance(rec_t, tuple):  # record days as scalars (the GPU kernel)
+        nxt = functools.reduce(jnp.minimum, [jnp.where(r > t, r, jnp.inf) for r in rec_t])
+    else:
+        nxt = jnp.min(jnp.where(rec_t > t, rec_t, jnp.inf))
     step = jnp.where(t < t_split, leap_days, late_leap_days)
     end = jnp.minimum(t + step, nxt)
     return jnp.where(t >= t1, jnp.inf, jnp.minimum(end, t1))

@@ -97,14 +97,8 @@ class HazardTable(eqx.Module):
 
     def cell(self, t):
         """Index k of the grid cell [nodes[k], nodes[k+1]) containing t (clipped)."""
-        t0, h_f, t_split, h_c, n_f = (self.spec[i] for i in range(5))
-        guess = jnp.where(t < t_split, jnp.floor((t - t0) / h_f),
-                          n_f + jnp.floor((t - t_split) / h_c))
-        last = self.nodes.shape[0] - 2
-        k = jnp.clip(guess, 0, last).astype(jnp.int32)
-        k = jnp.where((k < last) & (self.nodes[jnp.minimum(k + 1, last + 1)] <= t), k + 1, k)
-        k = jnp.where((k > 0) & (self.nodes[k] > t), k - 1, k)
-        return k
+        return grid_cell(t, tuple(self.spec[i] for i in range(5)), self.nodes.shape[0],
+                         lambda k: self.nodes[k])
 
     def cumulative_all(self, t):
         """Cum_c(t) of all channels (9,)."""
@@ -130,6 +124,18 @@ class HazardTable(eqx.Module):
         s = self.nodes[k] + (target - cw(k)) / jnp.where(r > 0, r, 1.0)
         never = (lo >= n - 1) | (r <= 0) | (s > self.nodes[-1])
         return jnp.where(never, jnp.inf, jnp.maximum(s, t))
+
+
+def grid_cell(t, spec, n_nodes: int, node):
+    """Index k of the grid cell [node(k), node(k+1)) containing t (clipped), located in O(1)
+    from spec = (t0, h_fine, t_split, h_coarse, n_fine) and corrected by one node either way."""
+    t0, h_f, t_split, h_c, n_f = spec
+    guess = jnp.where(t < t_split, jnp.floor((t - t0) / h_f),
+                      n_f + jnp.floor((t - t_split) / h_c))
+    last = n_nodes - 2
+    k = jnp.clip(guess, 0, last).astype(jnp.int32)
+    k = jnp.where((k < last) & (node(jnp.minimum(k + 1, last + 1)) <= t), k + 1, k)
+    return jnp.where((k > 0) & (node(k) > t), k - 1, k)
 
 
 def bisect_nodes(cw, target, lo, hi, n: int):

@@ -93,18 +93,13 @@ class _Table:
     def __init__(self, sh):
         self.sh = sh
         self.n = sh["n_nodes"]
-        self.t0, self.h_f, self.t_split, self.h_c, self.n_f = sh["spec"]
+        self.t_split = sh["spec"][2]
 
     def node(self, k):
         return take_rows(self.sh["nodes"], k)[0]
 
     def cell(self, t):
-        last = self.n - 2
-        guess = jnp.where(t < self.t_split, jnp.floor((t - self.t0) / self.h_f),
-                          self.n_f + jnp.floor((t - self.t_split) / self.h_c))
-        k = jnp.clip(guess, 0, last).astype(jnp.int32)
-        k = jnp.where((k < last) & (self.node(jnp.minimum(k + 1, last + 1)) <= t), k + 1, k)
-        return jnp.where((k > 0) & (self.node(k) > t), k - 1, k)
+        return H.grid_cell(t, self.sh["spec"], self.n, self.node)
 
     def averages(self, t0, t1, channels):
         """`HazardTable.averages` of the given channels."""
@@ -146,13 +141,6 @@ def _pick(hot, arr):
     return _sum([jnp.where(h, a, jnp.zeros_like(a)) for h, a in zip(hot, arr, strict=True)])
 
 
-def _leap_end(t, t_split, t1, rec_t, leap_days, late_leap_days):
-    nxt = functools.reduce(jnp.minimum, [jnp.where(r > t, r, jnp.inf) for r in rec_t])
-    step = jnp.where(t < t_split, leap_days, late_leap_days)
-    end = jnp.minimum(t + step, nxt)
-    return jnp.where(t >= t1, jnp.inf, jnp.minimum(end, t1))
-
-
 def _leap_clone(u, n, alpha, beta):
     """`agents_engine.leap_clone` with u a tuple of 2 * 16 + 2 uniforms (lineages summed in a
     loop; integer-valued, so exactly as the vector sum)."""
@@ -168,7 +156,7 @@ def fast_step_soa(tab: _Table, c: dict, ca, crp, sh) -> dict:
     """`agents_engine.fast_step` for a block of replicates in structure-of-arrays form."""
     t1, rec_t, switch_size = sh["t1"], sh["rec_t"], sh["switch_size"]
     K, Q = len(ca), len(c["ckind"])
-    leap_end = lambda t: _leap_end(t, tab.t_split, t1, rec_t, sh["leap_days"],  # noqa: E731
+    leap_end = lambda t: E._leap_end(t, tab.t_split, t1, rec_t, sh["leap_days"],  # noqa: E731
                                    sh["late_leap_days"])
     all_next = list(c["class_next"]) + list(c["cnext"])
     T, i = all_next[0], jnp.zeros(all_next[0].shape, jnp.int32)
