@@ -87,6 +87,8 @@ class _Lane(NamedTuple):
     coef_iv: dict
     tlag: dict  # drug -> (N,)
     body_weight: jax.Array  # (N,) kg
+    tau_oral: dict  # drug -> (N,) time scale of a dose's concentration transient (days)
+    tau_iv: dict
 
 
 class DormancyLanes(AbstractLaneProblem):
@@ -127,6 +129,19 @@ class DormancyLanes(AbstractLaneProblem):
         return {d: tuple(a * jnp.exp(lm * s) for a, lm in zip(x[d], lane.lam[d], strict=True))
                 for d in DRUG_MODES}
 
+    def event_time_scale(self, t, ev, lane, shared):
+        """The fastest transient among the doses given at t: each dose adds
+        c(s) = sum_j a_j exp(lambda_j s) to its drug's concentration, on the amplitude-weighted
+        time scale sum |a_j| / sum |a_j lambda_j| (`transient_time`): ~2/ka for EVE in plasma,
+        days for HCQ at its slow effect site (which therefore needs no small first step)."""
+        scale = None
+        for drug in DRUG_MODES:
+            e = ev[drug]
+            s = jnp.where(t >= e["tau"], jnp.where(e["oral"], lane.tau_oral[drug],
+                                                   lane.tau_iv[drug]), jnp.inf)
+            scale = s if scale is None else jnp.minimum(scale, s)
+        return scale
+
     def next_event(self, ev, lane, shared):
         return jnp.minimum(ev["hcq"]["tau"], ev["eve"]["tau"])
 
@@ -155,6 +170,13 @@ def next_dose(k, drug, lane, shared):
     return {"k": k, "tau": tau, "amt": amt, "oral": oral}
 
 
+def transient_time(lam, coef):
+    """sum |a_j| / sum |a_j lambda_j| over the modes (last axis); inf without any transient."""
+    num = jnp.sum(jnp.abs(coef), axis=-1)
+    den = jnp.sum(jnp.abs(coef * lam), axis=-1)
+    return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), jnp.inf)
+
+
 def _pk_lane(values: dict, base: Parameters, drug: str):
     """Eigenvalues, per-mg mode coefficients (oral and IV) and lag of one drug for one lane."""
     p = Parameters(values, base.specs, base.name, base.species, base.source)
@@ -178,9 +200,12 @@ def solve_outputs_impl(varying: dict, base: Parameters, table: ScheduleTable, si
     for drug in DRUG_MODES:
         lam[drug], co[drug], ci[drug], tlag[drug], gap[drug] = jax.vmap(
             lambda v, d=drug: _pk_lane(v, base, d))(full)
+    tau_oral = {d: transient_time(lam[d], co[d]) for d in DRUG_MODES}
+    tau_iv = {d: transient_time(lam[d], ci[d]) for d in DRUG_MODES}
     cols = lambda a: tuple(a[:, j] for j in range(a.shape[1]))  # noqa: E731
     lam, co, ci = ({d: cols(v[d]) for d in DRUG_MODES} for v in (lam, co, ci))
-    lane = _Lane(varying, sid.astype(jnp.int32), lam, co, ci, tlag, full["body_weight"])
+    lane = _Lane(varying, sid.astype(jnp.int32), lam, co, ci, tlag, full["body_weight"],
+                 tau_oral, tau_iv)
     tab = table.astype(dt)
     packed = {d: jnp.stack([tab.times[d], tab.amount[d], tab.per_kg[d].astype(dt),
                             tab.oral[d].astype(dt)], axis=-1).reshape(-1, 4) for d in DRUG_MODES}
@@ -219,4 +244,23 @@ def solve_outputs_impl(varying: dict, base: Parameters, table: ScheduleTable, si
         status=status, steps=sol.accepted, rejected=sol.rejected)
 
 
-solve_outputs = eqx.filter_jit(solve_outputs_impl)
+_solve_outputs_jit = eqx.filter_jit(solve_outputs_impl)
+
+
+def constant_base(base: Parameters, varying) -> Parameters:
+    """`base` with every parameter that is not in `varying` as a Python float.
+
+    Passed through `eqx.filter_jit` these are static, so the compiled loop sees them as
+    constants: XLA folds what depends only on them and simplifies e.g. x ** 2.0 in the Hill terms
+    to x * x (a power with a run-time exponent is a scalar libm call on the CPU, ~3x the cost of
+    the whole rate evaluation otherwise). One compilation per base parameter set: a sweep has
+    one."""
+    vals = {k: (v if k in varying else float(np.asarray(v))) for k, v in base.values.items()}
+    return Parameters(vals, base.specs, base.name, base.species, base.source)
+
+
+def solve_outputs(varying: dict, base: Parameters, table: ScheduleTable, sid, days: OutputDays,
+                  opts: EngineOptions, expected_steps=None):
+    """Compiled `solve_outputs_impl`, specialised to the fixed values of `base`."""
+    return _solve_outputs_jit(varying, constant_base(base, varying), table, sid, days, opts,
+                              expected_steps)

@@ -18,6 +18,9 @@ def sweep_cmd(
     chunk: int = typer.Option(None, "--chunk", help="trajectories per chunk (default: spec)"),
 ):
     """Run a parameter/schedule sweep into a Zarr store (resumable; progress bar with ETA)."""
+    from .devices import use_cpu_cores
+
+    use_cpu_cores()  # before any JAX operation: one CPU device per core
     from .sweep import sweep
     from .sweep_spec import describe, load_sweep_spec
 
@@ -58,6 +61,9 @@ def sensitivity_cmd(
     n: int = typer.Option(None, "--n", help="base sample size (default: samples.n)"),
 ):
     """Sobol first-order and total indices of the spec's outputs, with bar plots."""
+    from .devices import use_cpu_cores
+
+    use_cpu_cores()
     from .io import atomic_savefig, atomic_write_json, prepare_out_dir
     from .plotting_sweep import sensitivity_bars
     from .sensitivity import model_sensitivity

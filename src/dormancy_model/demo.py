@@ -26,6 +26,9 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default="out/demo")
     ap.add_argument("--only", default=None, help="run only stages whose title contains this")
     args = ap.parse_args(argv)
+    from .devices import use_cpu_cores
+
+    use_cpu_cores()  # one JAX CPU device per core (the sweep stage splits its lanes over them)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for title, target in STAGES:

@@ -69,7 +69,7 @@ FIELDS = {
     "patients": {"n", "variability", "seed"},
     "outputs": {"residual_days", "relapse_free_days", "relapse_free_years", "assessment_days"},
     "solver": {"rtol", "atol", "dtype", "method", "chunk", "buckets", "max_iters", "backend",
-               "block"},
+               "block", "event_step"},
 }
 GRID_FIELDS = {"grid", "range", "n", "values"}
 
@@ -405,8 +405,13 @@ def _solver(src, doc):
     block = _int(src, "solver.block", s.get("block", 128))
     if block & (block - 1):
         _fail(src, "solver.block", f"must be a power of two, got {block}")
+    event_step = s.get("event_step", 1.0)
+    if isinstance(event_step, bool) or not isinstance(event_step, (int, float)) or not (
+            0 < event_step < float("inf")):
+        _fail(src, "solver.event_step", f"must be a positive number, got {event_step!r}")
     opts = EngineOptions(method=method, rtol=float(rtol), atol=float(atol), dtype=dtype,
-                         buckets=buckets, max_iters=max_iters, backend=backend, block=block)
+                         buckets=buckets, max_iters=max_iters, backend=backend, block=block,
+                         event_step=float(event_step))
     return opts, chunk
 
 

@@ -1,0 +1,42 @@
+"""One JAX CPU device per core, for the sweep engine.
+
+XLA runs a computation on one device. On a CPU it may split a large fused loop over the cores of
+its thread pool, but the sweep engine's lock-step loop is ~90 small fused loops per step attempt
+over a few thousand lanes, and splitting each of them costs about as much synchronisation as it
+saves. One device per core instead lets `engine.solve_sharded` give each core its own share of
+the lanes and its own loop (`shard_map`), with no synchronisation until the end. On the 2-core
+benchmark machine this was 1.4-1.9x faster than one device (benchmarks/RESULTS.md).
+
+JAX fixes its CPU device count when its backends start (the first JAX operation), so
+`use_cpu_cores` must run before that: `dormancy sweep` and `dormancy sensitivity` call it first
+thing; library users call it right after `import dormancy_model`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+
+
+def cpu_cores() -> int:
+    """Cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def use_cpu_cores(n: int | None = None) -> bool:
+    """Ask JAX for `n` CPU devices (default: one per core). Returns True if set; False (and
+    changes nothing) when the count was already chosen (XLA_FLAGS or `jax_num_cpu_devices`) or
+    JAX's backends have already started."""
+    if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+        return False
+    if jax.config.jax_num_cpu_devices > 0:
+        return False
+    try:
+        jax.config.update("jax_num_cpu_devices", int(n or cpu_cores()))
+    except RuntimeError:  # backends already initialised: keep what they have
+        return False
+    return True
