@@ -20,9 +20,14 @@ Usage
   python benchmarks/sweep_bench.py --gpu            # GPU sizes (< ~2 min), JSON to $OUT
   python benchmarks/sweep_bench.py --bounded 4000 16000
   python benchmarks/sweep_bench.py --body-cost 4000   # ns per lane and step attempt, fusions
+CPU devices: by default the process asks JAX for one CPU device per core
+(`dormancy_model.devices.use_cpu_cores`, as `dormancy sweep` does), so the engine splits its
+lanes over the cores with `shard_map`; the naive solver is the plain vmap the issue names and runs
+on one device (XLA still spreads its fused loops over the cores' thread pool). `--cpu-devices 1`
+measures the engine on one device.
 Timings exclude compilation (one warm-up call per size) and are the best of 3 engine / 2 naive
 repeats; the ratio is engine/naive traj/s.
---extra-engine METHOD:RTOL[:BACKEND[:BLOCK]] (default rk4:3e-5; with --gpu also tsit5:1e-6:xla)
+--extra-engine METHOD:RTOL[:BACKEND[:BLOCK]] (default rk4:1e-3; with --gpu also tsit5:1e-6:xla)
 adds engine runs, e.g. at a tolerance chosen to match the naive solver's error or with the XLA
 loop instead of the Pallas kernel (the GPU default); errors are printed beside speeds.
 """
@@ -44,7 +49,7 @@ import numpy as np
 
 import dormancy_model as dm
 from dormancy_model.batch_model import OutputDays, ScheduleTable, solve_outputs
-from dormancy_model.engine import AbstractLaneProblem, EngineOptions, solve_lanes
+from dormancy_model.engine import AbstractLaneProblem, EngineOptions, solve_sharded
 from dormancy_model.pk import Dosing
 
 DAYS = OutputDays((84.0, 168.0), (3 * 365.25, 5 * 365.25), (84.0, 168.0))
@@ -216,7 +221,7 @@ def lorenz_case(sizes, tol=1e-8):
         n = rho.shape[0]
         one = jnp.ones((n,), jnp.float32)
         y0 = (one, 0 * one, 0 * one)
-        sol = solve_lanes(Lorenz(), y0, (), (), jnp.float32(0.0), one[:, None], {"rho": rho},
+        sol = solve_sharded(Lorenz(), y0, (), (), jnp.float32(0.0), one[:, None], {"rho": rho},
                           None, opts)
         return jnp.stack([v[:, 0] for v in sol.ys], axis=1), sol.accepted
 
@@ -339,11 +344,17 @@ def main(argv=None):
                     help="more engine runs as METHOD:RTOL[:BACKEND[:BLOCK]] (atol scaled "
                          "alike), e.g. rk4:3e-5 or tsit5:1e-6:xla; default rk4:3e-5, on a GPU "
                          "also tsit5:1e-6:xla (the XLA loop beside the Pallas kernel)")
+    ap.add_argument("--cpu-devices", type=int, default=None,
+                    help="JAX CPU devices (default: one per core; 1 = a single device)")
     args = ap.parse_args(argv)
+    from dormancy_model.devices import use_cpu_cores
+
+    use_cpu_cores(args.cpu_devices)  # before any JAX operation
     BUDGET[0] = args.budget or (100.0 if args.gpu else float("inf"))
     dev = jax.devices()[0]
     info = dict(device=str(dev), platform=dev.platform, jax=jax.__version__,
                 machine=platform.processor() or platform.machine(), cpus=os.cpu_count(),
+                devices=jax.local_device_count(),
                 date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), argv=sys.argv[1:])
     print(json.dumps(info), flush=True)
     if args.body_cost:
@@ -360,7 +371,7 @@ def main(argv=None):
         bounded = args.bounded or []
     extra = []
     for x in (args.extra_engine if args.extra_engine is not None else
-              (["tsit5:1e-6:xla", "rk4:3e-5"] if args.gpu else ["rk4:3e-5"])):
+              (["tsit5:1e-6:xla", "rk4:1e-3"] if args.gpu else ["rk4:1e-3"])):
         m, r, *rest = x.split(":")
         extra.append((m, float(r), rest[0] if rest else "auto", int(rest[1]) if len(rest) > 1
                       else 0))

@@ -1,6 +1,7 @@
 """Sweeps: engine accuracy against `simulate`, chunking, compile-once, resume after SIGKILL, Dask,
 Sobol indices, spec validation. Sizes are tiny; one shared spec keeps compilations few."""
 
+import json
 import os
 import signal
 import subprocess
@@ -160,6 +161,48 @@ def test_engine_error_does_not_accumulate_over_daily_doses():
                          options=dm.SolverOptions(rtol=1e-11, atol=1e-13, max_steps=100_000))
         np.testing.assert_allclose(np.asarray(out["residual"])[i, 0],
                                    np.asarray(tr.residual)[1], rtol=5e-4)
+
+
+SHARDED = textwrap.dedent("""
+    import json, sys
+    from dormancy_model.devices import use_cpu_cores
+    assert use_cpu_cores(2)
+    import jax, jax.numpy as jnp, numpy as np
+    import dormancy_model as dm
+    from dormancy_model import batch_model
+    from dormancy_model.engine import EngineOptions
+    assert jax.local_device_count() == 2
+    p = dm.load_model_parameters("human")
+    vals = {"eve_cl": np.linspace(0.6, 1.5, 5) * float(p["eve_cl"])}
+    table = batch_model.ScheduleTable.build([dm.get_schedule("clever-combo").with_cycles(1)])
+    days = batch_model.OutputDays((14.0, 28.0), (120.0,), (28.0,))
+    out = batch_model.solve_outputs(vals, p, table, jnp.zeros(5, jnp.int32), days,
+                                    EngineOptions(dtype="float64"))
+    print(json.dumps({k: np.asarray(v).tolist() for k, v in out.items()}))
+""")
+
+
+def test_lanes_split_over_two_cpu_devices_equal_one_device():
+    """One JAX CPU device per core (`devices.use_cpu_cores`, as `dormancy sweep` does): the
+    engine splits the lanes over the devices with shard_map, padding 5 lanes to 6; every lane
+    equals the single-device result. In this process JAX has already started, so
+    `use_cpu_cores` refuses and changes nothing."""
+    from dormancy_model.devices import use_cpu_cores
+
+    n_dev = jax.local_device_count()  # starts JAX here if no test did before
+    assert not use_cpu_cores(2) and jax.local_device_count() == n_dev
+    r = subprocess.run([sys.executable, "-c", SHARDED], capture_output=True, text=True,
+                       timeout=300, env={**os.environ, "XLA_FLAGS": ""})
+    assert r.returncode == 0, r.stderr[-2000:]
+    two = json.loads(r.stdout.strip().splitlines()[-1])
+    p = dm.load_model_parameters("human")
+    vals = {"eve_cl": np.linspace(0.6, 1.5, 5) * float(p["eve_cl"])}
+    table = batch_model.ScheduleTable.build([dm.get_schedule("clever-combo").with_cycles(1)])
+    days = batch_model.OutputDays((14.0, 28.0), (120.0,), (28.0,))
+    one = batch_model.solve_outputs(vals, p, table, jnp.zeros(5, jnp.int32), days,
+                                    EngineOptions(dtype="float64"))
+    for k, v in one.items():
+        np.testing.assert_allclose(np.asarray(two[k]), np.asarray(v), rtol=1e-10, err_msg=k)
 
 
 def _engine_lanes(n=6, seed=0):
