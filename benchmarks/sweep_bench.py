@@ -342,7 +342,7 @@ def main(argv=None):
     ap.add_argument("--budget", type=float, default=None, help="skip cases after this many s")
     ap.add_argument("--extra-engine", nargs="*", default=None,
                     help="more engine runs as METHOD:RTOL[:BACKEND[:BLOCK]] (atol scaled "
-                         "alike), e.g. rk4:3e-5 or tsit5:1e-6:xla; default rk4:3e-5, on a GPU "
+                         "alike), e.g. rk4:3e-5 or tsit5:1e-6:xla; default rk4:1e-3, on a GPU "
                          "also tsit5:1e-6:xla (the XLA loop beside the Pallas kernel)")
     ap.add_argument("--cpu-devices", type=int, default=None,
                     help="JAX CPU devices (default: one per core; 1 = a single device)")
