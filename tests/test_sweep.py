@@ -163,22 +163,26 @@ def test_engine_error_does_not_accumulate_over_daily_doses():
                                    np.asarray(tr.residual)[1], rtol=5e-4)
 
 
-SHARDED = textwrap.dedent("""
-    import json, sys
-    from dormancy_model.devices import use_cpu_cores
-    assert use_cpu_cores(2)
-    import jax, jax.numpy as jnp, numpy as np
-    import dormancy_model as dm
-    from dormancy_model import batch_model
-    from dormancy_model.engine import EngineOptions
-    assert jax.local_device_count() == 2
+def _five_lane_outputs():
+    """Engine outputs (float64, as lists) of 5 lanes: the case of the two-device test."""
     p = dm.load_model_parameters("human")
     vals = {"eve_cl": np.linspace(0.6, 1.5, 5) * float(p["eve_cl"])}
     table = batch_model.ScheduleTable.build([dm.get_schedule("clever-combo").with_cycles(1)])
     days = batch_model.OutputDays((14.0, 28.0), (120.0,), (28.0,))
     out = batch_model.solve_outputs(vals, p, table, jnp.zeros(5, jnp.int32), days,
                                     EngineOptions(dtype="float64"))
-    print(json.dumps({k: np.asarray(v).tolist() for k, v in out.items()}))
+    return {k: np.asarray(v).tolist() for k, v in out.items()}
+
+
+SHARDED = textwrap.dedent(f"""
+    import json, sys
+    from dormancy_model.devices import use_cpu_cores
+    assert use_cpu_cores(2)
+    import jax
+    sys.path.insert(0, {str(os.path.dirname(os.path.abspath(__file__)))!r})
+    from test_sweep import _five_lane_outputs
+    assert jax.local_device_count() == 2
+    print(json.dumps(_five_lane_outputs()))
 """)
 
 
@@ -195,13 +199,7 @@ def test_lanes_split_over_two_cpu_devices_equal_one_device():
                        timeout=300, env={**os.environ, "XLA_FLAGS": ""})
     assert r.returncode == 0, r.stderr[-2000:]
     two = json.loads(r.stdout.strip().splitlines()[-1])
-    p = dm.load_model_parameters("human")
-    vals = {"eve_cl": np.linspace(0.6, 1.5, 5) * float(p["eve_cl"])}
-    table = batch_model.ScheduleTable.build([dm.get_schedule("clever-combo").with_cycles(1)])
-    days = batch_model.OutputDays((14.0, 28.0), (120.0,), (28.0,))
-    one = batch_model.solve_outputs(vals, p, table, jnp.zeros(5, jnp.int32), days,
-                                    EngineOptions(dtype="float64"))
-    for k, v in one.items():
+    for k, v in _five_lane_outputs().items():
         np.testing.assert_allclose(np.asarray(two[k]), np.asarray(v), rtol=1e-10, err_msg=k)
 
 

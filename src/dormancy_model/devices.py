@@ -5,7 +5,8 @@ its thread pool, but the sweep engine's lock-step loop is ~90 small fused loops 
 over a few thousand lanes, and splitting each of them costs about as much synchronisation as it
 saves. One device per core instead lets `engine.solve_sharded` give each core its own share of
 the lanes and its own loop (`shard_map`), with no synchronisation until the end. On the 2-core
-benchmark machine this was 1.4-1.9x faster than one device (benchmarks/RESULTS.md).
+benchmark machine two devices were 1.28-1.47x faster than one for RK4 and 1.03-1.71x for Tsit5
+(N = 1,000-16,000, benchmarks/RESULTS.md).
 
 JAX fixes its CPU device count when its backends start (the first JAX operation), so
 `use_cpu_cores` must run before that: `dormancy sweep` and `dormancy sensitivity` call it first

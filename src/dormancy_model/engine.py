@@ -123,7 +123,8 @@ class EngineOptions(eqx.Module):
     # (interpreted, hence slow, on a CPU); "auto": pallas on a GPU in float32, else xla
     backend: str = eqx.field(static=True, default="auto")
     block: int = eqx.field(static=True, default=128)
-    # first step after an event <= event_step * problem.event_time_scale (None: no bound)
+    # first step after an event <= event_step * problem.event_time_scale (no bound where the
+    # problem gives none)
     event_step: float = eqx.field(static=True, default=1.0)
 
     @property
