@@ -438,13 +438,10 @@ def solve_sharded(problem, y0, x0, ev0, t0, saves, lane, shared, opts: EngineOpt
                   expected_steps=None, mesh=None) -> Solution:
     """`solve_lanes` split over local devices with `shard_map` (each device runs its own loop,
     so a device never waits for another device's slowest lane). N is padded to a multiple of
-    the device count (copies of the last lane, dropped from the result); with one device this
-    is `solve_lanes`. On a CPU, `devices.use_cpu_cores` gives one device per core."""
+    the device count times `opts.buckets` (copies of the last lane, dropped from the result);
+    with one device this is `solve_lanes`. On a CPU, `devices.use_cpu_cores` gives one device
+    per core."""
     mesh = mesh or local_mesh()
-    if mesh.size == 1:
-        return solve_lanes(problem, y0, x0, ev0, t0, saves, lane, shared, opts, expected_steps)
-    from jax.sharding import PartitionSpec as P
-
     es = expected_steps if expected_steps is not None else jnp.zeros(saves.shape[:1])
     n = saves.shape[0]
     pad = pad_lanes(n, mesh.size * max(opts.buckets, 1)) - n
@@ -456,6 +453,9 @@ def solve_sharded(problem, y0, x0, ev0, t0, saves, lane, shared, opts: EngineOpt
                                                                       es))
         sol = solve_sharded(problem, y0, x0, ev0, t0, saves, lane, shared, opts, es, mesh)
         return jax.tree_util.tree_map(lambda a: a[:n], sol)
+    if mesh.size == 1:
+        return solve_lanes(problem, y0, x0, ev0, t0, saves, lane, shared, opts, expected_steps)
+    from jax.sharding import PartitionSpec as P
 
     def f(y0, x0, ev0, saves, lane, es, shared):
         return solve_lanes(problem, y0, x0, ev0, t0, saves, lane, shared, opts, es)

@@ -74,16 +74,14 @@ class ChunkRunner:
     """Computes chunks of one spec with one compiled engine call (fixed batch size)."""
 
     def __init__(self, spec: SweepSpec, chunk: int | None = None):
-        import jax
-
         from .batch_model import ScheduleTable
-        from .engine import pad_lanes
 
         self.spec = spec
         self.cshape = chunk_shape(spec.shape, chunk or spec.chunk)
         self.table = ScheduleTable.build(list(spec.schedules))
-        multiple = jax.local_device_count() * max(spec.options.buckets, 1)
-        self.batch = pad_lanes(int(np.prod(self.cshape)), multiple)
+        # every chunk (the last one filled up) has this many lanes: one compiled shape; the
+        # engine pads further to a multiple of the devices and buckets
+        self.batch = int(np.prod(self.cshape))
         self.events = self.table.event_counts(spec.t_end)
 
     def compute(self, sl) -> dict[str, np.ndarray]:
