@@ -143,9 +143,15 @@ def main(argv=None):
                     help="with --gpu: replicates per kernel program")
     ap.add_argument("--fast-chunks", type=int, nargs="*", default=[],
                     help="with --gpu: also time the fast variant at these chunk sizes")
+    ap.add_argument("--cpu-devices", type=int, default=None,
+                    help="JAX CPU devices (default: one per core, as `dormancy agents`)")
     args = ap.parse_args(argv)
+    from dormancy_model.devices import use_cpu_cores
+
+    use_cpu_cores(args.cpu_devices)  # before any JAX operation
     rows = []
     info = dict(backend=jax.default_backend(), device=str(jax.devices()[0]),
+                devices=jax.local_device_count(),
                 machine=platform.machine(), cpus=os.cpu_count(),
                 date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
     print(info, flush=True)

@@ -232,6 +232,8 @@ def _fast_state(n0, key, class_a, class_rp, max_cells: int, clone_slots: int, t0
     idx = jnp.arange(max_cells)
 
     def pool(k, m):
+        if n_cls == 1:  # one class: the whole pool (same as drawing classes, faster)
+            return jnp.reshape(m, (1,)).astype(jnp.float64)
         cls = jax.random.randint(k, (max_cells,), 0, n_cls)
         return jnp.sum((cls[:, None] == jnp.arange(n_cls)[None, :]) & (idx < m)[:, None],
                        axis=0).astype(jnp.float64)
@@ -267,8 +269,36 @@ def _use_kernel(backend: str, method: str) -> bool:
     return backend == "pallas" or jax.default_backend() == "gpu"
 
 
+def _sharded(backend: str, method: str) -> bool:
+    """Split each chunk's lanes over the local devices (one loop per device, `shard_map`):
+    the XLA loop with several devices, e.g. one CPU device per core (`devices.use_cpu_cores`)."""
+    return jax.local_device_count() > 1 and not _use_kernel(backend, method)
+
+
 def _run_chunk_impl(method, table, table_axis, states, keys, t0, t1, rec_t, switch_size,
                     max_events, leap_days, late_leap_days, backend="auto", kernel_block=64):
+    """Event loops of one chunk of lanes (`_run_lanes`); when `_sharded`, each local device
+    runs its share (the chunk is then a multiple of the device count)."""
+    args = (t0, t1, rec_t, switch_size, max_events, leap_days, late_leap_days)
+    if not _sharded(backend, method):
+        return _run_lanes(method, table, table_axis, states, keys, *args, backend, kernel_block)
+    from jax.sharding import PartitionSpec as P
+
+    from .engine import local_mesh
+
+    def local(table, states, keys, *args):
+        return _run_lanes(method, table, table_axis, states, keys, *args, backend,
+                          kernel_block)
+
+    lanes, shared = P("lanes"), P()
+    return jax.shard_map(local, mesh=local_mesh(),
+                         in_specs=(shared if table_axis is None else lanes, lanes, lanes)
+                         + (shared,) * len(args), out_specs=lanes,
+                         check_vma=False)(table, states, keys, *args)
+
+
+def _run_lanes(method, table, table_axis, states, keys, t0, t1, rec_t, switch_size,
+               max_events, leap_days, late_leap_days, backend="auto", kernel_block=64):
     if method == "exact":
         init = lambda tb, s, k: E.exact_init(tb, s, k, t0, rec_t)  # noqa: E731
         step = lambda tb, c: E.exact_step(tb, c, t1, rec_t, switch_size)  # noqa: E731
@@ -341,7 +371,6 @@ def simulate_agents(model: DormancyModel, params: Parameters, schedule: Schedule
     dosing = schedule if isinstance(schedule, Dosing) else Dosing.from_schedule(schedule)
     batched = _is_batched(params)
     params = _broadcast(params, n) if batched else params
-    params_n = params
     # run n_run >= n lanes (padding wraps around; lane i always uses fold_in(key, i), so the
     # first n results do not depend on the padding)
     n_run = _bucket(n)
@@ -385,12 +414,14 @@ def simulate_agents(model: DormancyModel, params: Parameters, schedule: Schedule
     if chunk_size is None:  # lock-step loops: wide enough to amortise each iteration
         chunk_size = 8192 if jax.default_backend() == "cpu" else 131072
     chunk = int(min(max(chunk_size, 1), n_run))
+    if _sharded(backend, method):  # each device gets an equal share of a chunk's lanes
+        chunk = -(-chunk // jax.local_device_count()) * jax.local_device_count()
     # lock-step chunks run until their busiest lane is done: group lanes of similar load
     # (results per lane do not depend on the grouping)
     order = np.asarray(_load_order(method, states, n))
-    outs, lanes = [], []
-    f64 = lambda x: jnp.asarray(x, jnp.float64)  # noqa: E731
     identity = bool(np.all(order == np.arange(n)))
+    outs = []
+    f64 = lambda x: jnp.asarray(x, jnp.float64)  # noqa: E731
     for start in range(0, n, chunk):
         sl = order[np.arange(start, start + chunk) % n]  # pad the last chunk by wrapping
         if identity and start + chunk <= n:  # contiguous: slice instead of gather
@@ -399,81 +430,86 @@ def simulate_agents(model: DormancyModel, params: Parameters, schedule: Schedule
             take = lambda x, sl=sl: x[sl]  # noqa: E731
         tb = jax.tree_util.tree_map(take, table) if batched else table
         out = _run_chunk(method, tb, 0 if batched else None,
-                         jax.tree_util.tree_map(take, states), k_run[sl], f64(t0), f64(t1),
+                         jax.tree_util.tree_map(take, states), take(k_run), f64(t0), f64(t1),
                          jnp.asarray(rec_days), f64(switch_size), jnp.asarray(max_events),
                          f64(leap_days), f64(max(late_leap_days, leap_days)), backend,
                          int(kernel_block))
-        m = min(chunk, n - start)  # only the requested replicates are kept
-        outs.append(jax.tree_util.tree_map(lambda x, m=m: x[:m], out))  # stays on device
-        lanes.append(sl[:m])
+        outs.append(out)  # stays on the device
         if progress is not None:
             jax.block_until_ready(out)  # results stay on the device: report finished work
-            progress(start + m, n)
+            progress(min(start + chunk, n), n)
     cat = lambda *xs: xs[0] if len(xs) == 1 else jnp.concatenate(xs, axis=0)  # noqa: E731
-    final, records, status, n_events = jax.tree_util.tree_map(cat, *outs)
-    if not identity:
-        inverse = np.empty(n, int)
-        inverse[np.concatenate(lanes)] = np.arange(n)
-        inverse = jnp.asarray(inverse)
-        final, records, status, n_events = jax.tree_util.tree_map(
-            lambda x: x[inverse], (final, records, status, n_events))
-    return _outcomes(params_n, batched, final, records, status, n_events, rec_days, count_days,
-                     assess_days, k_asp, switch_size, t1, method)
+    out = jax.tree_util.tree_map(cat, *outs)
+    # rows for replicates 0..n_run-1 (replicate i % n): one gather, none when the chunks
+    # already hold them in order
+    # (chunk lane j holds replicate order[j % n], so replicate order[j] first appears at j)
+    inverse = np.empty(n, np.int64)
+    inverse[order] = np.arange(n)
+    rows = inverse[pad]
+    if not np.array_equal(rows, np.arange(n_run)):
+        out = jax.tree_util.tree_map(lambda x: x[jnp.asarray(rows)], out)
+    final, records, status, n_events = out
+    return _outcomes(params, batched, final, records, status, n_events, rec_days, count_days,
+                     assess_days, k_asp, switch_size, t1, method, n)
 
 
 @jax.jit
-def _aspirates(keys, lam):
-    return jax.vmap(lambda k, lm: jax.random.poisson(k, lm))(keys, lam)
+def _lesion_lanes(kind):
+    return jnp.any(kind == E.LESION, axis=1)
+
+
+@eqx.filter_jit
+def _device_outcomes(growth, detect, fraction, final, records, lesion_rows, k_asp, rec_days,
+                     count_idx, assess_idx, switch_size, t1, kind_key):
+    """Relapse days, cell counts (lesions at their deterministic size) and aspirates of every
+    lane, on the device (only these arrays go to the host). Lesions are rare: their sizes are
+    computed on `lesion_rows` only (padded with out-of-range rows, which are dropped)."""
+    switch = jnp.where(final[kind_key] == E.LESION, final["switch_day"], jnp.inf)  # (n, S)
+    relapse_day = jnp.min(switch + jnp.log(detect / switch_size) / growth, axis=1)
+    relapsed = relapse_day <= t1
+    sw = switch.at[lesion_rows].get(mode="fill", fill_value=jnp.inf)  # (k, S)
+    g, cap = (x.at[lesion_rows].get(mode="clip")[:, :, None] if x.ndim else x
+              for x in (growth, detect))
+    dt = rec_days[None, :, None] - sw[:, None, :]  # (k, R, S); -inf where no lesion
+    size = jnp.where(dt >= 0, jnp.minimum(switch_size * jnp.exp(g * jnp.maximum(dt, 0.0)), cap),
+                     0.0)
+    records = records.at[lesion_rows, :, 2].add(size.sum(axis=2), mode="drop")
+    lam = fraction * records[:, assess_idx, :].sum(axis=2)
+    asp = jax.vmap(lambda k, lm: jax.random.poisson(k, lm))(k_asp, lam)
+    clearance_day = final["clearance_day"]
+    cleared = jnp.isfinite(clearance_day) & (clearance_day <= t1)
+    return dict(relapsed=relapsed, relapse_day=jnp.where(relapsed, relapse_day, jnp.inf),
+                cleared=cleared, clearance_day=jnp.where(cleared, clearance_day, jnp.inf),
+                counts=records[:, count_idx, :], aspirate_count=asp)
 
 
 def _outcomes(params, batched, final, records, status, n_events, rec_days, count_days,
-              assess_days, k_asp, switch_size, t1, method) -> AgentResult:
-    get = lambda name: np.asarray(params[name])[:, None] if batched else float(  # noqa: E731
-        params[name])
+              assess_days, k_asp, switch_size, t1, method, n) -> AgentResult:
+    """Outcomes of replicates 0..n-1 from the rows of all n_run (>= n) lanes; `params` has
+    n_run rows when batched."""
+    get = lambda name: jnp.asarray(params[name], jnp.float64)[:, None] if batched else \
+        jnp.asarray(float(params[name]), jnp.float64)  # noqa: E731
     kind_key = "kind" if method == "exact" else "clone_kind"
-    # lesions (clones past the switch size) are rare: compute their relapse days and
-    # deterministic sizes at the record days on those replicates only
-    # (the final state stays on the device; only what the outcomes need is copied)
-    rows = np.nonzero(np.asarray(jnp.any(final[kind_key] == E.LESION, axis=1)))[0]
-    n_all = final[kind_key].shape[0]
-    pick = lambda x: x[rows] if batched else x  # noqa: E731
-    dev_rows = jnp.asarray(rows)
-    switch = np.where(np.asarray(final[kind_key][dev_rows]) == E.LESION,
-                      np.asarray(final["switch_day"][dev_rows]), np.inf)
-    growth = pick(get("lesion_growth_rate"))
-    detect = pick(get("detection_size"))
-    lag = np.log(detect / switch_size) / growth
-    relapse_day = np.full(n_all, np.inf)
-    relapse_day[rows] = np.min(switch + lag, axis=1)
-    relapsed = relapse_day <= t1
-    relapse_day = np.where(relapsed, relapse_day, np.inf)
-    dt = rec_days[None, :, None] - switch[:, None, :]
-    g = growth[:, :, None] if batched else growth
-    cap = detect[:, :, None] if batched else detect
-    size = np.where(dt >= 0, np.minimum(switch_size * np.exp(g * np.maximum(dt, 0.0)), cap),
-                    0.0)
-    records = np.array(records)
-    records[rows, :, 2] += size.sum(axis=2)
+    lesion = np.nonzero(np.asarray(_lesion_lanes(final[kind_key])))[0]
+    n_run = len(status)
+    k = 8 if lesion.size <= 8 else 1 << (lesion.size - 1).bit_length()  # few shapes
+    lesion = np.concatenate([lesion, np.full(k - lesion.size, n_run)])
     idx = {d: j for j, d in enumerate(rec_days)}
-    counts = records[:, [idx[d] for d in count_days], :] if count_days.size else \
-        np.zeros((records.shape[0], 0, 3))
-    cells = records[:, [idx[d] for d in assess_days], :].sum(axis=2) if assess_days.size else \
-        np.zeros((records.shape[0], 0))
-    f = get("aspirate_fraction")
-    lam = f * cells
-    n = lam.shape[0]  # k_asp may hold more (padding) lanes: same shapes, fewer compilations
-    lam = jnp.asarray(lam[np.arange(k_asp.shape[0]) % n])
-    asp = np.asarray(_aspirates(k_asp, lam))[:n] if assess_days.size else \
-        np.zeros_like(cells, dtype=np.int64)
-    clearance_day = np.asarray(final["clearance_day"], float)
-    cleared = np.isfinite(clearance_day) & (clearance_day <= t1)
-    state = AgentState(dict(final), method)
-    return AgentResult(cleared=cleared, clearance_day=np.where(cleared, clearance_day, np.inf),
-                       relapsed=relapsed, relapse_day=relapse_day, counts=counts,
-                       aspirate_count=asp, dtc_positive=asp >= 1, final_state=state,
-                       count_days=count_days, assess_days=assess_days,
-                       status=np.asarray(status), n_events=np.asarray(n_events), t1=float(t1),
-                       method=method)
+    out = _device_outcomes(get("lesion_growth_rate"), get("detection_size"),
+                           get("aspirate_fraction"), final, records, lesion, k_asp,
+                           jnp.asarray(rec_days), np.array([idx[d] for d in count_days], int),
+                           np.array([idx[d] for d in assess_days], int),
+                           jnp.asarray(switch_size, jnp.float64), jnp.asarray(t1, jnp.float64),
+                           kind_key)
+    out, status, n_events = jax.device_get((out, status, n_events))
+    out = {k: v[:n] for k, v in out.items()}
+    state = AgentState(final if n == n_run else {k: v[:n] for k, v in final.items()}, method)
+    return AgentResult(cleared=out["cleared"], clearance_day=out["clearance_day"],
+                       relapsed=out["relapsed"], relapse_day=out["relapse_day"],
+                       counts=out["counts"], aspirate_count=out["aspirate_count"],
+                       dtc_positive=out["aspirate_count"] >= 1, final_state=state,
+                       count_days=count_days, assess_days=assess_days, status=status[:n],
+                       n_events=n_events[:n], t1=float(t1), method=method)
 
 
 def ode_relapse_lag_after_switch(params: Parameters, switch_size: float):

@@ -48,6 +48,9 @@ def agents_cmd(
 ):
     """Per-patient clearance and relapse as chance events: writes replicates.csv,
     summary.json and agents.png."""
+    from .devices import use_cpu_cores
+
+    use_cpu_cores()  # before any JAX operation: one CPU device per core
     from .agents import Heterogeneity, simulate_agents
     from .agents_report import plot_agents, summarize_agents
     from .cli_simulate import load_model_and_params

@@ -108,6 +108,9 @@ def trial_cmd(
                                           help="probability of early stop per patient"),
 ):
     """Replicated virtual CLEVER trials: writes report.md, report.html, trials.csv."""
+    from .devices import use_cpu_cores
+
+    use_cpu_cores()  # before any JAX operation: one CPU device per core
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .trial_design import get_design

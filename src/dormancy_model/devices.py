@@ -1,4 +1,4 @@
-"""One JAX CPU device per core, for the sweep engine.
+"""One JAX CPU device per core, for the sweep engine and the agent model's event loops.
 
 XLA runs a computation on one device. On a CPU it may split a large fused loop over the cores of
 its thread pool, but the sweep engine's lock-step loop is ~90 small fused loops per step attempt
@@ -6,11 +6,13 @@ over a few thousand lanes, and splitting each of them costs about as much synchr
 saves. One device per core instead lets `engine.solve_sharded` give each core its own share of
 the lanes and its own loop (`shard_map`), with no synchronisation until the end. On the 2-core
 benchmark machine two devices were 1.28-1.47x faster than one for RK4 and 1.03-1.71x for Tsit5
-(N = 1,000-16,000, benchmarks/RESULTS.md).
+(N = 1,000-16,000, benchmarks/RESULTS.md). `simulate_agents` splits each chunk of replicates
+the same way (the vmapped XLA loop; not the one-device GPU kernel): 1.1-1.5x for the fast method.
 
 JAX fixes its CPU device count when its backends start (the first JAX operation), so
-`use_cpu_cores` must run before that: `dormancy sweep` and `dormancy sensitivity` call it first
-thing; library users call it right after `import dormancy_model`.
+`use_cpu_cores` must run before that: `dormancy sweep`, `dormancy sensitivity`, `dormancy
+agents`, `dormancy trial` and the demo call it first thing; library users call it right after
+`import dormancy_model`.
 """
 
 from __future__ import annotations
