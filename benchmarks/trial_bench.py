@@ -37,7 +37,12 @@ def main(argv=None):
     ap.add_argument("--gpu", action="store_true", help="GPU-sized run")
     ap.add_argument("--replicates", type=int, default=None)
     ap.add_argument("--baseline", type=int, default=None, help="one-by-one trials")
+    ap.add_argument("--cpu-devices", type=int, default=None,
+                    help="JAX CPU devices (default: one per core, as `dormancy trial`)")
     args = ap.parse_args(argv)
+    from dormancy_model.devices import use_cpu_cores
+
+    use_cpu_cores(args.cpu_devices)  # before any JAX operation
     R = args.replicates or (256 if args.gpu else 32)
     B = args.baseline or (2 if args.gpu else 4)
     chunk = 4096 if args.gpu else 512
@@ -68,6 +73,7 @@ def main(argv=None):
     rate_one = 60 * B / t_one
     res = {
         "benchmark": "trial_bench", "device": str(jax.devices()[0]),
+        "devices": jax.local_device_count(),
         "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "replicates": R, "chunk": chunk, "patients_per_trial": d.n_treated,

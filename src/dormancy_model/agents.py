@@ -323,10 +323,23 @@ def _run_lanes(method, table, table_axis, states, keys, t0, t1, rec_t, switch_si
 _run_chunk = eqx.filter_jit(_run_chunk_impl)
 
 
+def _constant_exponents(params: Parameters) -> Parameters:
+    """`params` with the rate exponents (`rates.EXPONENTS`) as Python floats where every
+    replicate has the same value: static under `eqx.filter_jit`, so the hazard table's powers
+    compile to multiplications (1.4x faster tables on the CPU; one compilation per set of
+    exponent values)."""
+    vals = dict(params.values)
+    for name in Rt.EXPONENTS:
+        v = np.asarray(vals[name], float)
+        if v.size and np.all(v == v.flat[0]):
+            vals[name] = float(v.flat[0])
+    return Parameters(vals, params.specs, params.name, params.species, params.source)
+
+
 @eqx.filter_jit
 def _tables(model, params, dosing, nodes, spec, batched):
-    if batched:
-        return jax.vmap(lambda p: hazard_table(model, p, dosing, nodes, spec))(params)
+    if batched:  # filter_vmap: the constant exponents stay unbatched Python floats
+        return eqx.filter_vmap(lambda p: hazard_table(model, p, dosing, nodes, spec))(params)
     return hazard_table(model, params, dosing, nodes, spec)
 
 
@@ -380,7 +393,8 @@ def simulate_agents(model: DormancyModel, params: Parameters, schedule: Schedule
     end = schedule.end_of_treatment if isinstance(schedule, Schedule) else _last_dose(dosing)
     grid = hazard_nodes(t0, t1, end, fine_hours=hazard_hours)
     spec = np.array([t0, grid.h_fine, grid.t_split, grid.h_coarse, grid.n_fine], float)
-    table = _tables(model, params, dosing, jnp.asarray(grid.nodes), jnp.asarray(spec), batched)
+    table = _tables(model, _constant_exponents(params), dosing, jnp.asarray(grid.nodes),
+                    jnp.asarray(spec), batched)
 
     k_init, k_run, k_asp = _replicate_keys(key, n_run)
     if initial is None:

@@ -172,7 +172,7 @@ def hazard_table(model: DormancyModel, params: Parameters, dosing: Dosing, nodes
     a, b = nodes[:-1], nodes[1:]
     mid, half = 0.5 * (a + b), 0.5 * (b - a)
     ts = mid[:, None] + half[:, None] * jnp.asarray(_GL_X)[None, :]  # (N-1, 3)
-    ex = jax.vmap(course.exposure)(ts.reshape(-1))
+    ex = course.exposure_sorted(ts.reshape(-1))  # row-major: the times are sorted
     r = _channel_rates(ex.eve, ex.hcq_effect, params).reshape(ts.shape + (N_CHANNELS,))
     avg = jnp.einsum("kqc,q->kc", r, 0.5 * jnp.asarray(_GL_W), precision=HIGHEST)  # cell averages
     cum = jnp.concatenate([jnp.zeros((1, N_CHANNELS)), jnp.cumsum(avg * (b - a)[:, None], 0)])

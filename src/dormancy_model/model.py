@@ -37,6 +37,11 @@ class DrugCourse(eqx.Module):
         e = self.eve.observe(t)
         return Exposure(eve=e[0], hcq=h[0], hcq_effect=h[1])
 
+    def exposure_sorted(self, ts) -> Exposure:
+        """`exposure` at each of the sorted times ts (T,): fields of shape (T,)."""
+        h, e = self.hcq.observe_sorted(ts), self.eve.observe_sorted(ts)
+        return Exposure(eve=e[:, 0], hcq=h[:, 0], hcq_effect=h[:, 1])
+
     def jump_times(self):
         """Sorted effective dose times of both drugs (kinks in the concentrations)."""
         return jnp.sort(jnp.concatenate([self.hcq.tau, self.eve.tau]))

@@ -132,7 +132,18 @@ class PKSolution(eqx.Module):
 
     def observe(self, t):
         """Observed concentrations (m,) at scalar time t (ng/mL); zero before the first dose."""
-        k = jnp.searchsorted(self.tau, t, side="right") - 1
+        return self._observe_after(t, jnp.searchsorted(self.tau, t, side="right") - 1)
+
+    def observe_sorted(self, ts):
+        """`observe` at each of the sorted times ts (T,) -> (T, m). The last dose at or before
+        each time comes from one pass over the doses instead of a search per time: dose k
+        applies from position searchsorted(ts, tau_k) on, so the index is a running count."""
+        start = jnp.searchsorted(ts, self.tau, side="left")
+        k = jnp.cumsum(jnp.zeros(ts.shape[0] + 1, jnp.int32).at[start].add(1))[:-1] - 1
+        return jax.vmap(self._observe_after)(ts, k)
+
+    def _observe_after(self, t, k):
+        """Observed concentrations at t given k, the index of the last dose at or before t."""
         kc = jnp.clip(k, 0, self.tau.shape[0] - 1)
         s = jnp.maximum(t - self.tau[kc], 0.0)
         val = jnp.matmul(self.modes[kc], jnp.exp(self.sys.lam * s), precision=HIGHEST)

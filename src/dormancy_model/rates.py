@@ -33,6 +33,11 @@ from typing import NamedTuple
 
 import jax.numpy as jnp
 
+# Exponents of the rate functions. Passed as Python floats (constants of a compiled function),
+# x ** 2.0 compiles to x * x; as traced values each power is a libm `pow` per element on the
+# CPU (`agents._tables` makes them constants when all replicates share them).
+EXPONENTS = ("eve_hill", "hcq_hill", "mtor_hill", "deficit_hill")
+
 
 def hill(x, k, n):
     """x^n / (k^n + x^n) for x >= 0, safe for x = 0 (value and gradients finite)."""
