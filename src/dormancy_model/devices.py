@@ -7,7 +7,8 @@ saves. One device per core instead lets `engine.solve_sharded` give each core it
 the lanes and its own loop (`shard_map`), with no synchronisation until the end. On the 2-core
 benchmark machine two devices were 1.28-1.47x faster than one for RK4 and 1.03-1.71x for Tsit5
 (N = 1,000-16,000, benchmarks/RESULTS.md). `simulate_agents` splits each chunk of replicates
-the same way (the vmapped XLA loop; not the one-device GPU kernel): 1.1-1.5x for the fast method.
+the same way (the vmapped XLA loop; not the one-device GPU kernel): 1.33x for the fast method,
+2.26x for the exact one (benchmarks/agents_bench.py, two cores).
 
 JAX fixes its CPU device count when its backends start (the first JAX operation), so
 `use_cpu_cores` must run before that: `dormancy sweep`, `dormancy sensitivity`, `dormancy
