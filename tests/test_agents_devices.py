@@ -1,17 +1,12 @@
 """Agent model on several JAX devices: each chunk's lanes split over the devices (shard_map)
 give the same replicates as one device."""
 
-import json
-import os
-import subprocess
-import sys
-import textwrap
-
 import jax
 import numpy as np
 
 import dormancy_model as dm
 from dormancy_model.agents import Heterogeneity, simulate_agents
+from two_devices import on_two_cpu_devices
 
 
 def _outcomes(method):
@@ -34,26 +29,15 @@ def _outcomes(method):
             for k in names}
 
 
-TWO_DEVICES = textwrap.dedent(f"""
-    import json, sys
-    from dormancy_model.devices import use_cpu_cores
-    assert use_cpu_cores(2)
-    import jax
-    sys.path.insert(0, {str(os.path.dirname(os.path.abspath(__file__)))!r})
-    from test_agents_devices import _outcomes
-    assert jax.local_device_count() == 2
-    print(json.dumps({{m: _outcomes(m) for m in ("fast", "exact")}}))
-""")
+def _both_methods():
+    return {m: _outcomes(m) for m in ("fast", "exact")}
 
 
 def test_two_cpu_devices_give_the_same_replicates():
     """Replicate i always uses fold_in(key, i), so splitting the lanes over two CPU devices
     (`devices.use_cpu_cores(2)`, as `dormancy agents` does on two cores) changes no outcome;
     event days agree to 1e-9 days (two compilations may round the last bit differently)."""
-    r = subprocess.run([sys.executable, "-c", TWO_DEVICES], capture_output=True, text=True,
-                       timeout=400, env={**os.environ, "XLA_FLAGS": ""})
-    assert r.returncode == 0, r.stderr[-2000:]
-    two = json.loads(r.stdout.strip().splitlines()[-1])
+    two = on_two_cpu_devices("test_agents_devices", "_both_methods")
     for method in ("fast", "exact"):
         one = _outcomes(method)
         assert max(one["n_events"]) > 10

@@ -1,7 +1,6 @@
 """Sweeps: engine accuracy against `simulate`, chunking, compile-once, resume after SIGKILL, Dask,
 Sobol indices, spec validation. Sizes are tiny; one shared spec keeps compilations few."""
 
-import json
 import os
 import signal
 import subprocess
@@ -22,6 +21,7 @@ from dormancy_model.errors import InputError
 from dormancy_model.sensitivity import ishigami, ishigami_indices, saltelli_design, sobol_indices
 from dormancy_model.sweep import open_sweep, sweep
 from dormancy_model.sweep_spec import parse_sweep
+from two_devices import on_two_cpu_devices
 
 SPEC = """
 [sweep]
@@ -174,18 +174,6 @@ def _five_lane_outputs():
     return {k: np.asarray(v).tolist() for k, v in out.items()}
 
 
-SHARDED = textwrap.dedent(f"""
-    import json, sys
-    from dormancy_model.devices import use_cpu_cores
-    assert use_cpu_cores(2)
-    import jax
-    sys.path.insert(0, {str(os.path.dirname(os.path.abspath(__file__)))!r})
-    from test_sweep import _five_lane_outputs
-    assert jax.local_device_count() == 2
-    print(json.dumps(_five_lane_outputs()))
-""")
-
-
 def test_lanes_split_over_two_cpu_devices_equal_one_device():
     """One JAX CPU device per core (`devices.use_cpu_cores`, as `dormancy sweep` does): the
     engine splits the lanes over the devices with shard_map, padding 5 lanes to 6; every lane
@@ -195,10 +183,7 @@ def test_lanes_split_over_two_cpu_devices_equal_one_device():
 
     n_dev = jax.local_device_count()  # starts JAX here if no test did before
     assert not use_cpu_cores(2) and jax.local_device_count() == n_dev
-    r = subprocess.run([sys.executable, "-c", SHARDED], capture_output=True, text=True,
-                       timeout=300, env={**os.environ, "XLA_FLAGS": ""})
-    assert r.returncode == 0, r.stderr[-2000:]
-    two = json.loads(r.stdout.strip().splitlines()[-1])
+    two = on_two_cpu_devices("test_sweep", "_five_lane_outputs", timeout=300)
     for k, v in _five_lane_outputs().items():
         np.testing.assert_allclose(np.asarray(two[k]), np.asarray(v), rtol=1e-10, err_msg=k)
 
