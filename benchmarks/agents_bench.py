@@ -25,8 +25,8 @@ import jax
 import numpy as np
 
 import dormancy_model as dm
-from dormancy_model import agents
-from dormancy_model.agents import simulate_agents
+from dormancy_model.agents import simulate as agents
+from dormancy_model.agents.simulate import simulate_agents
 
 T5 = 5 * 365.25
 
@@ -146,7 +146,7 @@ def main(argv=None):
     ap.add_argument("--cpu-devices", type=int, default=None,
                     help="JAX CPU devices (default: one per core, as `dormancy agents`)")
     args = ap.parse_args(argv)
-    from dormancy_model.devices import use_cpu_cores
+    from dormancy_model.engine.devices import use_cpu_cores
 
     use_cpu_cores(args.cpu_devices)  # before any JAX operation
     rows = []

@@ -32,7 +32,7 @@ FREE = ["dormant_initial", "k_dr", "delta_max", "hcq_ic50", "eve_ic50", "burden_
 
 
 def jax_fit(study, params, starts, seed):
-    from dormancy_model.fit import fit
+    from dormancy_model.fitting.estimate import fit
 
     t0 = time.perf_counter()
     r = fit(study, params, FREE, starts=starts, seed=seed)
@@ -134,9 +134,9 @@ def main(argv=None):
 
     import jax
 
-    from dormancy_model.fit import start_points
-    from dormancy_model.parameters import load_model_parameters
-    from dormancy_model.study import load_study
+    from dormancy_model.fitting.estimate import start_points
+    from dormancy_model.fitting.study import load_study
+    from dormancy_model.params.table import load_model_parameters
 
     study = load_study(ROOT / "data" / "mouse_synthetic")
     params = load_model_parameters("mouse")
@@ -152,7 +152,7 @@ def main(argv=None):
               f"{r.objective:.4f}, {r.n_converged}/{n} converged, {r.n_evaluations} "
               "point-evaluations", flush=True)
     if not a.gpu:
-        from dormancy_model.fit_objective import Objective
+        from dormancy_model.fitting.objective import Objective
 
         obj = Objective(study, params, FREE, batch=1)
         sobj = ScipyObjective(study, params, obj)

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 FIRST_CALL = """
 import time, dormancy_model as dm
-m = dm.DormancyModel(); p = dm.load_parameters('models/human.toml')
+m = dm.DormancyModel(); p = dm.load_parameters('src/dormancy_model/params/data/human.toml')
 s = dm.get_schedule('clever-combo')
 t0 = time.perf_counter(); tr = dm.simulate(m, p, s, years=5); tr.residual.block_until_ready()
 print(time.perf_counter() - t0)
@@ -48,7 +48,7 @@ def main():
     first = float(subprocess.run([sys.executable, "-c", FIRST_CALL], cwd=ROOT, check=True,
                                  capture_output=True, text=True).stdout.strip().splitlines()[-1])
     m = dm.DormancyModel()
-    p = dm.load_parameters(ROOT / "models/human.toml")
+    p = dm.load_parameters(ROOT / "src/dormancy_model/params/data/human.toml")
     s = dm.get_schedule("clever-combo")
     ts = dm.simulate.__globals__["save_grid"](5 * 365.25, 24.0)
     ref_model = ReferenceModel({k: float(v) for k, v in p.values.items()})

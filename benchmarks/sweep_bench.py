@@ -21,7 +21,7 @@ Usage
   python benchmarks/sweep_bench.py --bounded 4000 16000
   python benchmarks/sweep_bench.py --body-cost 4000   # ns per lane and step attempt, fusions
 CPU devices: by default the process asks JAX for one CPU device per core
-(`dormancy_model.devices.use_cpu_cores`, as `dormancy sweep` does), so the engine splits its
+(`dormancy_model.engine.devices.use_cpu_cores`, as `dormancy sweep` does), so the engine splits its
 lanes over the cores with `shard_map`; the naive solver is the plain vmap the issue names and runs
 on one device (XLA still spreads its fused loops over the cores' thread pool). `--cpu-devices 1`
 measures the engine on one device.
@@ -48,9 +48,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import dormancy_model as dm
-from dormancy_model.batch_model import OutputDays, ScheduleTable, solve_outputs
-from dormancy_model.engine import AbstractLaneProblem, EngineOptions, solve_sharded
-from dormancy_model.pk import Dosing
+from dormancy_model.engine.rk import AbstractLaneProblem, EngineOptions, solve_sharded
+from dormancy_model.pk.closed_form import Dosing
+from dormancy_model.sweeps.lanes import OutputDays, ScheduleTable, solve_outputs
 
 DAYS = OutputDays((84.0, 168.0), (3 * 365.25, 5 * 365.25), (84.0, 168.0))
 TS = np.array([0.0, 84.0, 168.0, 3 * 365.25, 5 * 365.25])
@@ -261,8 +261,8 @@ def body_cost(n, methods=(("rk4", 3e-5), ("tsit5", 1e-6)), iters=1000):
     same call with 0 iterations; and the number of fusions in the compiled body."""
     import re
 
-    from dormancy_model import engine as eng
-    from dormancy_model.batch_model import constant_base, solve_outputs_impl
+    from dormancy_model.engine import rk as eng
+    from dormancy_model.sweeps.lanes import constant_base, solve_outputs_impl
 
     p = dm.load_model_parameters("human")
     table = ScheduleTable.build([dm.get_schedule("clever-combo")])
@@ -306,8 +306,8 @@ def bounded_case(sizes, chunk):
     import tempfile
     import tomllib
 
-    from dormancy_model.sweep import sweep
-    from dormancy_model.sweep_spec import parse_sweep
+    from dormancy_model.sweeps.run import sweep
+    from dormancy_model.sweeps.spec import parse_sweep
 
     rows = []
     for n in sizes:
@@ -348,7 +348,7 @@ def main(argv=None):
     ap.add_argument("--cpu-devices", type=int, default=None,
                     help="JAX CPU devices (default: one per core; 1 = a single device)")
     args = ap.parse_args(argv)
-    from dormancy_model.devices import use_cpu_cores
+    from dormancy_model.engine.devices import use_cpu_cores
 
     use_cpu_cores(args.cpu_devices)  # before any JAX operation
     BUDGET[0] = args.budget or (100.0 if args.gpu else float("inf"))

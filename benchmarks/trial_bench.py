@@ -22,8 +22,8 @@ import time
 import jax
 
 from dormancy_model import load_model_parameters
-from dormancy_model.trial import trial
-from dormancy_model.trial_design import clever_design
+from dormancy_model.trials.design import clever_design
+from dormancy_model.trials.protocol import trial
 
 
 def timed(fn):
@@ -40,7 +40,7 @@ def main(argv=None):
     ap.add_argument("--cpu-devices", type=int, default=None,
                     help="JAX CPU devices (default: one per core, as `dormancy trial`)")
     args = ap.parse_args(argv)
-    from dormancy_model.devices import use_cpu_cores
+    from dormancy_model.engine.devices import use_cpu_cores
 
     use_cpu_cores(args.cpu_devices)  # before any JAX operation
     R = args.replicates or (256 if args.gpu else 32)

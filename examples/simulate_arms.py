@@ -10,7 +10,7 @@ import dormancy_model as dm
 HERE = Path(__file__).resolve().parent
 
 model = dm.DormancyModel()
-params = dm.load_parameters(HERE.parent / "models" / "human.toml")
+params = dm.load_model_parameters("human")
 for name in ("observation", "clever-hcq", "clever-eve", "clever-combo"):
     traj = dm.simulate(model, params, dm.get_schedule(name), years=5)
     print(f"{name:>13}: {traj.message}; residual after 6 cycles {traj.at(168):7.2f} cells, "

@@ -19,12 +19,12 @@ def root():
 
 @pytest.fixture(scope="session")
 def human():
-    return dm.load_parameters(ROOT / "models" / "human.toml")
+    return dm.load_parameters(ROOT / "src" / "dormancy_model" / "params" / "data" / "human.toml")
 
 
 @pytest.fixture(scope="session")
 def mouse():
-    return dm.load_parameters(ROOT / "models" / "mouse.toml")
+    return dm.load_parameters(ROOT / "src" / "dormancy_model" / "params" / "data" / "mouse.toml")
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ import pytest
 from scipy import stats
 
 import dormancy_model as dm
-from dormancy_model.agents import Heterogeneity, simulate_agents
+from dormancy_model.agents.simulate import Heterogeneity, simulate_agents
 
 T1 = 100.0
 N = 2000
@@ -89,7 +89,7 @@ def test_same_key_same_result_different_key_different(model, human):
 def test_replicate_i_does_not_depend_on_n_or_padding(model, human):
     """n is padded to a few compiled sizes (13 -> 14 lanes, 20 -> 20): replicate i of a run
     with per-patient parameters depends only on the key and i, aspirates included."""
-    from dormancy_model.agents import _bucket
+    from dormancy_model.agents.simulate import _bucket
 
     assert [_bucket(n) for n in (1, 8, 9, 13, 20, 33, 1000)] == [1, 8, 10, 14, 20, 40, 1024]
     rng = np.random.default_rng(0)
@@ -115,7 +115,7 @@ def test_heterogeneous_death_matches_lognormal_mixture(model, human):
     hom = run(model, p, seed=3, heterogeneity=Heterogeneity(autophagy_cv=0.0))
     tiny = run(model, p, seed=3, heterogeneity=Heterogeneity(autophagy_cv=1e-12))
     np.testing.assert_array_equal(hom.counts, tiny.counts)
-    from dormancy_model import rates
+    from dormancy_model.model import rates as rates
 
     x = float(rates.cell_rates(0.0, 0.0, p, autophagy_dependence=1.0).death_dormant) - 0.001
     s = math.sqrt(math.log1p(cv * cv))
@@ -207,8 +207,8 @@ def test_hazard_grid_padding_and_cell_lookup(model, human):
     """The hazard grid is padded after t1 to a multiple of 512 nodes (calls starting on
     different days share shapes); the O(1) cell lookup still finds nodes[k] <= t < nodes[k+1]
     everywhere in [t0, t1], across the fine/coarse split and at t1."""
-    from dormancy_model.agents_hazard import hazard_nodes, hazard_table
-    from dormancy_model.pk import Dosing
+    from dormancy_model.agents.hazard import hazard_nodes, hazard_table
+    from dormancy_model.pk.closed_form import Dosing
 
     sched = dm.get_schedule("clever-combo")
     for t0 in (0.0, 123.4):

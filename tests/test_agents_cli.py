@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import pytest
 
-from dormancy_model.cli import main
+from dormancy_model.cli.main import main
 
 
 def run(argv, capsys):
@@ -18,7 +18,7 @@ def run(argv, capsys):
 
 def test_agents_writes_outputs(tmp_path, capsys, root):
     out = tmp_path / "o"
-    code, stdout, err = run(["agents", "--model", str(root / "models/human.toml"),
+    code, stdout, err = run(["agents", "--model", str(root / "src/dormancy_model/params/data/human.toml"),
                              "--schedule", "observation", "--replicates", "300", "--seed", "3",
                              "--years", "5", "--out", str(out)], capsys)
     assert code == 0, err

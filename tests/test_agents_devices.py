@@ -5,7 +5,7 @@ import jax
 import numpy as np
 
 import dormancy_model as dm
-from dormancy_model.agents import Heterogeneity, simulate_agents
+from dormancy_model.agents.simulate import Heterogeneity, simulate_agents
 from two_devices import on_two_cpu_devices
 
 

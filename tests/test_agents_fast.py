@@ -8,7 +8,7 @@ import pytest
 from scipy import stats
 
 import dormancy_model as dm
-from dormancy_model.agents import Heterogeneity, simulate_agents
+from dormancy_model.agents.simulate import Heterogeneity, simulate_agents
 
 
 def two_proportion_z(a, b):
@@ -81,7 +81,8 @@ def test_kernel_random_numbers_match_jax():
     `agents_engine._uniforms`."""
     import jax.numpy as jnp
 
-    from dormancy_model import agents_engine, agents_kernel
+    from dormancy_model.agents import kernel as agents_kernel
+    from dormancy_model.agents import loops as agents_engine
 
     keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(3), i))(jnp.arange(6))
     for it in (0, 1, 77, 2**31 + 5):
@@ -121,7 +122,8 @@ def test_fast_kernel_lowers_to_triton(model, monkeypatch):
     """The agent kernel lowers to Triton IR for CUDA, checked on this CPU machine."""
     from jax import export
 
-    from dormancy_model import agents, engine_pallas
+    from dormancy_model.agents import simulate as agents
+    from dormancy_model.engine import pallas as engine_pallas
 
     captured = {}
     real = agents._run_chunk

@@ -6,7 +6,7 @@ import os
 import pandas as pd
 import pytest
 
-from dormancy_model.cli import main
+from dormancy_model.cli.main import main
 
 
 def run(argv, capsys):
@@ -19,7 +19,7 @@ def run(argv, capsys):
 
 def test_simulate_writes_outputs(tmp_path, capsys, root):
     out = tmp_path / "o"
-    code, stdout, err = run(["simulate", "--model", str(root / "models/human.toml"),
+    code, stdout, err = run(["simulate", "--model", str(root / "src/dormancy_model/params/data/human.toml"),
                              "--schedule", "clever-combo", "--years", "5", "--out", str(out)],
                             capsys)
     assert code == 0, err
@@ -77,7 +77,7 @@ def test_bad_schedule_file_and_parameter_file(tmp_path, capsys, root):
                        capsys)
     assert code == 2 and "s.toml: dose[0].days_on: day 29 is outside the 28-day cycle" in err
     params = tmp_path / "p.toml"
-    params.write_text((root / "models/human.toml").read_text().replace("value = 0.647",
+    params.write_text((root / "src/dormancy_model/params/data/human.toml").read_text().replace("value = 0.647",
                                                                          "value = 50.0"))
     code, _, err = run(["simulate", "--model", str(params), "--out", str(tmp_path / "o")], capsys)
     assert code == 2 and "p.toml: parameters.eve_ka.value: 50 1/h is outside the bounds" in err

@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dormancy_model.cli import main
-from dormancy_model.fit import fit, fit_solver_options
-from dormancy_model.fit_io import apply_fit, read_fit, write_fit
-from dormancy_model.fit_objective import Objective
-from dormancy_model.parameters import load_model_parameters
-from dormancy_model.simulate import SolverOptions
-from dormancy_model.study import load_study
+from dormancy_model.cli.main import main
+from dormancy_model.fitting.estimate import fit, fit_solver_options
+from dormancy_model.fitting.files import apply_fit, read_fit, write_fit
+from dormancy_model.fitting.objective import Objective
+from dormancy_model.fitting.study import load_study
+from dormancy_model.model.simulate import SolverOptions
+from dormancy_model.params.table import load_model_parameters
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "data" / "mouse_synthetic"
@@ -144,7 +144,7 @@ def test_same_seed_same_fit(setup):
 def test_fit_json_roundtrip_and_apply(result, setup, tmp_path):
     study, params = setup
     path = tmp_path / "fit.json"
-    write_fit(path, result, study, "models/mouse.toml")
+    write_fit(path, result, study, "src/dormancy_model/params/data/mouse.toml")
     doc = read_fit(path)
     assert doc["study"]["data_hash"] == study.data_hash and doc["study"]["synthetic"]
     assert doc["seed"] == 0 and doc["settings"]["starts"] == 4 and doc["package_version"]
@@ -167,7 +167,7 @@ def test_readme_cli_example_fit_then_simulate(tmp_path, monkeypatch, capsys):
         argv = shlex.split(line)[1:]
         argv = [str(fit_json) if a == "fits/quick.json" else a for a in argv]
         argv = [str(tmp_path / "sim") if a == "out/sim_fit" else a for a in argv]
-        argv = [str(ROOT / a) if a in ("data/mouse_synthetic", "models/mouse.toml") else a
+        argv = [str(ROOT / a) if a in ("data/mouse_synthetic", "src/dormancy_model/params/data/mouse.toml") else a
                 for a in argv]
         main(argv)
     doc = json.loads(fit_json.read_text())

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from scipy.stats import binom
 
-from dormancy_model.fit import fit
-from dormancy_model.parameters import load_model_parameters
-from dormancy_model.study import load_study
+from dormancy_model.fitting.estimate import fit
+from dormancy_model.fitting.study import load_study
+from dormancy_model.params.table import load_model_parameters
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "data" / "mouse_synthetic"

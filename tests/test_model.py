@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from scipy.linalg import expm
 
 import dormancy_model as dm
-from dormancy_model.pk import Dosing
+from dormancy_model.pk.closed_form import Dosing
 from scipy_reference import ReferenceModel
 
 ARMS = ("observation", "clever-hcq", "clever-eve", "clever-combo")

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 import dormancy_model as dm
-from dormancy_model.parameters import REGISTRY
+from dormancy_model.params.table import REGISTRY
 
 
 @pytest.mark.parametrize("name", ["human", "mouse"])
 def test_every_parameter_has_value_unit_bounds_scale_source(root, name):
-    doc = tomllib.loads((root / "models" / f"{name}.toml").read_text())
+    doc = tomllib.loads((root / "src" / "dormancy_model" / "params" / "data" / f"{name}.toml").read_text())
     assert set(doc["parameters"]) == set(REGISTRY)
     for k, e in doc["parameters"].items():
         assert set(e) >= {"value", "unit", "bounds", "scale", "source"}, k
@@ -32,7 +32,7 @@ def test_units_are_converted(human, mouse):
 
 
 def _write(tmp_path, root, edit):
-    text = (root / "models" / "human.toml").read_text()
+    text = (root / "src" / "dormancy_model" / "params" / "data" / "human.toml").read_text()
     f = tmp_path / "p.toml"
     f.write_text(edit(text))
     return f
@@ -46,7 +46,7 @@ def test_unknown_name_suggests(tmp_path, root):
 
 
 def test_missing_name(tmp_path, root):
-    text = (root / "models" / "human.toml").read_text()
+    text = (root / "src" / "dormancy_model" / "params" / "data" / "human.toml").read_text()
     start = text.index("[parameters.delta_r]")
     end = text.index("[parameters.lambda_p]")
     f = tmp_path / "p.toml"

@@ -8,7 +8,7 @@ from scipy.integrate import quad
 from scipy.linalg import expm
 
 import dormancy_model as dm
-from dormancy_model.pk import drug_system, solve_pk
+from dormancy_model.pk.closed_form import Dosing, drug_system, solve_pk
 from scipy_reference import ReferenceModel
 
 
@@ -58,7 +58,7 @@ def test_closed_form_and_ode_match_superposition(species, preset, cycles, drug, 
     ts = np.unique(np.concatenate([np.linspace(0.0, horizon, 157), [0.3, 1.05, 2.51]]))
     ref = superposition(p, drug, sched, ts, p.pk_per_kg)
     # the package's closed form
-    sol = solve_pk(drug_system(p, drug), dm.pk.Dosing.from_schedule(sched).__getattribute__(drug),
+    sol = solve_pk(drug_system(p, drug), Dosing.from_schedule(sched).__getattribute__(drug),
                    p["body_weight"])
     got = np.asarray(jax.vmap(sol.observe)(jnp.asarray(ts)))
     # an ODE solution of the same PK (scipy LSODA, doses as state jumps)
@@ -83,7 +83,7 @@ def test_observe_sorted_equals_observe(drug, human):
     of `observe`, also at times equal to dose times, before the first dose and after the
     last; the concentrations are then the same numbers."""
     sched = dm.get_schedule("clever-combo", 2)
-    sol = solve_pk(drug_system(human, drug), getattr(dm.pk.Dosing.from_schedule(sched), drug),
+    sol = solve_pk(drug_system(human, drug), getattr(Dosing.from_schedule(sched), drug),
                    human["body_weight"])
     tau = np.asarray(sol.tau)
     ts = np.sort(np.concatenate([np.linspace(-1.0, tau.max() + 5.0, 2001), tau, tau[:7],
@@ -95,7 +95,7 @@ def test_observe_sorted_equals_observe(drug, human):
 
 def single_dose(p, drug, amount=10.0, horizon=2.0, n=20001):
     sched = dm.Schedule("single", (dm.DoseLine(drug, amount, "mg", "oral", 24.0, (1,), 1, 1),))
-    sol = solve_pk(drug_system(p, drug), getattr(dm.pk.Dosing.from_schedule(sched), drug),
+    sol = solve_pk(drug_system(p, drug), getattr(Dosing.from_schedule(sched), drug),
                    p["body_weight"])
     ts = jnp.linspace(0.0, horizon, n)
     return np.asarray(ts), np.asarray(jax.vmap(sol.observe)(ts))[:, 0], sol
@@ -128,7 +128,7 @@ def test_mass_balance(species, drug, human, mouse):
     p = human if species == "human" else mouse
     amount = 50.0
     sched = dm.Schedule("single", (dm.DoseLine(drug, amount, "mg", "oral", 24.0, (1,), 1, 1),))
-    sol = solve_pk(drug_system(p, drug), getattr(dm.pk.Dosing.from_schedule(sched), drug),
+    sol = solve_pk(drug_system(p, drug), getattr(Dosing.from_schedule(sched), drug),
                    p["body_weight"])
     cl = float(sol.sys.cl)
     observe = jax.jit(lambda t: sol.observe(t))

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import dormancy_model as dm
-from dormancy_model.schedule import parse_schedule
+from dormancy_model.pk.schedule import parse_schedule
 
 
 def test_clever_combo_dose_times():

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dormancy_model.cli import main
+from dormancy_model.cli.main import main
 from dormancy_model.errors import InputError
-from dormancy_model.study import load_study, study_arrays
+from dormancy_model.fitting.study import load_study, study_arrays
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "data" / "mouse_synthetic"

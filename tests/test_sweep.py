@@ -15,12 +15,17 @@ import numpy as np
 import pytest
 
 import dormancy_model as dm
-from dormancy_model import batch_model
-from dormancy_model.engine import EngineOptions
+from dormancy_model.engine.rk import EngineOptions
 from dormancy_model.errors import InputError
-from dormancy_model.sensitivity import ishigami, ishigami_indices, saltelli_design, sobol_indices
-from dormancy_model.sweep import open_sweep, sweep
-from dormancy_model.sweep_spec import parse_sweep
+from dormancy_model.sweeps import lanes as batch_model
+from dormancy_model.sweeps.run import open_sweep, sweep
+from dormancy_model.sweeps.sensitivity import (
+    ishigami,
+    ishigami_indices,
+    saltelli_design,
+    sobol_indices,
+)
+from dormancy_model.sweeps.spec import parse_sweep
 from two_devices import on_two_cpu_devices
 
 SPEC = """
@@ -179,7 +184,7 @@ def test_lanes_split_over_two_cpu_devices_equal_one_device():
     engine splits the lanes over the devices with shard_map, padding 5 lanes to 6; every lane
     equals the single-device result. In this process JAX has already started, so
     `use_cpu_cores` refuses and changes nothing."""
-    from dormancy_model.devices import use_cpu_cores
+    from dormancy_model.engine.devices import use_cpu_cores
 
     n_dev = jax.local_device_count()  # starts JAX here if no test did before
     assert not use_cpu_cores(2) and jax.local_device_count() == n_dev
@@ -229,7 +234,7 @@ def test_pallas_kernel_lowers_to_triton(monkeypatch):
     Triton backend cannot lower fails here rather than on a GPU)."""
     from jax import export
 
-    from dormancy_model import engine_pallas
+    from dormancy_model.engine import pallas as engine_pallas
 
     monkeypatch.setattr(engine_pallas, "_interpret", lambda: False)
     p, _, table, _, days = _engine_lanes()
@@ -265,8 +270,8 @@ def test_sweep_compiles_once(spec, monkeypatch, tmp_path):
 KILLER = textwrap.dedent("""
     import os, signal, sys, tomllib
     from pathlib import Path
-    import dormancy_model.sweep as sw
-    from dormancy_model.sweep_spec import parse_sweep
+    import dormancy_model.sweeps.run as sw
+    from dormancy_model.sweeps.spec import parse_sweep
     text = Path(sys.argv[1]).read_text()
     spec = parse_sweep(tomllib.loads(text), "test.toml", text)
     real = sw._write_chunk
@@ -294,7 +299,7 @@ def test_kill_and_resume_gives_identical_store(spec, reference_store, tmp_path):
     assert np.isnan(partial["residual"].values).sum() == 2 * 2 * 2  # 2 chunks x 2 lanes x 2 days
     done = set(os.listdir(out / ".sweep" / "done"))
     calls = []
-    import dormancy_model.sweep as sw
+    import dormancy_model.sweeps.run as sw
 
     class Spy(sw.ChunkRunner):
         def compute(self, sl):
@@ -367,7 +372,7 @@ def test_invalid_specs_rejected(text, field):
 
 
 def test_cli_bad_spec_one_line(tmp_path, capsys):
-    from dormancy_model.cli import main
+    from dormancy_model.cli.main import main
 
     p = tmp_path / "bad.toml"
     p.write_text("[outputs]\nresidual_days = [84]\n[schedule]\ncycles = [0]\n")
@@ -380,7 +385,7 @@ def test_cli_bad_spec_one_line(tmp_path, capsys):
 
 
 def test_example_specs_parse(root):
-    from dormancy_model.sweep_spec import load_sweep_spec
+    from dormancy_model.sweeps.spec import load_sweep_spec
 
     specs = sorted((root / "examples").glob("sweep_*.toml"))
     assert specs

@@ -6,7 +6,7 @@ import pytest
 from lifelines import CoxPHFitter, KaplanMeierFitter
 from scipy import integrate, optimize, stats
 
-from dormancy_model import trial_analysis as TA
+from dormancy_model.trials import analysis as TA
 
 
 def test_poisson_glm_binary_covariate_equals_closed_form():

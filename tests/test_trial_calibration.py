@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dormancy_model import calibrate as C
 from dormancy_model import load_model_parameters
 from dormancy_model.errors import InputError
-from dormancy_model.trial_design import clever_design
+from dormancy_model.trials import calibrate as C
+from dormancy_model.trials.design import clever_design
 
 TRUE = np.log([0.025, 3.0e-4])
 

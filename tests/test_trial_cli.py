@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dormancy_model import trial as T
-from dormancy_model.cli import main
+from dormancy_model.cli.main import main
+from dormancy_model.trials import protocol as T
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_trial_protocol import Recorder  # noqa: E402
@@ -81,8 +81,8 @@ def test_whatif_sample_size_and_combo_with_double(double):
     import jax
 
     from dormancy_model import load_model_parameters
-    from dormancy_model import whatif as W
-    from dormancy_model.trial_design import clever_design
+    from dormancy_model.trials import whatif as W
+    from dormancy_model.trials.design import clever_design
 
     d = clever_design(sizes=(3, 3, 3), observation_n=2)
     p = load_model_parameters("human")
@@ -98,7 +98,7 @@ def test_whatif_sample_size_and_combo_with_double(double):
 def test_schoenfeld_formula_closed_form():
     from scipy import stats
 
-    from dormancy_model.whatif import schoenfeld_n_per_arm
+    from dormancy_model.trials.whatif import schoenfeld_n_per_arm
 
     s0, s1 = 0.8, 0.9
     hr = np.log(s1) / np.log(s0)
@@ -130,8 +130,8 @@ def test_readme_example_runs_with_agents():
 def test_real_agents_same_seed_same_numbers_and_screening():
     import jax
 
-    from dormancy_model.trial import trial
-    from dormancy_model.trial_design import clever_design
+    from dormancy_model.trials.design import clever_design
+    from dormancy_model.trials.protocol import trial
 
     d = clever_design(sizes=(6, 6, 6), observation_n=6)
     a = trial(d, key=jax.random.key(3), replicates=4, chunk=64).summary()

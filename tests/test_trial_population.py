@@ -6,7 +6,7 @@ import pytest
 from scipy import integrate, stats
 
 from dormancy_model import load_model_parameters
-from dormancy_model.population import (
+from dormancy_model.trials.population import (
     DEFAULT_CV,
     Population,
     load_median_for_positivity,

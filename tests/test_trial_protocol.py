@@ -8,8 +8,8 @@ import jax
 import numpy as np
 import pytest
 
-from dormancy_model import trial as T
-from dormancy_model.trial_design import MONTH_DAYS, clever_design
+from dormancy_model.trials import protocol as T
+from dormancy_model.trials.design import MONTH_DAYS, clever_design
 
 
 class Recorder:

@@ -9,7 +9,7 @@ import textwrap
 
 SCRIPT = textwrap.dedent("""
     import json, sys
-    from dormancy_model.devices import use_cpu_cores
+    from dormancy_model.engine.devices import use_cpu_cores
     assert use_cpu_cores(2)
     import importlib, jax
     sys.path.insert(0, sys.argv[1])

@@ -8,13 +8,13 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
-from .agents import AgentResult, AgentState, Heterogeneity, simulate_agents  # noqa: E402
-from .errors import InputError  # noqa: E402
-from .model import DormancyModel  # noqa: E402
-from .parameters import Parameters, load_model_parameters, load_parameters  # noqa: E402
-from .presets import PRESETS  # noqa: E402
-from .schedule import DoseLine, Schedule, get_schedule, load_schedule  # noqa: E402
-from .simulate import SolveError, SolverOptions, Trajectory, simulate  # noqa: E402
+from dormancy_model.agents.simulate import AgentResult, AgentState, Heterogeneity, simulate_agents  # noqa: E402
+from dormancy_model.errors import InputError  # noqa: E402
+from dormancy_model.model.ode import DormancyModel  # noqa: E402
+from dormancy_model.model.simulate import SolveError, SolverOptions, Trajectory, simulate  # noqa: E402
+from dormancy_model.params.table import Parameters, load_model_parameters, load_parameters  # noqa: E402
+from dormancy_model.pk.presets import PRESETS  # noqa: E402
+from dormancy_model.pk.schedule import DoseLine, Schedule, get_schedule, load_schedule  # noqa: E402
 
 __version__ = "0.1.0"
 

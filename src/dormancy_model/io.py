@@ -7,7 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from .errors import InputError
+from dormancy_model.errors import InputError
 
 
 def check_out_dir(path: str | Path, flag: str = "--out") -> Path:

@@ -1,0 +1,5 @@
+"""The stochastic agent model.
+
+`simulate` (simulate_agents), hazard tables (`hazard`), event loops (`loops`), GPU kernel
+(`kernel`), report.
+"""

@@ -1,0 +1,430 @@
+"""The event loops of the agent model, for one replicate (vmapped by `agents.py`).
+
+Both loops are next-reaction methods: every slot holds the time of its next event, drawn by
+inverting its cumulative hazard (`HazardTable.next_time`), and each iteration processes the
+earliest slot. Slots are fixed-capacity arrays; empty slots are masked.
+
+* exact: one slot per cell (D, R) or per proliferating clone (P; all its cells share the
+  founder's traits). Every transition, death and division is an individual event.
+* fast: D and R cells are pooled by trait class (stratified traits; exact events on the class
+  pools), and proliferating clones advance by leaps of at most `leap_days` with the exact
+  birth-death (Kendall) transition law for the step-average rates: a clone of n cells becomes a
+  sum of n modified-geometric lineages (summed exactly for n <= 16, moment-matched normal above).
+
+Slot kinds: 0 empty, 1 dormant D, 2 reactivating R, 3 proliferating clone P, 4 lesion L (a
+clone that reached `switch_size` and continues deterministically; its switch day is kept).
+
+Each method is `*_init` (loop carry of one replicate), `*_step` (one event) and `*_final`;
+`lockstep` runs a vmapped batch of replicates in a loop that narrows as replicates finish.
+A replicate's random numbers depend only on its key and its own event counter, so results do
+not depend on batching or chunking.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from dormancy_model.agents import hazard as H
+from dormancy_model.engine.lockstep import compacting_loop
+
+EMPTY, DORMANT, REACTIVATING, PROLIFERATING, LESION = range(5)
+N_EXACT_LINEAGES = 16
+STATUS_OK, STATUS_MAX_EVENTS, STATUS_OVERFLOW = 0, 1, 2
+
+
+def _record(rec_t, records, t, t_next, counts):
+    mask = (rec_t >= t) & (rec_t < t_next)
+    return jnp.where(mask[:, None], counts[None, :], records)
+
+
+def _pick(onehot, arr):
+    """arr[index] for a one-hot mask of the index (entries of arr may be inf)."""
+    return jnp.sum(jnp.where(onehot, arr, jnp.zeros_like(arr)))
+
+
+# ---------------------------------------------------------------- exact (one slot per cell)
+
+def exact_weights(kind, count, a, rp):
+    """Channel weights (..., 9) of slots."""
+    is_d, is_r, is_p = kind == DORMANT, kind == REACTIVATING, kind == PROLIFERATING
+    z = jnp.zeros_like(count)
+    cols = [
+        jnp.where(is_d, rp, z), jnp.where(is_d, 1.0, z), jnp.where(is_d, a, z),
+        jnp.where(is_r, 1.0, z), jnp.where(is_r, 1.0, z), jnp.where(is_r, 1.0, z),
+        jnp.where(is_p, count, z), jnp.where(is_p, count, z), jnp.where(is_p, count, z),
+    ]
+    return jnp.stack(cols, axis=-1)
+
+
+def exact_group_weights(kind, count, a, rp):
+    """Group weights (..., 5) of slots (see `agents_hazard.GROUPS`)."""
+    is_d, is_r, is_p = kind == DORMANT, kind == REACTIVATING, kind == PROLIFERATING
+    z = jnp.zeros_like(count)
+    return jnp.stack([jnp.where(is_d, rp, z), jnp.where(is_d, 1.0, z), jnp.where(is_d, a, z),
+                      jnp.where(is_r, 1.0, z), jnp.where(is_p, count, z)], axis=-1)
+
+
+def _alive(kind):
+    return (kind >= DORMANT) & (kind <= PROLIFERATING)
+
+
+def exact_counts(kind, count):
+    return jnp.stack([jnp.sum(kind == DORMANT), jnp.sum(kind == REACTIVATING),
+                      jnp.sum(jnp.where(kind == PROLIFERATING, count, 0.0))]).astype(count.dtype)
+
+
+def exact_init(table: H.HazardTable, state: dict, key, t0, rec_t) -> dict:
+    """Loop carry of one replicate from `state` (kind, count, a, rp, switch_day,
+    clearance_day)."""
+    kind, count, a, rp = state["kind"], state["count"], state["a"], state["rp"]
+    n_slots = kind.shape[0]
+    k_init, k_loop = jax.random.split(key)
+    e0 = jax.random.exponential(k_init, (n_slots,))
+    w0 = exact_group_weights(kind, count, a, rp)
+    nt = jax.vmap(lambda w, e: table.next_time(w, t0, e))(w0, e0)
+    nt = jnp.where(_alive(kind), nt, jnp.inf)
+    records = jnp.zeros((rec_t.shape[0], 3))
+    return dict(kind=kind, count=count, a=a, rp=rp, switch_day=state["switch_day"], next_t=nt,
+                fresh=jnp.zeros(n_slots, bool), t=jnp.asarray(t0, jnp.float64),
+                records=records, it=jnp.asarray(0), done=jnp.asarray(False),
+                status=jnp.asarray(STATUS_OK), clearance_day=state["clearance_day"],
+                key=k_loop)
+
+
+def exact_step(table: H.HazardTable, c: dict, t1, rec_t, switch_size) -> dict:
+    """One event of one replicate (the next-reaction method, one slot per cell)."""
+    k_loop = c["key"]
+    kind, count = c["kind"], c["count"]
+    i = jnp.argmin(c["next_t"])
+    T = c["next_t"][i]
+    finish = T > t1
+    records = _record(rec_t, c["records"], c["t"], T, exact_counts(kind, count))
+    u = jax.random.uniform(jax.random.fold_in(k_loop, c["it"]), (2,))
+    # channel of the event, from the cell-average rates at T
+    wi = exact_weights(kind[i], count[i], c["a"][i], c["rp"][i])
+    p = wi * table.rate[table.cell(T)]
+    cum = jnp.cumsum(p)
+    ch = jnp.minimum(jnp.sum(cum < u[0] * cum[-1]), H.N_CHANNELS - 1)
+    fresh = c["fresh"][i]
+    act = (~finish) & (~fresh)
+    ki, ni = kind[i], count[i]
+    grow = ni + 1.0
+    new_k = jnp.select(
+        [ch == H.REACT, (ch == H.DEATH_D0) | (ch == H.DEATH_DEFICIT) | (ch == H.DEATH_R),
+         ch == H.RETURN_RD, ch == H.COMMIT,
+         ch == H.DIVIDE, (ch == H.DEATH_P) | (ch == H.RETURN_PD)],
+        [REACTIVATING, EMPTY, DORMANT, PROLIFERATING,
+         jnp.where(grow >= switch_size, LESION, PROLIFERATING),
+         jnp.where(ni - 1.0 <= 0.0, EMPTY, PROLIFERATING)], ki)
+    new_n = jnp.select([ch == H.COMMIT, ch == H.DIVIDE,
+                        (ch == H.DEATH_P) | (ch == H.RETURN_PD)],
+                       [1.0, grow, ni - 1.0], ni)
+    kind = kind.at[i].set(jnp.where(act, new_k, ki))
+    count = count.at[i].set(jnp.where(act, new_n, ni))
+    switch_day = c["switch_day"].at[i].set(
+        jnp.where(act & (new_k == LESION) & (ki == PROLIFERATING), T, c["switch_day"][i]))
+    # next event of slot i (memoryless redraw with its new weights)
+    wn = exact_group_weights(kind[i], count[i], c["a"][i], c["rp"][i])
+    ti = table.next_time(wn, T, -jnp.log(u[1]))
+    next_t = c["next_t"].at[i].set(
+        jnp.where(finish, c["next_t"][i], jnp.where(_alive(kind[i]), ti, jnp.inf)))
+    fresh_arr = c["fresh"].at[i].set(jnp.where(finish, fresh, False))
+    # P -> D return: a new dormant agent with the clone's traits in a free slot
+    birth = act & (ch == H.RETURN_PD)
+    j = jnp.argmax(kind == EMPTY)
+    has_free = kind[j] == EMPTY
+    b = birth & has_free
+    kind = kind.at[j].set(jnp.where(b, DORMANT, kind[j]))
+    count = count.at[j].set(jnp.where(b, 1.0, count[j]))
+    a_arr = c["a"].at[j].set(jnp.where(b, c["a"][i], c["a"][j]))
+    rp_arr = c["rp"].at[j].set(jnp.where(b, c["rp"][i], c["rp"][j]))
+    next_t = next_t.at[j].set(jnp.where(b, T, next_t[j]))
+    fresh_arr = fresh_arr.at[j].set(jnp.where(b, True, fresh_arr[j]))
+    status = jnp.where(birth & ~has_free, STATUS_OVERFLOW, c["status"])
+    any_left = jnp.any(_alive(kind) | (kind == LESION))
+    clearance_day = jnp.where(act & ~any_left & ~jnp.isfinite(c["clearance_day"]), T,
+                              c["clearance_day"])
+    return dict(kind=kind, count=count, a=a_arr, rp=rp_arr, switch_day=switch_day,
+                next_t=next_t, fresh=fresh_arr, t=jnp.where(finish, c["t"], T),
+                records=records, it=c["it"] + 1, done=finish, status=status,
+                clearance_day=clearance_day, key=k_loop)
+
+
+def exact_final(c: dict):
+    status = jnp.where(c["done"], c["status"], STATUS_MAX_EVENTS)
+    final = dict(kind=c["kind"], count=c["count"], a=c["a"], rp=c["rp"],
+                 switch_day=c["switch_day"], clearance_day=c["clearance_day"])
+    return final, c["records"], status, c["it"]
+
+
+# ---------------------------------------------------------------- fast (class pools + leaps)
+
+def class_weights(d, r, ca, crp):
+    """Channel weights (K, 9) of class pools with d dormant and r reactivating cells."""
+    z = jnp.zeros_like(d)
+    return jnp.stack([d * crp, d, d * ca, r, r, r, z, z, z], axis=-1)
+
+
+def class_group_weights(d, r, ca, crp):
+    """Group weights (K, 5) of class pools (see `agents_hazard.GROUPS`)."""
+    return jnp.stack([d * crp, d, d * ca, r, jnp.zeros_like(d)], axis=-1)
+
+
+def kendall(lam, mu, tau):
+    """(alpha, beta) of the birth-death transition law over tau for constant rates:
+    P(0) = alpha, P(j) = (1 - alpha)(1 - beta) beta^(j-1) for one ancestor [Kendall 1948]."""
+    r = lam - mu
+    rt = r * tau
+    small = jnp.abs(rt) < 1e-8
+    ratio = jnp.where(small, 1.0 / jnp.maximum(tau, 1e-300),
+                      r / jnp.where(small, 1.0, jnp.expm1(rt)))  # r / expm1(r tau)
+    denom = lam + ratio
+    return mu / denom, lam / denom
+
+
+def round_half_up(x):
+    """floor(x + 0.5): rounding that GPU kernels lower (ties, of probability zero here, go up)."""
+    return jnp.floor(x + 0.5)
+
+
+def lineage_size(u_survive, u_size, alpha, beta):
+    """Cells descending from one ancestor after a leap (modified geometric law of `kendall`),
+    from two uniforms."""
+    lb = jnp.log(jnp.clip(beta, 1e-300, 1.0 - 1e-16))
+    geo = 1.0 + jnp.where(beta > 0, jnp.floor(jnp.log(jnp.maximum(u_size, 1e-300)) / lb), 0.0)
+    return jnp.where(u_survive < 1.0 - alpha, geo, 0.0)
+
+
+def clone_size_normal(n, alpha, beta, u1, u2):
+    """Sum of n lineages drawn from the normal law with their exact mean and variance (Box-Muller
+    on u1, u2), rounded and floored at 0."""
+    mean = n * (1.0 - alpha) / (1.0 - beta)
+    var = n * (1.0 - alpha) * (alpha + beta) / (1.0 - beta) ** 2
+    z = jnp.sqrt(-2.0 * jnp.log(jnp.maximum(u1, 1e-300))) * jnp.cos(2 * jnp.pi * u2)
+    return jnp.maximum(round_half_up(mean + jnp.sqrt(var) * z), 0.0)
+
+
+def leap_clone(u, n, alpha, beta):
+    """Size after a leap of a clone of n cells: the sum of n iid modified-geometric lineages
+    (exact for n <= 16; above, a normal draw with the exact mean and variance, rounded).
+    `u`: 2 * 16 + 2 uniforms."""
+    m = N_EXACT_LINEAGES
+    lineage = lineage_size(u[:m], u[m:2 * m], alpha, beta)
+    exact = jnp.sum(jnp.where(jnp.arange(m) < n, lineage, 0.0))
+    approx = clone_size_normal(n, alpha, beta, u[2 * m], u[2 * m + 1])
+    return jnp.where(n <= m, exact, approx)
+
+
+def leap_outcome(n, n_new, lam, mu, tau, since, switch_size, u_bridge):
+    """(size, kind, became_lesion, switch day) of a clone of n cells whose leap of tau days
+    from `since` ended at n_new cells. The first passage of the switch size inside the leap is
+    observed at the end, or (ended below it) drawn with the Brownian-bridge crossing
+    probability of the diffusion limit (uniform `u_bridge`)."""
+    n_mid = 0.5 * (n + n_new)
+    var = jnp.maximum(n_mid * (lam + mu) * tau, 1e-300)
+    gap_a, gap_b = switch_size - n, switch_size - n_new
+    p_cross = jnp.where((n_new > 0) & (gap_b > 0), jnp.exp(-2.0 * gap_a * gap_b / var), 0.0)
+    bridge = u_bridge < p_cross
+    became_lesion = (n_new >= switch_size) | bridge
+    frac = jnp.where(bridge, gap_a / jnp.maximum(gap_a + gap_b, 1e-300),
+                     jnp.log(switch_size / jnp.maximum(n, 1.0))
+                     / jnp.log(jnp.maximum(n_new, switch_size + 1e-9) / jnp.maximum(n, 1.0)))
+    sw = since + tau * jnp.clip(frac, 0.0, 1.0)
+    n_new = jnp.where(bridge, switch_size, n_new)
+    new_kind = jnp.where(n_new <= 0, EMPTY, jnp.where(became_lesion, LESION, PROLIFERATING))
+    return n_new, new_kind, became_lesion, sw
+
+
+_SM_GAMMA = 0x9E3779B97F4A7C15
+_SM_M1 = 0xBF58476D1CE4E5B9
+_SM_M2 = 0x94D049BB133111EB
+
+
+def _uniforms(key, n):
+    """n uniforms in (0, 1) for one loop iteration: the iteration's key (threefry) seeds a
+    SplitMix64 stream (Steele, Lea & Flood 2014; passes BigCrush) whose 64-bit outputs give two
+    32-bit uniforms each. One threefry block per iteration instead of n / 2: the generator was a
+    third of the fast loop's time. The smallest value, 2^-33, caps an Exp(1) draw at 22.9
+    (probability 1e-10)."""
+    kd = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+    kd = kd.reshape(-1)[:2].astype(jnp.uint64)
+    seed = (kd[0] << jnp.uint64(32)) | kd[1]
+    m = (n + 1) // 2
+    z = seed + jnp.uint64(_SM_GAMMA) * jnp.arange(1, m + 1, dtype=jnp.uint64)
+    z = (z ^ (z >> jnp.uint64(30))) * jnp.uint64(_SM_M1)
+    z = (z ^ (z >> jnp.uint64(27))) * jnp.uint64(_SM_M2)
+    z = z ^ (z >> jnp.uint64(31))
+    bits = jnp.concatenate([z & jnp.uint64(0xFFFFFFFF), z >> jnp.uint64(32)])[:n]
+    return (bits.astype(jnp.float64) + 0.5) * (1.0 / 4294967296.0)
+
+
+def fast_counts(d, r, ckind, ccount):
+    return jnp.stack([jnp.sum(d), jnp.sum(r),
+                      jnp.sum(jnp.where(ckind == PROLIFERATING, ccount, 0.0))])
+
+
+def _leap_end(t, t_split, t1, rec_t, leap_days, late_leap_days):
+    """End of a clone's leap from t: `leap_days` while drugs vary within a day (before the end
+    of the hourly grid), `late_leap_days` after, never past the next record day or t1."""
+    if isinstance(rec_t, tuple):  # record days as scalars (the GPU kernel)
+        nxt = functools.reduce(jnp.minimum, [jnp.where(r > t, r, jnp.inf) for r in rec_t])
+    else:
+        nxt = jnp.min(jnp.where(rec_t > t, rec_t, jnp.inf))
+    step = jnp.where(t < t_split, leap_days, late_leap_days)
+    end = jnp.minimum(t + step, nxt)
+    return jnp.where(t >= t1, jnp.inf, jnp.minimum(end, t1))
+
+
+def fast_init(table: H.HazardTable, state: dict, key, t0, t1, rec_t, leap_days,
+              late_leap_days) -> dict:
+    """Loop carry of one replicate from `state` (d, r (K,), class_a, class_rp (K,),
+    clone_kind, clone_count, clone_cls, switch_day (Q,), clearance_day)."""
+    d, r, ca, crp = state["d"], state["r"], state["class_a"], state["class_rp"]
+    n_cls = d.shape[0]
+    q_slots = state["clone_kind"].shape[0]
+    k_init, k_loop = jax.random.split(key)
+    e0 = jax.random.exponential(k_init, (n_cls,))
+    cnt = jax.vmap(lambda w, e: table.next_time(w, t0, e))(class_group_weights(d, r, ca, crp),
+                                                           e0)
+    ckind = state["clone_kind"]
+    first_leap = _leap_end(jnp.asarray(t0, jnp.float64), table.spec[2], t1, rec_t, leap_days,
+                           late_leap_days)
+    clone_next = jnp.where(ckind == PROLIFERATING, first_leap, jnp.inf)
+    return dict(d=d, r=r, class_a=ca, class_rp=crp, class_next=cnt,
+                class_fresh=jnp.zeros(n_cls, bool), ckind=ckind, ccount=state["clone_count"],
+                ccls=state["clone_cls"], csince=jnp.full(q_slots, t0, jnp.float64),
+                cnext=clone_next, switch_day=state["switch_day"],
+                t=jnp.asarray(t0, jnp.float64), records=jnp.zeros((rec_t.shape[0], 3)),
+                it=jnp.asarray(0), done=jnp.asarray(False), status=jnp.asarray(STATUS_OK),
+                clearance_day=state["clearance_day"], key=k_loop)
+
+
+def fast_step(table: H.HazardTable, c: dict, t1, rec_t, switch_size, leap_days,
+              late_leap_days) -> dict:
+    """One event of one replicate: a class-pool event or a clone leap, whichever is first."""
+    ca, crp, k_loop = c["class_a"], c["class_rp"], c["key"]
+    n_cls = ca.shape[0]
+    q_slots = c["ckind"].shape[0]
+    t_split = table.spec[2]  # end of the hourly grid: drugs vary within a day before it
+
+    def leap_end(t):
+        return _leap_end(t, t_split, t1, rec_t, leap_days, late_leap_days)
+
+    all_next = jnp.concatenate([c["class_next"], c["cnext"]])
+    i = jnp.argmin(all_next)
+    T = jnp.min(all_next)
+    finish = T > t1
+    d, r, ckind, ccount = c["d"], c["r"], c["ckind"], c["ccount"]
+    records = _record(rec_t, c["records"], c["t"], T, fast_counts(d, r, ckind, ccount))
+    u = _uniforms(jax.random.fold_in(k_loop, c["it"]), 7 + 2 * N_EXACT_LINEAGES)
+    is_class = i < n_cls
+    # one-hot selectors (cheaper than scatters/gathers on small arrays under vmap)
+    k = jnp.minimum(i, n_cls - 1)
+    hk = jnp.arange(n_cls) == k
+    qi = jnp.clip(i - n_cls, 0, q_slots - 1)
+    hq = jnp.arange(q_slots) == qi
+    # --- class pool event
+    dk, rk = _pick(hk, d), _pick(hk, r)
+    cak, crpk = _pick(hk, ca), _pick(hk, crp)
+    p = class_weights(dk, rk, cak, crpk) * table.rate[table.cell(T)]
+    cum = jnp.cumsum(p)
+    ch = jnp.minimum(jnp.sum(cum < u[0] * cum[-1]), H.N_CHANNELS - 1)
+    act_c = (~finish) & is_class & ~jnp.any(hk & c["class_fresh"])
+    dd = jnp.select([ch == H.REACT, (ch == H.DEATH_D0) | (ch == H.DEATH_DEFICIT),
+                     ch == H.RETURN_RD], [-1.0, -1.0, 1.0], 0.0)
+    dr = jnp.select([ch == H.REACT, ch == H.RETURN_RD, ch == H.COMMIT, ch == H.DEATH_R],
+                    [1.0, -1.0, -1.0, -1.0], 0.0)
+    d = d + jnp.where(hk & act_c, dd, 0.0)
+    r = r + jnp.where(hk & act_c, dr, 0.0)
+    commit = act_c & (ch == H.COMMIT)
+    # --- clone leap
+    act_l = (~finish) & ~is_class
+    since, n = _pick(hq, c["csince"]), _pick(hq, ccount)
+    tau = T - since
+    avg = table.averages(since, T)
+    lam, mu, kpd = avg[H.DIVIDE], avg[H.DEATH_P], avg[H.RETURN_PD]
+    ret = jnp.minimum(jnp.floor(n * -jnp.expm1(-kpd * tau) + u[1]), n)
+    alpha, beta = kendall(lam, mu, tau)
+    n_new = leap_clone(u[5:], n - ret, alpha, beta)
+    n_new, new_kind, became_lesion, sw = leap_outcome(n, n_new, lam, mu, tau, since,
+                                                      switch_size, u[4])
+    sel = hq & act_l
+    ckind = jnp.where(sel, new_kind, ckind)
+    ccount = jnp.where(sel, n_new, ccount)
+    switch_day = jnp.where(sel & became_lesion, sw, c["switch_day"])
+    csince = jnp.where(sel, T, c["csince"])
+    cnext = jnp.where(sel, jnp.where(new_kind == PROLIFERATING, leap_end(T), jnp.inf),
+                      c["cnext"])
+    cls_ret = _pick(hq, c["ccls"])
+    got_ret = act_l & (ret > 0)
+    hr = (jnp.arange(n_cls) == cls_ret) & got_ret
+    d = d + jnp.where(hr, ret, 0.0)
+    # --- new clone from a commitment
+    empty = ckind == EMPTY
+    j = jnp.argmax(empty)
+    has_free = jnp.any(empty)
+    hj = (jnp.arange(q_slots) == j) & commit & has_free
+    ckind = jnp.where(hj, PROLIFERATING, ckind)
+    ccount = jnp.where(hj, 1.0, ccount)
+    ccls = jnp.where(hj, k, c["ccls"])
+    csince = jnp.where(hj, T, csince)
+    cnext = jnp.where(hj, leap_end(T), cnext)
+    status = jnp.where(commit & ~has_free, STATUS_OVERFLOW, c["status"])
+    # --- redraw the class pool whose counts changed (memoryless)
+    w_new = class_group_weights(_pick(hk, d), _pick(hk, r), cak, crpk)
+    tk = table.next_time(w_new, T, -jnp.log(u[2]))
+    upd = hk & (~finish) & is_class
+    class_next = jnp.where(upd, tk, c["class_next"])
+    class_fresh = jnp.where(upd, False, c["class_fresh"])
+    # a pool that received returned cells draws a new time at the next iteration
+    class_next = jnp.where(hr, T, class_next)
+    class_fresh = class_fresh | hr
+    any_left = (jnp.sum(d) + jnp.sum(r) > 0) | jnp.any(ckind != EMPTY)
+    clearance_day = jnp.where((~finish) & ~any_left & ~jnp.isfinite(c["clearance_day"]),
+                              T, c["clearance_day"])
+    return dict(d=d, r=r, class_next=class_next, class_fresh=class_fresh, ckind=ckind,
+                ccount=ccount, ccls=ccls, csince=csince, cnext=cnext,
+                switch_day=switch_day, t=jnp.where(finish, c["t"], T), records=records,
+                it=c["it"] + 1, done=finish, status=status, clearance_day=clearance_day,
+                class_a=ca, class_rp=crp, key=k_loop)
+
+
+def fast_final(c: dict):
+    status = jnp.where(c["done"], c["status"], STATUS_MAX_EVENTS)
+    final = dict(d=c["d"], r=c["r"], class_a=c["class_a"], class_rp=c["class_rp"],
+                 clone_kind=c["ckind"], clone_count=c["ccount"], clone_cls=c["ccls"],
+                 switch_day=c["switch_day"], clearance_day=c["clearance_day"])
+    return final, c["records"], status, c["it"]
+
+
+# ---------------------------------------------------------------- lock-step driver
+
+def lockstep(step, table, table_axis, carry: dict, max_events, width: int) -> dict:
+    """Run a batch of replicates (leading axis of every carry leaf) until each is done or has
+    processed `max_events` events. `step(table, carry)` advances every lane by one event
+    (vmapped `exact_step` / `fast_step`); finished lanes keep their carry. When only `width`
+    lanes are active they finish in a narrow loop (`lockstep.compacting_loop`); each lane's
+    random stream is indexed by its own event counter, so results do not depend on this
+    grouping."""
+
+    def active(c):
+        return (~c["done"]) & (c["it"] < max_events)
+
+    def body(tb, c):
+        new = step(tb, c)
+        a = active(c)
+
+        def keep(x, y):
+            return jnp.where(a.reshape(a.shape + (1,) * (x.ndim - 1)), x, y)
+
+        return {k: v if k == "key" else keep(new[k], v) for k, v in c.items()}
+
+    # one narrowing stage (shrink = 1 / 16): nearly all lanes of a chunk finish within a few
+    # events of each other, and every stage compiles the (large) event body once more
+    if table_axis is None:  # one table for all lanes: not a per-lane constant
+        return compacting_loop(lambda _, c: body(table, c), active, carry, (), width,
+                               shrink=16)
+    return compacting_loop(body, active, carry, table, width, shrink=16)

@@ -1,0 +1,111 @@
+"""Fit JSON files: write (atomically) and read; apply a fit's estimates to a parameter set.
+
+The file holds the estimates (file units and internal units, SEs in scale space, 95% CIs), the
+objective and AIC, every start sorted by objective, profiles, the study's data hash, the package
+version, the settings and the seed. `apply_fit(params, path)` is what
+`dormancy simulate --params fits/NAME.json` uses.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+from pathlib import Path
+
+from dormancy_model.errors import InputError, suggest
+from dormancy_model.io import atomic_write_json
+from dormancy_model.params.table import Parameters
+
+FORMAT = "dormancy-fit/1"
+
+
+def fit_to_json(result, study, model_path: str) -> dict:
+    """A JSON-serialisable dict of a `FitResult` for a `Study`."""
+    from dormancy_model import __version__
+
+    est = {}
+    for n, scale, unit, factor in zip(result.names, result.scales, result.units,
+                                      result.unit_factors, strict=True):
+        est[n] = dict(
+            value=result.estimate[n] / factor, unit=unit, internal_value=result.estimate[n],
+            scale=scale, se_scale=_num(result.se[n]),
+            ci95_low=_num(result.ci_low[n] / factor), ci95_high=_num(result.ci_high[n] / factor),
+            identifiable=result.identifiable[n])
+    starts = [dict(start=s.start, objective=_num(s.objective), converged=s.converged,
+                   grad_norm=_num(s.grad_norm), iterations=s.iterations, initial=s.initial,
+                   estimate=s.estimate) for s in result.starts]
+    profiles = {k: dict(values=p.values, scale_values=p.scale_values,
+                        objective=[_num(x) for x in p.objective], lr_ci95_low=p.ci_low,
+                        lr_ci95_high=p.ci_high) for k, p in result.profiles.items()}
+    return {
+        "format": FORMAT,
+        "package_version": __version__,
+        "created_utc": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "study": dict(name=study.name, path=study.path, data_hash=study.data_hash,
+                      synthetic=study.synthetic, arms=list(study.arm_names),
+                      body_weight_kg=study.body_weight_kg),
+        "model": str(model_path),
+        "seed": result.seed,
+        "settings": result.settings,
+        "objective": dict(nll=result.objective, loglik_burden=result.loglik_burden,
+                          loglik_relapse=result.loglik_relapse, aic=result.aic,
+                          n_params=len(result.names), n_obs=result.n_obs),
+        "estimates": est,
+        "starts": starts,
+        "n_converged": result.n_converged,
+        "profiles": profiles,
+        "hessian_scale": [[_num(x) for x in r] for r in result.hessian],
+        "covariance_scale": [[_num(x) for x in r] for r in result.covariance],
+        "wall_time_s": result.wall_time_s,
+        "n_evaluations": result.n_evaluations,
+    }
+
+
+def _num(x):
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def write_fit(path: str | Path, result, study, model_path: str) -> dict:
+    doc = fit_to_json(result, study, model_path)
+    atomic_write_json(path, doc)
+    return doc
+
+
+def read_fit(path: str | Path) -> dict:
+    src = str(path)
+    try:
+        doc = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise InputError(src, "file", "not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(src, "file", f"not a fit JSON file: {e}") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise InputError(src, "format", f"expected {FORMAT!r} (written by `dormancy fit`)")
+    est = doc.get("estimates")
+    if not isinstance(est, dict) or not est:
+        raise InputError(src, "estimates", "missing or empty")
+    for n, e in est.items():
+        v = e.get("internal_value") if isinstance(e, dict) else None
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise InputError(src, f"estimates.{n}.internal_value", "missing or not a number")
+    return doc
+
+
+def apply_fit(params: Parameters, path: str | Path) -> Parameters:
+    """`params` with every fitted model parameter of the fit JSON at `path` replaced (nuisance
+    parameters such as burden_sigma are skipped). Values must lie inside the bounds."""
+    src = str(path)
+    doc = read_fit(path)
+    upd = {}
+    for n, e in doc["estimates"].items():
+        if n == "burden_sigma":
+            continue
+        if n not in params.spec:
+            raise InputError(src, f"estimates.{n}",
+                             f"not a parameter of {params.name}{suggest(n, params.spec)}")
+        upd[n] = float(e["internal_value"])
+    new = params.replace(**upd)
+    new.check_bounds(src)
+    return new

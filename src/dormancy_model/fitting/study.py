@@ -1,0 +1,377 @@
+"""Mouse study data: study.toml, burden.csv, survival.csv -> validated `Study` -> padded arrays.
+
+Formats (a study is a directory holding the three files):
+
+* ``study.toml``::
+
+      [study]
+      name = "mouse_synthetic"
+      species = "mouse"            # must match the parameter file's species
+      body_weight_g = 25.0         # replaces the model's body_weight
+      synthetic = true             # optional label, copied into fits
+      description = "..."
+      burden = "burden.csv"        # optional file names (relative to the study directory)
+      survival = "survival.csv"
+
+      [arms.hcq60_chronic]
+      schedule = "mouse-hcq60-chronic"   # a preset name (`dormancy schedules`) or a schedule
+                                         # TOML path relative to the study directory
+
+* ``burden.csv`` (one row per mouse and sampling day; lines starting with ``#`` are comments):
+  ``mouse_id, arm, day, residual_cells, detection_limit`` and optionally ``sampled_fraction``
+  (default 1). ``residual_cells`` is the count seen in the sample (cells, or cells per sampled
+  volume when ``sampled_fraction`` < 1, the model then predicts ``sampled_fraction`` x residual);
+  a count below ``detection_limit`` (same unit) is treated as censored: "below the limit".
+* ``survival.csv``: ``mouse_id, arm, day, event`` with event 1 = relapse observed at ``day``,
+  0 = relapse-free when last seen at ``day`` (right-censored).
+
+Days count from the first treatment day (day 0 of every schedule). Every error names the file,
+the line and the column. `study_arrays` pads the per-arm rows to a common length with masks and
+maps every day onto one shared time grid, so the whole study is one compiled function whatever
+the number of mice or their measurement days.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import math
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dormancy_model.errors import InputError, suggest
+from dormancy_model.pk.closed_form import DoseEvents, Dosing
+from dormancy_model.pk.schedule import Schedule, get_schedule
+
+BURDEN_COLUMNS = ("mouse_id", "arm", "day", "residual_cells", "detection_limit")
+BURDEN_OPTIONAL = ("sampled_fraction",)
+SURVIVAL_COLUMNS = ("mouse_id", "arm", "day", "event")
+STUDY_FIELDS = {"name", "species", "body_weight_g", "synthetic", "description", "burden",
+                "survival", "seed", "generator"}
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    schedule: Schedule
+    schedule_ref: str  # preset name or path as written in study.toml
+
+
+@dataclass(frozen=True)
+class BurdenRows:
+    """Residual-burden rows (numpy, one entry per row)."""
+
+    mouse_id: np.ndarray
+    arm: np.ndarray  # arm index
+    day: np.ndarray
+    cells: np.ndarray
+    detection_limit: np.ndarray
+    sampled_fraction: np.ndarray
+
+    @property
+    def censored(self) -> np.ndarray:
+        return self.cells < self.detection_limit
+
+
+@dataclass(frozen=True)
+class SurvivalRows:
+    mouse_id: np.ndarray
+    arm: np.ndarray
+    day: np.ndarray
+    event: np.ndarray  # 1 relapse, 0 censored
+
+
+@dataclass(frozen=True)
+class Study:
+    """A validated mouse study."""
+
+    name: str
+    species: str
+    body_weight_kg: float
+    arms: tuple[Arm, ...]
+    burden: BurdenRows
+    survival: SurvivalRows
+    path: str
+    synthetic: bool
+    description: str
+    data_hash: str  # sha256 of study.toml + both CSV files
+
+    @property
+    def arm_names(self) -> tuple[str, ...]:
+        return tuple(a.name for a in self.arms)
+
+    def subset(self, arms, source: str = "arms") -> Study:
+        """The same study restricted to some arms (by name), e.g. for quick tests. An unknown
+        name raises `InputError` naming `source`."""
+        for a in arms:
+            if a not in self.arm_names:
+                raise InputError(source, "arms", f"unknown arm {a!r}"
+                                 f"{suggest(a, self.arm_names)}; the study has: "
+                                 f"{', '.join(self.arm_names)}")
+        keep = [self.arm_names.index(a) for a in arms]
+        remap = -np.ones(len(self.arms), int)
+        remap[keep] = np.arange(len(keep))
+
+        def sel(rows, cls):
+            m = np.isin(rows.arm, keep)
+            d = {k: getattr(rows, k)[m] for k in rows.__dataclass_fields__}
+            d["arm"] = remap[d["arm"]]
+            return cls(**d)
+
+        return Study(self.name, self.species, self.body_weight_kg,
+                     tuple(self.arms[i] for i in keep), sel(self.burden, BurdenRows),
+                     sel(self.survival, SurvivalRows), self.path, self.synthetic,
+                     self.description, self.data_hash + ":" + ",".join(arms))
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _read_csv(path: Path, required, optional=()):
+    """(header, [(line_number, {column: text})]) with comment lines skipped."""
+    src = str(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise InputError(src, "file", "not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(src, "file", f"cannot be read: {e}") from None
+    lines = [(i + 1, ln) for i, ln in enumerate(text.splitlines())
+             if ln.strip() and not ln.lstrip().startswith("#")]
+    if not lines:
+        raise InputError(src, "file", "empty (needs a header line and at least one row)")
+    header_no, header_line = lines[0]
+    header = [h.strip() for h in next(csv.reader([header_line]))]
+    for col in required:
+        if col not in header:
+            raise InputError(f"{src}:{header_no}", col, "missing column "
+                             f"(required: {', '.join(required)})")
+    for col in header:
+        if col not in required and col not in optional:
+            raise InputError(f"{src}:{header_no}", col,
+                             f"unknown column{suggest(col, (*required, *optional))}")
+    if len(set(header)) != len(header):
+        raise InputError(f"{src}:{header_no}", "header", "duplicate column name")
+    rows = []
+    for no, ln in lines[1:]:
+        cells = [c.strip() for c in next(csv.reader([ln]))]
+        if len(cells) != len(header):
+            raise InputError(f"{src}:{no}", "row",
+                             f"has {len(cells)} fields, the header has {len(header)}")
+        rows.append((no, dict(zip(header, cells, strict=True))))
+    if not rows:
+        raise InputError(src, "file", "has a header but no data rows")
+    return rows
+
+
+def _num(src, no, col, text, *, minimum=None, strict=False):
+    try:
+        v = float(text)
+    except ValueError:
+        raise InputError(f"{src}:{no}", col, f"not a number: {text!r}") from None
+    if not math.isfinite(v):
+        raise InputError(f"{src}:{no}", col, f"not a finite number: {text!r}")
+    if minimum is not None and (v < minimum or (strict and v == minimum)):
+        what = {("residual_cells", False): "negative count"}.get((col, strict), "")
+        raise InputError(f"{src}:{no}", col,
+                         f"{what + ' ' if what else ''}{v:g} must be {'>' if strict else '>='} "
+                         f"{minimum:g}")
+    return v
+
+
+def _arm_index(src, no, text, arm_names):
+    if text not in arm_names:
+        raise InputError(f"{src}:{no}", "arm", f"unknown arm {text!r}{suggest(text, arm_names)}"
+                         f" (arms in study.toml: {', '.join(arm_names)})")
+    return arm_names.index(text)
+
+
+def _read_burden(path: Path, arm_names) -> BurdenRows:
+    src = str(path)
+    out = {k: [] for k in ("mouse_id", "arm", "day", "cells", "detection_limit",
+                           "sampled_fraction")}
+    for no, r in _read_csv(path, BURDEN_COLUMNS, BURDEN_OPTIONAL):
+        if not r["mouse_id"]:
+            raise InputError(f"{src}:{no}", "mouse_id", "empty")
+        out["mouse_id"].append(r["mouse_id"])
+        out["arm"].append(_arm_index(src, no, r["arm"], arm_names))
+        out["day"].append(_num(src, no, "day", r["day"], minimum=0.0))
+        out["cells"].append(_num(src, no, "residual_cells", r["residual_cells"], minimum=0.0))
+        out["detection_limit"].append(_num(src, no, "detection_limit", r["detection_limit"],
+                                           minimum=0.0, strict=True))
+        f = r.get("sampled_fraction", "") or "1"
+        fv = _num(src, no, "sampled_fraction", f, minimum=0.0, strict=True)
+        if fv > 1:
+            raise InputError(f"{src}:{no}", "sampled_fraction", f"{fv:g} must be <= 1")
+        out["sampled_fraction"].append(fv)
+    return BurdenRows(np.array(out["mouse_id"]), np.array(out["arm"], int),
+                      np.array(out["day"]), np.array(out["cells"]),
+                      np.array(out["detection_limit"]), np.array(out["sampled_fraction"]))
+
+
+def _read_survival(path: Path, arm_names) -> SurvivalRows:
+    src = str(path)
+    ids, arms, days, events = [], [], [], []
+    seen = {}
+    for no, r in _read_csv(path, SURVIVAL_COLUMNS):
+        if not r["mouse_id"]:
+            raise InputError(f"{src}:{no}", "mouse_id", "empty")
+        if r["mouse_id"] in seen:
+            raise InputError(f"{src}:{no}", "mouse_id", f"mouse {r['mouse_id']!r} already has a "
+                             f"row (line {seen[r['mouse_id']]}); one row per mouse")
+        seen[r["mouse_id"]] = no
+        ids.append(r["mouse_id"])
+        arms.append(_arm_index(src, no, r["arm"], arm_names))
+        days.append(_num(src, no, "day", r["day"], minimum=0.0, strict=True))
+        if r["event"] not in ("0", "1"):
+            raise InputError(f"{src}:{no}", "event",
+                             f"must be 1 (relapse) or 0 (censored), got {r['event']!r}")
+        events.append(int(r["event"]))
+    return SurvivalRows(np.array(ids), np.array(arms, int), np.array(days), np.array(events, int))
+
+
+def load_study(path: str | Path) -> Study:
+    """Load and validate a study directory (or its study.toml)."""
+    path = Path(path)
+    toml_path = path / "study.toml" if path.is_dir() else path
+    root = toml_path.parent
+    src = str(toml_path)
+    try:
+        raw = toml_path.read_bytes()
+        doc = tomllib.loads(raw.decode())
+    except FileNotFoundError:
+        raise InputError(src, "file", "not found (a study directory needs study.toml)") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise InputError(src, "file", f"malformed TOML: {e}") from None
+    for k in doc:
+        if k not in ("study", "arms"):
+            raise InputError(src, k, f"unknown table{suggest(k, ['study', 'arms'])}")
+    meta = doc.get("study")
+    if not isinstance(meta, dict):
+        raise InputError(src, "study", "missing [study] table")
+    for k in meta:
+        if k not in STUDY_FIELDS:
+            raise InputError(src, f"study.{k}", f"unknown field{suggest(k, STUDY_FIELDS)}")
+    species = str(meta.get("species", "mouse"))
+    bw = meta.get("body_weight_g", 25.0)
+    if isinstance(bw, bool) or not isinstance(bw, (int, float)) or not 0 < bw < 1000:
+        raise InputError(src, "study.body_weight_g", f"must be a weight in grams, got {bw!r}")
+    arms_doc = doc.get("arms")
+    if not isinstance(arms_doc, dict) or not arms_doc:
+        raise InputError(src, "arms", "missing: define one [arms.NAME] table per arm")
+    arms = []
+    for name, entry in arms_doc.items():
+        if not isinstance(entry, dict) or "schedule" not in entry:
+            raise InputError(src, f"arms.{name}.schedule", "missing (a preset name or a file)")
+        for k in entry:
+            if k not in ("schedule", "description"):
+                raise InputError(src, f"arms.{name}.{k}", "unknown field (known: schedule)")
+        ref = str(entry["schedule"])
+        target = ref
+        if ref.endswith(".toml") and not Path(ref).is_absolute():
+            target = str(root / ref)
+        try:
+            sched = get_schedule(target)
+        except InputError as e:
+            raise InputError(src, f"arms.{name}.schedule", e.problem) from None
+        arms.append(Arm(name, sched, ref))
+    names = [a.name for a in arms]
+    burden_path = root / str(meta.get("burden", "burden.csv"))
+    survival_path = root / str(meta.get("survival", "survival.csv"))
+    burden = _read_burden(burden_path, names)
+    survival = _read_survival(survival_path, names)
+    h = hashlib.sha256(raw)
+    h.update(burden_path.read_bytes())
+    h.update(survival_path.read_bytes())
+    return Study(str(meta.get("name", root.name)), species, float(bw) / 1000.0, tuple(arms),
+                 burden, survival, str(root), bool(meta.get("synthetic", False)),
+                 str(meta.get("description", "")), h.hexdigest())
+
+
+# ----------------------------------------------------------------------------- arrays
+
+
+class StudyArrays(eqx.Module):
+    """The study as padded arrays (A arms; Nb burden rows and Ns mice per arm at most).
+
+    `grid` (G,) holds every distinct day of the study (and 0); `*_idx` index into it.
+    `dosing` is a `Dosing` whose arrays carry a leading arm axis (zero-amount padding).
+    """
+
+    dosing: Dosing
+    grid: jax.Array
+    burden_idx: jax.Array  # (A, Nb) int
+    burden_log_y: jax.Array  # (A, Nb) log observed count (finite placeholder if censored)
+    burden_log_lod: jax.Array  # (A, Nb)
+    burden_log_fraction: jax.Array  # (A, Nb)
+    burden_censored: jax.Array  # (A, Nb) bool
+    burden_mask: jax.Array  # (A, Nb) bool
+    surv_idx: jax.Array  # (A, Ns) int
+    surv_event: jax.Array  # (A, Ns) float 0/1
+    surv_mask: jax.Array  # (A, Ns) bool
+
+
+def _pad_events(evs, dtype):
+    n = max(e[0].size for e in evs)
+    out = []
+    for t, a, k, o in evs:
+        pad = n - t.size
+        out.append((np.concatenate([t, np.zeros(pad)]), np.concatenate([a, np.zeros(pad)]),
+                    np.concatenate([k, np.zeros(pad, bool)]),
+                    np.concatenate([o, np.ones(pad, bool)])))
+    t, a, k, o = (np.stack(x) for x in zip(*out, strict=True))
+    return DoseEvents(jnp.asarray(t, dtype), jnp.asarray(a, dtype), jnp.asarray(k),
+                      jnp.asarray(o))
+
+
+def stacked_dosing(schedules, dtype=jnp.float64) -> Dosing:
+    """One `Dosing` with a leading axis over schedules, padded with zero-amount doses."""
+    return Dosing(hcq=_pad_events([s.events("hcq") for s in schedules], dtype),
+                  eve=_pad_events([s.events("eve") for s in schedules], dtype))
+
+
+def _pad_rows(arm, values, n_arms, fill):
+    """Group a per-row array by arm into (A, N) with padding `fill`; also the mask."""
+    counts = np.bincount(arm, minlength=n_arms)
+    n = max(int(counts.max()), 1)
+    out = np.full((n_arms, n), fill, dtype=np.asarray(values).dtype)
+    mask = np.zeros((n_arms, n), bool)
+    for a in range(n_arms):
+        sel = np.flatnonzero(arm == a)
+        out[a, :sel.size] = np.asarray(values)[sel]
+        mask[a, :sel.size] = True
+    return out, mask
+
+
+def study_grid(study: Study) -> np.ndarray:
+    return np.unique(np.concatenate([[0.0], study.burden.day, study.survival.day]))
+
+
+def study_arrays(study: Study, dtype=jnp.float64) -> StudyArrays:
+    A = len(study.arms)
+    grid = study_grid(study)
+    b, s = study.burden, study.survival
+    bidx = np.searchsorted(grid, b.day)
+    sidx = np.searchsorted(grid, s.day)
+    cens = b.censored
+    log_y = np.log(np.where(cens, 1.0, np.maximum(b.cells, 1e-300)))
+    cols = {}
+    for key, vals, fill in (("bidx", bidx, 0), ("log_y", log_y, 0.0),
+                            ("log_lod", np.log(b.detection_limit), 0.0),
+                            ("log_f", np.log(b.sampled_fraction), 0.0), ("cens", cens, False)):
+        cols[key], bmask = _pad_rows(b.arm, vals, A, fill)
+    sidx_p, smask = _pad_rows(s.arm, sidx, A, 0)
+    sev, _ = _pad_rows(s.arm, s.event.astype(float), A, 0.0)
+    f = lambda x: jnp.asarray(x, dtype)  # noqa: E731
+    return StudyArrays(
+        dosing=stacked_dosing([a.schedule for a in study.arms], dtype), grid=f(grid),
+        burden_idx=jnp.asarray(cols["bidx"]), burden_log_y=f(cols["log_y"]),
+        burden_log_lod=f(cols["log_lod"]), burden_log_fraction=f(cols["log_f"]),
+        burden_censored=jnp.asarray(cols["cens"]), burden_mask=jnp.asarray(bmask),
+        surv_idx=jnp.asarray(sidx_p), surv_event=f(sev), surv_mask=jnp.asarray(smask))

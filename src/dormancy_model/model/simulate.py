@@ -1,0 +1,178 @@
+"""`simulate`: model + parameters + schedule + horizon -> Trajectory."""
+
+from __future__ import annotations
+
+import diffrax as dfx
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dormancy_model.model import rates as R
+from dormancy_model.model.ode import DormancyModel
+from dormancy_model.params.table import Parameters
+from dormancy_model.pk.closed_form import Dosing
+from dormancy_model.pk.schedule import Schedule
+from dormancy_model.units import DAYS_PER_YEAR
+
+STATUS_MESSAGES = {
+    0: "ok",
+    1: "the ODE solver failed (maximum number of steps reached or step size too small); "
+       "raise max_steps or loosen rtol/atol",
+    2: "the solution contains non-finite values (check the parameters)",
+    3: "two PK rate constants coincide (e.g. ka equal to an elimination rate); the closed-form "
+       "PK needs distinct eigenvalues: perturb one of them",
+}
+
+
+class SolverOptions(eqx.Module):
+    """Numerical options of `simulate`. Defaults: Tsit5 with a PID controller that steps to
+    every dose time exactly, rtol 1e-6, atol 1e-9 cells, float64."""
+
+    solver: dfx.AbstractSolver = dfx.Tsit5()
+    rtol: float = eqx.field(static=True, default=1e-6)
+    atol: float = eqx.field(static=True, default=1e-9)
+    max_steps: int = eqx.field(static=True, default=20_000)
+    dtype: str = eqx.field(static=True, default="float64")
+
+
+class SolveError(RuntimeError):
+    """A solve that did not succeed, with its reason."""
+
+
+class Trajectory(eqx.Module):
+    """Result of `simulate`. Arrays have shape (T,) over `times` (days); cells are counts,
+    concentrations ng/mL; `hazard` is the cumulative relapse hazard Lambda(t)."""
+
+    times: jax.Array
+    dormant: jax.Array
+    reactivating: jax.Array
+    proliferating: jax.Array
+    escaped: jax.Array
+    hazard: jax.Array
+    p_dtc_positive: jax.Array
+    hcq_ng_ml: jax.Array
+    hcq_effect_ng_ml: jax.Array
+    eve_ng_ml: jax.Array
+    mtor_activity: jax.Array
+    autophagy_demand: jax.Array
+    autophagy_flux: jax.Array
+    autophagy_deficit: jax.Array
+    status: jax.Array  # 0 ok; see STATUS_MESSAGES
+    num_steps: jax.Array
+
+    @property
+    def residual(self):
+        """Residual burden D + R + P (cells)."""
+        return self.dormant + self.reactivating + self.proliferating
+
+    @property
+    def relapse_free(self):
+        return jnp.exp(-self.hazard)
+
+    @property
+    def ok(self) -> bool:
+        return bool(np.all(np.asarray(self.status) == 0))
+
+    @property
+    def message(self) -> str:
+        codes = np.unique(np.asarray(self.status))
+        return "; ".join(STATUS_MESSAGES[int(c)] for c in codes if c != 0) or "ok"
+
+    def raise_if_failed(self) -> Trajectory:
+        if not self.ok:
+            raise SolveError(self.message)
+        return self
+
+    def at(self, day: float, name: str = "residual") -> float:
+        """Linear interpolation of an output at a day."""
+        return float(np.interp(day, np.asarray(self.times), np.asarray(getattr(self, name))))
+
+    def to_dataframe(self):
+        """One row per saved time; raises SolveError for a failed solve (never NaN rows)."""
+        import pandas as pd
+
+        self.raise_if_failed()
+        cols = dict(
+            time_day=self.times, dormant=self.dormant, reactivating=self.reactivating,
+            proliferating=self.proliferating, residual=self.residual, hcq_ng_ml=self.hcq_ng_ml,
+            hcq_effect_ng_ml=self.hcq_effect_ng_ml, eve_ng_ml=self.eve_ng_ml,
+            mtor_activity=self.mtor_activity, autophagy_demand=self.autophagy_demand,
+            autophagy_flux=self.autophagy_flux, autophagy_deficit=self.autophagy_deficit,
+            escaped=self.escaped, cumulative_hazard=self.hazard,
+            relapse_free=self.relapse_free, p_dtc_positive=self.p_dtc_positive)
+        return pd.DataFrame({k: np.asarray(v, dtype=float) for k, v in cols.items()})
+
+
+def save_grid(t1: float, save_every_hours: float = 24.0) -> np.ndarray:
+    """Times 0, h, 2h, ... up to and including t1 (days)."""
+    step = save_every_hours / 24.0
+    n = int(np.floor(t1 / step + 1e-9))
+    ts = step * np.arange(n + 1)
+    if ts[-1] < t1 - 1e-9:
+        ts = np.append(ts, t1)
+    return ts
+
+
+@eqx.filter_jit
+def _solve(model: DormancyModel, params: Parameters, dosing: Dosing, ts, options: SolverOptions):
+    course = model.drug_course(params, dosing)
+    y0 = model.initial_state(params)
+    n = ts.shape[0]
+    lag = R.relapse_lag(params)
+    # save at the output times and at the lagged times, merged in order
+    all_ts = jnp.concatenate([ts, jnp.maximum(ts - lag, ts[0])])
+    order = jnp.argsort(all_ts)
+    inverse = jnp.argsort(order)
+    t0, t1 = ts[0], ts[-1]
+    jumps = course.jump_times()
+    jumps = jnp.where((jumps > t0) & (jumps < t1), jumps, t1)
+    controller = dfx.PIDController(rtol=options.rtol, atol=options.atol, jump_ts=jumps)
+    sol = dfx.diffeqsolve(
+        dfx.ODETerm(model.vector_field), options.solver, t0, t1, None, y0,
+        args=(params, course), saveat=dfx.SaveAt(ts=all_ts[order]),
+        stepsize_controller=controller, max_steps=options.max_steps, throw=False)
+    ys = sol.ys[inverse]
+    y, y_lag = ys[:n], ys[n:]
+    hazard = R.founding_probability(params) * y_lag[:, 3]
+    ex = jax.vmap(course.exposure)(ts)
+    m = R.mtor_activity(ex.eve, params)
+    aut = R.autophagy(m, R.lysosomal_block(ex.hcq_effect, params), params)
+    cells = y[:, 0] + y[:, 1] + y[:, 2]
+    finite = jnp.all(jnp.isfinite(y))
+    status = jnp.where(sol.result == dfx.RESULTS.successful, jnp.where(finite, 0, 2), 1)
+    status = jnp.where(course.min_eigen_gap < 1e-6, 3, status)
+    return Trajectory(
+        times=ts, dormant=y[:, 0], reactivating=y[:, 1], proliferating=y[:, 2],
+        escaped=y[:, 3], hazard=hazard, p_dtc_positive=R.p_dtc_positive(cells, params),
+        hcq_ng_ml=ex.hcq, hcq_effect_ng_ml=ex.hcq_effect, eve_ng_ml=ex.eve, mtor_activity=m,
+        autophagy_demand=aut.demand, autophagy_flux=aut.flux, autophagy_deficit=aut.deficit,
+        status=status, num_steps=sol.stats["num_steps"])
+
+
+def simulate(model: DormancyModel, params: Parameters, schedule: Schedule | Dosing, *,
+             years: float | None = None, t1: float | None = None, ts=None,
+             save_every_hours: float = 24.0, options: SolverOptions | None = None) -> Trajectory:
+    """Simulate one individual.
+
+    Horizon: `ts` (days, increasing, starting at 0) or `t1` (days) or `years`; outputs are saved
+    every `save_every_hours` unless `ts` is given. Works under `jax.vmap` over parameter values
+    or dose amounts when `ts` is given. A failed solve is reported in `Trajectory.status` and
+    `Trajectory.message`, never as silent NaN.
+    """
+    options = options or SolverOptions()
+    if options.dtype == "float64" and not jax.config.jax_enable_x64:
+        raise RuntimeError("float64 needs jax_enable_x64 (set before any JAX computation)")
+    dtype = jnp.float64 if options.dtype == "float64" else jnp.float32
+    if ts is None:
+        if t1 is None:
+            if years is None:
+                raise ValueError("give years, t1 or ts")
+            t1 = float(years) * DAYS_PER_YEAR
+        ts = save_grid(float(t1), save_every_hours)
+    ts = jnp.asarray(ts, dtype=dtype)
+    dosing = schedule if isinstance(schedule, Dosing) else Dosing.from_schedule(schedule, dtype)
+    dosing = jax.tree_util.tree_map(
+        lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, dosing)
+    params = params.astype(dtype)
+    return _solve(model, params, dosing, ts, options)

@@ -1,0 +1,4 @@
+"""Parameters.
+
+The parameter table (`table`), loaded from TOML files with units, bounds and sources.
+"""

@@ -1,0 +1,298 @@
+"""Treatment schedules as data: parse, validate, expand to exact dose events.
+
+A schedule is a list of dose lines. Each line gives one drug's amount (mg, or mg/kg), route,
+dosing interval (a frequency such as QD/BID or `interval_hours`), the days on within a cycle,
+the cycle length, number of cycles and start day. Expanding a schedule gives the exact time of
+every dose in days; every dose is a bolus event at that time (into the gut depot when oral).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dormancy_model.errors import InputError, suggest
+
+DRUGS = ("hcq", "eve")
+DRUG_NAMES = {"hcq": "HCQ", "eve": "EVE"}
+ROUTES = ("oral", "iv")
+FREQUENCIES = {"QD": 24.0, "BID": 12.0, "TID": 8.0, "QID": 6.0, "QW": 168.0, "Q2D": 48.0}
+DOSE_UNITS = ("mg", "mg/kg")
+
+
+@dataclass(frozen=True)
+class DoseLine:
+    """One drug's regimen. `amount` is in `unit` (mg or mg/kg); days_on are 1-based cycle days."""
+
+    drug: str
+    amount: float
+    unit: str = "mg"
+    route: str = "oral"
+    interval_hours: float = 24.0
+    days_on: tuple[int, ...] = ()
+    cycle_days: int = 28
+    cycles: int = 1
+    start_day: float = 0.0
+    first_dose_hour: float = 0.0
+
+    @property
+    def end_day(self) -> float:
+        return self.start_day + self.cycles * self.cycle_days
+
+    def times(self) -> np.ndarray:
+        """Dose times in days, sorted."""
+        on = set(self.days_on or range(1, self.cycle_days + 1))
+        step = self.interval_hours / 24.0
+        n = int(math.floor((self.cycles * self.cycle_days - self.first_dose_hour / 24.0) / step
+                           + 1e-9)) + 1
+        rel = self.first_dose_hour / 24.0 + step * np.arange(max(n, 0))
+        rel = rel[rel < self.cycles * self.cycle_days - 1e-9]
+        cycle_day = np.floor(np.mod(rel, self.cycle_days) + 1e-9).astype(int) + 1
+        keep = np.array([d in on for d in cycle_day], dtype=bool)
+        return self.start_day + rel[keep]
+
+    def describe(self) -> str:
+        freq = next((k for k, v in FREQUENCIES.items() if v == self.interval_hours),
+                    f"q{self.interval_hours:g}h")
+        route = "PO" if self.route == "oral" else "IV"
+        days = _days_text(self.days_on, self.cycle_days)
+        return (f"{DRUG_NAMES[self.drug]} {self.amount:g} {self.unit} {route} {freq}"
+                f"{days}, {self.cycle_days}-day cycles x{self.cycles}"
+                + (f" from day {self.start_day:g}" if self.start_day else ""))
+
+
+def _days_text(days_on, cycle_days):
+    if not days_on or len(days_on) == cycle_days:
+        return ""
+    d = sorted(days_on)
+    if d == list(range(d[0], d[-1] + 1)):
+        return f" days {d[0]}-{d[-1]}"
+    return " days " + ",".join(map(str, d))
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A named treatment schedule: several dose lines (possibly none, for observation)."""
+
+    name: str
+    lines: tuple[DoseLine, ...] = ()
+    description: str = ""
+    body_weight_kg: float | None = None
+
+    @property
+    def drugs(self) -> tuple[str, ...]:
+        return tuple(sorted({ln.drug for ln in self.lines}))
+
+    @property
+    def end_of_treatment(self) -> float:
+        """Day the last cycle ends (0 for no treatment)."""
+        return max((ln.end_day for ln in self.lines), default=0.0)
+
+    @property
+    def start_of_treatment(self) -> float:
+        return min((ln.start_day for ln in self.lines), default=0.0)
+
+    @property
+    def cycle_days(self) -> int:
+        return self.lines[0].cycle_days if self.lines else 28
+
+    def with_cycles(self, cycles: int) -> Schedule:
+        if cycles < 1:
+            raise InputError("--cycles", "cycles", f"must be >= 1, got {cycles}")
+        lines = tuple(dataclasses.replace(ln, cycles=int(cycles)) for ln in self.lines)
+        return dataclasses.replace(self, lines=lines)
+
+    def scaled(self, drug: str, factor: float) -> Schedule:
+        """Same schedule with one drug's amount multiplied by `factor` (dose reductions)."""
+        lines = tuple(dataclasses.replace(ln, amount=ln.amount * factor) if ln.drug == drug else ln
+                      for ln in self.lines)
+        return dataclasses.replace(self, lines=lines)
+
+    def events(self, drug: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(times_day, amount, per_kg, oral) arrays for one drug, sorted by time.
+
+        `amount` is in mg when per_kg is False, else in mg/kg (multiplied by the body weight in
+        the model). A drug that is not given yields one zero-amount event at day 0, so array
+        shapes never vanish and an untreated run is exactly the baseline.
+        """
+        t, a, k, o = [], [], [], []
+        for ln in self.lines:
+            if ln.drug != drug:
+                continue
+            tt = ln.times()
+            amount, per_kg = ln.amount, ln.unit == "mg/kg"
+            if per_kg and self.body_weight_kg is not None:
+                amount, per_kg = amount * self.body_weight_kg, False
+            t.append(tt)
+            a.append(np.full(tt.shape, amount))
+            k.append(np.full(tt.shape, per_kg))
+            o.append(np.full(tt.shape, ln.route == "oral"))
+        if not t or sum(x.size for x in t) == 0:
+            return np.zeros(1), np.zeros(1), np.zeros(1, bool), np.ones(1, bool)
+        t, a, k, o = (np.concatenate(x) for x in (t, a, k, o))
+        order = np.argsort(t, kind="stable")
+        return t[order], a[order], k[order], o[order]
+
+    def describe(self) -> str:
+        if not self.lines:
+            return self.description or "no treatment"
+        return "; ".join(ln.describe() for ln in self.lines)
+
+
+# ----------------------------------------------------------------------------- parsing
+
+
+def _parse_days(src, field, value, cycle_days):
+    if isinstance(value, str):
+        days = []
+        for part in value.replace(" ", "").split(","):
+            if not part:
+                continue
+            try:
+                if "-" in part:
+                    a, b = part.split("-")
+                    days.extend(range(int(a), int(b) + 1))
+                else:
+                    days.append(int(part))
+            except ValueError:
+                raise InputError(src, field, f"cannot read day range {value!r} "
+                                 "(use e.g. \"1-21\" or [1, 2, 3])") from None
+    elif isinstance(value, list) and all(isinstance(d, int) and not isinstance(d, bool)
+                                         for d in value):
+        days = list(value)
+    else:
+        raise InputError(src, field, "must be a day range such as \"1-21\" or a list of days")
+    if not days:
+        raise InputError(src, field, "no days on")
+    bad = [d for d in days if d < 1 or d > cycle_days]
+    if bad:
+        raise InputError(src, field, f"day {bad[0]} is outside the {cycle_days}-day cycle")
+    return tuple(sorted(set(days)))
+
+
+def _number(src, field, value, *, positive=True, integer=False, allow_zero=False):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InputError(src, field, f"must be a number, got {value!r}")
+    if integer and int(value) != value:
+        raise InputError(src, field, f"must be a whole number, got {value!r}")
+    if positive and (value < 0 or (value == 0 and not allow_zero)):
+        raise InputError(src, field, f"must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+    return value
+
+
+LINE_FIELDS = {"drug", "amount", "unit", "route", "frequency", "interval_hours", "days_on",
+               "cycle_days", "cycles", "start_day", "first_dose_hour"}
+TOP_FIELDS = {"name", "description", "body_weight_kg", "defaults", "dose"}
+
+
+def parse_schedule(doc: dict, src: str) -> Schedule:
+    for k in doc:
+        if k not in TOP_FIELDS:
+            raise InputError(src, k, f"unknown field{suggest(k, TOP_FIELDS)}")
+    defaults = doc.get("defaults", {})
+    if not isinstance(defaults, dict):
+        raise InputError(src, "defaults", "must be a table")
+    for k in defaults:
+        if k not in LINE_FIELDS - {"drug", "amount"}:
+            raise InputError(src, f"defaults.{k}", f"unknown field{suggest(k, LINE_FIELDS)}")
+    doses = doc.get("dose", [])
+    if not isinstance(doses, list):
+        raise InputError(src, "dose", "must be an array of tables ([[dose]])")
+    bw = doc.get("body_weight_kg")
+    if bw is not None:
+        bw = float(_number(src, "body_weight_kg", bw))
+    lines = []
+    for i, raw in enumerate(doses):
+        where = f"dose[{i}]"
+        if not isinstance(raw, dict):
+            raise InputError(src, where, "must be a table")
+        entry = {**defaults, **raw}
+        for k in entry:
+            if k not in LINE_FIELDS:
+                raise InputError(src, f"{where}.{k}", f"unknown field{suggest(k, LINE_FIELDS)}")
+        drug = entry.get("drug")
+        if drug is None:
+            raise InputError(src, f"{where}.drug", "missing")
+        drug_l = str(drug).lower()
+        if drug_l in ("hydroxychloroquine", "chloroquine", "cq"):
+            drug_l = "hcq"
+        if drug_l in ("everolimus", "rad001", "rapamycin", "rapa"):
+            drug_l = "eve"
+        if drug_l not in DRUGS:
+            raise InputError(src, f"{where}.drug",
+                             f"unknown drug {drug!r}{suggest(str(drug), DRUGS)}; known: hcq, eve")
+        if "amount" not in entry:
+            raise InputError(src, f"{where}.amount", "missing")
+        amount = float(_number(src, f"{where}.amount", entry["amount"]))
+        unit = entry.get("unit", "mg")
+        if unit not in DOSE_UNITS:
+            raise InputError(src, f"{where}.unit", f"must be mg or mg/kg, got {unit!r}")
+        route = str(entry.get("route", "oral")).lower()
+        route = {"po": "oral", "gavage": "oral"}.get(route, route)
+        if route not in ROUTES:
+            raise InputError(src, f"{where}.route", f"must be oral or iv, got {route!r}")
+        if "frequency" in entry and "interval_hours" in entry:
+            raise InputError(src, f"{where}.frequency",
+                             "give frequency or interval_hours, not both")
+        if "interval_hours" in entry:
+            interval = float(_number(src, f"{where}.interval_hours", entry["interval_hours"]))
+        else:
+            freq = str(entry.get("frequency", "QD")).upper()
+            if freq not in FREQUENCIES:
+                raise InputError(src, f"{where}.frequency", f"unknown frequency {freq!r}; "
+                                 f"known: {', '.join(FREQUENCIES)} (or set interval_hours)")
+            interval = FREQUENCIES[freq]
+        cycle_days = int(_number(src, f"{where}.cycle_days", entry.get("cycle_days", 28),
+                                 integer=True))
+        cycles = int(_number(src, f"{where}.cycles", entry.get("cycles", 1), integer=True))
+        start = float(_number(src, f"{where}.start_day", entry.get("start_day", 0.0),
+                              allow_zero=True))
+        first = float(_number(src, f"{where}.first_dose_hour", entry.get("first_dose_hour", 0.0),
+                              allow_zero=True))
+        if first >= 24.0:
+            raise InputError(src, f"{where}.first_dose_hour", "must be below 24")
+        days = _parse_days(src, f"{where}.days_on", entry.get("days_on", f"1-{cycle_days}"),
+                           cycle_days)
+        line = DoseLine(drug_l, amount, unit, route, interval, days, cycle_days, cycles, start,
+                        first)
+        if line.times().size == 0:
+            raise InputError(src, where, "gives no dose (check days_on, interval_hours, cycles)")
+        lines.append(line)
+    name = str(doc.get("name", Path(src).stem))
+    return Schedule(name, tuple(lines), str(doc.get("description", "")), bw)
+
+
+def load_schedule(path: str | Path) -> Schedule:
+    path = str(path)
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except FileNotFoundError:
+        raise InputError(path, "file", "not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise InputError(path, "file", f"malformed TOML: {e}") from None
+    except OSError as e:
+        raise InputError(path, "file", f"cannot be read: {e.strerror}") from None
+    return parse_schedule(doc, path)
+
+
+def get_schedule(name_or_path: str, cycles: int | None = None) -> Schedule:
+    """A preset by name, or a schedule TOML file by path; `cycles` overrides the cycle count."""
+    from dormancy_model.pk.presets import PRESETS
+
+    if name_or_path in PRESETS:
+        sched = PRESETS[name_or_path]
+    elif name_or_path.endswith(".toml") or Path(name_or_path).exists():
+        sched = load_schedule(name_or_path)
+    else:
+        raise InputError("--schedule", "schedule",
+                         f"unknown preset {name_or_path!r}{suggest(name_or_path, PRESETS)}; "
+                         "run `dormancy schedules` for the list, or give a .toml path")
+    if cycles is not None:
+        sched = sched.with_cycles(cycles)
+    return sched

@@ -1,0 +1,334 @@
+"""`sweep`: a sweep spec -> an xarray Dataset, streamed chunk by chunk to a Zarr store.
+
+Layout: one named dimension per swept factor (schedule, cycles, hcq_dose, eve_dose, parameter
+grids, sample, patient) plus one day dimension per output (`residual_day`, `rfs_day`,
+`assessment_day`), coordinates with units, and the spec text, its hash and the package version
+in the attributes. The store is divided into hyper-rectangular chunks of at most `chunk`
+trajectories; each chunk is one task: compute it with the lock-step engine, write its data, then
+write a completion marker (`.sweep/done/<chunk>`). A chunk without a marker is never trusted: a
+rerun with the same spec recomputes exactly the chunks without markers (after SIGKILL, say) and
+`open_sweep` reads them as missing (NaN). The computation is deterministic, so a resumed store
+ends identical to an uninterrupted one.
+
+Execution: in-process on the local devices (default); `workers=N` starts a dask.distributed
+LocalCluster; `scheduler="tcp://HOST:PORT"` uses an existing cluster. Every task computes and
+writes its own chunk (the workers need the package and the output path).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import shutil
+import tomllib
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from dormancy_model.errors import InputError
+from dormancy_model.sweeps.spec import SweepSpec, load_sweep_spec, parse_sweep
+
+DONE_DIR = ".sweep/done"
+OUTPUT_UNITS = {"residual": "cells", "relapse_free": "1", "p_dtc_positive": "1"}
+OUTPUT_DAY_DIM = {"residual": "residual_day", "relapse_free": "rfs_day",
+                  "p_dtc_positive": "assessment_day"}
+OUTPUT_DOC = {
+    "residual": "residual burden D + R + P (cells) at residual_day",
+    "relapse_free": "relapse-free probability exp(-Lambda) at rfs_day",
+    "p_dtc_positive": "probability that one bone-marrow aspirate shows >= 1 DTC at assessment_day",
+    "status": "0 ok, 1 step limit reached, 2 non-finite state, 3 degenerate PK eigenvalues",
+    "steps": "accepted steps of the trajectory",
+}
+
+
+def spec_hash(spec: SweepSpec) -> str:
+    return hashlib.sha256(spec.text.encode()).hexdigest()[:16]
+
+
+def chunk_shape(shape: tuple[int, ...], target: int) -> tuple[int, ...]:
+    """Chunk of at most `target` trajectories, filled from the innermost dimension outwards."""
+    cs, rem = [1] * len(shape), max(int(target), 1)
+    for i in reversed(range(len(shape))):
+        cs[i] = max(min(shape[i], rem), 1)
+        rem //= cs[i]
+        if rem <= 1:
+            break
+    return tuple(cs)
+
+
+def chunk_grid(shape, cshape):
+    """Row-major list of chunks, each a tuple of slices."""
+    ranges = [range(0, n, c) for n, c in zip(shape, cshape, strict=True)]
+    return [tuple(slice(s, min(s + c, n)) for s, c, n in zip(starts, cshape, shape, strict=True))
+            for starts in itertools.product(*ranges)]
+
+
+def _chunk_id(sl) -> str:
+    return ".".join(str(s.start) for s in sl)
+
+
+class ChunkRunner:
+    """Computes chunks of one spec with one compiled engine call (fixed batch size)."""
+
+    def __init__(self, spec: SweepSpec, chunk: int | None = None):
+        from dormancy_model.sweeps.lanes import ScheduleTable
+
+        self.spec = spec
+        self.cshape = chunk_shape(spec.shape, chunk or spec.chunk)
+        self.table = ScheduleTable.build(list(spec.schedules))
+        # every chunk (the last one filled up) has this many lanes: one compiled shape; the
+        # engine pads further to a multiple of the devices and buckets
+        self.batch = int(np.prod(self.cshape))
+        self.events = self.table.event_counts(spec.t_end)
+
+    def compute(self, sl) -> dict[str, np.ndarray]:
+        import jax.numpy as jnp
+
+        from dormancy_model.sweeps.lanes import solve_outputs
+
+        spec = self.spec
+        sub = tuple(s.stop - s.start for s in sl)
+        grids = np.meshgrid(*[np.arange(s.start, s.stop) for s in sl], indexing="ij")
+        flat = np.ravel_multi_index(tuple(g.ravel() for g in grids), spec.shape)
+        n = flat.size
+        flat = np.concatenate([flat, np.full(self.batch - n, flat[0])])
+        vals, sid = spec.lanes(flat)
+        res = solve_outputs(vals, spec.params, self.table, jnp.asarray(sid), spec.outputs,
+                            spec.options, jnp.asarray(self.events[sid], jnp.float32))
+        out = {}
+        for k, v in res.items():
+            if k == "rejected":
+                continue
+            a = np.asarray(v)[:n]
+            out[k] = a.reshape(sub + a.shape[1:])
+        return out
+
+
+def _dataset_template(spec: SweepSpec, cshape, lazy: bool = False):
+    import xarray as xr
+
+    if lazy:
+        import dask.array as da
+
+        def full(shape, value, dtype, chunks):
+            return da.full(shape, value, dtype=dtype, chunks=chunks)
+    else:
+        def full(shape, value, dtype, chunks):
+            return np.full(shape, value, dtype)
+
+    from dormancy_model import __version__
+
+    coords, o = {}, spec.outputs
+    for d in spec.dims:
+        vals = d.values.astype(str) if d.values.dtype == object else d.values
+        coords[d.name] = (d.name, vals, {"units": d.unit, "long_name": d.description})
+        for cname, (cv, cu) in d.coords.items():
+            coords[cname] = (d.name, np.asarray(cv, float), {"units": cu})
+    days = {"residual_day": o.residual_days, "rfs_day": o.rfs_days,
+            "assessment_day": o.assessment_days}
+    for name, v in days.items():
+        coords[name] = (name, np.asarray(v, float), {"units": "day"})
+    dims = tuple(d.name for d in spec.dims)
+    data = {}
+    for var, dd in OUTPUT_DAY_DIM.items():
+        shape = spec.shape + (len(days[dd]),)
+        data[var] = (dims + (dd,), full(shape, np.nan, np.float32, tuple(cshape) + shape[-1:]),
+                     {"units": OUTPUT_UNITS[var], "long_name": OUTPUT_DOC[var]})
+    data["status"] = (dims, full(spec.shape, -1, np.int8, cshape),
+                      {"long_name": OUTPUT_DOC["status"]})
+    data["steps"] = (dims, full(spec.shape, 0, np.int32, cshape),
+                     {"long_name": OUTPUT_DOC["steps"]})
+    opts = spec.options
+    attrs = {"sweep_name": spec.name, "spec_toml": spec.text, "spec_sha256": spec_hash(spec),
+             "dormancy_model_version": __version__, "chunk_shape": list(cshape),
+             "solver": json.dumps(dict(method=opts.method, rtol=opts.rtol, atol=opts.atol,
+                                       dtype=opts.dtype)),
+             "parameter_set": spec.params.name, "time_unit": "day"}
+    return xr.Dataset(data, coords=coords, attrs=attrs)
+
+
+def _create_store(spec: SweepSpec, out: Path, cshape) -> None:
+    ds = _dataset_template(spec, cshape, lazy=True)
+    enc = {}
+    for var in ds.data_vars:
+        extra = (ds[var].shape[-1],) if var in OUTPUT_DAY_DIM else ()
+        enc[var] = {"chunks": tuple(cshape) + extra,
+                    "_FillValue": {"status": -1, "steps": 0}.get(var, np.nan)}
+    tmp = out.with_name(out.name + ".creating")
+    shutil.rmtree(tmp, ignore_errors=True)
+    ds.to_zarr(tmp, mode="w", encoding=enc, consolidated=False, zarr_format=3, compute=False)
+    (tmp / DONE_DIR).mkdir(parents=True)
+    os.replace(tmp, out)
+
+
+def _open_or_create(spec: SweepSpec, out: Path, cshape) -> None:
+    if not out.exists():
+        _create_store(spec, out, cshape)
+        return
+    try:
+        meta = json.loads((out / "zarr.json").read_text())
+        attrs = meta.get("attributes", {})
+    except (OSError, json.JSONDecodeError):
+        raise InputError(str(out), "--out", "exists and is not a sweep store") from None
+    if attrs.get("spec_sha256") != spec_hash(spec):
+        raise InputError(str(out), "--out", "exists with a different spec; choose a new --out "
+                         "or delete it (a store is resumed only with the same spec)")
+    if list(attrs.get("chunk_shape", [])) != list(cshape):
+        raise InputError(str(out), "--chunk", f"the store was written with chunk shape "
+                         f"{attrs.get('chunk_shape')}; resume with the same --chunk")
+
+
+def _write_chunk(out: Path, sl, data: dict) -> None:
+    import zarr
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        g = zarr.open_group(str(out), mode="r+")
+    for var, a in data.items():
+        g[var][sl] = a
+    marker = out / DONE_DIR / _chunk_id(sl)
+    tmp = marker.with_name("." + marker.name + ".tmp")
+    tmp.write_text("done\n")
+    os.replace(tmp, marker)
+
+
+_RUNNERS: dict = {}
+
+
+def _runner(spec_text: str, spec_src: str, chunk: int) -> ChunkRunner:
+    key = (spec_text, spec_src, chunk)
+    if key not in _RUNNERS:
+        spec = parse_sweep(tomllib.loads(spec_text), spec_src, spec_text)
+        _RUNNERS[key] = ChunkRunner(spec, chunk)
+    return _RUNNERS[key]
+
+
+def run_chunk_task(spec_text: str, spec_src: str, chunk: int, out: str, starts: tuple) -> str:
+    """One task: compute the chunk starting at `starts` and write it (used by Dask workers)."""
+    r = _runner(spec_text, spec_src, chunk)
+    sl = tuple(slice(s, min(s + c, n)) for s, c, n in zip(starts, r.cshape, r.spec.shape,
+                                                            strict=True))
+    _write_chunk(Path(out), sl, r.compute(sl))
+    return _chunk_id(sl)
+
+
+def missing_chunks(out: Path, shape, cshape):
+    done = set(os.listdir(out / DONE_DIR)) if (out / DONE_DIR).exists() else set()
+    return [sl for sl in chunk_grid(shape, cshape) if _chunk_id(sl) not in done]
+
+
+def _progress(total: int, enabled: bool):
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(TextColumn("sweep"), BarColumn(), MofNCompleteColumn(), TextColumn("chunks"),
+                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                    disable=not enabled, transient=False)
+
+
+def sweep(spec: SweepSpec | str | Path, out: str | Path | None = None, *, chunk: int | None = None,
+          workers: int | None = None, scheduler: str | None = None, progress: bool = False):
+    """Run a sweep. Returns the xarray Dataset (opened from `out` when given, else in memory).
+
+    `chunk`: trajectories per chunk (default the spec's `solver.chunk`). With `out`, results
+    stream to a Zarr store chunk by chunk and an interrupted run resumes where it stopped.
+    `workers` / `scheduler` run the chunks as Dask tasks (requires `out`).
+    """
+    if not isinstance(spec, SweepSpec):
+        spec = load_sweep_spec(spec)
+    chunk = chunk or spec.chunk
+    if chunk < 1:
+        raise InputError("--chunk", "chunk", f"must be >= 1, got {chunk}")
+    if workers is not None and scheduler is not None:
+        raise InputError("--workers/--scheduler", "cluster", "give --workers or --scheduler")
+    if workers is not None and workers < 1:
+        raise InputError("--workers", "workers", f"must be >= 1, got {workers}")
+    cshape = chunk_shape(spec.shape, chunk)
+    if out is None:
+        if workers or scheduler:
+            raise InputError("--out", "out", "a Dask sweep needs an output store")
+        runner = ChunkRunner(spec, chunk)
+        ds = _dataset_template(spec, cshape)
+        chunks = chunk_grid(spec.shape, cshape)
+        with _progress(len(chunks), progress) as bar:
+            task = bar.add_task("sweep", total=len(chunks))
+            for sl in chunks:
+                for var, a in runner.compute(sl).items():
+                    ds[var].values[sl] = a
+                bar.advance(task)
+        return ds
+    out = Path(out)
+    _open_or_create(spec, out, cshape)
+    todo = missing_chunks(out, spec.shape, cshape)
+    with _progress(len(todo), progress) as bar:
+        task = bar.add_task("sweep", total=len(todo))
+        if workers or scheduler:
+            _run_dask(spec, out, chunk, todo, workers, scheduler, lambda: bar.advance(task))
+        else:
+            runner = ChunkRunner(spec, chunk)
+            for sl in todo:
+                _write_chunk(out, sl, runner.compute(sl))
+                bar.advance(task)
+    return open_sweep(out)
+
+
+def _run_dask(spec, out, chunk, todo, workers, scheduler, tick) -> None:
+    from distributed import Client, LocalCluster, as_completed
+
+    cluster = None
+    if scheduler:
+        client = Client(scheduler)
+    else:
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                               host="127.0.0.1", dashboard_address=None)
+        client = Client(cluster)
+    try:
+        futs = [client.submit(run_chunk_task, spec.text, spec.source, chunk, str(out.resolve()),
+                              tuple(s.start for s in sl), pure=False) for sl in todo]
+        for f in as_completed(futs):
+            f.result()
+            tick()
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def open_sweep(path: str | Path):
+    """Open a sweep store as an xarray Dataset (loaded); chunks without a completion marker
+    read as missing (NaN, status -1). attrs['complete'] says whether every chunk is done."""
+    import xarray as xr
+
+    path = Path(path)
+    if not (path / "zarr.json").exists():
+        raise InputError(str(path), "store", "not a sweep store (no zarr.json)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the .sweep marker folder is not a Zarr node
+        ds = xr.open_zarr(path, consolidated=False, mask_and_scale=False)
+    cshape = tuple(ds.attrs["chunk_shape"])
+    dims = [d for d in ds["status"].dims]
+    shape = tuple(ds.sizes[d] for d in dims)
+    todo = missing_chunks(path, shape, cshape)
+    ds.attrs["complete"] = int(not todo)
+    ds.attrs["missing_chunks"] = len(todo)
+    if not todo:
+        return ds
+    ds = ds.load()
+    for sl in todo:
+        for var in ds.data_vars:
+            if var == "status":
+                ds[var].values[sl] = -1
+            elif var == "steps":
+                ds[var].values[sl] = 0
+            else:
+                ds[var].values[sl] = np.nan
+    return ds

@@ -1,0 +1,470 @@
+"""Sweep specifications (TOML): what to vary, how many virtual patients, which outputs.
+
+    [sweep]
+    name = "dose-grid"
+    model = "human"                       # parameter set name or file
+    schedule = "clever-combo"             # base schedule (preset or TOML path)
+
+    [schedule]                            # schedule factors (each one a dimension)
+    presets = ["clever-hcq", "clever-combo"]  # dim "schedule" (replaces sweep.schedule)
+    cycles = [3, 6, 12]                   # dim "cycles" (Schedule.with_cycles)
+    hcq_dose = [0.25, 0.5, 1.0]           # dim "hcq_dose": factors on the HCQ amount
+    eve_dose = [0.5, 1.0]                 # dim "eve_dose" (Schedule.scaled)
+
+    [parameters.k_dr]                     # a grid over one parameter: dim "k_dr"
+    grid = "log"                          # lin | log
+    range = [1e-5, 1e-3]                  # in the parameter file's unit
+    n = 5                                 # (or values = [...])
+
+    [samples]                             # joint samples: dim "sample"
+    method = "sobol"                      # sobol | lhs | fit
+    n = 64
+    parameters = ["k_dr", "delta_max"]    # within the parameter file's bounds, on its scale
+    fit = "fit.json"                      # method = "fit": draws from a fit's uncertainty
+
+    [patients]                            # virtual patients per cell: dim "patient"
+    n = 100
+    variability = { eve_cl = 0.35, k_dr = 0.5 }   # log-normal, CV (median = typical value)
+
+    [outputs]
+    residual_days = [84, 168]
+    relapse_free_years = [3, 5]           # or relapse_free_days
+    assessment_days = [84, 168, 336]      # P(DTC+) of one aspirate
+
+    [solver]
+    rtol = 1e-6
+    atol = 1e-8
+    dtype = "float32"
+    method = "tsit5"                      # tsit5 | dopri5 | bs3 | rk4
+    chunk = 4096                          # trajectories per chunk (Zarr chunk and task)
+
+Fit JSON for `method = "fit"` (assumed format): {"estimates": {name: internal value},
+"covariance": {"names": [...], "matrix": [[...]]}} with the covariance on each parameter's
+scale (log / logit / lin); draws are clipped to the bounds. Every problem raises `InputError`
+naming the file and the field.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from dormancy_model.engine.rk import BACKENDS, METHODS, EngineOptions
+from dormancy_model.errors import InputError, suggest
+from dormancy_model.params.table import Parameters, load_model_parameters
+from dormancy_model.pk.schedule import DRUGS, Schedule, get_schedule
+from dormancy_model.sweeps.lanes import OutputDays
+from dormancy_model.units import DAYS_PER_YEAR
+
+TABLES = {"sweep", "schedule", "parameters", "samples", "patients", "outputs", "solver"}
+FIELDS = {
+    "sweep": {"name", "description", "model", "schedule", "seed"},
+    "schedule": {"presets", "cycles", "hcq_dose", "eve_dose"},
+    "samples": {"method", "n", "parameters", "fit", "seed"},
+    "patients": {"n", "variability", "seed"},
+    "outputs": {"residual_days", "relapse_free_days", "relapse_free_years", "assessment_days"},
+    "solver": {"rtol", "atol", "dtype", "method", "chunk", "buckets", "max_iters", "backend",
+               "block", "event_step"},
+}
+GRID_FIELDS = {"grid", "range", "n", "values"}
+
+
+@dataclass(frozen=True)
+class Dim:
+    """One named dimension: its coordinate values and unit."""
+
+    name: str
+    values: np.ndarray
+    unit: str
+    kind: str  # schedule | cycles | dose | parameter | sample | patient
+    description: str = ""
+    coords: dict = field(default_factory=dict)  # extra (non-index) coordinates along this dim
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    source: str
+    text: str  # the spec file as written (stored in the Zarr attributes)
+    name: str
+    params: Parameters
+    schedules: tuple  # flattened over the schedule dims (row-major)
+    dims: tuple  # Dim, in order: schedule dims, parameter grids, sample, patient
+    outputs: OutputDays
+    options: EngineOptions
+    chunk: int
+    samples: dict  # name -> (n_samples,) internal values
+    patient_factors: dict  # name -> (n_patients,) multiplicative factors
+    grids: dict  # name -> (n,) internal values
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(d.values.size for d in self.dims)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    @property
+    def t_end(self) -> float:
+        o = self.outputs
+        return float(max(o.residual_days + o.rfs_days + o.assessment_days))
+
+    @property
+    def varying(self) -> tuple[str, ...]:
+        return tuple(sorted(set(self.grids) | set(self.samples) | set(self.patient_factors)))
+
+    def lanes(self, flat) -> tuple[dict, np.ndarray]:
+        """Parameter values (internal units, name -> (n,)) and schedule index of the lanes with
+        row-major flat indices `flat` over `dims`."""
+        flat = np.asarray(flat, np.int64)
+        idx = np.unravel_index(flat, self.shape)
+        pos = {d.name: i for d, i in zip(self.dims, idx, strict=True)}
+        sched_dims = [d for d in self.dims if d.kind in ("schedule", "cycles", "dose")]
+        if sched_dims:
+            sid = np.ravel_multi_index(tuple(pos[d.name] for d in sched_dims),
+                                       tuple(d.values.size for d in sched_dims))
+        else:
+            sid = np.zeros(flat.size, np.int64)
+        vals = {}
+        for name in self.varying:
+            v = np.full(flat.size, float(np.asarray(self.params[name])))
+            if name in self.grids:
+                v = self.grids[name][pos[name]]
+            if name in self.samples:
+                v = self.samples[name][pos["sample"]]
+            if name in self.patient_factors:
+                lo, hi = self.params.spec[name].bounds
+                v = np.clip(v * self.patient_factors[name][pos["patient"]], lo, hi)
+            vals[name] = v
+        return vals, sid.astype(np.int32)
+
+
+def _fail(src, fld, msg):
+    raise InputError(src, fld, msg)
+
+
+def _numbers(src, fld, v, *, positive=False, integer=False, nonneg=False, nonempty=True):
+    if not isinstance(v, list) or (nonempty and not v):
+        _fail(src, fld, "must be a non-empty list of numbers")
+    for x in v:
+        if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
+            _fail(src, fld, f"must contain finite numbers, got {x!r}")
+        if integer and int(x) != x:
+            _fail(src, fld, f"must contain whole numbers, got {x!r}")
+        if positive and x <= 0:
+            _fail(src, fld, f"must be > 0, got {x!r}")
+        if nonneg and x < 0:
+            _fail(src, fld, f"must be >= 0, got {x!r}")
+    if len(set(v)) != len(v):
+        _fail(src, fld, "contains duplicates")
+    return [float(x) for x in v]
+
+
+def _int(src, fld, v, lo=1):
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        _fail(src, fld, f"must be a whole number >= {lo}, got {v!r}")
+    return v
+
+
+def _check_keys(src, table, d, allowed):
+    if not isinstance(d, dict):
+        _fail(src, table, "must be a table")
+    for k in d:
+        if k not in allowed:
+            _fail(src, f"{table}.{k}", f"unknown field{suggest(k, allowed)}")
+
+
+def _param_name(src, fld, name, params):
+    if name not in params.values:
+        _fail(src, fld, f"unknown parameter {name!r}{suggest(name, params.values)}")
+    return name
+
+
+def _to_scale(x, scale):
+    x = np.asarray(x, float)
+    if scale == "log":
+        return np.log(x)
+    return np.log(x / (1 - x)) if scale == "logit" else x
+
+
+def _from_scale(z, scale):
+    if scale == "log":
+        return np.exp(z)
+    return 1 / (1 + np.exp(-z)) if scale == "logit" else z
+
+
+def _schedule_dims(src, doc, base_name):
+    sch = doc.get("schedule", {})
+    _check_keys(src, "schedule", sch, FIELDS["schedule"])
+    presets = [base_name]
+    dims = []
+    if "presets" in sch:
+        v = sch["presets"]
+        if not isinstance(v, list) or not v or not all(isinstance(x, str) for x in v):
+            _fail(src, "schedule.presets", "must be a non-empty list of schedule names")
+        if len(set(v)) != len(v):
+            _fail(src, "schedule.presets", "contains duplicates")
+        presets = v
+        dims.append(Dim("schedule", np.array(v, dtype=object), "", "schedule", "schedule preset"))
+    try:
+        bases = [get_schedule(p) for p in presets]
+    except InputError as e:
+        _fail(src, "schedule.presets" if "presets" in sch else "sweep.schedule", e.problem)
+    cycles = [None]
+    if "cycles" in sch:
+        cycles = [int(c) for c in _numbers(src, "schedule.cycles", sch["cycles"], positive=True,
+                                           integer=True)]
+        dims.append(Dim("cycles", np.array(cycles, np.int64), "1", "cycles", "treatment cycles"))
+    doses = {}
+    for drug in DRUGS:
+        key = f"{drug}_dose"
+        if key in sch:
+            doses[drug] = _numbers(src, f"schedule.{key}", sch[key], nonneg=True)
+            if not any(any(ln.drug == drug for ln in b.lines) for b in bases):
+                _fail(src, f"schedule.{key}", f"no schedule in the sweep gives {drug.upper()}")
+            amounts = sorted({ln.amount for b in bases for ln in b.lines if ln.drug == drug})
+            coords = {}
+            if len(amounts) == 1:
+                unit = next(ln.unit for b in bases for ln in b.lines if ln.drug == drug)
+                coords[f"{key}_amount"] = (np.array(doses[drug]) * amounts[0], unit)
+            dims.append(Dim(key, np.array(doses[drug]), "1", "dose",
+                            f"{drug.upper()} dose as a factor of the schedule's amount", coords))
+    scheds = []
+    for b in bases:
+        for c in cycles:
+            s = b if c is None else b.with_cycles(c)
+            for fh in doses.get("hcq", [None]):
+                for fe in doses.get("eve", [None]):
+                    x = s if fh is None else s.scaled("hcq", fh)
+                    scheds.append(x if fe is None else x.scaled("eve", fe))
+    return dims, tuple(scheds)
+
+
+def _grids(src, doc, params):
+    grids, dims = {}, []
+    table = doc.get("parameters", {})
+    if not isinstance(table, dict):
+        _fail(src, "parameters", "must be a table of [parameters.NAME] tables")
+    for name, g in table.items():
+        fld = f"parameters.{name}"
+        _param_name(src, fld, name, params)
+        _check_keys(src, fld, g, GRID_FIELDS)
+        spec = params.spec[name]
+        if "values" in g:
+            if set(g) - {"values"}:
+                _fail(src, fld, "give values, or grid + range + n, not both")
+            vals = np.array(_numbers(src, f"{fld}.values", g["values"]))
+        else:
+            for k in ("grid", "range", "n"):
+                if k not in g:
+                    _fail(src, f"{fld}.{k}", "missing (or give values = [...])")
+            if g["grid"] not in ("lin", "log"):
+                _fail(src, f"{fld}.grid", f"must be lin or log, got {g['grid']!r}")
+            r = _numbers(src, f"{fld}.range", g["range"])
+            if len(r) != 2 or not r[0] < r[1]:
+                _fail(src, f"{fld}.range", "must be [low, high] with low < high")
+            n = _int(src, f"{fld}.n", g["n"], 2)
+            if g["grid"] == "log":
+                if r[0] <= 0:
+                    _fail(src, f"{fld}.range", "a log grid needs a positive low end")
+                vals = np.geomspace(r[0], r[1], n)
+            else:
+                vals = np.linspace(r[0], r[1], n)
+        internal = vals * spec.factor
+        lo, hi = spec.bounds
+        bad = (internal < lo * (1 - 1e-12)) | (internal > hi * (1 + 1e-12))
+        if bad.any():
+            _fail(src, fld, f"{vals[bad][0]:g} {spec.unit} is outside the parameter bounds "
+                  f"[{spec.in_file_unit(lo):g}, {spec.in_file_unit(hi):g}] {spec.unit}")
+        grids[name] = internal
+        dims.append(Dim(name, vals, spec.unit, "parameter", f"parameter {name} ({spec.unit})"))
+    return grids, dims
+
+
+def _samples(src, doc, params, seed):
+    if "samples" not in doc:
+        return {}, []
+    s = doc["samples"]
+    _check_keys(src, "samples", s, FIELDS["samples"])
+    method = s.get("method", "sobol")
+    if method not in ("sobol", "lhs", "fit"):
+        _fail(src, "samples.method", f"must be sobol, lhs or fit, got {method!r}")
+    n = _int(src, "samples.n", s.get("n"))
+    seed = s.get("seed", seed)
+    rng = np.random.default_rng(seed)
+    out = {}
+    if method == "fit":
+        if "fit" not in s:
+            _fail(src, "samples.fit", "missing: the fit JSON to draw from")
+        path = Path(src).parent / s["fit"] if not Path(s["fit"]).is_absolute() else s["fit"]
+        try:
+            fit = json.loads(Path(path).read_text())
+            est, cov = fit["estimates"], fit["covariance"]
+            names, mat = list(cov["names"]), np.asarray(cov["matrix"], float)
+        except FileNotFoundError:
+            _fail(str(path), "file", "not found")
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            _fail(str(path), "covariance", f"not a fit JSON with estimates and covariance ({e})")
+        for nm in names:
+            _param_name(str(path), "covariance.names", nm, params)
+        if mat.shape != (len(names), len(names)):
+            _fail(str(path), "covariance.matrix", f"must be {len(names)} x {len(names)}")
+        mean = np.array([_to_scale(est[nm], params.spec[nm].scale) for nm in names])
+        z = rng.multivariate_normal(mean, mat, size=n, method="eigh")
+        for j, nm in enumerate(names):
+            lo, hi = params.spec[nm].bounds
+            out[nm] = np.clip(_from_scale(z[:, j], params.spec[nm].scale), lo, hi)
+    else:
+        names = s.get("parameters")
+        if not isinstance(names, list) or not names:
+            _fail(src, "samples.parameters", "must be a non-empty list of parameter names")
+        for nm in names:
+            _param_name(src, "samples.parameters", nm, params)
+        from scipy.stats import qmc
+
+        eng = (qmc.Sobol(len(names), scramble=True, seed=rng) if method == "sobol"
+               else qmc.LatinHypercube(len(names), seed=rng))
+        u = eng.random(n)
+        for j, nm in enumerate(names):
+            sp = params.spec[nm]
+            lo, hi = sp.bounds
+            if sp.scale != "lin" and lo <= 0:
+                _fail(src, "samples.parameters", f"{nm}: {sp.scale} scale needs positive bounds")
+            zlo, zhi = _to_scale(lo, sp.scale), _to_scale(hi, sp.scale)
+            out[nm] = np.clip(_from_scale(zlo + (zhi - zlo) * u[:, j], sp.scale), lo, hi)
+    coords = {f"sample_{nm}": (v / params.spec[nm].factor, params.spec[nm].unit)
+              for nm, v in out.items()}
+    return out, [Dim("sample", np.arange(n), "1", "sample", f"{method} samples", coords)]
+
+
+def _patients(src, doc, params, seed):
+    pt = doc.get("patients", {})
+    _check_keys(src, "patients", pt, FIELDS["patients"])
+    if not pt:
+        return {}, []
+    n = _int(src, "patients.n", pt.get("n", 1))
+    var = pt.get("variability", {})
+    _check_keys(src, "patients.variability", var, set(params.values))
+    rng = np.random.default_rng(pt.get("seed", seed))
+    z = rng.standard_normal((n, len(var)))
+    out = {}
+    for j, (nm, cv) in enumerate(sorted(var.items())):
+        if isinstance(cv, bool) or not isinstance(cv, (int, float)) or not 0 <= cv <= 10:
+            _fail(src, f"patients.variability.{nm}", f"must be a CV in [0, 10], got {cv!r}")
+        out[nm] = np.exp(math.sqrt(math.log1p(cv**2)) * z[:, j])
+    return out, [Dim("patient", np.arange(n), "1", "patient", "virtual patient")]
+
+
+def _outputs(src, doc):
+    o = doc.get("outputs")
+    if o is None:
+        _fail(src, "outputs", "missing: give residual_days, relapse_free_years/days or "
+              "assessment_days")
+    _check_keys(src, "outputs", o, FIELDS["outputs"])
+    if "relapse_free_days" in o and "relapse_free_years" in o:
+        _fail(src, "outputs.relapse_free_years", "give relapse_free_days or _years, not both")
+    res = tuple(_numbers(src, "outputs.residual_days", o.get("residual_days", []), nonneg=True,
+                         nonempty=False))
+    if "relapse_free_years" in o:
+        rfs = tuple(x * DAYS_PER_YEAR for x in _numbers(
+            src, "outputs.relapse_free_years", o["relapse_free_years"], positive=True))
+    else:
+        rfs = tuple(_numbers(src, "outputs.relapse_free_days", o.get("relapse_free_days", []),
+                             positive=True, nonempty=False))
+    ass = tuple(_numbers(src, "outputs.assessment_days", o.get("assessment_days", []),
+                         nonneg=True, nonempty=False))
+    if not (res or rfs or ass):
+        _fail(src, "outputs", "no output requested")
+    return OutputDays(res, rfs, ass)
+
+
+def _solver(src, doc):
+    s = doc.get("solver", {})
+    _check_keys(src, "solver", s, FIELDS["solver"])
+    rtol, atol = s.get("rtol", 1e-6), s.get("atol", 1e-8)
+    for k, v in (("rtol", rtol), ("atol", atol)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:
+            _fail(src, f"solver.{k}", f"must be a number in (0, 1), got {v!r}")
+    dtype = s.get("dtype", "float32")
+    if dtype not in ("float32", "float64"):
+        _fail(src, "solver.dtype", f"must be float32 or float64, got {dtype!r}")
+    method = s.get("method", "tsit5")
+    if method not in METHODS:
+        _fail(src, "solver.method", f"unknown method {method!r}{suggest(str(method), METHODS)}")
+    chunk = _int(src, "solver.chunk", s.get("chunk", 4096))
+    buckets = _int(src, "solver.buckets", s.get("buckets", 1))
+    max_iters = _int(src, "solver.max_iters", s.get("max_iters", 200_000))
+    backend = s.get("backend", "auto")
+    if backend not in BACKENDS:
+        _fail(src, "solver.backend", f"must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    block = _int(src, "solver.block", s.get("block", 128))
+    if block & (block - 1):
+        _fail(src, "solver.block", f"must be a power of two, got {block}")
+    event_step = s.get("event_step", 1.0)
+    if isinstance(event_step, bool) or not isinstance(event_step, (int, float)) or not (
+            0 < event_step < float("inf")):
+        _fail(src, "solver.event_step", f"must be a positive number, got {event_step!r}")
+    opts = EngineOptions(method=method, rtol=float(rtol), atol=float(atol), dtype=dtype,
+                         buckets=buckets, max_iters=max_iters, backend=backend, block=block,
+                         event_step=float(event_step))
+    return opts, chunk
+
+
+def parse_sweep(doc: dict, src: str, text: str = "") -> SweepSpec:
+    for k in doc:
+        if k not in TABLES:
+            _fail(src, k, f"unknown table{suggest(k, TABLES)}")
+    sw = doc.get("sweep", {})
+    _check_keys(src, "sweep", sw, FIELDS["sweep"])
+    seed = sw.get("seed", 0)
+    _int(src, "sweep.seed", seed, 0)
+    model = sw.get("model", "human")
+    try:
+        params = load_model_parameters(model)
+    except InputError as e:
+        _fail(src, "sweep.model", f"{model}: {e.field}: {e.problem}")
+    sched_dims, scheds = _schedule_dims(src, doc, sw.get("schedule", "clever-combo"))
+    grids, grid_dims = _grids(src, doc, params)
+    samples, sample_dims = _samples(src, doc, params, seed)
+    both = set(grids) & set(samples)
+    if both:
+        _fail(src, f"parameters.{sorted(both)[0]}", "is both a grid and a sampled parameter")
+    patients, patient_dims = _patients(src, doc, params, seed + 1)
+    outputs = _outputs(src, doc)
+    opts, chunk = _solver(src, doc)
+    dims = tuple(sched_dims + grid_dims + sample_dims + patient_dims)
+    if not dims:
+        dims = (Dim("case", np.arange(1), "1", "case", "single case"),)
+    last = max(outputs.residual_days + outputs.rfs_days + outputs.assessment_days)
+    if last > 100 * DAYS_PER_YEAR:
+        _fail(src, "outputs", f"horizon {last:g} days is beyond 100 years")
+    return SweepSpec(src, text, str(sw.get("name", Path(src).stem)), params, scheds, dims,
+                     outputs, opts, chunk, samples, patients, grids)
+
+
+def load_sweep_spec(path: str | Path) -> SweepSpec:
+    path = str(path)
+    try:
+        text = Path(path).read_text()
+        doc = tomllib.loads(text)
+    except FileNotFoundError:
+        raise InputError(path, "file", "not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise InputError(path, "file", f"malformed TOML: {e}") from None
+    except OSError as e:
+        raise InputError(path, "file", f"cannot be read: {e.strerror}") from None
+    return parse_sweep(doc, path, text)
+
+
+def describe(spec: SweepSpec) -> str:
+    dims = " x ".join(f"{d.name} {d.values.size}" for d in spec.dims)
+    return f"{spec.name}: {dims} = {spec.size:,} trajectories"
+
+
+def schedule_of(spec: SweepSpec, sid: int) -> Schedule:
+    return spec.schedules[sid]

@@ -1,0 +1,171 @@
+"""Virtual patients: inter-individual variability and screening by bone-marrow aspirate.
+
+Each patient's parameter is the typical value (the parameter file's value, read as the median)
+times exp(eta), eta ~ Normal(0, omega^2), omega^2 = ln(1 + CV^2) (NONMEM-style log-normal IIV),
+clipped to the parameter's bounds. Default CVs and their sources:
+
+=================  =====  =================================================================
+parameter          CV     source
+=================  =====  =================================================================
+eve_cl             0.35   de Wit 2016 popPK, IIV on CL/F 35.1% [S63]
+eve_v1             0.86   de Wit 2016 popPK, IIV on V1/F 86.4% [S63]
+hcq_cl             0.50   assumption: 11-fold range of HCQ blood levels at similar doses [S86]
+                          read as +-2.5 SD of log exposure (omega ~ 0.48)
+eve_ic50           0.50   assumption: PBMC mTOR inhibition varies widely (~56% max) [S67]
+hcq_ic50           0.50   assumption: blood HCQ does not track autophagy inhibition [S87]
+k_dr               0.76   assumption: glioma P/Q transition IIV 76% (Ribba 2012) [S11]
+delta_max          0.50   assumption: between-patient spread of drug-induced DTC death
+=================  =====  =================================================================
+
+Total DTC load (cells in the marrow pool at screening) is log-normal with median
+`load_median` and log-SD `load_sigma` (assumption: 1.0, near the Ribba 2012 P0 CV of 94% [S11]).
+One aspirate sees Poisson(f N) DTCs (f = aspirate_fraction), so the screening positivity is
+E[1 - exp(-f N)]; `load_median_for_positivity` solves it for the CLEVER 30% (55/184, ESMO 2023)
+by Gauss-Hermite quadrature. Screening enrols only aspirate-positive patients, so the enrolled
+loads are larger than the screened ones (size-biased), and their baseline counts are >= 1.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+import jax
+import numpy as np
+from scipy import optimize
+
+from dormancy_model.params.table import Parameters
+
+DEFAULT_CV = {
+    "eve_cl": 0.35, "eve_v1": 0.86, "hcq_cl": 0.50, "eve_ic50": 0.50, "hcq_ic50": 0.50,
+    "k_dr": 0.76, "delta_max": 0.50,
+}
+SCREENING_POSITIVITY = 55 / 184  # ESMO 2023 244MO: "184/197 ... baseline BMA, 55 (30%) DTC+"
+
+
+@functools.lru_cache(maxsize=8)
+def _hermite(order: int):
+    return np.polynomial.hermite_e.hermegauss(order)
+
+
+def screening_positivity(load_median: float, load_sigma: float, f: float, order: int = 80):
+    """E[1 - exp(-f N)], N ~ LogNormal(ln load_median, load_sigma^2) (Gauss-Hermite)."""
+    x, w = _hermite(order)
+    n = load_median * np.exp(load_sigma * x)
+    return float(np.sum(w * -np.expm1(-f * n)) / np.sqrt(2 * np.pi))
+
+
+def load_median_for_positivity(target: float, load_sigma: float, f: float) -> float:
+    """Median DTC load giving screening positivity `target` for one aspirate."""
+    if not 0 < target < 1:
+        raise ValueError("target positivity must be in (0, 1)")
+    g = lambda lm: screening_positivity(np.exp(lm), load_sigma, f) - target  # noqa: E731
+    return float(np.exp(optimize.brentq(g, np.log(1e-6 / f), np.log(1e3 / f), xtol=1e-12)))
+
+
+@dataclass(frozen=True)
+class Population:
+    """Virtual-patient population: CV per parameter and the DTC load distribution.
+
+    `load_median=None` means: solve it from `positivity` for the parameter set's aspirate
+    fraction. `typical` overrides typical values (internal units) of the parameter file, which
+    is how calibration moves population-level parameters.
+    """
+
+    cv: dict = field(default_factory=lambda: dict(DEFAULT_CV))
+    load_sigma: float = 1.0
+    load_median: float | None = None
+    positivity: float = SCREENING_POSITIVITY
+    typical: dict = field(default_factory=dict)
+
+    def base_params(self, params: Parameters) -> Parameters:
+        return params.replace(**self.typical) if self.typical else params
+
+    def median_load(self, params: Parameters) -> float:
+        if self.load_median is not None:
+            return float(self.load_median)
+        f = float(self.base_params(params)["aspirate_fraction"])
+        return load_median_for_positivity(self.positivity, self.load_sigma, f)
+
+    def replace(self, **kw) -> Population:
+        from dataclasses import replace
+
+        return replace(self, **kw)
+
+
+@dataclass(frozen=True)
+class Screened:
+    """Enrolled (screen-positive) virtual patients.
+
+    params: Parameters with a leading axis n on every value; load: (n,) integer DTC counts at
+    screening; baseline_count: (n,) DTCs seen in the screening aspirate (>= 1);
+    candidate_index: (n,) position of each enrolled patient in the stream of screened
+    candidates (so candidate_index[-1] + 1 candidates were aspirated to find the n positives).
+    """
+
+    params: Parameters
+    load: np.ndarray
+    baseline_count: np.ndarray
+    candidate_index: np.ndarray
+
+    @property
+    def n_screened(self) -> int:
+        return int(self.candidate_index[-1]) + 1 if len(self.candidate_index) else 0
+
+
+def batched_params(params: Parameters, n: int, updates: dict) -> Parameters:
+    """Parameters with a leading axis n on every value (host numpy arrays, float64)."""
+    vals = {k: np.broadcast_to(np.asarray(v, float), (n,)).copy()
+            for k, v in params.values.items()}
+    vals.update({k: np.asarray(v, float) for k, v in updates.items()})
+    return Parameters(vals, params.specs, params.name, params.species, params.source)
+
+
+def host_rng(key, *salt: int) -> np.random.Generator:
+    """A numpy Generator derived from a JAX key (and salts): host-side randomness that is
+    reproducible from the key without compiling a JAX kernel per array shape."""
+    data = np.asarray(jax.random.key_data(key)).ravel().astype(np.uint64)
+    return np.random.default_rng([*map(int, data), *salt])
+
+
+def sample_patients(key, n: int, pop: Population, params: Parameters, *,
+                    screen: bool = True) -> Screened:
+    """Draw `n` enrolled patients: candidates are screened by one aspirate until n are DTC+.
+
+    Candidate i has log-normal mean load, an integer DTC count Poisson(load) (the cells the
+    agent model starts with, passed as `dormant_initial`), and a screening aspirate
+    Poisson(f * cells). Deterministic for a given key. With `screen=False` every candidate is
+    enrolled (baseline count may be 0).
+    """
+    base = pop.base_params(params)
+    f = float(base["aspirate_fraction"])
+    med = pop.median_load(params)
+    rng = host_rng(key, 0)
+    loads, counts, where = [], [], []
+    batch = max(64, int(np.ceil(3.5 * n)))
+    i = 0
+    while sum(len(x) for x in loads) < n:
+        mean = med * np.exp(pop.load_sigma * rng.standard_normal(batch))
+        cells = rng.poisson(mean).astype(np.int64)
+        seen = rng.poisson(f * cells).astype(np.int64)
+        keep = seen >= 1 if screen else np.ones(batch, bool)
+        need = n - sum(len(x) for x in loads)
+        idx = np.flatnonzero(keep)[:need]  # candidates are screened in order
+        where.append(i * batch + idx)
+        loads.append(cells[idx])
+        counts.append(seen[idx])
+        i += 1
+    load = np.concatenate(loads)[:n]
+    baseline = np.concatenate(counts)[:n]
+    updates = {}
+    spec = base.spec
+    eta_rng = host_rng(key, 1)
+    for name, cv in sorted(pop.cv.items()):
+        eta = eta_rng.standard_normal(n)  # drawn even when cv = 0: streams stay aligned
+        if cv <= 0:
+            continue
+        omega = np.sqrt(np.log1p(cv ** 2))
+        lo, hi = spec[name].bounds
+        updates[name] = np.clip(float(base[name]) * np.exp(omega * eta), lo, hi)
+    updates["dormant_initial"] = load.astype(float)
+    return Screened(batched_params(base, n, updates), load, baseline, np.concatenate(where)[:n])
