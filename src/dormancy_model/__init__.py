@@ -8,6 +8,7 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
+from dormancy_model._version import __version__  # noqa: E402
 from dormancy_model.agents.simulate import AgentResult, AgentState, Heterogeneity, simulate_agents  # noqa: E402
 from dormancy_model.errors import InputError  # noqa: E402
 from dormancy_model.model.ode import DormancyModel  # noqa: E402
@@ -15,8 +16,6 @@ from dormancy_model.model.simulate import SolveError, SolverOptions, Trajectory,
 from dormancy_model.params.table import Parameters, load_model_parameters, load_parameters  # noqa: E402
 from dormancy_model.pk.presets import PRESETS  # noqa: E402
 from dormancy_model.pk.schedule import DoseLine, Schedule, get_schedule, load_schedule  # noqa: E402
-
-__version__ = "0.1.0"
 
 __all__ = [
     "DormancyModel", "DoseLine", "InputError", "PRESETS", "Parameters", "Schedule", "SolveError",

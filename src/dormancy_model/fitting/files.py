@@ -22,7 +22,7 @@ FORMAT = "dormancy-fit/1"
 
 def fit_to_json(result, study, model_path: str) -> dict:
     """A JSON-serialisable dict of a `FitResult` for a `Study`."""
-    from dormancy_model import __version__
+    from dormancy_model._version import __version__
 
     est = {}
     for n, scale, unit, factor in zip(result.names, result.scales, result.units,

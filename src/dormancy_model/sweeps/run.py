@@ -119,7 +119,7 @@ def _dataset_template(spec: SweepSpec, cshape, lazy: bool = False):
         def full(shape, value, dtype, chunks):
             return np.full(shape, value, dtype)
 
-    from dormancy_model import __version__
+    from dormancy_model._version import __version__
 
     coords, o = {}, spec.outputs
     for d in spec.dims:
