@@ -2,13 +2,15 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# the versions the tests and benchmarks ran on (a constraints file: `make lock` rewrites it)
+LOCK := requirements/lock.txt
 
-.PHONY: demo test test-slow lint bench clean
+.PHONY: demo test test-slow lint lock bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -c $(LOCK) -e '.[dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -22,6 +24,18 @@ test-slow: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/lint-imports --no-logo
+
+# record the versions now in .venv (after upgrading there and re-running tests and benchmarks):
+# pip-compile (in its own venv) resolves pyproject's deps + dev extra, pinned to `pip freeze`
+lock: $(STAMP)
+	test -x $(VENV)/lock-tools/bin/pip-compile || \
+	  ($(PY) -m venv $(VENV)/lock-tools && $(VENV)/lock-tools/bin/pip install --quiet pip-tools==7.6.2)
+	$(BIN)/pip freeze --exclude-editable > $(VENV)/freeze.txt
+	$(VENV)/lock-tools/bin/pip-compile --quiet --strip-extras --extra dev \
+	  --annotation-style line --no-emit-index-url --no-emit-find-links \
+	  -c $(VENV)/freeze.txt -o $(LOCK) pyproject.toml
+	touch $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/simulate_bench.py
