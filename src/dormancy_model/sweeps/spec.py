@@ -57,7 +57,8 @@ import numpy as np
 from dormancy_model.engine.rk import BACKENDS, METHODS, EngineOptions
 from dormancy_model.errors import InputError, suggest
 from dormancy_model.params.table import Parameters, load_model_parameters
-from dormancy_model.pk.schedule import DRUGS, Schedule, get_schedule
+from dormancy_model.pk.presets import get_schedule
+from dormancy_model.pk.schedule import DRUGS, Schedule
 from dormancy_model.sweeps.lanes import OutputDays
 from dormancy_model.units import DAYS_PER_YEAR
 
