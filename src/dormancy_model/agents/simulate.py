@@ -152,8 +152,8 @@ def _is_batched(params: Parameters) -> bool:
 
 
 def _broadcast(params: Parameters, n: int) -> Parameters:
-    vals = {k: jnp.broadcast_to(jnp.asarray(v), (n,)) for k, v in params.values.items()}
-    return Parameters(vals, params.specs, params.name, params.species, params.source)
+    return params.with_values({k: jnp.broadcast_to(jnp.asarray(v), (n,))
+                               for k, v in params.values.items()})
 
 
 def _bucket(n: int) -> int:
@@ -334,7 +334,7 @@ def _constant_exponents(params: Parameters) -> Parameters:
         v = np.asarray(vals[name], float)
         if v.size and np.all(v == v.flat[0]):
             vals[name] = float(v.flat[0])
-    return Parameters(vals, params.specs, params.name, params.species, params.source)
+    return params.with_values(vals)
 
 
 @eqx.filter_jit

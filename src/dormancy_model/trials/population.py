@@ -118,7 +118,7 @@ def batched_params(params: Parameters, n: int, updates: dict) -> Parameters:
     vals = {k: np.broadcast_to(np.asarray(v, float), (n,)).copy()
             for k, v in params.values.items()}
     vals.update({k: np.asarray(v, float) for k, v in updates.items()})
-    return Parameters(vals, params.specs, params.name, params.species, params.source)
+    return params.with_values(vals)
 
 
 def host_rng(key, *salt: int) -> np.random.Generator:

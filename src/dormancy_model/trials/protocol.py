@@ -98,8 +98,8 @@ def _run_group(model, params: Parameters, dosing: Dosing, key, *, t0, t1, assess
         rows = np.arange(start, min(start + chunk, n))
         m = _bucket(rows.size, chunk)
         idx = np.r_[rows, np.full(m - rows.size, rows[0])]
-        p = Parameters({k: jnp.asarray(np.asarray(v)[idx]) for k, v in params.values.items()},
-                       params.specs, params.name, params.species, params.source)
+        p = params.with_values({k: jnp.asarray(np.asarray(v)[idx])
+                                for k, v in params.values.items()})
         # the cells were drawn at screening (integers), so the agents start from exactly them
         kw = dict(n_replicates=m, key=jax.random.fold_in(key, c), t1=float(t1),
                   method=method, initial_count="fixed", chunk_size=_agent_chunk(m),
