@@ -19,9 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from dormancy_model.errors import InputError, suggest
+from dormancy_model.params.transforms import SCALES
 from dormancy_model.units import UNITS
-
-SCALES = ("lin", "log", "logit")
 
 # name -> internal unit. Every parameter file must define exactly these names.
 REGISTRY: dict[str, str] = {
