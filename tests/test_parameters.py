@@ -74,3 +74,14 @@ def test_replace_is_immutable_and_a_pytree(human):
         human.replace(k_drr=1.0)
     df = human.to_dataframe()
     assert np.isclose(df.set_index("name").loc["eve_cl", "value"], 17.4)
+
+
+def test_with_values_stores_values_as_given(human):
+    k = np.geomspace(1e-5, 1e-3, 4)
+    pb = human.with_values({"k_dr": k}, body_weight=70.0)
+    assert pb["k_dr"] is k and pb["body_weight"] == 70.0 and isinstance(pb["body_weight"], float)
+    assert pb.specs is human.specs and pb.name == human.name and float(human["k_dr"]) == 2e-4
+    assert jax.vmap(lambda p: p["k_dr"] * 2)(human.with_values(
+        {n: np.full(4, float(v)) for n, v in human.values.items()}, k_dr=k)).shape == (4,)
+    with pytest.raises(KeyError, match="did you mean 'k_dr'"):
+        human.with_values(k_drr=1.0)

@@ -3,7 +3,7 @@
 import numpy as np
 import pandas as pd
 import pytest
-from lifelines import CoxPHFitter, KaplanMeierFitter
+from lifelines import CoxPHFitter
 from scipy import integrate, optimize, stats
 
 from dormancy_model.trials import analysis as TA
@@ -60,18 +60,6 @@ def test_posterior_probability_matches_numerical_integration():
     assert TA.posterior_prob_reduction([1, 2], [1, 2]) == pytest.approx(0.5, abs=1e-12)
 
 
-def test_kaplan_meier_hand_computed_and_lifelines():
-    # times 1..6, events at 2, 3, 5; censored 1, 4, 6
-    t = np.array([1, 2, 3, 4, 5, 6.0])
-    e = np.array([0, 1, 1, 0, 1, 0])
-    # S = (4/5)(3/4)(1/2) after t=5
-    assert TA.km_survival_at(t, e, 5.5) == pytest.approx(4 / 5 * 3 / 4 * 1 / 2, abs=1e-12)
-    assert TA.km_survival_at(t, e, 2.5) == pytest.approx(4 / 5, abs=1e-12)
-    kmf = KaplanMeierFitter().fit(t, e)
-    assert TA.km_survival_at(t, e, 3.0) == pytest.approx(
-        float(kmf.survival_function_at_times(3.0).iloc[0]))
-
-
 def test_cox_hr_matches_lifelines_and_closed_form_exponential():
     rng = np.random.default_rng(3)
     n = 400
@@ -91,7 +79,7 @@ def test_cox_hr_matches_lifelines_and_closed_form_exponential():
     assert TA.cox_hazard_ratio(d, sep, g, penalizer=0.1).hr < 1
 
 
-def test_fast_km_and_cox_equal_lifelines_with_ties():
+def test_fast_cox_equals_lifelines_with_ties():
     rng = np.random.default_rng(11)
     for _ in range(5):
         n = 60
@@ -99,9 +87,6 @@ def test_fast_km_and_cox_equal_lifelines_with_ties():
         t = np.round(rng.exponential(1 / np.where(g == 1, 0.4, 1.0)), 1)  # rounding -> ties
         c = np.round(rng.uniform(0.2, 3, n), 1)
         d, e = np.minimum(t, c), t <= c
-        for at in (0.5, 1.0, 2.0, 5.0):
-            assert TA.kaplan_meier_at(d, e, at) == pytest.approx(TA.km_survival_at(d, e, at),
-                                                                 abs=1e-12)
         fast, ref = TA.cox_binary(d, e, g), TA.cox_hazard_ratio(d, e, g)
         assert fast.estimable and ref.estimable
         np.testing.assert_allclose([fast.hr, fast.lower95, fast.upper95],

@@ -14,8 +14,8 @@ from dormancy_model.errors import InputError  # noqa: E402
 from dormancy_model.model.ode import DormancyModel  # noqa: E402
 from dormancy_model.model.simulate import SolveError, SolverOptions, Trajectory, simulate  # noqa: E402
 from dormancy_model.params.table import Parameters, load_model_parameters, load_parameters  # noqa: E402
-from dormancy_model.pk.presets import PRESETS  # noqa: E402
-from dormancy_model.pk.schedule import DoseLine, Schedule, get_schedule, load_schedule  # noqa: E402
+from dormancy_model.pk.presets import PRESETS, get_schedule  # noqa: E402
+from dormancy_model.pk.schedule import DoseLine, Schedule, load_schedule  # noqa: E402
 
 __all__ = [
     "DormancyModel", "DoseLine", "InputError", "PRESETS", "Parameters", "Schedule", "SolveError",

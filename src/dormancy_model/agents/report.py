@@ -73,7 +73,9 @@ def step_curve(event_days, t1: float, grid=None):
 
 
 def plot_agents(result, title: str = "", n_paths: int = 8):
-    """Kaplan-Meier relapse-free curve, fraction cleared over time and sample paths."""
+    """Relapse-free fraction, fraction cleared over time and sample paths. Every replicate is
+    followed to t1 (no censoring before it), so the fractions are empirical: the Kaplan-Meier
+    estimate equals them."""
     from dormancy_model.model.plots import plt
 
     fig, ax = plt.subplots(1, 3, figsize=(14, 4.2))
@@ -83,7 +85,7 @@ def plot_agents(result, title: str = "", n_paths: int = 8):
     ax[0].step(years(t), 1 - rel, where="post", color="tab:red")
     ax[0].set_ylim(0, 1.02)
     ax[0].set_xlabel("years")
-    ax[0].set_ylabel("relapse-free (Kaplan-Meier)")
+    ax[0].set_ylabel("relapse-free (fraction of replicates)")
     t, cl = step_curve(result.clearance_day, t1)
     ax[1].step(years(t), cl, where="post", color="tab:green")
     ax[1].set_ylim(0, 1.02)

@@ -28,7 +28,6 @@ log-normal trait into `strata` equiprobable classes at their conditional means (
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import equinox as eqx
@@ -42,6 +41,7 @@ from dormancy_model.agents.hazard import hazard_nodes, hazard_table
 from dormancy_model.model import rates as Rt
 from dormancy_model.model.ode import DormancyModel
 from dormancy_model.params.table import Parameters
+from dormancy_model.params.transforms import lognormal_sigma
 from dormancy_model.pk.closed_form import Dosing
 from dormancy_model.pk.schedule import Schedule
 
@@ -63,16 +63,12 @@ class Heterogeneity(eqx.Module):
     reactivation_cv: float = eqx.field(static=True, default=0.0)
     strata: int = eqx.field(static=True, default=8)  # classes per trait, fast method only
 
-    @staticmethod
-    def _sigma(cv):
-        return math.sqrt(math.log1p(cv * cv))
-
     def draw(self, key, shape):
         """(autophagy dependence, reactivation propensity) arrays of `shape`."""
         ka, kr = jax.random.split(key)
         out = []
         for k, cv in ((ka, self.autophagy_cv), (kr, self.reactivation_cv)):
-            s = self._sigma(cv)
+            s = lognormal_sigma(cv)
             out.append(jnp.exp(s * jax.random.normal(k, shape) - 0.5 * s * s))
         return tuple(out)
 
@@ -85,7 +81,7 @@ class Heterogeneity(eqx.Module):
             if cv <= 0:
                 vals.append(np.ones(1))
                 continue
-            s, k = self._sigma(cv), self.strata
+            s, k = lognormal_sigma(cv), self.strata
             z = norm.ppf(np.linspace(0.0, 1.0, k + 1))
             vals.append(k * (norm.cdf(z[1:] - s) - norm.cdf(z[:-1] - s)))
         a, rp = np.meshgrid(vals[0], vals[1], indexing="ij")
@@ -152,8 +148,8 @@ def _is_batched(params: Parameters) -> bool:
 
 
 def _broadcast(params: Parameters, n: int) -> Parameters:
-    vals = {k: jnp.broadcast_to(jnp.asarray(v), (n,)) for k, v in params.values.items()}
-    return Parameters(vals, params.specs, params.name, params.species, params.source)
+    return params.with_values({k: jnp.broadcast_to(jnp.asarray(v), (n,))
+                               for k, v in params.values.items()})
 
 
 def _bucket(n: int) -> int:
@@ -334,7 +330,7 @@ def _constant_exponents(params: Parameters) -> Parameters:
         v = np.asarray(vals[name], float)
         if v.size and np.all(v == v.flat[0]):
             vals[name] = float(v.flat[0])
-    return Parameters(vals, params.specs, params.name, params.species, params.source)
+    return params.with_values(vals)
 
 
 @eqx.filter_jit

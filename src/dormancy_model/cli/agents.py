@@ -60,7 +60,7 @@ def agents_cmd(
         atomic_write_json,
         prepare_out_dir,
     )
-    from dormancy_model.pk.schedule import get_schedule
+    from dormancy_model.pk.presets import get_schedule
     from dormancy_model.units import DAYS_PER_YEAR
 
     if replicates < 1:

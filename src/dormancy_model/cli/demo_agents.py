@@ -12,7 +12,7 @@ from dormancy_model.agents.simulate import simulate_agents
 from dormancy_model.io import atomic_savefig, atomic_write_csv, atomic_write_json
 from dormancy_model.model.ode import DormancyModel
 from dormancy_model.params.table import load_model_parameters
-from dormancy_model.pk.schedule import get_schedule
+from dormancy_model.pk.presets import get_schedule
 from dormancy_model.units import DAYS_PER_YEAR
 
 ARMS = ("observation", "clever-hcq", "clever-eve", "clever-combo")

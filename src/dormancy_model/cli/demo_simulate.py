@@ -12,7 +12,7 @@ from dormancy_model.model.plots import plot_arms, plot_trajectory
 from dormancy_model.model.simulate import simulate
 from dormancy_model.model.summary import summarize
 from dormancy_model.params.table import load_model_parameters
-from dormancy_model.pk.schedule import get_schedule
+from dormancy_model.pk.presets import get_schedule
 
 ARMS = ("observation", "clever-hcq", "clever-eve", "clever-combo")
 

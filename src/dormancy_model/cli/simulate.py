@@ -44,7 +44,7 @@ def simulate_cmd(
     from dormancy_model.model.plots import plot_trajectory
     from dormancy_model.model.simulate import SolverOptions, simulate
     from dormancy_model.model.summary import summarize
-    from dormancy_model.pk.schedule import get_schedule
+    from dormancy_model.pk.presets import get_schedule
 
     if not years > 0:
         raise InputError("--years", "years", f"must be > 0, got {years:g}")

@@ -393,6 +393,6 @@ def _solver_settings(options) -> dict:
 
 
 def from_codes(sv, code):
-    from dormancy_model.fitting.objective import from_scale_np
+    from dormancy_model.params.transforms import from_scale_codes
 
-    return from_scale_np(np.asarray(sv), np.full(np.shape(sv), code))
+    return from_scale_codes(np.asarray(sv), np.full(np.shape(sv), code))

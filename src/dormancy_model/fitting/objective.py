@@ -16,7 +16,6 @@ compiled for a fixed batch size; smaller batches are padded and larger ones chun
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import equinox as eqx
@@ -30,13 +29,18 @@ from dormancy_model.fitting.study import Study, study_arrays
 from dormancy_model.model.ode import DormancyModel
 from dormancy_model.model.simulate import SolverOptions
 from dormancy_model.params.table import Parameters
+from dormancy_model.params.transforms import (
+    SCALE_CODE,
+    from_scale_codes,
+    from_scale_codes_jnp,
+    to_scale,
+)
 
 # Nuisance parameters of the observation model (not in the parameter table).
 NUISANCE = {
     "burden_sigma": dict(value=0.5, bounds=(0.05, 3.0), scale="log", unit="1",
                          source="sd of log residual count (log-normal measurement noise)"),
 }
-SCALE_CODE = {"lin": 0, "log": 1, "logit": 2}
 
 
 @dataclass(frozen=True)
@@ -49,19 +53,6 @@ class FreeParameter:
     unit: str  # unit in the parameter file
     factor: float  # file value = internal / factor
     nuisance: bool = False
-
-
-def to_scale(x, scale: str):
-    if scale == "log":
-        return math.log(x)
-    if scale == "logit":
-        return math.log(x / (1.0 - x))
-    return float(x)
-
-
-def from_scale_np(s, codes):
-    s = np.asarray(s, float)
-    return np.where(codes == 1, np.exp(s), np.where(codes == 2, 1.0 / (1.0 + np.exp(-s)), s))
 
 
 def free_parameters(params: Parameters, names, source: str = "--free") -> tuple[FreeParameter, ...]:
@@ -112,8 +103,7 @@ class ObjectiveData(eqx.Module):
 def _nll_z(data: ObjectiveData, z):
     """(nll, (burden loglik, relapse loglik, status)) at one unconstrained point z (d,)."""
     s = data.s_lo + (data.s_hi - data.s_lo) * jax.nn.sigmoid(z)
-    x = jnp.where(data.codes == 1, jnp.exp(s),
-                  jnp.where(data.codes == 2, jax.nn.sigmoid(s), s))
+    x = from_scale_codes_jnp(s, data.codes)
     vals = dict(zip(data.names, list(x), strict=True))
     p = data.base.replace(**{n: vals[n] for n in data.model_names})
     sigma = vals.get("burden_sigma", data.sigma_fixed)
@@ -179,7 +169,7 @@ class Objective:
         return 1.0 / ((self.s_hi - self.s_lo) * u * (1.0 - u))
 
     def natural(self, S):
-        return from_scale_np(S, self.codes)
+        return from_scale_codes(S, self.codes)
 
     def parameters(self, S) -> Parameters:
         """The full parameter set with the free model parameters set from scale values `S`."""

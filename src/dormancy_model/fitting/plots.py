@@ -14,27 +14,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from dormancy_model.model.survival import kaplan_meier  # noqa: E402
+
 DRUG_COLOURS = {(): "0.3", ("hcq",): "tab:blue", ("eve",): "tab:orange",
                 ("eve", "hcq"): "tab:green"}
-
-
-def kaplan_meier(days, events):
-    """(times, survival) step function of the Kaplan-Meier estimate, starting at (0, 1)."""
-    order = np.lexsort((-np.asarray(events), np.asarray(days)))
-    d, e = np.asarray(days)[order], np.asarray(events)[order]
-    t, s, at_risk, surv = [0.0], [1.0], d.size, 1.0
-    for ti in np.unique(d):
-        here = d == ti
-        k = int(e[here].sum())
-        if k:
-            surv *= 1.0 - k / at_risk
-            t.append(float(ti))
-            s.append(surv)
-        at_risk -= int(here.sum())
-    if d.size and d.max() > t[-1]:
-        t.append(float(d.max()))
-        s.append(surv)
-    return np.array(t), np.array(s)
 
 
 def arm_design(arm):
@@ -97,8 +80,8 @@ def plot_km(study, days, rfs):
     for i, arm in enumerate(study.arms):
         ax = axes[i // cols][i % cols]
         sel = s.arm == i
-        t, km = kaplan_meier(s.day[sel], s.event[sel])
-        ax.step(t, km, where="post", color="k", lw=1.2, label="Kaplan-Meier")
+        km = kaplan_meier(s.day[sel], s.event[sel])
+        ax.step(km.times, km.survival, where="post", color="k", lw=1.2, label="Kaplan-Meier")
         ax.plot(days, rfs[i], color=DRUG_COLOURS.get(arm.schedule.drugs, "tab:red"),
                 label="fitted RFS")
         ax.set_title(arm.name, fontsize=8)
@@ -126,8 +109,8 @@ def plot_burden_vs_rfs(study, days, residual, rfs):
             continue
         y = np.where(b.censored[rows], b.detection_limit[rows], b.cells[rows])
         gm = float(np.exp(np.mean(np.log(y / b.sampled_fraction[rows]))))
-        t, km = kaplan_meier(s.day[s.arm == i], s.event[s.arm == i])
-        ax.scatter(gm, km[-1], color=col, s=25)
+        km = kaplan_meier(s.day[s.arm == i], s.event[s.arm == i])
+        ax.scatter(gm, km.survival[-1], color=col, s=25)
         day = b.day[rows][0]
         ax.scatter(residual[i, int(np.searchsorted(days, day))], rfs[i, k_end], color=col,
                    marker="x", s=30)

@@ -47,7 +47,8 @@ import numpy as np
 
 from dormancy_model.errors import InputError, suggest
 from dormancy_model.pk.closed_form import DoseEvents, Dosing
-from dormancy_model.pk.schedule import Schedule, get_schedule
+from dormancy_model.pk.presets import get_schedule
+from dormancy_model.pk.schedule import Schedule
 
 BURDEN_COLUMNS = ("mouse_id", "arm", "day", "residual_cells", "detection_limit")
 BURDEN_OPTIONAL = ("sampled_fraction",)

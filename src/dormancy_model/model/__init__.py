@@ -1,4 +1,5 @@
 """The deterministic model.
 
-Rate laws (`rates`), the ODE (`ode`), `simulate`, summaries and figures.
+Rate laws (`rates`), the ODE (`ode`), `simulate`, summaries and figures; Kaplan-Meier
+estimates of relapse-free survival (`survival`, used by the fit and the trial).
 """

@@ -19,9 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from dormancy_model.errors import InputError, suggest
+from dormancy_model.params.transforms import SCALES
 from dormancy_model.units import UNITS
-
-SCALES = ("lin", "log", "logit")
 
 # name -> internal unit. Every parameter file must define exactly these names.
 REGISTRY: dict[str, str] = {
@@ -71,8 +70,9 @@ class ParameterSpec:
 class Parameters(eqx.Module):
     """Immutable parameter set: a dict of arrays (internal units) plus static metadata.
 
-    `p["eve_cl"]` reads a value; `p.replace(eve_cl=500.0)` returns a new set (internal units);
-    it is a PyTree, so it can be passed through `jax.jit`, `jax.vmap` and `jax.grad`.
+    `p["eve_cl"]` reads a value; `p.replace(eve_cl=500.0)` returns a new set (internal units),
+    `p.with_values(...)` one with values stored as given (arrays, batches). It is a PyTree, so
+    it can be passed through `jax.jit`, `jax.vmap` and `jax.grad`.
     """
 
     values: dict
@@ -99,19 +99,29 @@ class Parameters(eqx.Module):
     def pk_per_kg(self) -> bool:
         return self.spec["eve_cl"].per_kg
 
+    def with_values(self, values: dict | None = None, /, **updates) -> Parameters:
+        """New parameter set with some values replaced (internal units), stored as given:
+        Python floats (static under `eqx.filter_jit`), NumPy or JAX arrays (a leading axis for
+        a batch of parameter sets), tracers. `values` (a dict) and keywords may be combined."""
+        updates = {**(values or {}), **updates}
+        self._check_names(updates)
+        return Parameters({**self.values, **updates}, self.specs, self.name, self.species,
+                          self.source)
+
     def replace(self, **updates) -> Parameters:
-        """New parameter set with some values changed (internal units)."""
-        for k in updates:
+        """`with_values`, each value as a JAX array of the dtype of the value it replaces:
+        `p.replace(eve_cl=500.0)`."""
+        self._check_names(updates)
+        return self.with_values({k: jnp.asarray(v, dtype=jnp.result_type(self.values[k]))
+                                 for k, v in updates.items()})
+
+    def _check_names(self, names) -> None:
+        for k in names:
             if k not in self.values:
                 raise KeyError(f"unknown parameter {k!r}{suggest(k, self.values)}")
-        new = dict(self.values)
-        for k, v in updates.items():
-            new[k] = jnp.asarray(v, dtype=jnp.result_type(self.values[k]))
-        return Parameters(new, self.specs, self.name, self.species, self.source)
 
     def astype(self, dtype) -> Parameters:
-        new = {k: jnp.asarray(v, dtype=dtype) for k, v in self.values.items()}
-        return Parameters(new, self.specs, self.name, self.species, self.source)
+        return self.with_values({k: jnp.asarray(v, dtype=dtype) for k, v in self.values.items()})
 
     def check_bounds(self, source: str | None = None) -> None:
         """Raise InputError if a (concrete) value is outside its bounds or constraints fail."""

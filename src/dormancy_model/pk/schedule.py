@@ -56,9 +56,14 @@ class DoseLine:
         keep = np.array([d in on for d in cycle_day], dtype=bool)
         return self.start_day + rel[keep]
 
-    def describe(self) -> str:
-        freq = next((k for k, v in FREQUENCIES.items() if v == self.interval_hours),
+    @property
+    def frequency(self) -> str:
+        """The dosing frequency as written on a prescription (QD, BID, ...), else q<h>h."""
+        return next((k for k, v in FREQUENCIES.items() if v == self.interval_hours),
                     f"q{self.interval_hours:g}h")
+
+    def describe(self) -> str:
+        freq = self.frequency
         route = "PO" if self.route == "oral" else "IV"
         days = _days_text(self.days_on, self.cycle_days)
         return (f"{DRUG_NAMES[self.drug]} {self.amount:g} {self.unit} {route} {freq}"
@@ -280,19 +285,3 @@ def load_schedule(path: str | Path) -> Schedule:
         raise InputError(path, "file", f"cannot be read: {e.strerror}") from None
     return parse_schedule(doc, path)
 
-
-def get_schedule(name_or_path: str, cycles: int | None = None) -> Schedule:
-    """A preset by name, or a schedule TOML file by path; `cycles` overrides the cycle count."""
-    from dormancy_model.pk.presets import PRESETS
-
-    if name_or_path in PRESETS:
-        sched = PRESETS[name_or_path]
-    elif name_or_path.endswith(".toml") or Path(name_or_path).exists():
-        sched = load_schedule(name_or_path)
-    else:
-        raise InputError("--schedule", "schedule",
-                         f"unknown preset {name_or_path!r}{suggest(name_or_path, PRESETS)}; "
-                         "run `dormancy schedules` for the list, or give a .toml path")
-    if cycles is not None:
-        sched = sched.with_cycles(cycles)
-    return sched

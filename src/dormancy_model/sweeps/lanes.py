@@ -179,8 +179,7 @@ def transient_time(lam, coef):
 
 def _pk_lane(values: dict, base: Parameters, drug: str):
     """Eigenvalues, per-mg mode coefficients (oral and IV) and lag of one drug for one lane."""
-    p = Parameters(values, base.specs, base.name, base.species, base.source)
-    sys = drug_system(p, drug)
+    sys = drug_system(base.with_values(values), drug)
     obs = sys.obs[DRUG_OBS_ROW[drug]]
     per_mode = jnp.einsum("a,jab->jb", obs, sys.proj, precision=HIGHEST)  # (modes, states)
     return sys.lam, sys.f_oral * per_mode[:, 0], per_mode[:, 1], sys.tlag, sys.min_gap
@@ -255,8 +254,8 @@ def constant_base(base: Parameters, varying) -> Parameters:
     to x * x (a power with a run-time exponent is a scalar libm call on the CPU, ~3x the cost of
     the whole rate evaluation otherwise). One compilation per base parameter set: a sweep has
     one."""
-    vals = {k: (v if k in varying else float(np.asarray(v))) for k, v in base.values.items()}
-    return Parameters(vals, base.specs, base.name, base.species, base.source)
+    return base.with_values({k: float(np.asarray(v)) for k, v in base.values.items()
+                             if k not in varying})
 
 
 def solve_outputs(varying: dict, base: Parameters, table: ScheduleTable, sid, days: OutputDays,

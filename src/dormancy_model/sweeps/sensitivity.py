@@ -69,8 +69,8 @@ def model_sensitivity(spec, n: int | None = None, seed: int | None = None) -> di
 
     from dormancy_model.engine.rk import pad_lanes
     from dormancy_model.errors import InputError
+    from dormancy_model.params.transforms import from_scale, to_scale
     from dormancy_model.sweeps.lanes import ScheduleTable, solve_outputs
-    from dormancy_model.sweeps.spec import _from_scale, _to_scale
 
     names = list(spec.samples)
     if not names:
@@ -83,8 +83,8 @@ def model_sensitivity(spec, n: int | None = None, seed: int | None = None) -> di
     for j, nm in enumerate(names):
         sp = spec.params.spec[nm]
         lo, hi = sp.bounds
-        zlo, zhi = _to_scale(lo, sp.scale), _to_scale(hi, sp.scale)
-        vals[nm] = np.clip(_from_scale(zlo + (zhi - zlo) * u[:, j], sp.scale), lo, hi)
+        zlo, zhi = to_scale(lo, sp.scale), to_scale(hi, sp.scale)
+        vals[nm] = np.clip(from_scale(zlo + (zhi - zlo) * u[:, j], sp.scale), lo, hi)
     table = ScheduleTable.build([spec.schedules[0]])
     total = u.shape[0]
     batch = min(pad_lanes(total, 8), pad_lanes(spec.chunk, 8))

@@ -24,7 +24,8 @@
 
     [patients]                            # virtual patients per cell: dim "patient"
     n = 100
-    variability = { eve_cl = 0.35, k_dr = 0.5 }   # log-normal, CV (median = typical value)
+    variability = { eve_cl = 0.35, k_dr = 0.5 }   # log-normal, CV (median = typical value;
+                                          # params.variability)
 
     [outputs]
     residual_days = [84, 168]
@@ -57,7 +58,10 @@ import numpy as np
 from dormancy_model.engine.rk import BACKENDS, METHODS, EngineOptions
 from dormancy_model.errors import InputError, suggest
 from dormancy_model.params.table import Parameters, load_model_parameters
-from dormancy_model.pk.schedule import DRUGS, Schedule, get_schedule
+from dormancy_model.params.transforms import from_scale, to_scale
+from dormancy_model.params.variability import lognormal_factors
+from dormancy_model.pk.presets import get_schedule
+from dormancy_model.pk.schedule import DRUGS, Schedule
 from dormancy_model.sweeps.lanes import OutputDays
 from dormancy_model.units import DAYS_PER_YEAR
 
@@ -185,19 +189,6 @@ def _param_name(src, fld, name, params):
     return name
 
 
-def _to_scale(x, scale):
-    x = np.asarray(x, float)
-    if scale == "log":
-        return np.log(x)
-    return np.log(x / (1 - x)) if scale == "logit" else x
-
-
-def _from_scale(z, scale):
-    if scale == "log":
-        return np.exp(z)
-    return 1 / (1 + np.exp(-z)) if scale == "logit" else z
-
-
 def _schedule_dims(src, doc, base_name):
     sch = doc.get("schedule", {})
     _check_keys(src, "schedule", sch, FIELDS["schedule"])
@@ -314,11 +305,11 @@ def _samples(src, doc, params, seed):
             _param_name(str(path), "covariance.names", nm, params)
         if mat.shape != (len(names), len(names)):
             _fail(str(path), "covariance.matrix", f"must be {len(names)} x {len(names)}")
-        mean = np.array([_to_scale(est[nm], params.spec[nm].scale) for nm in names])
+        mean = np.array([to_scale(est[nm], params.spec[nm].scale) for nm in names])
         z = rng.multivariate_normal(mean, mat, size=n, method="eigh")
         for j, nm in enumerate(names):
             lo, hi = params.spec[nm].bounds
-            out[nm] = np.clip(_from_scale(z[:, j], params.spec[nm].scale), lo, hi)
+            out[nm] = np.clip(from_scale(z[:, j], params.spec[nm].scale), lo, hi)
     else:
         names = s.get("parameters")
         if not isinstance(names, list) or not names:
@@ -335,8 +326,8 @@ def _samples(src, doc, params, seed):
             lo, hi = sp.bounds
             if sp.scale != "lin" and lo <= 0:
                 _fail(src, "samples.parameters", f"{nm}: {sp.scale} scale needs positive bounds")
-            zlo, zhi = _to_scale(lo, sp.scale), _to_scale(hi, sp.scale)
-            out[nm] = np.clip(_from_scale(zlo + (zhi - zlo) * u[:, j], sp.scale), lo, hi)
+            zlo, zhi = to_scale(lo, sp.scale), to_scale(hi, sp.scale)
+            out[nm] = np.clip(from_scale(zlo + (zhi - zlo) * u[:, j], sp.scale), lo, hi)
     coords = {f"sample_{nm}": (v / params.spec[nm].factor, params.spec[nm].unit)
               for nm, v in out.items()}
     return out, [Dim("sample", np.arange(n), "1", "sample", f"{method} samples", coords)]
@@ -350,13 +341,11 @@ def _patients(src, doc, params, seed):
     n = _int(src, "patients.n", pt.get("n", 1))
     var = pt.get("variability", {})
     _check_keys(src, "patients.variability", var, set(params.values))
-    rng = np.random.default_rng(pt.get("seed", seed))
-    z = rng.standard_normal((n, len(var)))
-    out = {}
-    for j, (nm, cv) in enumerate(sorted(var.items())):
+    for nm, cv in sorted(var.items()):
         if isinstance(cv, bool) or not isinstance(cv, (int, float)) or not 0 <= cv <= 10:
             _fail(src, f"patients.variability.{nm}", f"must be a CV in [0, 10], got {cv!r}")
-        out[nm] = np.exp(math.sqrt(math.log1p(cv**2)) * z[:, j])
+    rng = np.random.default_rng(pt.get("seed", seed))
+    out = lognormal_factors(rng, var, n, by="patient")
     return out, [Dim("patient", np.arange(n), "1", "patient", "virtual patient")]
 
 

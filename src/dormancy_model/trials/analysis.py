@@ -11,8 +11,8 @@
   a0 = 0.5, b0 = 0.1 per aspirate: vague, mean 5 DTCs per aspirate; the published priors were
   not found), posterior Gamma(a0 + sum y, b0 + n). P(lambda_arm < (1 - r) lambda_obs) is the
   regularised incomplete beta function of k / (1 + k), k = (1 - r) b_arm / b_obs (exact).
-* 3-year RFS per arm: Kaplan-Meier (lifelines `km_survival_at`; the per-trial loop uses the
-  numpy `kaplan_meier_at`, tested equal, because lifelines costs ~15 ms per fit).
+* 3-year RFS per arm: Kaplan-Meier (`model.survival.survival_at`, NumPy, tested equal to
+  lifelines, which costs ~15 ms per fit).
 * Hazard ratio of relapse, DTC cleared vs persistent: Cox regression with one binary covariate
   (lifelines `cox_hazard_ratio`; the per-trial loop uses `cox_binary`, Newton on the same Efron
   partial likelihood, tested equal); NaN (not estimable) when there is no relapse, or when all
@@ -29,6 +29,8 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 from scipy import special
+
+from dormancy_model.model.survival import survival_at
 
 THREE_YEARS_DAYS = 3 * 365.25
 DEFAULT_PRIOR = (0.5, 0.1)  # Gamma(shape, rate per aspirate) on a DTC rate
@@ -140,17 +142,6 @@ def posterior_prob_reduction(arm_counts, observation_counts, *, min_reduction: f
     return float(special.betainc(a1, a2, k / (1.0 + k)))
 
 
-def km_survival_at(durations, events, t: float = THREE_YEARS_DAYS) -> float:
-    """Kaplan-Meier estimate of S(t) (lifelines). NaN for an empty group."""
-    from lifelines import KaplanMeierFitter
-
-    d = np.asarray(durations, float)
-    if d.size == 0:
-        return float("nan")
-    kmf = KaplanMeierFitter().fit(d, np.asarray(events, bool))
-    return float(kmf.survival_function_at_times(t).iloc[0])
-
-
 class CoxResult(NamedTuple):
     hr: float
     lower95: float
@@ -187,21 +178,6 @@ def cox_hazard_ratio(durations, events, group, *, penalizer: float = 0.0) -> Cox
     beta = float(cph.params_["g"])
     ci = cph.confidence_intervals_.loc["g"].to_numpy()
     return CoxResult(float(np.exp(beta)), float(np.exp(ci[0])), float(np.exp(ci[1])), True)
-
-
-def kaplan_meier_at(durations, events, t: float = THREE_YEARS_DAYS) -> float:
-    """Kaplan-Meier S(t) in numpy (same estimator as `km_survival_at`, ~100x faster; the two
-    are tested equal). Events at exactly t count (S is right-continuous)."""
-    d = np.asarray(durations, float)
-    e = np.asarray(events, bool)
-    if d.size == 0:
-        return float("nan")
-    times = np.unique(d[e & (d <= t)])
-    if times.size == 0:
-        return 1.0
-    at_risk = (d[None, :] >= times[:, None]).sum(axis=1)
-    deaths = ((d[None, :] == times[:, None]) & e[None, :]).sum(axis=1)
-    return float(np.prod(1.0 - deaths / at_risk))
 
 
 def cox_binary(durations, events, group, *, max_iter: int = 50) -> CoxResult:
@@ -291,7 +267,7 @@ def analyze_one_trial(pat: pd.DataFrame, screening: pd.DataFrame | None = None) 
             posterior_prob=posterior_prob_reduction(c3, obs_c3) if obs_c3.size else np.nan,
             posterior_prob_80=(posterior_prob_reduction(c3, obs_c3, min_reduction=0.8)
                                if obs_c3.size else np.nan),
-            rfs_3y=kaplan_meier_at(g["rfs_time"], g["rfs_event"]),
+            rfs_3y=survival_at(g["rfs_time"], g["rfs_event"], THREE_YEARS_DAYS),
             relapses=int(g["rfs_event"].sum()))
         return row
 

@@ -2,7 +2,8 @@
 
 CLEVER (DeMichele et al., Nat Med 2025; ESMO 2023 244MO; ../shared/domain/clever.md):
 screening bone-marrow aspirate (DTC+ if >= 1 pan-CK+ cell), randomisation to HCQ 600 mg BID,
-EVE 10 mg QD or both (15/15/21 treated), 28-day cycles x6; aspirates after cycles 3 and 6 (and
+EVE 10 mg QD or both (15/15/21 treated), 28-day cycles x6 (the regimen is the preset
+`clever-combo`, `pk.presets.CLEVER_REGIMEN`); aspirates after cycles 3 and 6 (and
 12 if given) and 6 months after the end of treatment; patients still DTC+ after cycle 6 get 6
 more cycles of HCQ+EVE; median follow-up 42 months (range 7-60); 13 patients had a repeat
 aspirate after a 3-month observation period.
@@ -27,6 +28,8 @@ import math
 from dataclasses import dataclass
 
 from dormancy_model.errors import InputError
+from dormancy_model.pk.presets import CLEVER_CYCLES, PRESETS
+from dormancy_model.pk.schedule import DoseLine, Schedule
 
 MONTH_DAYS = 365.25 / 12
 
@@ -53,14 +56,16 @@ class Arm:
 
 @dataclass(frozen=True)
 class TrialDesign:
-    """A trial protocol as data. Days are counted from the first dose (day 0)."""
+    """A trial protocol as data. Days are counted from the first dose (day 0).
+
+    `regimen`: one dose line per drug (hcq and eve: amount, dosing interval, cycle length),
+    given orally every day of each cycle from day 0; the number of cycles is `cycles`.
+    """
 
     name: str
     arms: tuple[Arm, ...]
-    cycles: int = 6
-    cycle_days: int = 28
-    hcq_mg: float = 600.0  # per dose, BID
-    eve_mg: float = 10.0  # per dose, QD
+    cycles: int = CLEVER_CYCLES
+    regimen: Schedule = PRESETS["clever-combo"]
     assess_after_cycles: tuple[int, ...] = (3, 6)
     extension_cycles: int = 6  # HCQ+EVE for patients DTC+ at the last planned assessment
     extension_drugs: tuple[str, ...] = ("hcq", "eve")
@@ -99,8 +104,24 @@ class TrialDesign:
             raise InputError(src, "discontinuation_prob", "must be in [0, 1]")
         if self.observation_n < 0:
             raise InputError(src, "observation_n", "must be >= 0")
+        lines = self.regimen.lines
+        if sorted(ln.drug for ln in lines) != ["eve", "hcq"]:
+            raise InputError(src, "regimen", "needs exactly one dose line per drug (hcq, eve)")
+        for ln in lines:
+            if (ln.unit != "mg" or ln.route != "oral" or ln.start_day or ln.first_dose_hour
+                    or len(ln.days_on) != ln.cycle_days or ln.cycle_days != lines[0].cycle_days):
+                raise InputError(src, f"regimen.{ln.drug}", "the trial gives oral mg doses every "
+                                 "day of equal cycles from day 0 (first dose at hour 0)")
 
     # ------------------------------------------------------------------ derived quantities
+    def dose_line(self, drug: str) -> DoseLine:
+        """The regimen's dose line of `drug` (amount per dose, interval)."""
+        return next(ln for ln in self.regimen.lines if ln.drug == drug)
+
+    @property
+    def cycle_days(self) -> int:
+        return self.regimen.cycle_days
+
     @property
     def n_treated(self) -> int:
         return sum(a.n for a in self.arms)
@@ -160,8 +181,10 @@ class TrialDesign:
 
     def describe(self) -> str:
         arms = ", ".join(f"{a.name} ({a.label}) n={a.n}" for a in self.arms)
+        hcq, eve = self.dose_line("hcq"), self.dose_line("eve")
         return (f"{self.name}: {arms}; {self.cycles} x {self.cycle_days}-day cycles, HCQ "
-                f"{self.hcq_mg:g} mg BID, EVE {self.eve_mg:g} mg QD; aspirates after cycles "
+                f"{hcq.amount:g} mg {hcq.frequency}, EVE {eve.amount:g} mg {eve.frequency}; "
+                f"aspirates after cycles "
                 f"{', '.join(map(str, self.assess_after_cycles))} and "
                 f"{self.post_treatment_days:g} days after treatment; "
                 f"{self.extension_cycles} extension cycles of "

@@ -1,8 +1,9 @@
 """Virtual patients: inter-individual variability and screening by bone-marrow aspirate.
 
 Each patient's parameter is the typical value (the parameter file's value, read as the median)
-times exp(eta), eta ~ Normal(0, omega^2), omega^2 = ln(1 + CV^2) (NONMEM-style log-normal IIV),
-clipped to the parameter's bounds. Default CVs and their sources:
+times exp(eta), eta ~ Normal(0, omega^2), omega^2 = ln(1 + CV^2) (NONMEM-style log-normal IIV,
+`params.variability`, shared with the sweep's `[patients]`), clipped to the parameter's bounds.
+Default CVs and their sources:
 
 =================  =====  =================================================================
 parameter          CV     source
@@ -35,6 +36,7 @@ import numpy as np
 from scipy import optimize
 
 from dormancy_model.params.table import Parameters
+from dormancy_model.params.variability import lognormal_factors
 
 DEFAULT_CV = {
     "eve_cl": 0.35, "eve_v1": 0.86, "hcq_cl": 0.50, "eve_ic50": 0.50, "hcq_ic50": 0.50,
@@ -118,7 +120,7 @@ def batched_params(params: Parameters, n: int, updates: dict) -> Parameters:
     vals = {k: np.broadcast_to(np.asarray(v, float), (n,)).copy()
             for k, v in params.values.items()}
     vals.update({k: np.asarray(v, float) for k, v in updates.items()})
-    return Parameters(vals, params.specs, params.name, params.species, params.source)
+    return params.with_values(vals)
 
 
 def host_rng(key, *salt: int) -> np.random.Generator:
@@ -159,13 +161,11 @@ def sample_patients(key, n: int, pop: Population, params: Parameters, *,
     baseline = np.concatenate(counts)[:n]
     updates = {}
     spec = base.spec
-    eta_rng = host_rng(key, 1)
+    factors = lognormal_factors(host_rng(key, 1), pop.cv, n, by="parameter")
     for name, cv in sorted(pop.cv.items()):
-        eta = eta_rng.standard_normal(n)  # drawn even when cv = 0: streams stay aligned
         if cv <= 0:
             continue
-        omega = np.sqrt(np.log1p(cv ** 2))
         lo, hi = spec[name].bounds
-        updates[name] = np.clip(float(base[name]) * np.exp(omega * eta), lo, hi)
+        updates[name] = np.clip(float(base[name]) * factors[name], lo, hi)
     updates["dormant_initial"] = load.astype(float)
     return Screened(batched_params(base, n, updates), load, baseline, np.concatenate(where)[:n])

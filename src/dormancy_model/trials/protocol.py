@@ -40,7 +40,8 @@ OBSERVATION = "observation"
 
 def arm_dosing(design: TrialDesign, arm: Arm | None, *, extension: bool = False,
                stop_day: float | None = None, dtype=jnp.float64) -> Dosing:
-    """Dose events on the master grid (HCQ every 12 h, EVE every 24 h over `max_cycles`).
+    """Dose events on the master grid (every dosing interval of the design's regimen, e.g.
+    HCQ every 12 h and EVE every 24 h, over `max_cycles`).
 
     `arm=None` is the untreated observation arm. Planned cycles use the arm's drugs and dose
     factors; extension cycles give the design's extension drugs at full dose; nothing is given
@@ -60,7 +61,8 @@ def arm_dosing(design: TrialDesign, arm: Arm | None, *, extension: bool = False,
         return DoseEvents(jnp.asarray(t, dtype), jnp.asarray(a, dtype),
                           jnp.zeros(t.shape, bool), jnp.ones(t.shape, bool))
 
-    return Dosing(hcq=events("hcq", 0.5, design.hcq_mg), eve=events("eve", 1.0, design.eve_mg))
+    return Dosing(**{d: events(d, design.dose_line(d).interval_hours / 24.0,
+                               design.dose_line(d).amount) for d in ("hcq", "eve")})
 
 
 def _agent_simulator():
@@ -96,8 +98,8 @@ def _run_group(model, params: Parameters, dosing: Dosing, key, *, t0, t1, assess
         rows = np.arange(start, min(start + chunk, n))
         m = _bucket(rows.size, chunk)
         idx = np.r_[rows, np.full(m - rows.size, rows[0])]
-        p = Parameters({k: jnp.asarray(np.asarray(v)[idx]) for k, v in params.values.items()},
-                       params.specs, params.name, params.species, params.source)
+        p = params.with_values({k: jnp.asarray(np.asarray(v)[idx])
+                                for k, v in params.values.items()})
         # the cells were drawn at screening (integers), so the agents start from exactly them
         kw = dict(n_replicates=m, key=jax.random.fold_in(key, c), t1=float(t1),
                   method=method, initial_count="fixed", chunk_size=_agent_chunk(m),

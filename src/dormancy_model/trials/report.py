@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from dormancy_model.io import atomic_savefig, atomic_write_csv, atomic_write_text
+from dormancy_model.model.survival import kaplan_meier
 from dormancy_model.trials import analysis as TA
 
 ARM_COLOURS = {"HCQ": "tab:blue", "EVE": "tab:orange", "HCQ+EVE": "tab:green",
@@ -56,16 +57,17 @@ def arm_summary(trials: pd.DataFrame) -> pd.DataFrame:
 
 
 def _figures(patients, trials, check, out: Path) -> list[tuple[str, str]]:
-    from lifelines import KaplanMeierFitter
-
     from dormancy_model.model.plots import plt
 
     figs = []
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     tr = patients[patients["arm"] != "observation"]
     for arm, g in tr.groupby("arm", sort=False):
-        kmf = KaplanMeierFitter().fit(g["rfs_time"] / 30.4375, g["rfs_event"], label=arm)
-        kmf.plot_survival_function(ax=ax, color=ARM_COLOURS.get(arm), ci_show=True)
+        km = kaplan_meier(g["rfs_time"] / 30.4375, g["rfs_event"])
+        ax.step(km.times, km.survival, where="post", color=ARM_COLOURS.get(arm), label=arm)
+        ax.fill_between(km.times, km.lower, km.upper, step="post", color=ARM_COLOURS.get(arm),
+                        alpha=0.25, lw=0)
+    ax.legend()
     ax.axvline(36, color="k", ls=":", lw=0.8)
     ax.set_xlabel("months from start of treatment")
     ax.set_ylabel("relapse-free (Kaplan-Meier, all replicated trials pooled)")

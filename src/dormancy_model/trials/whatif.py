@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from dormancy_model.model.survival import survival_at
 from dormancy_model.trials import analysis as TA
 from dormancy_model.trials.design import Arm, TrialDesign
 from dormancy_model.trials.protocol import trial
@@ -113,7 +114,8 @@ def sample_size(design: TrialDesign, params, *, key, pool: int = 2000, populatio
     pat = res.patients
     # 3-year RFS without censoring before 3 years: every pool patient is followed >= 7 months,
     # so use the KM of the pools (administrative censoring as in CLEVER)
-    s = {a: TA.kaplan_meier_at(g["rfs_time"], g["rfs_event"]) for a, g in pat.groupby("arm")}
+    s = {a: survival_at(g["rfs_time"], g["rfs_event"], TA.THREE_YEARS_DAYS)
+         for a, g in pat.groupby("arm")}
     s_obs, s_trt = s["observation"], s[combo.name]
     n_formula = schoenfeld_n_per_arm(s_obs, s_trt, alpha=alpha)
     rng = np.random.default_rng(seed)
