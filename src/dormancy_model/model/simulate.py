@@ -11,7 +11,13 @@ import numpy as np
 from dormancy_model import status as S
 from dormancy_model.model import observables as O
 from dormancy_model.model import rates as R
-from dormancy_model.model.integrate import SolverOptions, finite_status, integrate, solver_status
+from dormancy_model.model.integrate import (
+    SolverOptions,
+    finite_status,
+    integrate,
+    solver_status,
+    start_status,
+)
 from dormancy_model.model.ode import DormancyModel
 from dormancy_model.params.table import Parameters
 from dormancy_model.pk.closed_form import Dosing
@@ -114,7 +120,8 @@ def _solve(model: DormancyModel, params: Parameters, dosing: Dosing, ts, options
     m = R.mtor_activity(ex.eve, params)
     aut = R.autophagy(m, R.lysosomal_block(ex.hcq_effect, params), params)
     cells = y[:, 0] + y[:, 1] + y[:, 2]
-    status = finite_status(solver_status(sol.result), y)
+    status = S.combine(finite_status(solver_status(sol.result), y),
+                       start_status(model, params, course, ts[0]))
     status = S.combine(status, jnp.where(course.min_eigen_gap < 1e-6, S.DEGENERATE_PK, S.OK))
     return Trajectory(
         times=ts, dormant=y[:, 0], reactivating=y[:, 1], proliferating=y[:, 2],
