@@ -112,7 +112,7 @@ def _run_group(model, params: Parameters, dosing: Dosing, key, *, t0, t1, assess
             positive=np.asarray(res.dtc_positive)[:k].reshape(k, len(assess_days)),
             clearance_day=np.asarray(res.clearance_day, float)[:k],
             relapse_day=np.asarray(res.relapse_day, float)[:k],
-            status=np.asarray(res.status)[:k]))
+            status=np.asarray(getattr(res, "status", np.full(m, S.OK, np.int8)))[:k]))
         finals.append(take_rows(res.final_state, np.arange(k)))
     out = {key_: np.concatenate([q[key_] for q in parts]) for key_ in parts[0]}
     final = finals[0] if len(finals) == 1 else jax.tree_util.tree_map(
