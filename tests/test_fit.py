@@ -21,7 +21,7 @@ from dormancy_model.fitting.estimate import fit, fit_solver_options
 from dormancy_model.fitting.files import apply_fit, read_fit, write_fit
 from dormancy_model.fitting.objective import Objective
 from dormancy_model.fitting.study import load_study
-from dormancy_model.model.simulate import SolverOptions
+from dormancy_model.model.integrate import SolverOptions
 from dormancy_model.params.table import load_model_parameters
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -27,12 +27,13 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from dormancy_model import status as S
 from dormancy_model.agents import hazard as H
 from dormancy_model.engine.lockstep import compacting_loop
 
 EMPTY, DORMANT, REACTIVATING, PROLIFERATING, LESION = range(5)
 N_EXACT_LINEAGES = 16
-STATUS_OK, STATUS_MAX_EVENTS, STATUS_OVERFLOW = 0, 1, 2
+STATUS_OK, STATUS_MAX_EVENTS, STATUS_OVERFLOW = S.OK, S.MAX_EVENTS, S.SLOT_OVERFLOW
 
 
 def _record(rec_t, records, t, t_next, counts):

@@ -35,20 +35,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dormancy_model import status as S
 from dormancy_model.agents import kernel as AK
 from dormancy_model.agents import loops as E
 from dormancy_model.agents.hazard import hazard_nodes, hazard_table
+from dormancy_model.model import observables as O
 from dormancy_model.model import rates as Rt
 from dormancy_model.model.ode import DormancyModel
 from dormancy_model.params.table import Parameters
 from dormancy_model.params.transforms import lognormal_sigma
 from dormancy_model.pk.closed_form import Dosing
 from dormancy_model.pk.schedule import Schedule
-
-STATUS_MESSAGES = {E.STATUS_OK: "ok",
-                   E.STATUS_MAX_EVENTS: "max_events reached before t1 (raise max_events)",
-                   E.STATUS_OVERFLOW: "no free slot for a new agent or clone (raise "
-                                      "extra_slots / clone_slots)"}
 
 
 class Heterogeneity(eqx.Module):
@@ -120,11 +117,11 @@ class AgentResult(eqx.Module):
 
     @property
     def ok(self) -> bool:
-        return bool(np.all(self.status == 0))
+        return bool(np.all(self.status == S.OK))
 
     @property
     def message(self) -> str:
-        return "; ".join(STATUS_MESSAGES[int(c)] for c in np.unique(self.status) if c) or "ok"
+        return S.message(self.status)
 
     def to_dataframe(self):
         """One row per replicate: outcomes, aspirates and cell counts."""
@@ -139,7 +136,7 @@ class AgentResult(eqx.Module):
         for j, day in enumerate(self.count_days):
             for s, name in enumerate(("dormant", "reactivating", "proliferating")):
                 cols[f"{name}_day{day:g}"] = self.counts[:, j, s]
-        cols["status"] = self.status
+        cols["status"] = S.names(self.status)
         return pd.DataFrame(cols)
 
 
@@ -476,7 +473,9 @@ def _device_outcomes(growth, detect, fraction, final, records, lesion_rows, k_as
     lane, on the device (only these arrays go to the host). Lesions are rare: their sizes are
     computed on `lesion_rows` only (padded with out-of-range rows, which are dropped)."""
     switch = jnp.where(final[kind_key] == E.LESION, final["switch_day"], jnp.inf)  # (n, S)
-    relapse_day = jnp.min(switch + jnp.log(detect / switch_size) / growth, axis=1)
+    # per lesion: each lesion's own switch day plus its growth to detection (the ODE's mean
+    # field reads the same growth law as tau = relapse_lag, see model.observables)
+    relapse_day = jnp.min(switch + O.lesion_growth_days(switch_size, detect, growth), axis=1)
     relapsed = relapse_day <= t1
     sw = switch.at[lesion_rows].get(mode="fill", fill_value=jnp.inf)  # (k, S)
     g, cap = (x.at[lesion_rows].get(mode="clip")[:, :, None] if x.ndim else x
@@ -485,7 +484,7 @@ def _device_outcomes(growth, detect, fraction, final, records, lesion_rows, k_as
     size = jnp.where(dt >= 0, jnp.minimum(switch_size * jnp.exp(g * jnp.maximum(dt, 0.0)), cap),
                      0.0)
     records = records.at[lesion_rows, :, 2].add(size.sum(axis=2), mode="drop")
-    lam = fraction * records[:, assess_idx, :].sum(axis=2)
+    lam = O.aspirate_mean(records[:, assess_idx, :].sum(axis=2), fraction)
     asp = jax.vmap(lambda k, lm: jax.random.poisson(k, lm))(k_asp, lam)
     clearance_day = final["clearance_day"]
     cleared = jnp.isfinite(clearance_day) & (clearance_day <= t1)
@@ -521,8 +520,3 @@ def _outcomes(params, batched, final, records, status, n_events, rec_days, count
                        dtc_positive=out["aspirate_count"] >= 1, final_state=state,
                        count_days=count_days, assess_days=assess_days, status=status[:n],
                        n_events=n_events[:n], t1=float(t1), method=method)
-
-
-def ode_relapse_lag_after_switch(params: Parameters, switch_size: float):
-    """Days from the switch size to detection at lesion_growth_rate (same law as the ODE)."""
-    return (Rt.relapse_lag(params) - jnp.log(switch_size) / params["lesion_growth_rate"])

@@ -41,8 +41,9 @@ def simulate_cmd(
         check_out_dir,
         prepare_out_dir,
     )
+    from dormancy_model.model.integrate import SolverOptions
     from dormancy_model.model.plots import plot_trajectory
-    from dormancy_model.model.simulate import SolverOptions, simulate
+    from dormancy_model.model.simulate import simulate
     from dormancy_model.model.summary import summarize
     from dormancy_model.pk.presets import get_schedule
 

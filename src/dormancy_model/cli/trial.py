@@ -86,9 +86,9 @@ def run_trial_report(out: Path, *, design: str = "clever", replicates: int = 100
     tick("report")
     import numpy as np
 
-    failed = int(np.sum(res.patients["agent_status"] != 0))
+    failed = int(np.sum(res.patients["agent_status"] != "ok"))
     if failed:
-        echo(f"warning: {failed} patients hit an agent-model limit (agent_status != 0)")
+        echo(f"warning: {failed} patients hit an agent-model limit (agent_status != ok)")
     return {"check": check, "trials": trials, **head}
 
 

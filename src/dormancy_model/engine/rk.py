@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dormancy_model import status as S
 from dormancy_model.engine.lockstep import compacting_loop
 
 # ---------------------------------------------------------------------------- tableaux
@@ -191,8 +192,9 @@ class AbstractLaneProblem(eqx.Module):
 
 
 class Solution(eqx.Module):
-    """ys: tuple of (N, S) arrays at each lane's save times; status 0 ok, 1 max_iters reached,
-    2 non-finite state; counts of accepted and rejected steps per lane; iterations of the loop."""
+    """ys: tuple of (N, S) arrays at each lane's save times; status (int8, `dormancy_model.status`):
+    OK, MAX_STEPS (max_iters reached), NONFINITE or STEP_TOO_SMALL; counts of accepted and
+    rejected steps per lane; iterations of the loop."""
 
     ys: tuple
     status: jax.Array
@@ -375,7 +377,11 @@ def _make_body(problem, opts: EngineOptions, n_save: int, shared):
 
 def _solution(st, n_save, n) -> Solution:
     js, out, nacc, nrej, bad, it = st[6:12]
-    status = jnp.where(bad, 2, jnp.where(js < n_save, 1, 0)).astype(jnp.int8)
+    # a lane stops at its first failure, so a non-finite state is still there at the end;
+    # a lane stopped with a finite state had its step size fall to rounding level
+    y_bad = ~functools.reduce(operator.and_, [jnp.isfinite(v) for v in st[2]])
+    status = jnp.where(bad, jnp.where(y_bad, S.NONFINITE, S.STEP_TOO_SMALL),
+                       jnp.where(js < n_save, S.MAX_STEPS, S.OK)).astype(jnp.int8)
     ys = tuple(jnp.stack(o, axis=1) for o in out)
     return Solution(ys, status, nacc, nrej, jnp.broadcast_to(it, (n,)))
 

@@ -4,7 +4,7 @@
 
 Pipeline (all starts at once, batched with `jax.vmap` through one compiled objective+gradient,
 see `fit_objective.Objective`; by default each arm is solved on a fixed step grid,
-`likelihood.FixedSteps`, so the objective is smooth in the parameters):
+`integrate.FixedSteps`, so the objective is smooth in the parameters):
 
 1. starts: scrambled Sobol (or Latin-hypercube) points inside the bounds, in each parameter's
    scale (log/logit/lin), mapped to the unconstrained space z;
@@ -29,10 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dormancy_model.fitting.likelihood import FixedSteps
 from dormancy_model.fitting.objective import Objective
 from dormancy_model.fitting.study import Study
-from dormancy_model.model.simulate import SolverOptions
+from dormancy_model.model.integrate import FixedSteps, SolverOptions
 from dormancy_model.params.table import Parameters
 
 Z95 = 1.959963984540054
@@ -47,7 +46,7 @@ def fit_batch(starts: int) -> int:
 
 
 def fit_solver_options() -> FixedSteps:
-    """Default solver for fitting: fixed-step Tsit5 (`likelihood.FixedSteps`: every dose time,
+    """Default solver for fitting: fixed-step Tsit5 (`integrate.FixedSteps`: every dose time,
     512 steps to two weeks after the last dose, 192 to the end of the study). On the shipped
     study its objective is within 0.01 nll units of an adaptive solve at rtol 1e-10 near the
     optimum (the adaptive rtol 1e-4 default it replaced was off by 0.2), costs less than half
@@ -386,10 +385,7 @@ def fit(study: Study, params: Parameters, free, *, starts: int = 16, seed: int =
 
 
 def _solver_settings(options) -> dict:
-    if isinstance(options, FixedSteps):
-        return options.describe()
-    return dict(method="adaptive Tsit5 (PID)", rtol=options.rtol, atol=options.atol,
-                max_steps=options.max_steps)
+    return options.describe()
 
 
 def from_codes(sv, code):

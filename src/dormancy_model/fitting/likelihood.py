@@ -16,16 +16,17 @@ All functions are pure and jittable; per-arm predictions are vmapped over the ar
 
 from __future__ import annotations
 
-import diffrax as dfx
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jax.scipy.stats import norm
 
+from dormancy_model import status as S
 from dormancy_model.fitting.study import StudyArrays
+from dormancy_model.model import observables as O
 from dormancy_model.model import rates as R
+from dormancy_model.model.integrate import FixedSteps, SolverOptions, finite_status
 from dormancy_model.model.ode import DormancyModel
-from dormancy_model.model.simulate import SolverOptions
 from dormancy_model.params.table import Parameters
 from dormancy_model.pk.closed_form import Dosing
 
@@ -39,126 +40,35 @@ class ArmPrediction(eqx.Module):
     residual: jax.Array  # cells
     cum_hazard: jax.Array  # Lambda(t)
     hazard_rate: jax.Array  # h(t), 1/day
-    status: jax.Array  # 0 ok (max over the solve)
+    status: jax.Array  # a code of dormancy_model.status (0 ok)
 
 
 def arm_prediction(model: DormancyModel, params: Parameters, dosing: Dosing, grid,
-                   options: SolverOptions) -> ArmPrediction:
-    """Solve one arm once (dense output) and read it at the grid days and at the grid days
-    minus the relapse lag. Same equations, controller (steps to every dose) and initial state as
-    `simulate`; dense output instead of `SaveAt(ts)` because reading a few hundred days from
-    the interpolant is much cheaper than saving them inside the solver loop."""
+                   options: SolverOptions | FixedSteps) -> ArmPrediction:
+    """Solve one arm once and read it at the grid days and at the grid days minus the relapse
+    lag, with the step strategy `options` (`integrate.SolverOptions`: adaptive, dense output,
+    the same equations, controller and initial state as `simulate`; dense output instead of
+    `SaveAt(ts)` because reading a few hundred days from the interpolant is much cheaper than
+    saving them inside the solver loop. `integrate.FixedSteps`: the fixed step grid)."""
     course = model.drug_course(params, dosing)
-    y0 = model.initial_state(params)
     t0, t1 = grid[0], grid[-1]
-    jumps = course.jump_times()
-    jumps = jnp.where((jumps > t0) & (jumps < t1), jumps, t1)
-    controller = dfx.PIDController(rtol=options.rtol, atol=options.atol, jump_ts=jumps)
-    sol = dfx.diffeqsolve(
-        dfx.ODETerm(model.vector_field), options.solver, t0, t1, None, y0,
-        args=(params, course), saveat=dfx.SaveAt(dense=True), stepsize_controller=controller,
-        max_steps=options.max_steps, throw=False)
-    lag = R.relapse_lag(params)
-    lagged_t = jnp.maximum(grid - lag, t0)
-    y = jax.vmap(sol.evaluate)(grid)
-    yl = jax.vmap(sol.evaluate)(lagged_t)
-    ex = jax.vmap(course.exposure)(lagged_t)
-    rates = R.cell_rates(ex.eve, ex.hcq_effect, params)
-    p_found = R.founding_probability(params)
-    rate = jnp.where(grid > lag, p_found * rates.commitment * yl[:, 1], 0.0)
-    cum = jnp.where(grid > lag, p_found * yl[:, 3], 0.0)
-    ok = (sol.result == dfx.RESULTS.successful) & jnp.all(jnp.isfinite(y)) & jnp.all(
-        jnp.isfinite(yl))
-    return ArmPrediction(residual=y[:, 0] + y[:, 1] + y[:, 2], cum_hazard=cum,
-                         hazard_rate=rate, status=jnp.where(ok, 0, 1))
-
-
-class FixedSteps(eqx.Module):
-    """Fixed-step Tsit5 for fitting: a step grid made of every dose time (kinks of the
-    concentrations), `fine` equal steps from day 0 to `washout` days after the arm's last dose
-    and `coarse` equal steps from there to the end of the study. Outputs between step points are
-    read from the cubic Hermite interpolant (values and derivatives at the step ends).
-
-    Why: with an adaptive controller the objective is only piecewise smooth (the step sequence
-    changes with the parameters), so its exact gradient disagrees with its finite differences
-    by more than a converged optimiser's gradient tolerance and line searches stall on the
-    noise. On a fixed grid the objective is a smooth function of the parameters, every arm and
-    start costs the same number of steps (no lane waits for a slower one), and the
-    discretisation error is a smooth bias, checked against a tight adaptive solve in
-    tests/test_fit.py."""
-
-    fine: int = eqx.field(static=True, default=256)
-    coarse: int = eqx.field(static=True, default=96)
-    washout: float = eqx.field(static=True, default=14.0)
-
-    def describe(self) -> dict:
-        return dict(method="fixed-step Tsit5", fine_steps=self.fine, coarse_steps=self.coarse,
-                    washout_days=self.washout, plus="every dose time")
-
-
-def _hermite(t, ta, tb, ya, yb, fa, fb):
-    """Cubic Hermite interpolant on [ta, tb] at t (ya, yb values; fa, fb derivatives)."""
-    h = tb - ta
-    th = jnp.where(h > 0, (t - ta) / jnp.where(h > 0, h, 1.0), 0.0)
-    th2, th3 = th * th, th * th * th
-    return ((2 * th3 - 3 * th2 + 1) * ya + (th3 - 2 * th2 + th) * h * fa
-            + (3 * th2 - 2 * th3) * yb + (th3 - th2) * h * fb)
-
-
-def arm_prediction_fixed(model: DormancyModel, params: Parameters, dosing: Dosing, grid,
-                         steps: FixedSteps) -> ArmPrediction:
-    """`arm_prediction` on the fixed step grid of `steps` (see `FixedSteps`)."""
-    course = model.drug_course(params, dosing)
-    y0 = model.initial_state(params)
-    t0, t1 = grid[0], grid[-1]
-    amounts = jnp.concatenate([dosing.hcq.amount, dosing.eve.amount])
-    times = jnp.concatenate([dosing.hcq.times, dosing.eve.times])
-    last = jnp.max(jnp.where(amounts > 0, times, t0))
-    t_mid = jnp.clip(last + steps.washout, t0, t1)
-    jumps = jnp.clip(course.jump_times(), t0, t1)
-    fine = t0 + (t_mid - t0) * jnp.arange(steps.fine) / steps.fine
-    coarse = t_mid + (t1 - t_mid) * jnp.arange(steps.coarse + 1) / steps.coarse
-    ts = jnp.sort(jnp.concatenate([fine, coarse, jumps]))
-    term = dfx.ODETerm(model.vector_field)
-    solver = dfx.Tsit5()
-    args = (params, course)
-
-    def step(carry, tt):
-        y, state = carry
-        ta, tb = tt
-        # made_jump: the first stage is re-evaluated at every step (an IV dose makes the
-        # vector field jump at a step point, so the previous step's last stage is not reused)
-        y1, _, dense, state, _ = solver.step(term, ta, tb, y, args, state, made_jump=True)
-        k = dense["k"]
-        return (y1, state), (y1, k[0], k[-1])
-
-    state0 = solver.init(term, ts[0], ts[1], y0, args)
-    _, (ys, fa, fb) = jax.lax.scan(step, (y0, state0), (ts[:-1], ts[1:]))
-    ya = jnp.concatenate([y0[None], ys[:-1]])
-
-    def at(t):
-        i = jnp.clip(jnp.searchsorted(ts, t, side="right") - 1, 0, ts.shape[0] - 2)
-        return _hermite(t, ts[i], ts[i + 1], ya[i], ys[i], fa[i], fb[i])
-
-    lag = R.relapse_lag(params)
-    lagged_t = jnp.maximum(grid - lag, t0)
+    at, status = options.dense(model, params, course, dosing, t0, t1)
+    p_found, lag = O.founding_probability(params), O.relapse_lag(params)
+    lagged_t = O.lagged_times(grid, lag, t0)
     y = jax.vmap(at)(grid)
     yl = jax.vmap(at)(lagged_t)
     ex = jax.vmap(course.exposure)(lagged_t)
     rates = R.cell_rates(ex.eve, ex.hcq_effect, params)
-    p_found = R.founding_probability(params)
-    rate = jnp.where(grid > lag, p_found * rates.commitment * yl[:, 1], 0.0)
-    cum = jnp.where(grid > lag, p_found * yl[:, 3], 0.0)
-    ok = jnp.all(jnp.isfinite(ys)) & jnp.all(jnp.isfinite(y)) & jnp.all(jnp.isfinite(yl))
-    return ArmPrediction(residual=y[:, 0] + y[:, 1] + y[:, 2], cum_hazard=cum,
-                         hazard_rate=rate, status=jnp.where(ok, 0, 1))
+    return ArmPrediction(
+        residual=y[:, 0] + y[:, 1] + y[:, 2],
+        cum_hazard=O.cumulative_hazard(grid, yl[:, 3], p_found, lag),
+        hazard_rate=O.hazard_rate(grid, rates.commitment, yl[:, 1], p_found, lag),
+        status=finite_status(status, y, yl))
 
 
 def study_prediction(model, params, arrays: StudyArrays, options) -> ArmPrediction:
-    """Predictions of every arm, (A, G) arrays: one vmapped solve per arm (adaptive for
-    `SolverOptions`, fixed grid for `FixedSteps`)."""
-    fn = arm_prediction_fixed if isinstance(options, FixedSteps) else arm_prediction
-    return jax.vmap(fn, in_axes=(None, None, 0, None, None))(
+    """Predictions of every arm, (A, G) arrays: one vmapped solve per arm."""
+    return jax.vmap(arm_prediction, in_axes=(None, None, 0, None, None))(
         model, params, arrays.dosing, arrays.grid, options)
 
 
@@ -182,11 +92,12 @@ def relapse_loglik(pred: ArmPrediction, arrays: StudyArrays):
 
 
 def joint_loglik(model, params, arrays, sigma, options, weights=(1.0, 1.0)):
-    """(joint log-likelihood, burden part, relapse part, solver status)."""
+    """(joint log-likelihood, burden part, relapse part, solver status: the arms' statuses
+    combined by `status.reduce`)."""
     pred = study_prediction(model, params, arrays, options)
     lb = burden_loglik(pred, arrays, sigma)
     lr = relapse_loglik(pred, arrays)
-    return weights[0] * lb + weights[1] * lr, lb, lr, jnp.max(pred.status)
+    return weights[0] * lb + weights[1] * lr, lb, lr, S.reduce(pred.status)
 
 
 def log_prior(scaled_values, centre, width):

@@ -26,8 +26,8 @@ import numpy as np
 from dormancy_model.errors import InputError, suggest
 from dormancy_model.fitting.likelihood import joint_loglik, log_prior
 from dormancy_model.fitting.study import Study, study_arrays
+from dormancy_model.model.integrate import SolverOptions
 from dormancy_model.model.ode import DormancyModel
-from dormancy_model.model.simulate import SolverOptions
 from dormancy_model.params.table import Parameters
 from dormancy_model.params.transforms import (
     SCALE_CODE,

@@ -130,18 +130,3 @@ def cell_derivatives(d, r, pr, rates: CellRates, capacity):
     dr = to_r - to_d - to_p - rates.death_reactivating * r
     dp = to_p + (rates.division * (1.0 - pr / capacity) - rates.death_proliferating) * pr - back
     return dd, dr, dp, to_p
-
-
-def founding_probability(p):
-    """Probability that a cell entering P founds a lesion escaping extinction: 1 - d/b [S22]."""
-    return 1.0 - p["delta_p"] / p["lambda_p"]
-
-
-def relapse_lag(p):
-    """Days for an escaped lesion to grow from one cell to the detection size."""
-    return jnp.log(p["detection_size"]) / p["lesion_growth_rate"]
-
-
-def p_dtc_positive(cells, p):
-    """Probability that one aspirate shows >= 1 DTC: 1 - exp(-f N) (Poisson sampling)."""
-    return -jnp.expm1(-p["aspirate_fraction"] * cells)

@@ -8,32 +8,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dormancy_model import status as S
+from dormancy_model.model import observables as O
 from dormancy_model.model import rates as R
+from dormancy_model.model.integrate import (
+    SolverOptions,
+    finite_status,
+    integrate,
+    solver_status,
+    start_status,
+)
 from dormancy_model.model.ode import DormancyModel
 from dormancy_model.params.table import Parameters
 from dormancy_model.pk.closed_form import Dosing
 from dormancy_model.pk.schedule import Schedule
 from dormancy_model.units import DAYS_PER_YEAR
-
-STATUS_MESSAGES = {
-    0: "ok",
-    1: "the ODE solver failed (maximum number of steps reached or step size too small); "
-       "raise max_steps or loosen rtol/atol",
-    2: "the solution contains non-finite values (check the parameters)",
-    3: "two PK rate constants coincide (e.g. ka equal to an elimination rate); the closed-form "
-       "PK needs distinct eigenvalues: perturb one of them",
-}
-
-
-class SolverOptions(eqx.Module):
-    """Numerical options of `simulate`. Defaults: Tsit5 with a PID controller that steps to
-    every dose time exactly, rtol 1e-6, atol 1e-9 cells, float64."""
-
-    solver: dfx.AbstractSolver = dfx.Tsit5()
-    rtol: float = eqx.field(static=True, default=1e-6)
-    atol: float = eqx.field(static=True, default=1e-9)
-    max_steps: int = eqx.field(static=True, default=20_000)
-    dtype: str = eqx.field(static=True, default="float64")
 
 
 class SolveError(RuntimeError):
@@ -58,7 +47,7 @@ class Trajectory(eqx.Module):
     autophagy_demand: jax.Array
     autophagy_flux: jax.Array
     autophagy_deficit: jax.Array
-    status: jax.Array  # 0 ok; see STATUS_MESSAGES
+    status: jax.Array  # a code of dormancy_model.status (0 ok)
     num_steps: jax.Array
 
     @property
@@ -72,12 +61,11 @@ class Trajectory(eqx.Module):
 
     @property
     def ok(self) -> bool:
-        return bool(np.all(np.asarray(self.status) == 0))
+        return bool(np.all(np.asarray(self.status) == S.OK))
 
     @property
     def message(self) -> str:
-        codes = np.unique(np.asarray(self.status))
-        return "; ".join(STATUS_MESSAGES[int(c)] for c in codes if c != 0) or "ok"
+        return S.message(self.status)
 
     def raise_if_failed(self) -> Trajectory:
         if not self.ok:
@@ -117,34 +105,28 @@ def save_grid(t1: float, save_every_hours: float = 24.0) -> np.ndarray:
 @eqx.filter_jit
 def _solve(model: DormancyModel, params: Parameters, dosing: Dosing, ts, options: SolverOptions):
     course = model.drug_course(params, dosing)
-    y0 = model.initial_state(params)
     n = ts.shape[0]
-    lag = R.relapse_lag(params)
+    p_found, lag = O.founding_probability(params), O.relapse_lag(params)
     # save at the output times and at the lagged times, merged in order
-    all_ts = jnp.concatenate([ts, jnp.maximum(ts - lag, ts[0])])
+    all_ts = jnp.concatenate([ts, O.lagged_times(ts, lag, ts[0])])
     order = jnp.argsort(all_ts)
     inverse = jnp.argsort(order)
-    t0, t1 = ts[0], ts[-1]
-    jumps = course.jump_times()
-    jumps = jnp.where((jumps > t0) & (jumps < t1), jumps, t1)
-    controller = dfx.PIDController(rtol=options.rtol, atol=options.atol, jump_ts=jumps)
-    sol = dfx.diffeqsolve(
-        dfx.ODETerm(model.vector_field), options.solver, t0, t1, None, y0,
-        args=(params, course), saveat=dfx.SaveAt(ts=all_ts[order]),
-        stepsize_controller=controller, max_steps=options.max_steps, throw=False)
+    sol = integrate(model, params, course, ts[0], ts[-1], options,
+                    dfx.SaveAt(ts=all_ts[order]))
     ys = sol.ys[inverse]
     y, y_lag = ys[:n], ys[n:]
-    hazard = R.founding_probability(params) * y_lag[:, 3]
+    hazard = O.cumulative_hazard(ts, y_lag[:, 3], p_found, lag)
     ex = jax.vmap(course.exposure)(ts)
     m = R.mtor_activity(ex.eve, params)
     aut = R.autophagy(m, R.lysosomal_block(ex.hcq_effect, params), params)
     cells = y[:, 0] + y[:, 1] + y[:, 2]
-    finite = jnp.all(jnp.isfinite(y))
-    status = jnp.where(sol.result == dfx.RESULTS.successful, jnp.where(finite, 0, 2), 1)
-    status = jnp.where(course.min_eigen_gap < 1e-6, 3, status)
+    status = S.combine(finite_status(solver_status(sol.result), y),
+                       start_status(model, params, course, ts[0]))
+    status = S.combine(status, jnp.where(course.min_eigen_gap < 1e-6, S.DEGENERATE_PK, S.OK))
     return Trajectory(
         times=ts, dormant=y[:, 0], reactivating=y[:, 1], proliferating=y[:, 2],
-        escaped=y[:, 3], hazard=hazard, p_dtc_positive=R.p_dtc_positive(cells, params),
+        escaped=y[:, 3], hazard=hazard,
+        p_dtc_positive=O.p_dtc_positive(cells, params["aspirate_fraction"]),
         hcq_ng_ml=ex.hcq, hcq_effect_ng_ml=ex.hcq_effect, eve_ng_ml=ex.eve, mtor_activity=m,
         autophagy_demand=aut.demand, autophagy_flux=aut.flux, autophagy_deficit=aut.deficit,
         status=status, num_steps=sol.stats["num_steps"])

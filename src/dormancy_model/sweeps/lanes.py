@@ -23,8 +23,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dormancy_model import status as S
 from dormancy_model.engine.pallas import take_rows
 from dormancy_model.engine.rk import AbstractLaneProblem, EngineOptions, solve_sharded
+from dormancy_model.model import observables as O
 from dormancy_model.model import rates as R
 from dormancy_model.params.table import Parameters
 from dormancy_model.pk.closed_form import HIGHEST, drug_system
@@ -210,10 +212,11 @@ def solve_outputs_impl(varying: dict, base: Parameters, table: ScheduleTable, si
                             tab.oral[d].astype(dt)], axis=-1).reshape(-1, 4) for d in DRUG_MODES}
     shared = {"params": shared_params, "packed": packed,
               "per_schedule": {d: tab.times[d].shape[1] for d in DRUG_MODES}}
-    lag = R.relapse_lag(full)
+    p_found, lag = O.founding_probability(full), O.relapse_lag(full)
     t0 = jnp.zeros((), dt)
     out_days = jnp.asarray(sorted(set(days.residual_days) | set(days.assessment_days)), dt)
-    lagged = jnp.maximum(jnp.asarray(days.rfs_days, dt)[None, :] - lag[:, None], t0)
+    rfs_days = jnp.asarray(days.rfs_days, dt)[None, :]
+    lagged = O.lagged_times(rfs_days, lag[:, None], t0)
     saves = jnp.concatenate([jnp.broadcast_to(out_days, (n, out_days.size)), lagged], axis=1)
     order = jnp.argsort(saves, axis=1)
     saves_sorted = jnp.take_along_axis(saves, order, axis=1)
@@ -232,14 +235,13 @@ def solve_outputs_impl(varying: dict, base: Parameters, table: ScheduleTable, si
     ridx = jnp.asarray([pos[d] for d in days.residual_days], jnp.int32)
     aidx = jnp.asarray([pos[d] for d in days.assessment_days], jnp.int32)
     e_lag = ys[3][:, n_out:]
-    p_found = R.founding_probability(full)
-    status = sol.status
-    status = jnp.where((gap["eve"] < 1e-6) | (gap["hcq"] < 1e-6), 3, status).astype(jnp.int8)
+    degenerate = (gap["eve"] < 1e-6) | (gap["hcq"] < 1e-6)
+    status = S.combine(sol.status, jnp.where(degenerate, S.DEGENERATE_PK, S.OK)).astype(jnp.int8)
     return dict(
         residual=cells[:, ridx],
-        relapse_free=jnp.exp(-p_found[:, None] * e_lag),
-        p_dtc_positive=R.p_dtc_positive(cells[:, aidx], {"aspirate_fraction":
-                                                          full["aspirate_fraction"][:, None]}),
+        relapse_free=O.relapse_free(O.cumulative_hazard(rfs_days, e_lag, p_found[:, None],
+                                                        lag[:, None])),
+        p_dtc_positive=O.p_dtc_positive(cells[:, aidx], full["aspirate_fraction"][:, None]),
         status=status, steps=sol.accepted, rejected=sol.rejected)
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dormancy_model import status as S
 from dormancy_model.errors import InputError
 from dormancy_model.sweeps.spec import SweepSpec, load_sweep_spec, parse_sweep
 
@@ -39,7 +40,7 @@ OUTPUT_DOC = {
     "residual": "residual burden D + R + P (cells) at residual_day",
     "relapse_free": "relapse-free probability exp(-Lambda) at rfs_day",
     "p_dtc_positive": "probability that one bone-marrow aspirate shows >= 1 DTC at assessment_day",
-    "status": "0 ok, 1 step limit reached, 2 non-finite state, 3 degenerate PK eigenvalues",
+    "status": "solver status code, named by flag_values / flag_meanings (dormancy_model.status)",
     "steps": "accepted steps of the trajectory",
 }
 
@@ -137,8 +138,8 @@ def _dataset_template(spec: SweepSpec, cshape, lazy: bool = False):
         shape = spec.shape + (len(days[dd]),)
         data[var] = (dims + (dd,), full(shape, np.nan, np.float32, tuple(cshape) + shape[-1:]),
                      {"units": OUTPUT_UNITS[var], "long_name": OUTPUT_DOC[var]})
-    data["status"] = (dims, full(spec.shape, -1, np.int8, cshape),
-                      {"long_name": OUTPUT_DOC["status"]})
+    data["status"] = (dims, full(spec.shape, S.MISSING, np.int8, cshape),
+                      {"long_name": OUTPUT_DOC["status"], **S.flag_attrs()})
     data["steps"] = (dims, full(spec.shape, 0, np.int32, cshape),
                      {"long_name": OUTPUT_DOC["steps"]})
     opts = spec.options
@@ -156,7 +157,7 @@ def _create_store(spec: SweepSpec, out: Path, cshape) -> None:
     for var in ds.data_vars:
         extra = (ds[var].shape[-1],) if var in OUTPUT_DAY_DIM else ()
         enc[var] = {"chunks": tuple(cshape) + extra,
-                    "_FillValue": {"status": -1, "steps": 0}.get(var, np.nan)}
+                    "_FillValue": {"status": S.MISSING, "steps": 0}.get(var, np.nan)}
     tmp = out.with_name(out.name + ".creating")
     shutil.rmtree(tmp, ignore_errors=True)
     ds.to_zarr(tmp, mode="w", encoding=enc, consolidated=False, zarr_format=3, compute=False)
@@ -305,7 +306,8 @@ def _run_dask(spec, out, chunk, todo, workers, scheduler, tick) -> None:
 
 def open_sweep(path: str | Path):
     """Open a sweep store as an xarray Dataset (loaded); chunks without a completion marker
-    read as missing (NaN, status -1). attrs['complete'] says whether every chunk is done."""
+    read as missing (NaN, status `status.MISSING`). attrs['complete'] says whether every chunk
+    is done."""
     import xarray as xr
 
     path = Path(path)
@@ -326,7 +328,7 @@ def open_sweep(path: str | Path):
     for sl in todo:
         for var in ds.data_vars:
             if var == "status":
-                ds[var].values[sl] = -1
+                ds[var].values[sl] = S.MISSING
             elif var == "steps":
                 ds[var].values[sl] = 0
             else:

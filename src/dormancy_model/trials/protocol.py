@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from dormancy_model import status as S
 from dormancy_model.agents.simulate import take_rows
 from dormancy_model.model.ode import DormancyModel
 from dormancy_model.params.table import Parameters, load_model_parameters
@@ -113,7 +114,7 @@ def _run_group(model, params: Parameters, dosing: Dosing, key, *, t0, t1, assess
             positive=np.asarray(res.dtc_positive)[:k].reshape(k, len(assess_days)),
             clearance_day=np.asarray(res.clearance_day, float)[:k],
             relapse_day=np.asarray(res.relapse_day, float)[:k],
-            status=np.asarray(getattr(res, "status", np.zeros(m, int)))[:k]))
+            status=np.asarray(getattr(res, "status", np.full(m, S.OK, np.int8)))[:k]))
         finals.append(take_rows(res.final_state, np.arange(k)))
     out = {key_: np.concatenate([q[key_] for q in parts]) for key_ in parts[0]}
     final = finals[0] if len(finals) == 1 else jax.tree_util.tree_map(
@@ -182,7 +183,7 @@ def trial(design: TrialDesign, params: Parameters | None = None, *, key,
                                 t0=0.0, t1=d.observation_days, assess_days=[d.observation_days],
                                 method=method, chunk=chunk)
             df["count_C3"] = out["aspirate"][:, 0]
-            df["agent_status"] = out["status"]
+            df["agent_status"] = S.names(out["status"])
             for c in ("extension", "cleared_true_eot", "cleared_observed", "cleared_eot_observed",
                       "rfs_event"):
                 df[c] = False  # not analysed for RFS (kept boolean so columns stay typed)
@@ -200,7 +201,7 @@ def trial(design: TrialDesign, params: Parameters | None = None, *, key,
                                                                                 "count_post"]}
         clear_a, relapse_a = np.full(n, np.inf), np.full(n, np.inf)
         ext = np.zeros(n, bool)
-        status = np.zeros(n, int)
+        status = np.full(n, S.OK, np.int8)  # phases combined by status.combine
         clear_b, relapse_b = np.full(n, np.inf), np.full(n, np.inf)
         states = {}
         for s in np.unique(stop_cycle):  # phase A
@@ -213,7 +214,7 @@ def trial(design: TrialDesign, params: Parameters | None = None, *, key,
             for j, a in enumerate(a_names):
                 cols["count_" + a][idx] = out["aspirate"][:, j]
             clear_a[idx], relapse_a[idx] = out["clearance_day"], out["relapse_day"]
-            status[idx] = np.maximum(status[idx], out["status"])
+            status[idx] = S.combine(status[idx], out["status"])
             ext[idx] = (out["positive"][:, -1] & (s == 0) & (d.extension_cycles > 0)
                         & bool(arm.drugs))
             states[int(s)] = (idx, fs)
@@ -239,14 +240,14 @@ def trial(design: TrialDesign, params: Parameters | None = None, *, key,
                     cols["count_C12"][idx] = out["aspirate"][:, 0]
                 cols["count_post"][idx] = out["aspirate"][:, -1]
                 clear_b[idx], relapse_b[idx] = out["clearance_day"], out["relapse_day"]
-                status[idx] = np.maximum(status[idx], out["status"])
+                status[idx] = S.combine(status[idx], out["status"])
         step += 1
         if progress:
             progress(step, total, name)
         for c, v in cols.items():
             df[c] = v
         df["extension"] = ext
-        df["agent_status"] = status  # 0 ok; see agents.STATUS_MESSAGES
+        df["agent_status"] = S.names(status)  # by name: see dormancy_model.status
         df["discontinued_cycle"] = stop_cycle
         eot = np.where(stop_cycle > 0, stop_cycle * d.cycle_days, np.where(ext, end_ext,
                                                                            end_plan))
