@@ -103,7 +103,7 @@ def test_unwritable_output_dir(tmp_path, capsys):
 def test_demo_unknown_stage_one_line_exit_2(tmp_path, capsys):
     out = tmp_path / "demo"
     code, _, err = run(["demo", "--out", str(out), "--only", "nosuchstage"], capsys)
-    assert code == 2 and err.count("\n") == 1 and "--only: only: no stage title contains" in err
+    assert code == 2 and err.count("\n") == 1 and "--only: only: no stage matches" in err
     assert not out.exists()
 
 

@@ -1,6 +1,6 @@
 """`dormancy demo` (`make demo`): the main job end to end, one function per stage in STAGES.
 
-Run: dormancy demo --out out/demo [--only TEXT]  (or python -m dormancy_model.cli.demo ...)
+Run: dormancy demo --out out/demo [--only NAME]  (or python -m dormancy_model.cli.demo ...)
 Each stage takes the output directory and returns a one-line result text.
 """
 
@@ -173,26 +173,27 @@ def stage_trial(out: Path) -> str:
             f"DTC reduction {red} (reported 0.80/0.78/0.87){warn}")
 
 
+# (name, title, stage); --only picks the stages whose name or title contains its text
 STAGES = [
-    ("CLEVER arms, deterministic model", stage_simulate),
-    ("HCQ x EVE dose-grid sweep", stage_sweep),
-    ("Fit the synthetic mouse study", stage_fit),
-    ("CLEVER arms, stochastic agents", stage_agents),
-    ("Virtual CLEVER trial and report", stage_trial),
+    ("simulate", "CLEVER arms, deterministic model", stage_simulate),
+    ("sweep", "HCQ x EVE dose-grid sweep", stage_sweep),
+    ("fit", "Fit the synthetic mouse study", stage_fit),
+    ("agents", "CLEVER arms, stochastic agents", stage_agents),
+    ("trial", "Virtual CLEVER trial and report", stage_trial),
 ]
 
 
 def demo_cmd(
     out: Path = typer.Option(Path("out/demo"), "--out", help="output directory"),
-    only: str = typer.Option(None, "--only", help="run only the stages whose title contains "
-                             "this (e.g. trial, sweep)"),
+    only: str = typer.Option(None, "--only", help="run only the stages whose name (simulate, "
+                             "sweep, fit, agents, trial) or title contains this"),
 ):
     """The main job end to end: deterministic arms, a dose-grid sweep, a fit of the synthetic
     mouse study, the agent model and a virtual CLEVER trial (results and plots in --out)."""
-    stages = [(t, f) for t, f in STAGES if not only or only.lower() in t.lower()]
+    stages = [(t, f) for n, t, f in STAGES if not only or only.lower() in f"{n} {t}".lower()]
     if not stages:
-        raise InputError("--only", "only", f"no stage title contains {only!r} (stages: "
-                         + "; ".join(t for t, _ in STAGES) + ")")
+        raise InputError("--only", "only", f"no stage matches {only!r} (stages: "
+                         + ", ".join(n for n, _, _ in STAGES) + ")")
     from dormancy_model.engine.devices import use_cpu_cores
     from dormancy_model.io import prepare_out_dir
 
