@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml $(LOCK)
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m dormancy_model.cli.demo --out out/demo
+	$(BIN)/dormancy demo --out out/demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15

@@ -98,3 +98,18 @@ def test_unwritable_output_dir(tmp_path, capsys):
     blocker.write_text("not a directory")
     code, _, err = run(["simulate", "--years", "0.1", "--out", str(blocker / "sub")], capsys)
     assert code == 2 and "--out: output directory cannot be written" in err
+
+
+def test_demo_unknown_stage_one_line_exit_2(tmp_path, capsys):
+    out = tmp_path / "demo"
+    code, _, err = run(["demo", "--out", str(out), "--only", "nosuchstage"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "--only: only: no stage matches" in err
+    assert not out.exists()
+
+
+def test_demo_fit_stage_skips_without_the_study(tmp_path):
+    from dormancy_model.cli.demo import STUDY, stage_fit
+
+    assert (STUDY / "study.toml").is_file()  # found from the repository checkout
+    text = stage_fit(tmp_path, study=tmp_path / "absent")
+    assert text.startswith("skipped: the synthetic study") and not (tmp_path / "fit").exists()

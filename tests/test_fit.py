@@ -181,3 +181,20 @@ def test_readme_cli_example_fit_then_simulate(tmp_path, monkeypatch, capsys):
 def test_readme_python_example(readme_ns):
     assert readme_ns["result"].n_converged >= 1
     assert float(readme_ns["fitted"]["delta_max"]) == readme_ns["result"].estimate["delta_max"]
+
+
+@pytest.mark.parametrize("kw, field", [
+    (dict(starts=0), "starts"),
+    (dict(out="fit.txt"), "--out"),
+    (dict(profile=["hcq_ic50"]), "profile"),
+    (dict(model="human"), "meta.species"),
+])
+def test_run_fit_validates_before_writing(tmp_path, kw, field):
+    from dormancy_model.errors import InputError
+    from dormancy_model.fitting.pipeline import run_fit
+
+    args = dict(starts=2, seed=0, out=tmp_path / "o" / "fit.json")
+    args.update({k: v for k, v in kw.items() if k != "model"})
+    with pytest.raises(InputError, match=field):
+        run_fit(SHIPPED, kw.get("model", "mouse"), FREE, **args)
+    assert not (tmp_path / "o").exists()

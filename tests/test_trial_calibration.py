@@ -56,6 +56,42 @@ def test_loss_zero_at_targets_and_load_calibration(tmp_path):
     path.write_text("{}")
     with pytest.raises(InputError):
         C.load_calibration(path)
+    packaged = C.load_calibration()  # the default shipped as package data
+    assert set(packaged) == {"delta_max", "k_dr"} and all(v > 0 for v in packaged.values())
+
+
+def test_calibrate_cli_writes_record(monkeypatch, tmp_path, capsys):
+    from dormancy_model.cli.main import main
+
+    monkeypatch.setattr(C, "simulate_at", fake_simulate_at)
+    out = tmp_path / "cal" / "c.json"
+    main(["calibrate", "--replicates", "3", "--check-replicates", "3", "--seed", "0",
+          "--out", str(out)])
+    rec = json.loads(out.read_text())
+    assert set(rec["estimates"]) == {"delta_max", "k_dr"} and len(rec["grid"]) == 9
+    assert rec["command"].startswith("dormancy calibrate --model human --replicates 3")
+    assert C.load_calibration(out) == {k: v["internal_value"] for k, v in rec["estimates"].items()}
+    assert f"wrote {out}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, field", [
+    (["--replicates", "0"], "replicates"),
+    (["--check-replicates", "0"], "check_replicates"),
+    (["--points", "2"], "points"),
+    (["--span", "0"], "span"),
+    (["--out", "cal.txt"], "--out"),
+    (["--model", "nope"], "nope"),
+])
+def test_calibrate_cli_bad_input_one_line_exit_2(monkeypatch, tmp_path, capsys, args, field):
+    from dormancy_model.cli.main import main
+
+    monkeypatch.setattr(C, "simulate_at", fake_simulate_at)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        main(["calibrate", "--out", str(tmp_path / "c.json")] + args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and field in err[0], err
+    assert not any(tmp_path.iterdir())
 
 
 @pytest.mark.slow

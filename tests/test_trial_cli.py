@@ -61,12 +61,33 @@ def test_cli_writes_report_and_same_seed_same_numbers(double, tmp_path, capsys):
     assert "reported" in out and "simulated" in out
 
 
+def test_default_calibration_is_the_packaged_one(double, tmp_path):
+    from dormancy_model.trials.calibrate import load_calibration
+    from dormancy_model.trials.pipeline import run_trial_report
+
+    res = run_trial_report(tmp_path / "t", replicates=1, seed=2)
+    md = (tmp_path / "t" / "report.md").read_text()
+    assert "population typical values from the packaged clever_calibration.json" in md
+    assert f"k_dr = {load_calibration()['k_dr']:.4g} /day" in md
+    assert res["agent_failures"] == 0 and set(res["trials"]["trial"]) == {0}
+
+
+def test_demo_trial_stage_with_double(double, tmp_path, capsys):
+    code, out, err = run_cli(["demo", "--out", str(tmp_path), "--only", "trial"], capsys)
+    assert code == 0, err
+    assert "== Virtual CLEVER trial and report" in out and "6 trials, 3-year RFS" in out
+    assert (tmp_path / "trial" / "report.md").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["trial"]
+
+
 @pytest.mark.parametrize("args, field", [
     (["--what-if", "cycles=0"], "cycles"),
     (["--what-if", "banana=1"], "banana"),
     (["--replicates", "0"], "replicates"),
     (["--design", "clevr"], "design"),
     (["--calibration", "nope.json"], "nope.json"),
+    (["--discontinuation", "1.5"], "discontinuation"),
+    (["--method", "slow"], "method"),
 ])
 def test_cli_bad_input_one_line_exit_2_no_output(double, tmp_path, capsys, args, field):
     out = tmp_path / "o"

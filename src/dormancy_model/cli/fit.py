@@ -1,5 +1,5 @@
 """`dormancy fit`: fit free parameters of a model to a mouse study; writes the fit JSON and
-figures (all inputs are validated before anything is written)."""
+figures (the run is `fitting.pipeline.run_fit`)."""
 
 from __future__ import annotations
 
@@ -8,89 +8,7 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from dormancy_model.errors import InputError
-
-DEFAULT_FREE = "dormant_initial,k_dr,delta_max,hcq_ic50,eve_ic50,burden_sigma"
-
-
-def write_fit_figures(result, study, params, fig_dir: Path) -> list[str]:
-    """Write the fit figures into `fig_dir`; returns the file names."""
-    from dormancy_model.fitting.estimate import PROFILE_DROP
-    from dormancy_model.fitting.likelihood import predict_arms
-    from dormancy_model.fitting.plots import (
-        plot_burden_dose,
-        plot_burden_vs_rfs,
-        plot_km,
-        plot_profiles,
-        plot_waterfall,
-    )
-    from dormancy_model.io import atomic_savefig
-
-    fitted = result.apply(params)
-    t_end = float(max(study.survival.day.max(), study.burden.day.max()))
-    days = np.unique(np.concatenate([np.linspace(0.0, t_end, 301), study.burden.day]))
-    residual, rfs = predict_arms(study, fitted, days)
-    sigma = result.estimate.get("burden_sigma", result.settings.get("sigma_fixed") or 0.5)
-    figs = {
-        "burden_vs_dose.png": plot_burden_dose(study, days, residual, sigma),
-        "kaplan_meier.png": plot_km(study, days, rfs),
-        "burden_vs_rfs.png": plot_burden_vs_rfs(study, days, residual, rfs),
-        "waterfall.png": plot_waterfall([s.objective for s in result.starts],
-                                        [s.converged for s in result.starts]),
-    }
-    if result.profiles:
-        figs["profiles.png"] = plot_profiles(result.profiles, result.estimate, result.objective,
-                                             PROFILE_DROP)
-    fig_dir.mkdir(parents=True, exist_ok=True)
-    import matplotlib.pyplot as plt
-
-    for name, fig in figs.items():
-        atomic_savefig(fig, fig_dir / name, dpi=100)
-        plt.close(fig)
-    return list(figs)
-
-
-def run_fit(study_path, model_path, free, *, starts, seed, out, figures=None, adam_steps=30,
-            lbfgs_steps=60, profile=(), prior=False, arms=None, progress=None):
-    """Load, validate, fit, write `out` (JSON) and figures. Returns (result, study, fig names)."""
-    from dormancy_model.fitting.estimate import fit, fit_batch, fit_solver_options
-    from dormancy_model.fitting.files import write_fit
-    from dormancy_model.fitting.objective import Objective
-    from dormancy_model.fitting.study import load_study
-    from dormancy_model.params.table import load_model_parameters
-
-    if starts < 1:
-        raise InputError("--starts", "starts", f"must be >= 1, got {starts}")
-    if adam_steps < 0 or lbfgs_steps < 1:
-        raise InputError("--lbfgs-steps", "steps", "adam steps >= 0 and lbfgs steps >= 1")
-    study = load_study(study_path)
-    if arms:
-        study = study.subset(list(arms), source="--arms")
-    params = load_model_parameters(model_path)
-    if params.species != study.species:
-        raise InputError(str(model_path), "meta.species",
-                         f"{params.species!r} does not match the study's {study.species!r}")
-    free = tuple(n.strip() for n in free) if not isinstance(free, str) else tuple(
-        n.strip() for n in free.split(",") if n.strip())
-    profile = tuple(n.strip() for n in profile if n.strip())
-    for n in profile:
-        if n not in free:
-            raise InputError("--profile", "profile", f"{n!r} is not among --free")
-    out = Path(out)
-    if out.suffix != ".json":
-        raise InputError(str(out), "--out", "must be a .json file path")
-    fig_dir = Path(figures) if figures else out.with_suffix("")
-    from dormancy_model.io import prepare_out_dir
-
-    obj = Objective(study, params, free, batch=fit_batch(starts), options=fit_solver_options(),
-                    prior=prior)  # validates the free names before any work or output
-    prepare_out_dir(out.parent)
-    result = fit(study, params, free, starts=starts, seed=seed, adam_steps=adam_steps,
-                 lbfgs_steps=lbfgs_steps, profile=profile, prior=prior, objective=obj,
-                 progress=progress)
-    write_fit(out, result, study, str(model_path))
-    names = write_fit_figures(result, study, params, prepare_out_dir(fig_dir, "--figures"))
-    return result, study, fig_dir, names
+from dormancy_model.fitting.pipeline import DEFAULT_FREE
 
 
 def fit_cmd(
@@ -113,6 +31,8 @@ def fit_cmd(
     """Fit free parameters to a mouse study (residual burden + relapse) by multistart
     gradient descent; writes the fit JSON and figures."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from dormancy_model.fitting.pipeline import run_fit
 
     with Progress(TextColumn("fit"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TextColumn("best nll {task.fields[best]}"), TimeElapsedColumn(),

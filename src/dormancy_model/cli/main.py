@@ -1,7 +1,7 @@
 """`dormancy` command line (thin: parse, call the verbs, write files).
 
 Bad input prints one line `dormancy: error: <file>: <field>: <problem>` on stderr and exits 2,
-with no traceback and no partial output. Feature commands live in `cli_*.py` modules listed in
+with no traceback and no partial output. Feature commands live in the `cli/` modules listed in
 COMMAND_MODULES; each defines `register(app)`.
 """
 
@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "dormancy_model.cli.fit",
     "dormancy_model.cli.agents",
     "dormancy_model.cli.trial",
+    "dormancy_model.cli.demo",
 )
 
 for _mod in COMMAND_MODULES:

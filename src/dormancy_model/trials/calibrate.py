@@ -25,6 +25,8 @@ from __future__ import annotations
 import datetime as _dt
 import subprocess
 from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -52,6 +54,9 @@ SOURCES = {
 # scale of each statistic in the loss (roughly its spread over replicated 51-patient trials)
 LOSS_SCALE = {"rfs_3y": 0.05, "reduction_C3": 0.08, "hr_cleared": 1.0}
 CALIBRATED = ("delta_max", "k_dr")
+# the calibration shipped as package data (trials/data/), made by `dormancy calibrate` (see its
+# "command"); used by `dormancy trial` when no --calibration is given
+DEFAULT_CALIBRATION = "clever_calibration.json"
 
 
 def trial_statistics(trials: pd.DataFrame, patients: pd.DataFrame | None = None) -> dict:
@@ -222,56 +227,19 @@ def calibration_record(res: CalibrationResult, params: Parameters, seed: int) ->
     }
 
 
-def load_calibration(path) -> dict:
-    """Typical values (internal units) from a calibration JSON written by `calibration_record`."""
+def load_calibration(path=None) -> dict:
+    """Typical values (internal units) from a calibration JSON written by `calibration_record`;
+    `path=None`: the packaged default calibration (`DEFAULT_CALIBRATION`)."""
     import json
 
     from dormancy_model.errors import InputError
 
+    source = resources.files("dormancy_model.trials") / "data" / DEFAULT_CALIBRATION
+    name = f"dormancy_model/trials/data/{DEFAULT_CALIBRATION}" if path is None else str(path)
     try:
-        with open(path) as f:
-            doc = json.load(f)
+        doc = json.loads(source.read_text() if path is None else Path(path).read_text())
         return {k: float(v["internal_value"]) for k, v in doc["estimates"].items()}
     except FileNotFoundError:
-        raise InputError(str(path), "file", "not found") from None
+        raise InputError(name, "file", "not found") from None
     except (KeyError, TypeError, ValueError, json.JSONDecodeError) as e:
-        raise InputError(str(path), "estimates", f"not a calibration file ({e})") from None
-
-
-def main(argv=None) -> None:
-    """python -m dormancy_model.trials.calibrate --replicates 16 --seed 2026 --out fits/..."""
-    import argparse
-    import time
-
-    from dormancy_model.io import atomic_write_json
-    from dormancy_model.params.table import load_model_parameters
-    from dormancy_model.trials.design import clever_design
-
-    ap = argparse.ArgumentParser(description="Calibrate the virtual CLEVER trial")
-    ap.add_argument("--model", default="human")
-    ap.add_argument("--replicates", type=int, default=16)
-    ap.add_argument("--check-replicates", type=int, default=32)
-    ap.add_argument("--points", type=int, default=3)
-    ap.add_argument("--span", type=float, default=1.0)
-    ap.add_argument("--seed", type=int, default=2026)
-    ap.add_argument("--out", default="fits/clever_calibration.json")
-    a = ap.parse_args(argv)
-    p = load_model_parameters(a.model)
-    t = time.perf_counter()
-    res = calibrate(clever_design(), p, key=jax.random.key(a.seed), replicates=a.replicates,
-                    span=a.span, points=a.points, check_replicates=a.check_replicates,
-                    progress=lambda i, n, s: print(f"{s} {i}/{n} "
-                                                   f"({time.perf_counter() - t:.0f} s)",
-                                                   flush=True))
-    rec = calibration_record(res, p, a.seed)
-    rec["command"] = ("python -m dormancy_model.trials.calibrate " + " ".join(argv or [])).strip()
-    rec["wall_seconds"] = round(time.perf_counter() - t, 1)
-    atomic_write_json(a.out, rec)
-    print(res.check.drop(columns=["source"]).to_string())
-    print(f"wrote {a.out}: " + ", ".join(f"{k} = {v:.4g} /day" for k, v in res.values.items()))
-
-
-if __name__ == "__main__":
-    import sys
-
-    main(sys.argv[1:])
+        raise InputError(name, "estimates", f"not a calibration file ({e})") from None

@@ -1,0 +1,139 @@
+"""The trial runs end to end: replicated virtual trials with analysis, what-ifs and the report
+(`run_trial_report`), and the calibration written to a JSON record (`run_calibration`). Used by
+`dormancy trial`, `dormancy calibrate`, the demo and the tests."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from dormancy_model.errors import InputError
+
+
+def run_trial_report(out: Path, *, design: str = "clever", replicates: int = 100, seed: int = 1,
+                     model: str = "human", calibration: str | None = None,
+                     what_if: list[str] | None = None, method: str = "fast",
+                     discontinuation: float = 0.0, chunk: int = 512, progress=None) -> dict:
+    """Run, analyse and write OUT/report.md, report.html, trials.csv (+ figures, whatif_*.csv).
+
+    `calibration`: a calibration JSON for the population's typical values; None: the packaged
+    default (`calibrate.DEFAULT_CALIBRATION`); "": none (the parameter file's values).
+    `progress(advance_text)` is called as work proceeds. Returns headline numbers, the
+    "reported vs simulated" table (`check`), the per-trial table (`trials`) and
+    `agent_failures` (patients with agent_status != "ok").
+    """
+    import jax
+    import numpy as np
+
+    from dormancy_model.io import atomic_write_csv, prepare_out_dir
+    from dormancy_model.params.table import load_model_parameters
+    from dormancy_model.trials import whatif as W
+    from dormancy_model.trials.calibrate import (
+        DEFAULT_CALIBRATION,
+        load_calibration,
+        reported_vs_simulated,
+    )
+    from dormancy_model.trials.design import get_design
+    from dormancy_model.trials.population import Population
+    from dormancy_model.trials.protocol import trial
+    from dormancy_model.trials.report import write_report
+
+    if replicates < 1:
+        raise InputError("--replicates", "replicates", f"must be >= 1, got {replicates}")
+    if method not in ("fast", "exact"):
+        raise InputError("--method", "method", f"must be fast or exact, got {method!r}")
+    if not 0 <= discontinuation <= 1:
+        raise InputError("--discontinuation", "discontinuation", "must be in [0, 1]")
+    specs = [W.parse_whatif(s) for s in (what_if or [])]  # validate before any work
+    d = get_design(design).replace(discontinuation_prob=discontinuation)
+    params = load_model_parameters(model)
+    pop = Population()
+    notes = []
+    if calibration != "":
+        typical = load_calibration(calibration)
+        pop = pop.replace(typical=typical)
+        label = calibration or f"the packaged {DEFAULT_CALIBRATION}"
+        notes.append(f"population typical values from {label}: " + ", ".join(
+            f"{k} = {v:.4g} /day" for k, v in typical.items()))
+    else:
+        notes.append("no calibration file: parameter-file typical values")
+    out_dir = prepare_out_dir(out)
+    key = jax.random.key(seed)
+    tick = progress or (lambda text: None)
+    res = trial(d, params, key=key, replicates=replicates, population=pop, method=method,
+                chunk=chunk, progress=lambda i, n, t: tick(f"simulate {t}"))
+    trials = res.summary()
+    tick("analysis")
+    check = reported_vs_simulated(trials, res.patients)
+    whatifs = {}
+    wkey = jax.random.fold_in(key, 7)
+    wrep = max(2, replicates // 4)
+    for name, vals in specs:
+        if name == "cycles":
+            tab = W.compare_designs(W.cycles_designs(d, vals), params, key=wkey,
+                                    replicates=wrep, population=pop, method=method)
+        elif name == "dose":
+            tab = W.compare_designs(W.dose_designs(d, vals), params, key=wkey, replicates=wrep,
+                                    population=pop, method=method)
+        elif name == "combo":
+            tab, best = W.combo_vs_single(d, params, n_per_arm=vals[0], key=wkey,
+                                          replicates=wrep, population=pop, method=method)
+            notes.append(f"combo n={vals[0]} per arm: P(HCQ+EVE best of the three arms) = "
+                         + ", ".join(f"{k} {v:.2f}" for k, v in best.items()))
+        else:
+            tab, summ = W.sample_size(d, params, key=wkey, population=pop, sizes=vals,
+                                      method=method)
+            notes.append("confirmatory trial HCQ+EVE vs observation (3-year RFS "
+                         f"{summ['rfs_3y_treated']:.3f} vs {summ['rfs_3y_observation']:.3f}): "
+                         f"n per arm for 80% power, Schoenfeld {summ['n_per_arm_schoenfeld']:g}"
+                         f", resampled log-rank {summ['n_per_arm_resampled']}")
+        atomic_write_csv(out_dir / f"whatif_{name}.csv", tab)
+        whatifs[f"{name} ({wrep} replicates)" if name != "sample-size" else name] = tab
+        tick(f"what-if {name}")
+    head = write_report(res, trials, out_dir, check=check, whatifs=whatifs, notes=notes)
+    tick("report")
+    failed = int(np.sum(res.patients["agent_status"] != "ok"))
+    return {"check": check, "trials": trials, "agent_failures": failed, **head}
+
+
+def run_calibration(out: Path, *, model: str = "human", replicates: int = 16,
+                    check_replicates: int = 32, points: int = 3, span: float = 1.0,
+                    seed: int = 2026, command: str | None = None, progress=None):
+    """Calibrate the CLEVER design's typical delta_max and k_dr (`calibrate.calibrate`) and
+    write the JSON record to `out` (all inputs are validated before any work).
+
+    `command`: the command line recorded in the file. `progress(text)` is called after each
+    simulated grid point and the check. Returns (CalibrationResult, record).
+    """
+    import jax
+
+    from dormancy_model.io import atomic_write_json, check_out_dir, prepare_out_dir
+    from dormancy_model.params.table import load_model_parameters
+    from dormancy_model.trials.calibrate import calibrate, calibration_record
+    from dormancy_model.trials.design import clever_design
+
+    for flag, v in (("--replicates", replicates), ("--check-replicates", check_replicates)):
+        if v < 1:
+            raise InputError(flag, flag[2:].replace("-", "_"), f"must be >= 1, got {v}")
+    if points < 3:  # the quadratic response surface has 6 coefficients: >= 3 x 3 points
+        raise InputError("--points", "points", f"must be >= 3, got {points}")
+    if not span > 0:
+        raise InputError("--span", "span", f"must be > 0, got {span:g}")
+    out = Path(out)
+    if out.suffix != ".json":
+        raise InputError(str(out), "--out", "must be a .json file path")
+    check_out_dir(out.parent)
+    params = load_model_parameters(model)
+    t = time.perf_counter()
+    tick = progress or (lambda text: None)
+    res = calibrate(clever_design(), params, key=jax.random.key(seed), replicates=replicates,
+                    span=span, points=points, check_replicates=check_replicates,
+                    progress=lambda i, n, s: tick(f"{s} {i}/{n} "
+                                                  f"({time.perf_counter() - t:.0f} s)"))
+    rec = calibration_record(res, params, seed)
+    if command is not None:
+        rec["command"] = command
+    rec["wall_seconds"] = round(time.perf_counter() - t, 1)
+    prepare_out_dir(out.parent)
+    atomic_write_json(out, rec)
+    return res, rec
