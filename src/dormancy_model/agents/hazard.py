@@ -86,7 +86,12 @@ def hazard_nodes(t0: float, t1: float, end_of_treatment: float, fine_hours: floa
 class HazardTable(eqx.Module):
     """Cumulative hazards `cum` (N, 9) at `nodes` (N,) and cell-average rates `rate` (N, 9)
     (row N-1 repeats row N-2; it is never used inside [t0, t1]). `spec` = (t0, h_fine,
-    t_split, h_coarse, n_fine) locates a cell in O(1)."""
+    t_split, h_coarse, n_fine) locates a cell in O(1).
+
+    The lookups (`cell`, `averages`, `next_time`) are the module functions `cell_index`,
+    `channel_averages` and `next_time`, written once for any table view: this table (one
+    replicate's scalar times under vmap; rows are arrays) or the GPU kernel's table in device
+    memory (`agents.kernel`; rows are tuples of per-lane columns)."""
 
     nodes: jax.Array
     cum: jax.Array
@@ -95,35 +100,91 @@ class HazardTable(eqx.Module):
     gcum: jax.Array  # (N, 5) grouped cumulative hazards (GROUPS)
     grate: jax.Array  # (N, 5) grouped cell-average rates
 
+    # ---- the table view used by the lookups
+    @property
+    def n_nodes(self) -> int:
+        return self.nodes.shape[0]
+
+    @property
+    def grid(self) -> tuple:
+        return tuple(self.spec[i] for i in range(5))
+
+    def node(self, k):
+        return self.nodes[k]
+
+    def row(self, name: str, k):
+        """Row k of table `name` ("cum", "rate", "gcum", "grate"), indexed by column."""
+        return getattr(self, name)[k]
+
+    # ---- lookups
     def cell(self, t):
         """Index k of the grid cell [nodes[k], nodes[k+1]) containing t (clipped)."""
-        return grid_cell(t, tuple(self.spec[i] for i in range(5)), self.nodes.shape[0],
-                         lambda k: self.nodes[k])
+        return cell_index(self, t)
 
-    def cumulative_all(self, t):
-        """Cum_c(t) of all channels (9,)."""
-        k = self.cell(t)
-        return self.cum[k] + (t - self.nodes[k]) * self.rate[k]
-
-    def averages(self, t0, t1):
-        """Average rates of all channels over [t0, t1] (9,), per cell and day."""
-        dt = jnp.maximum(t1 - t0, 1e-300)
-        return jnp.where(t1 > t0, (self.cumulative_all(t1) - self.cumulative_all(t0)) / dt,
-                         self.rate[self.cell(t0)])
+    def averages(self, t0, t1, channels):
+        """Average rates of `channels` over [t0, t1] (a tuple), per cell and day."""
+        return channel_averages(self, t0, t1, channels)
 
     def next_time(self, wg, t, e):
         """First time s > t at which the hazard of group weights wg (5,) accumulated since t
         reaches e (Exp(1) draw); inf when that does not happen before the last node."""
-        n = self.nodes.shape[0]
-        k0 = self.cell(t)
-        target = jnp.sum((self.gcum[k0] + (t - self.nodes[k0]) * self.grate[k0]) * wg) + e
-        cw = lambda k: jnp.sum(self.gcum[k] * wg)  # noqa: E731
-        lo = bisect_nodes(cw, target, k0, jnp.asarray(n - 1, jnp.int32), n)
-        k = jnp.minimum(lo, n - 2)
-        r = jnp.sum(self.grate[k] * wg)
-        s = self.nodes[k] + (target - cw(k)) / jnp.where(r > 0, r, 1.0)
-        never = (lo >= n - 1) | (r <= 0) | (s > self.nodes[-1])
-        return jnp.where(never, jnp.inf, jnp.maximum(s, t))
+        return next_time(self, wg, t, e)
+
+
+def _at(cum, rate, dt):
+    """cum + dt rate, per column: rows as arrays or as tuples of columns."""
+    if isinstance(cum, tuple):
+        return tuple(c + dt * r for c, r in zip(cum, rate, strict=True))
+    return cum + dt * rate
+
+
+def _dot(row, w):
+    """sum_g row[g] w[g] over the N_GROUPS groups: one reduction of a row array (the vmapped
+    loop; its own summation order, which the results keep) or, for a tuple of columns (the
+    kernel), added in order."""
+    if not isinstance(row, tuple):
+        return jnp.sum(row * (jnp.stack(w) if isinstance(w, tuple) else w))
+    acc = row[0] * w[0]
+    for g in range(1, N_GROUPS):
+        acc = acc + row[g] * w[g]
+    return acc
+
+
+def cell_index(view, t):
+    """Grid cell of t in a table view (`HazardTable` or the kernel's view): an object with
+    `n_nodes`, `grid` (the 5 spec values), `node(k)` and `row(name, k)` (columns of a row)."""
+    return grid_cell(t, view.grid, view.n_nodes, view.node)
+
+
+def channel_averages(view, t0, t1, channels):
+    """Average rates of the given channels over [t0, t1] (the rates of t0's cell when
+    t1 <= t0), per cell and day, from the linear cumulative hazard within a cell."""
+    k0, k1 = cell_index(view, t0), cell_index(view, t1)
+    c0, r0 = view.row("cum", k0), view.row("rate", k0)
+    c1, r1 = view.row("cum", k1), view.row("rate", k1)
+    n0, n1 = view.node(k0), view.node(k1)
+    dt = jnp.maximum(t1 - t0, 1e-300)
+    return tuple(jnp.where(t1 > t0, ((c1[c] + (t1 - n1) * r1[c])
+                                     - (c0[c] + (t0 - n0) * r0[c])) / dt, r0[c])
+                 for c in channels)
+
+
+def next_time(view, wg, t, e):
+    """First time s > t at which the hazard of group weights wg (N_GROUPS, indexable)
+    accumulated since t reaches e (Exp(1) draw), by bisection on the grouped cumulative
+    hazards; inf when that does not happen before the last node."""
+    n = view.n_nodes
+    k0 = cell_index(view, t)
+    g0, r0 = view.row("gcum", k0), view.row("grate", k0)
+    dtn = t - view.node(k0)
+    target = _dot(_at(g0, r0, dtn), wg) + e
+    cw = lambda k: _dot(view.row("gcum", k), wg)  # noqa: E731
+    lo = bisect_nodes(cw, target, k0, jnp.full_like(k0, n - 1), n)
+    k = jnp.minimum(lo, n - 2)
+    r = _dot(view.row("grate", k), wg)
+    s = view.node(k) + (target - cw(k)) / jnp.where(r > 0, r, 1.0)
+    never = (lo >= n - 1) | (r <= 0) | (s > view.node(jnp.full_like(k, n - 1)))
+    return jnp.where(never, jnp.inf, jnp.maximum(s, t))
 
 
 def grid_cell(t, spec, n_nodes: int, node):

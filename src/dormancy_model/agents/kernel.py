@@ -1,23 +1,40 @@
-"""The fast agent loop (`agents_engine.fast_step`) as one GPU kernel.
+"""The fast agent loop (`loops.fast_step`) as one GPU kernel.
 
 On a GPU the vmapped lock-step loop spends its time moving every replicate's state through
 device memory at each event and synchronising with the host for the loop condition (and for
-the binary search of each event time). Here the same algorithm runs in `engine_pallas`'s
+the binary search of each event time). Here the same algorithm runs in `engine.pallas`'s
 kernel: each program keeps `block` replicates in registers and processes their events until all
 are done. For Triton every per-replicate vector is a tuple of (B,) arrays (structure of arrays,
 Python loops over the K trait classes, Q clone slots and R record days), the hazard table is
 read with row gathers, and the key of each event is derived with threefry-2x32 written out
-(`fold_in` equivalent) followed by the same SplitMix64 expansion as `_uniforms`: a replicate
+(`fold_in` equivalent) followed by the SplitMix64 expansion of `loops._uniforms`: a replicate
 draws exactly the random numbers of the vmapped loop, and the tests check that both give the
 same histories.
 
 Used by `simulate_agents(method="fast")` on a GPU when all replicates share one hazard table
 (one parameter set) and K <= 16; otherwise the vmapped loop runs.
 
-This is a second form of `fast_step` (and of the `HazardTable` lookups), kept because Triton
-needs it and XLA on a CPU does not: run by the XLA loop on the 2-core CPU it was 5.8x slower
-than the vmapped form (1,961 vs 11,452 histories/s, clever-combo, 8,192 replicates). The test
-`test_fast_kernel_equals_vmapped_loop` holds the two to the same histories; change both.
+What is written once: the laws of an event are elementwise functions shared with the vmapped
+step, each called here with (B,) columns: the channel of a class event and its change of the
+pool (`loops.event_channel`, `class_change`, `class_weights`, `class_group_weights`), the clone
+leap (`loops.clone_leap`: returns, Kendall law, lineage sum, lesion switch), the leap end, the
+record and clearance rules, the SplitMix64 stream (`loops.splitmix_halves`) and the hazard-table
+lookups (`hazard.cell_index`, `channel_averages`, `next_time`, on the table view `_Table`).
+Sharing them cost nothing measurable on the CPU (agents_bench fast method, XLA loop, 8,192
+replicates: new / old histories/s median 1.01 over 9 alternating pairs; the exact method, which
+now uses `event_channel`, was 1.1-1.3x faster); two pieces keep a form per layout inside the
+shared function: the lineage sum of `loops.leap_clone` (a loop here, one vector in the vmapped
+step, where the loop cost 30%) and the group sums of `hazard._dot` (in order here, one array
+reduction there, whose summation order the vmapped results keep bit for bit).
+
+What is written twice, and why: `fast_step_soa` keeps the slot bookkeeping (earliest slot,
+one-hot picks and updates over pools and clones, the first free clone slot) over tuples of
+columns, where `loops.fast_step` uses small (K,) and (Q,) arrays. Triton needs the tuples
+and XLA on a CPU does not: this whole kernel step run by the XLA loop on the 2-core CPU was 5.8x
+slower than the vmapped form (1,961 vs 11,452 histories/s, clever-combo, 8,192 replicates).
+`threefry2x32` / `fold_in` restate `jax.random.fold_in` (the kernel cannot call it);
+`test_kernel_random_numbers_match_jax` holds them to the same bits, and
+`test_fast_kernel_equals_vmapped_loop` holds the two steps to the same histories.
 """
 
 from __future__ import annotations
@@ -61,74 +78,30 @@ def fold_in(k0, k1, data):
     return threefry2x32(k0, k1, jnp.zeros_like(k0), data.astype(jnp.uint32))
 
 
-def _i64(x: int):
-    """A 64-bit constant as the signed integer of the same bits (Triton constants are
-    signed; add, multiply and xor are the same bits in both, shifts are made logical)."""
-    x %= 1 << 64
-    return jnp.int64(x - (1 << 64) if x >= 1 << 63 else x)
-
-
 def uniforms(k0, k1, n):
-    """The n uniforms `agents_engine._uniforms` draws from key (k0, k1), as a tuple (SplitMix64
-    in wrapping int64 arithmetic: the same bits as uint64)."""
-    srl = jax.lax.shift_right_logical
-    seed = (k0.astype(jnp.int64) << jnp.int64(32)) | k1.astype(jnp.int64)
-    m = (n + 1) // 2
-    lo, hi = [], []
-    for j in range(1, m + 1):
-        z = seed + _i64(E._SM_GAMMA * j)
-        z = (z ^ srl(z, jnp.int64(30))) * _i64(E._SM_M1)
-        z = (z ^ srl(z, jnp.int64(27))) * _i64(E._SM_M2)
-        z = z ^ srl(z, jnp.int64(31))
-        lo.append(z & jnp.int64(0xFFFFFFFF))
-        hi.append(srl(z, jnp.int64(32)))
-    return tuple((b.astype(jnp.float64) + 0.5) * (1.0 / 4294967296.0) for b in (lo + hi)[:n])
+    """The n uniforms `loops._uniforms` draws from key (k0, k1), as a tuple (the same
+    SplitMix64 halves, one output at a time)."""
+    seed = E.splitmix_seed(k0, k1)
+    halves = [E.splitmix_halves(seed, jnp.int64(step)) for step in E.splitmix_steps((n + 1) // 2)]
+    return tuple(E.to_unit(b) for b in ([lo for lo, _ in halves] + [hi for _, hi in halves])[:n])
 
 
 # ------------------------------------------------------------------------- hazard table
 
 class _Table:
-    """`HazardTable` lookups for (B,) arrays of times; arrays or kernel refs (row gathers)."""
+    """The hazard table in kernel memory as a table view for `hazard.cell_index`,
+    `channel_averages` and `next_time`: rows are tuples of (B,) columns (row gathers)."""
 
     def __init__(self, sh):
         self.sh = sh
-        self.n = sh["n_nodes"]
-        self.t_split = sh["spec"][2]
+        self.n_nodes = sh["n_nodes"]
+        self.grid = sh["spec"]
 
     def node(self, k):
         return take_rows(self.sh["nodes"], k)[0]
 
-    def cell(self, t):
-        return H.grid_cell(t, self.sh["spec"], self.n, self.node)
-
-    def averages(self, t0, t1, channels):
-        """`HazardTable.averages` of the given channels."""
-        k0, k1 = self.cell(t0), self.cell(t1)
-        c0, r0 = take_rows(self.sh["cum"], k0), take_rows(self.sh["rate"], k0)
-        c1, r1 = take_rows(self.sh["cum"], k1), take_rows(self.sh["rate"], k1)
-        n0, n1 = self.node(k0), self.node(k1)
-        dt = jnp.maximum(t1 - t0, 1e-300)
-        return tuple(jnp.where(t1 > t0, ((c1[c] + (t1 - n1) * r1[c])
-                                         - (c0[c] + (t0 - n0) * r0[c])) / dt, r0[c])
-                     for c in channels)
-
-    def next_time(self, wg, t, e):
-        """`HazardTable.next_time` for group weights wg (5-tuple of (B,))."""
-        n = self.n
-        dot = lambda row: functools.reduce(  # noqa: E731
-            operator.add, [row[g] * wg[g] for g in range(H.N_GROUPS)])
-        k0 = self.cell(t)
-        g0, r0 = take_rows(self.sh["gcum"], k0), take_rows(self.sh["grate"], k0)
-        dtn = t - self.node(k0)
-        target = functools.reduce(operator.add, [(g0[g] + dtn * r0[g]) * wg[g]
-                                                 for g in range(H.N_GROUPS)]) + e
-        cw = lambda k: dot(take_rows(self.sh["gcum"], k))  # noqa: E731
-        lo = H.bisect_nodes(cw, target, k0, jnp.full_like(k0, n - 1), n)
-        k = jnp.minimum(lo, n - 2)
-        r = dot(take_rows(self.sh["grate"], k))
-        s = self.node(k) + (target - cw(k)) / jnp.where(r > 0, r, 1.0)
-        never = (lo >= n - 1) | (r <= 0) | (s > self.node(jnp.full_like(k, n - 1)))
-        return jnp.where(never, jnp.inf, jnp.maximum(s, t))
+    def row(self, name, k):
+        return take_rows(self.sh[name], k)
 
 
 # ------------------------------------------------------------------------- one event
@@ -141,22 +114,12 @@ def _pick(hot, arr):
     return _sum([jnp.where(h, a, jnp.zeros_like(a)) for h, a in zip(hot, arr, strict=True)])
 
 
-def _leap_clone(u, n, alpha, beta):
-    """`agents_engine.leap_clone` with u a tuple of 2 * 16 + 2 uniforms (lineages summed in a
-    loop; integer-valued, so exactly as the vector sum)."""
-    m = E.N_EXACT_LINEAGES
-    exact = jnp.zeros_like(n)
-    for j in range(m):
-        exact = exact + jnp.where(j < n, E.lineage_size(u[j], u[m + j], alpha, beta), 0.0)
-    approx = E.clone_size_normal(n, alpha, beta, u[2 * m], u[2 * m + 1])
-    return jnp.where(n <= m, exact, approx)
-
-
 def fast_step_soa(tab: _Table, c: dict, ca, crp, sh) -> dict:
-    """`agents_engine.fast_step` for a block of replicates in structure-of-arrays form."""
+    """`loops.fast_step` for a block of replicates in structure-of-arrays form: the same laws
+    (the elementwise functions of `loops` and `hazard`), the slot bookkeeping over tuples."""
     t1, rec_t, switch_size = sh["t1"], sh["rec_t"], sh["switch_size"]
     K, Q = len(ca), len(c["ckind"])
-    leap_end = lambda t: E._leap_end(t, tab.t_split, t1, rec_t, sh["leap_days"],  # noqa: E731
+    leap_end = lambda t: E._leap_end(t, tab.grid[2], t1, rec_t, sh["leap_days"],  # noqa: E731
                                    sh["late_leap_days"])
     all_next = list(c["class_next"]) + list(c["cnext"])
     T, i = all_next[0], jnp.zeros(all_next[0].shape, jnp.int32)
@@ -169,10 +132,10 @@ def fast_step_soa(tab: _Table, c: dict, ca, crp, sh) -> dict:
                                       for q in range(Q)]))
     records = []
     for j, rt in enumerate(rec_t):
-        mask = (rt >= c["t"]) & (rt < T)
-        records.append(tuple(jnp.where(mask, counts[x], c["records"][j][x]) for x in range(3)))
+        due = E.record_due(rt, c["t"], T)
+        records.append(tuple(jnp.where(due, counts[x], c["records"][j][x]) for x in range(3)))
     k0, k1 = fold_in(c["key0"], c["key1"], c["it"])
-    u = uniforms(k0, k1, 7 + 2 * E.N_EXACT_LINEAGES)
+    u = uniforms(k0, k1, E.EVENT_UNIFORMS)
     is_class = i < K
     k = jnp.minimum(i, K - 1)
     hk = [k == m for m in range(K)]
@@ -180,45 +143,29 @@ def fast_step_soa(tab: _Table, c: dict, ca, crp, sh) -> dict:
     hq = [qi == m for m in range(Q)]
     # --- class pool event
     dk, rk, cak, crpk = _pick(hk, d), _pick(hk, r), _pick(hk, ca), _pick(hk, crp)
-    rate = take_rows(tab.sh["rate"], tab.cell(T))
-    z = jnp.zeros_like(dk)
-    w = (dk * crpk, dk, dk * cak, rk, rk, rk, z, z, z)
-    cum, acc = [], None
-    for ch_ in range(H.N_CHANNELS):
-        p = w[ch_] * rate[ch_]
-        acc = p if acc is None else acc + p
-        cum.append(acc)
-    thr = u[0] * cum[-1]
-    ch = jnp.minimum(_sum([(cv < thr).astype(jnp.int32) for cv in cum]), H.N_CHANNELS - 1)
+    ch = E.event_channel(E.class_weights(dk, rk, cak, crpk),
+                         tab.row("rate", H.cell_index(tab, T)), u[E.U_CHANNEL])
     fresh_k = functools.reduce(operator.or_, [h & f for h, f in zip(hk, c["class_fresh"],
                                                                      strict=True)])
     act_c = (~finish) & is_class & ~fresh_k
-    dd = jnp.where((ch == H.REACT) | (ch == H.DEATH_D0) | (ch == H.DEATH_DEFICIT), -1.0,
-                   jnp.where(ch == H.RETURN_RD, 1.0, 0.0))
-    dr = jnp.where(ch == H.REACT, 1.0, jnp.where((ch == H.RETURN_RD) | (ch == H.COMMIT)
-                                                 | (ch == H.DEATH_R), -1.0, 0.0))
+    dd, dr = E.class_change(ch)
     d = [x + jnp.where(h & act_c, dd, 0.0) for x, h in zip(d, hk, strict=True)]
     r = [x + jnp.where(h & act_c, dr, 0.0) for x, h in zip(r, hk, strict=True)]
     commit = act_c & (ch == H.COMMIT)
     # --- clone leap
     act_l = (~finish) & ~is_class
-    since, n = _pick(hq, c["csince"]), _pick(hq, ccount)
-    tau = T - since
-    lam, mu, kpd = tab.averages(since, T, (H.DIVIDE, H.DEATH_P, H.RETURN_PD))
-    ret = jnp.minimum(jnp.floor(n * -jnp.expm1(-kpd * tau) + u[1]), n)
-    alpha, beta = E.kendall(lam, mu, tau)
-    n_new = _leap_clone(u[5:], n - ret, alpha, beta)
-    n_new, new_kind, became_lesion, sw = E.leap_outcome(n, n_new, lam, mu, tau, since,
-                                                        switch_size, u[4])
+    since = _pick(hq, c["csince"])
+    le = leap_end(T)
+    ret, n_new, new_kind, became_lesion, sw, nxt = E.clone_leap(
+        _pick(hq, ccount), since, T, H.channel_averages(tab, since, T, H.P_CHANNELS), u,
+        switch_size, le)
     sel = [h & act_l for h in hq]
     ckind = [jnp.where(s, new_kind, x).astype(x.dtype) for s, x in zip(sel, ckind, strict=True)]
     ccount = [jnp.where(s, n_new, x) for s, x in zip(sel, ccount, strict=True)]
     switch_day = [jnp.where(s & became_lesion, sw, x)
                   for s, x in zip(sel, c["switch_day"], strict=True)]
     csince = [jnp.where(s, T, x) for s, x in zip(sel, c["csince"], strict=True)]
-    le = leap_end(T)
-    cnext = [jnp.where(s, jnp.where(new_kind == E.PROLIFERATING, le, jnp.inf), x)
-             for s, x in zip(sel, c["cnext"], strict=True)]
+    cnext = [jnp.where(s, nxt, x) for s, x in zip(sel, c["cnext"], strict=True)]
     cls_ret = _pick(hq, c["ccls"])
     got_ret = act_l & (ret > 0)
     hr = [(cls_ret == m) & got_ret for m in range(K)]
@@ -238,9 +185,8 @@ def fast_step_soa(tab: _Table, c: dict, ca, crp, sh) -> dict:
     cnext = [jnp.where(h, le, x) for h, x in zip(hj, cnext, strict=True)]
     status = jnp.where(commit & ~found, E.STATUS_OVERFLOW, c["status"]).astype(c["status"].dtype)
     # --- redraw the class pool whose counts changed (memoryless)
-    dk2, rk2 = _pick(hk, d), _pick(hk, r)
-    z = jnp.zeros_like(dk2)
-    tk = tab.next_time((dk2 * crpk, dk2, dk2 * cak, rk2, z), T, -jnp.log(u[2]))
+    w_new = E.class_group_weights(_pick(hk, d), _pick(hk, r), cak, crpk)
+    tk = H.next_time(tab, w_new, T, -jnp.log(u[E.U_REDRAW]))
     upd = [h & (~finish) & is_class for h in hk]
     class_next = [jnp.where(up, tk, x) for up, x in zip(upd, c["class_next"], strict=True)]
     class_fresh = [jnp.where(up, False, x) for up, x in zip(upd, c["class_fresh"], strict=True)]
@@ -248,10 +194,7 @@ def fast_step_soa(tab: _Table, c: dict, ca, crp, sh) -> dict:
     class_fresh = [x | h for x, h in zip(class_fresh, hr, strict=True)]
     any_left = (_sum(d) + _sum(r) > 0) | functools.reduce(operator.or_,
                                                           [x != E.EMPTY for x in ckind])
-    cd = c["clearance_day"]
-    # x - x == 0 is isfinite (inf - inf and NaN are NaN); Pallas' Triton rule for isfinite, and
-    # any f64 comparison with an inf literal, fails to lower
-    clearance_day = jnp.where((~finish) & ~any_left & ~(cd - cd == 0.0), T, cd)
+    clearance_day = E.first_clearance((~finish) & ~any_left, c["clearance_day"], T)
     return dict(d=tuple(d), r=tuple(r), class_next=tuple(class_next),
                 class_fresh=tuple(class_fresh), ckind=tuple(ckind), ccount=tuple(ccount),
                 ccls=tuple(ccls), csince=tuple(csince), cnext=tuple(cnext),

@@ -23,6 +23,7 @@ not depend on batching or chunking.
 from __future__ import annotations
 
 import functools
+import operator
 
 import jax
 import jax.numpy as jnp
@@ -37,8 +38,7 @@ STATUS_OK, STATUS_MAX_EVENTS, STATUS_OVERFLOW = S.OK, S.MAX_EVENTS, S.SLOT_OVERF
 
 
 def _record(rec_t, records, t, t_next, counts):
-    mask = (rec_t >= t) & (rec_t < t_next)
-    return jnp.where(mask[:, None], counts[None, :], records)
+    return jnp.where(record_due(rec_t, t, t_next)[:, None], counts[None, :], records)
 
 
 def _pick(onehot, arr):
@@ -106,9 +106,7 @@ def exact_step(table: H.HazardTable, c: dict, t1, rec_t, switch_size) -> dict:
     u = jax.random.uniform(jax.random.fold_in(k_loop, c["it"]), (2,))
     # channel of the event, from the cell-average rates at T
     wi = exact_weights(kind[i], count[i], c["a"][i], c["rp"][i])
-    p = wi * table.rate[table.cell(T)]
-    cum = jnp.cumsum(p)
-    ch = jnp.minimum(jnp.sum(cum < u[0] * cum[-1]), H.N_CHANNELS - 1)
+    ch = event_channel(wi, table.row("rate", table.cell(T)), u[0])
     fresh = c["fresh"][i]
     act = (~finish) & (~fresh)
     ki, ni = kind[i], count[i]
@@ -146,8 +144,7 @@ def exact_step(table: H.HazardTable, c: dict, t1, rec_t, switch_size) -> dict:
     fresh_arr = fresh_arr.at[j].set(jnp.where(b, True, fresh_arr[j]))
     status = jnp.where(birth & ~has_free, STATUS_OVERFLOW, c["status"])
     any_left = jnp.any(_alive(kind) | (kind == LESION))
-    clearance_day = jnp.where(act & ~any_left & ~jnp.isfinite(c["clearance_day"]), T,
-                              c["clearance_day"])
+    clearance_day = first_clearance(act & ~any_left, c["clearance_day"], T)
     return dict(kind=kind, count=count, a=a_arr, rp=rp_arr, switch_day=switch_day,
                 next_t=next_t, fresh=fresh_arr, t=jnp.where(finish, c["t"], T),
                 records=records, it=c["it"] + 1, done=finish, status=status,
@@ -163,15 +160,43 @@ def exact_final(c: dict):
 
 # ---------------------------------------------------------------- fast (class pools + leaps)
 
-def class_weights(d, r, ca, crp):
-    """Channel weights (K, 9) of class pools with d dormant and r reactivating cells."""
+# The laws of one event, written once as elementwise functions of per-replicate scalars: the
+# vmapped step calls them with one replicate's values, the GPU kernel (`agents.kernel`) with
+# (block,) columns. Only the slot bookkeeping (which pool or clone, which free slot) is written
+# twice: as small arrays here, as tuples of columns there (see `agents.kernel`).
+
+def class_weights(d, r, a, rp):
+    """Channel weights (9-tuple) of a class pool of d dormant and r reactivating cells with
+    autophagy dependence a and reactivation propensity rp."""
     z = jnp.zeros_like(d)
-    return jnp.stack([d * crp, d, d * ca, r, r, r, z, z, z], axis=-1)
+    return (d * rp, d, d * a, r, r, r, z, z, z)
 
 
-def class_group_weights(d, r, ca, crp):
-    """Group weights (K, 5) of class pools (see `agents_hazard.GROUPS`)."""
-    return jnp.stack([d * crp, d, d * ca, r, jnp.zeros_like(d)], axis=-1)
+def class_group_weights(d, r, a, rp):
+    """Group weights (5-tuple) of a class pool (see `hazard.GROUPS`)."""
+    return (d * rp, d, d * a, r, jnp.zeros_like(d))
+
+
+def event_channel(w, rate, u):
+    """Channel of an event of an agent with channel weights w, given the cell-average rates
+    `rate` (9 columns) at its time: the first channel whose cumulative propensity exceeds u
+    times the total (u uniform)."""
+    cum = [w[0] * rate[0]]
+    for c in range(1, H.N_CHANNELS):
+        cum.append(cum[-1] + w[c] * rate[c])
+    thr = u * cum[-1]
+    below = [(x < thr).astype(jnp.int32) for x in cum]
+    return jnp.minimum(functools.reduce(operator.add, below), H.N_CHANNELS - 1)
+
+
+def class_change(ch):
+    """(change of D, change of R) of a class pool at an event on channel ch (a commitment
+    R -> P also founds a clone)."""
+    dd = jnp.where((ch == H.REACT) | (ch == H.DEATH_D0) | (ch == H.DEATH_DEFICIT), -1.0,
+                   jnp.where(ch == H.RETURN_RD, 1.0, 0.0))
+    dr = jnp.where(ch == H.REACT, 1.0, jnp.where((ch == H.RETURN_RD) | (ch == H.COMMIT)
+                                                 | (ch == H.DEATH_R), -1.0, 0.0))
+    return dd, dr
 
 
 def kendall(lam, mu, tau):
@@ -211,10 +236,17 @@ def clone_size_normal(n, alpha, beta, u1, u2):
 def leap_clone(u, n, alpha, beta):
     """Size after a leap of a clone of n cells: the sum of n iid modified-geometric lineages
     (exact for n <= 16; above, a normal draw with the exact mean and variance, rounded).
-    `u`: 2 * 16 + 2 uniforms."""
+    `u`: 2 * 16 + 2 uniforms, an array (one replicate: the 16 lineages as one vector) or a
+    tuple of columns (the GPU kernel: the lineages added in a loop; integer-valued sums, so the
+    same numbers). The loop form in the vmapped step cost 30% of the fast loop on the CPU."""
     m = N_EXACT_LINEAGES
-    lineage = lineage_size(u[:m], u[m:2 * m], alpha, beta)
-    exact = jnp.sum(jnp.where(jnp.arange(m) < n, lineage, 0.0))
+    if isinstance(u, tuple):
+        exact = jnp.zeros_like(n)
+        for j in range(m):
+            exact = exact + jnp.where(j < n, lineage_size(u[j], u[m + j], alpha, beta), 0.0)
+    else:
+        lineage = lineage_size(u[:m], u[m:2 * m], alpha, beta)
+        exact = jnp.sum(jnp.where(jnp.arange(m) < n, lineage, 0.0))
     approx = clone_size_normal(n, alpha, beta, u[2 * m], u[2 * m + 1])
     return jnp.where(n <= m, exact, approx)
 
@@ -239,27 +271,90 @@ def leap_outcome(n, n_new, lam, mu, tau, since, switch_size, u_bridge):
     return n_new, new_kind, became_lesion, sw
 
 
+def clone_leap(n, since, t, rates, u, switch_size, leap_to):
+    """A clone of n cells leaps from `since` to t at the leap-average rates (division, death,
+    return P -> D): returns (cells returned to dormancy, new size, kind, became_lesion, switch
+    day, time of its next leap). The returns come first (binomial count as floor(n p + u)),
+    the rest grow by the birth-death law (`kendall`, `leap_clone`, `leap_outcome`); a clone
+    still proliferating leaps next at `leap_to`. `u`: the event's uniforms (`EVENT_UNIFORMS`,
+    array or tuple)."""
+    lam, mu, kpd = rates
+    tau = t - since
+    ret = jnp.minimum(jnp.floor(n * -jnp.expm1(-kpd * tau) + u[U_RETURN]), n)
+    alpha, beta = kendall(lam, mu, tau)
+    n_new = leap_clone(u[U_LINEAGES:], n - ret, alpha, beta)
+    n_new, kind, became_lesion, sw = leap_outcome(n, n_new, lam, mu, tau, since, switch_size,
+                                                  u[U_BRIDGE])
+    nxt = jnp.where(kind == PROLIFERATING, leap_to, jnp.inf)
+    return ret, n_new, kind, became_lesion, sw, nxt
+
+
+def first_clearance(cleared_now, clearance_day, t):
+    """Clearance day: t when the last cell goes now and none was recorded yet (x - x == 0 is
+    isfinite: inf - inf and NaN are NaN; the GPU kernel cannot lower isfinite)."""
+    cd = clearance_day
+    return jnp.where(cleared_now & ~(cd - cd == 0.0), t, cd)
+
+
+def record_due(rec_t, t, t_next):
+    """Record days reached by the event at t_next (they take the counts before it)."""
+    return (rec_t >= t) & (rec_t < t_next)
+
+
+# uniforms of one event: u[0] channel of a class event, u[1] returns of a leap, u[2] next
+# time of the class pool, u[4] Brownian bridge, u[5:] clone size (2 * 16 + 2)
+U_CHANNEL, U_RETURN, U_REDRAW, U_BRIDGE, U_LINEAGES = 0, 1, 2, 4, 5
+EVENT_UNIFORMS = U_LINEAGES + 2 * N_EXACT_LINEAGES + 2
+
 _SM_GAMMA = 0x9E3779B97F4A7C15
 _SM_M1 = 0xBF58476D1CE4E5B9
 _SM_M2 = 0x94D049BB133111EB
 
 
+def _i64(x: int) -> int:
+    """A 64-bit constant as the signed integer of the same bits (Triton constants are
+    signed; add, multiply and xor are the same bits in both, shifts are made logical)."""
+    x %= 1 << 64
+    return x - (1 << 64) if x >= 1 << 63 else x
+
+
+def splitmix_seed(k0, k1):
+    """The 64-bit SplitMix64 seed (as int64) of a raw uint32 key (k0, k1)."""
+    return (k0.astype(jnp.int64) << jnp.int64(32)) | k1.astype(jnp.int64)
+
+
+def splitmix_steps(m: int) -> list[int]:
+    """Seed offsets of the first m SplitMix64 outputs (j * gamma, j = 1..m, as int64)."""
+    return [_i64(_SM_GAMMA * j) for j in range(1, m + 1)]
+
+
+def splitmix_halves(seed, step):
+    """The two 32-bit halves (low, high; int64 in [0, 2^32)) of the SplitMix64 output at
+    offset `step` from `seed`, in wrapping int64 arithmetic (the same bits as uint64)."""
+    srl = jax.lax.shift_right_logical
+    z = seed + step
+    z = (z ^ srl(z, jnp.int64(30))) * jnp.int64(_i64(_SM_M1))
+    z = (z ^ srl(z, jnp.int64(27))) * jnp.int64(_i64(_SM_M2))
+    z = z ^ srl(z, jnp.int64(31))
+    return z & jnp.int64(0xFFFFFFFF), srl(z, jnp.int64(32))
+
+
+def to_unit(bits):
+    """A 32-bit integer as a uniform in (0, 1)."""
+    return (bits.astype(jnp.float64) + 0.5) * (1.0 / 4294967296.0)
+
+
 def _uniforms(key, n):
     """n uniforms in (0, 1) for one loop iteration: the iteration's key (threefry) seeds a
     SplitMix64 stream (Steele, Lea & Flood 2014; passes BigCrush) whose 64-bit outputs give two
-    32-bit uniforms each. One threefry block per iteration instead of n / 2: the generator was a
-    third of the fast loop's time. The smallest value, 2^-33, caps an Exp(1) draw at 22.9
-    (probability 1e-10)."""
+    32-bit uniforms each (all low halves, then all high halves). One threefry block per
+    iteration instead of n / 2: the generator was a third of the fast loop's time. The
+    smallest value, 2^-33, caps an Exp(1) draw at 22.9 (probability 1e-10)."""
     kd = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
-    kd = kd.reshape(-1)[:2].astype(jnp.uint64)
-    seed = (kd[0] << jnp.uint64(32)) | kd[1]
-    m = (n + 1) // 2
-    z = seed + jnp.uint64(_SM_GAMMA) * jnp.arange(1, m + 1, dtype=jnp.uint64)
-    z = (z ^ (z >> jnp.uint64(30))) * jnp.uint64(_SM_M1)
-    z = (z ^ (z >> jnp.uint64(27))) * jnp.uint64(_SM_M2)
-    z = z ^ (z >> jnp.uint64(31))
-    bits = jnp.concatenate([z & jnp.uint64(0xFFFFFFFF), z >> jnp.uint64(32)])[:n]
-    return (bits.astype(jnp.float64) + 0.5) * (1.0 / 4294967296.0)
+    kd = kd.reshape(-1)[:2]
+    steps = jnp.asarray(splitmix_steps((n + 1) // 2), jnp.int64)
+    lo, hi = splitmix_halves(splitmix_seed(kd[0], kd[1]), steps)
+    return to_unit(jnp.concatenate([lo, hi])[:n])
 
 
 def fast_counts(d, r, ckind, ccount):
@@ -288,8 +383,8 @@ def fast_init(table: H.HazardTable, state: dict, key, t0, t1, rec_t, leap_days,
     q_slots = state["clone_kind"].shape[0]
     k_init, k_loop = jax.random.split(key)
     e0 = jax.random.exponential(k_init, (n_cls,))
-    cnt = jax.vmap(lambda w, e: table.next_time(w, t0, e))(class_group_weights(d, r, ca, crp),
-                                                           e0)
+    cnt = jax.vmap(lambda d, r, a, rp, e: table.next_time(class_group_weights(d, r, a, rp), t0,
+                                                          e))(d, r, ca, crp, e0)
     ckind = state["clone_kind"]
     first_leap = _leap_end(jnp.asarray(t0, jnp.float64), table.spec[2], t1, rec_t, leap_days,
                            late_leap_days)
@@ -305,7 +400,10 @@ def fast_init(table: H.HazardTable, state: dict, key, t0, t1, rec_t, leap_days,
 
 def fast_step(table: H.HazardTable, c: dict, t1, rec_t, switch_size, leap_days,
               late_leap_days) -> dict:
-    """One event of one replicate: a class-pool event or a clone leap, whichever is first."""
+    """One event of one replicate: a class-pool event or a clone leap, whichever is first. The
+    laws are the elementwise functions above (shared with `agents.kernel.fast_step_soa`); the
+    slot bookkeeping is on small arrays with one-hot selectors (cheaper than scatters and
+    gathers on small arrays under vmap)."""
     ca, crp, k_loop = c["class_a"], c["class_rp"], c["key"]
     n_cls = ca.shape[0]
     q_slots = c["ckind"].shape[0]
@@ -320,9 +418,8 @@ def fast_step(table: H.HazardTable, c: dict, t1, rec_t, switch_size, leap_days,
     finish = T > t1
     d, r, ckind, ccount = c["d"], c["r"], c["ckind"], c["ccount"]
     records = _record(rec_t, c["records"], c["t"], T, fast_counts(d, r, ckind, ccount))
-    u = _uniforms(jax.random.fold_in(k_loop, c["it"]), 7 + 2 * N_EXACT_LINEAGES)
+    u = _uniforms(jax.random.fold_in(k_loop, c["it"]), EVENT_UNIFORMS)
     is_class = i < n_cls
-    # one-hot selectors (cheaper than scatters/gathers on small arrays under vmap)
     k = jnp.minimum(i, n_cls - 1)
     hk = jnp.arange(n_cls) == k
     qi = jnp.clip(i - n_cls, 0, q_slots - 1)
@@ -330,35 +427,25 @@ def fast_step(table: H.HazardTable, c: dict, t1, rec_t, switch_size, leap_days,
     # --- class pool event
     dk, rk = _pick(hk, d), _pick(hk, r)
     cak, crpk = _pick(hk, ca), _pick(hk, crp)
-    p = class_weights(dk, rk, cak, crpk) * table.rate[table.cell(T)]
-    cum = jnp.cumsum(p)
-    ch = jnp.minimum(jnp.sum(cum < u[0] * cum[-1]), H.N_CHANNELS - 1)
+    ch = event_channel(class_weights(dk, rk, cak, crpk), table.row("rate", table.cell(T)),
+                       u[U_CHANNEL])
     act_c = (~finish) & is_class & ~jnp.any(hk & c["class_fresh"])
-    dd = jnp.select([ch == H.REACT, (ch == H.DEATH_D0) | (ch == H.DEATH_DEFICIT),
-                     ch == H.RETURN_RD], [-1.0, -1.0, 1.0], 0.0)
-    dr = jnp.select([ch == H.REACT, ch == H.RETURN_RD, ch == H.COMMIT, ch == H.DEATH_R],
-                    [1.0, -1.0, -1.0, -1.0], 0.0)
+    dd, dr = class_change(ch)
     d = d + jnp.where(hk & act_c, dd, 0.0)
     r = r + jnp.where(hk & act_c, dr, 0.0)
     commit = act_c & (ch == H.COMMIT)
     # --- clone leap
     act_l = (~finish) & ~is_class
-    since, n = _pick(hq, c["csince"]), _pick(hq, ccount)
-    tau = T - since
-    avg = table.averages(since, T)
-    lam, mu, kpd = avg[H.DIVIDE], avg[H.DEATH_P], avg[H.RETURN_PD]
-    ret = jnp.minimum(jnp.floor(n * -jnp.expm1(-kpd * tau) + u[1]), n)
-    alpha, beta = kendall(lam, mu, tau)
-    n_new = leap_clone(u[5:], n - ret, alpha, beta)
-    n_new, new_kind, became_lesion, sw = leap_outcome(n, n_new, lam, mu, tau, since,
-                                                      switch_size, u[4])
+    since = _pick(hq, c["csince"])
+    le = leap_end(T)
+    ret, n_new, new_kind, became_lesion, sw, nxt = clone_leap(
+        _pick(hq, ccount), since, T, table.averages(since, T, H.P_CHANNELS), u, switch_size, le)
     sel = hq & act_l
     ckind = jnp.where(sel, new_kind, ckind)
     ccount = jnp.where(sel, n_new, ccount)
     switch_day = jnp.where(sel & became_lesion, sw, c["switch_day"])
     csince = jnp.where(sel, T, c["csince"])
-    cnext = jnp.where(sel, jnp.where(new_kind == PROLIFERATING, leap_end(T), jnp.inf),
-                      c["cnext"])
+    cnext = jnp.where(sel, nxt, c["cnext"])
     cls_ret = _pick(hq, c["ccls"])
     got_ret = act_l & (ret > 0)
     hr = (jnp.arange(n_cls) == cls_ret) & got_ret
@@ -372,11 +459,11 @@ def fast_step(table: H.HazardTable, c: dict, t1, rec_t, switch_size, leap_days,
     ccount = jnp.where(hj, 1.0, ccount)
     ccls = jnp.where(hj, k, c["ccls"])
     csince = jnp.where(hj, T, csince)
-    cnext = jnp.where(hj, leap_end(T), cnext)
+    cnext = jnp.where(hj, le, cnext)
     status = jnp.where(commit & ~has_free, STATUS_OVERFLOW, c["status"])
     # --- redraw the class pool whose counts changed (memoryless)
     w_new = class_group_weights(_pick(hk, d), _pick(hk, r), cak, crpk)
-    tk = table.next_time(w_new, T, -jnp.log(u[2]))
+    tk = table.next_time(w_new, T, -jnp.log(u[U_REDRAW]))
     upd = hk & (~finish) & is_class
     class_next = jnp.where(upd, tk, c["class_next"])
     class_fresh = jnp.where(upd, False, c["class_fresh"])
@@ -384,8 +471,7 @@ def fast_step(table: H.HazardTable, c: dict, t1, rec_t, switch_size, leap_days,
     class_next = jnp.where(hr, T, class_next)
     class_fresh = class_fresh | hr
     any_left = (jnp.sum(d) + jnp.sum(r) > 0) | jnp.any(ckind != EMPTY)
-    clearance_day = jnp.where((~finish) & ~any_left & ~jnp.isfinite(c["clearance_day"]),
-                              T, c["clearance_day"])
+    clearance_day = first_clearance((~finish) & ~any_left, c["clearance_day"], T)
     return dict(d=d, r=r, class_next=class_next, class_fresh=class_fresh, ckind=ckind,
                 ccount=ccount, ccls=ccls, csince=csince, cnext=cnext,
                 switch_day=switch_day, t=jnp.where(finish, c["t"], T), records=records,
