@@ -53,7 +53,7 @@ def write_fit_figures(result, study, params, fig_dir: Path) -> list[str]:
 def run_fit(study_path, model_path, free, *, starts, seed, out, figures=None, adam_steps=30,
             lbfgs_steps=60, profile=(), prior=False, arms=None, progress=None):
     """Load, validate, fit, write `out` (JSON) and figures. Returns (result, study, fig names)."""
-    from dormancy_model.fitting.estimate import fit, fit_batch, fit_solver_options
+    from dormancy_model.fitting.estimate import LBFGS, FitOptions, fit, fit_batch
     from dormancy_model.fitting.files import write_fit
     from dormancy_model.fitting.objective import Objective
     from dormancy_model.fitting.study import load_study
@@ -82,12 +82,12 @@ def run_fit(study_path, model_path, free, *, starts, seed, out, figures=None, ad
     fig_dir = Path(figures) if figures else out.with_suffix("")
     from dormancy_model.io import prepare_out_dir
 
-    obj = Objective(study, params, free, batch=fit_batch(starts), options=fit_solver_options(),
+    options = FitOptions(adam_steps=adam_steps, optimizer=LBFGS(steps=lbfgs_steps))
+    obj = Objective(study, params, free, batch=fit_batch(starts), options=options.solver,
                     prior=prior)  # validates the free names before any work or output
     prepare_out_dir(out.parent)
-    result = fit(study, params, free, starts=starts, seed=seed, adam_steps=adam_steps,
-                 lbfgs_steps=lbfgs_steps, profile=profile, prior=prior, objective=obj,
-                 progress=progress)
+    result = fit(study, params, free, starts=starts, seed=seed, options=options,
+                 profile=profile, prior=prior, objective=obj, progress=progress)
     write_fit(out, result, study, str(model_path))
     names = write_fit_figures(result, study, params, prepare_out_dir(fig_dir, "--figures"))
     return result, study, fig_dir, names
