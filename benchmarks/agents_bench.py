@@ -26,7 +26,7 @@ import numpy as np
 
 import dormancy_model as dm
 from dormancy_model.agents import simulate as agents
-from dormancy_model.agents.simulate import simulate_agents
+from dormancy_model.agents.simulate import AgentOptions, simulate_agents
 
 T5 = 5 * 365.25
 
@@ -66,9 +66,10 @@ def clever_combo(method, n, chunk, seed=0, backend="auto", block=64):
 
     def go():
         return simulate_agents(dm.DormancyModel(), p, s, n_replicates=n,
-                               key=jax.random.PRNGKey(seed), t1=T5, method=method,
-                               initial_count="fixed", assess_days=(84.0, 168.0, 350.0),
-                               chunk_size=chunk, backend=backend, kernel_block=block)
+                               key=jax.random.PRNGKey(seed), t1=T5, options=AgentOptions(
+                                   method=method, initial_count="fixed",
+                                   assess_days=(84.0, 168.0, 350.0), chunk_size=chunk,
+                                   backend=backend, kernel_block=block))
 
     repeats = 1 if method == "exact" else 3 if n > 100_000 else 5
     go()  # warm-up: compile on these shapes
@@ -94,8 +95,9 @@ def birth_death_ours(n, method="exact"):
 
     def go():
         return simulate_agents(dm.DormancyModel(), p, s, n_replicates=n,
-                               key=jax.random.PRNGKey(1), t1=1825.0, method=method,
-                               initial_count="fixed", switch_size=1e12, count_days=(1825.0,))
+                               key=jax.random.PRNGKey(1), t1=1825.0, options=AgentOptions(
+                                   method=method, initial_count="fixed", switch_size=1e12,
+                                   count_days=(1825.0,)))
 
     secs, res = timed(go)
     return dict(case="birth-death N0=100 b=0.10 d=0.12 0-1825 d", method=f"dormancy {method}",

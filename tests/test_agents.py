@@ -13,7 +13,7 @@ import pytest
 from scipy import stats
 
 import dormancy_model as dm
-from dormancy_model.agents.simulate import Heterogeneity, simulate_agents
+from dormancy_model.agents.simulate import AgentOptions, Heterogeneity, simulate_agents
 
 T1 = 100.0
 N = 2000
@@ -28,13 +28,14 @@ def constant_rate(human, **kw):
     return human.replace(**base)
 
 
-def run(model, params, schedule="observation", seed=0, **kw):
-    kw.setdefault("n_replicates", N)
-    kw.setdefault("t1", T1)
-    kw.setdefault("initial_count", "fixed")
-    kw.setdefault("count_days", DAYS)
-    return simulate_agents(model, params, dm.get_schedule(schedule),
-                           key=jax.random.PRNGKey(seed), **kw)
+def run(model, params, schedule="observation", seed=0, n_replicates=N, t1=T1,
+        heterogeneity=None, **options):
+    """`options`: `AgentOptions` fields."""
+    options.setdefault("initial_count", "fixed")
+    options.setdefault("count_days", DAYS)
+    return simulate_agents(model, params, dm.get_schedule(schedule), n_replicates=n_replicates,
+                           key=jax.random.PRNGKey(seed), t1=t1, heterogeneity=heterogeneity,
+                           options=AgentOptions(**options))
 
 
 def test_birth_death_extinction_probability(model, human):
@@ -146,7 +147,8 @@ def test_replicate_mean_equals_ode_under_dosing(model, dosed):
     combination schedule (|mean - ODE| < 4.5 standard errors at each day)."""
     days = np.array([7.0, 28.0, 84.0, 168.0, 200.0])
     res = simulate_agents(model, dosed, dm.get_schedule("clever-combo"), n_replicates=1500,
-                          key=jax.random.PRNGKey(7), t1=200.0, count_days=days)
+                          key=jax.random.PRNGKey(7), t1=200.0,
+                          options=AgentOptions(count_days=days))
     assert res.ok, res.message
     tr = dm.simulate(model, dosed, dm.get_schedule("clever-combo"), ts=np.concatenate([[0.0],
                                                                                       days]))

@@ -5,7 +5,7 @@ import jax
 import numpy as np
 
 import dormancy_model as dm
-from dormancy_model.agents.simulate import Heterogeneity, simulate_agents
+from dormancy_model.agents.simulate import AgentOptions, Heterogeneity, simulate_agents
 from two_devices import on_two_cpu_devices
 
 
@@ -18,10 +18,11 @@ def _outcomes(method):
     if method == "fast":
         p = p.replace(k_dr=np.linspace(0.5, 2.0, n) * float(p["k_dr"]))
     res = simulate_agents(dm.DormancyModel(), p, dm.get_schedule("clever-combo"),
-                          n_replicates=n, key=jax.random.PRNGKey(3), t1=400.0, method=method,
+                          n_replicates=n, key=jax.random.PRNGKey(3), t1=400.0,
                           heterogeneity=Heterogeneity(autophagy_cv=0.5, strata=2),
-                          count_days=(84.0, 400.0), assess_days=(168.0,), switch_size=20.0,
-                          chunk_size=4)
+                          options=AgentOptions(method=method, count_days=(84.0, 400.0),
+                                               assess_days=(168.0,), switch_size=20.0,
+                                               chunk_size=4))
     assert res.ok, res.message
     names = ("cleared", "clearance_day", "relapsed", "relapse_day", "counts",
              "aspirate_count", "n_events")

@@ -8,7 +8,7 @@ import pytest
 from scipy import stats
 
 import dormancy_model as dm
-from dormancy_model.agents.simulate import Heterogeneity, simulate_agents
+from dormancy_model.agents.simulate import AgentOptions, Heterogeneity, simulate_agents
 
 
 def two_proportion_z(a, b):
@@ -19,12 +19,13 @@ def two_proportion_z(a, b):
 
 
 def compare(model, params, n, t1, seed, het=None, leap_days=1.0, schedule="clever-combo"):
-    kw = dict(n_replicates=n, t1=t1, switch_size=50.0, heterogeneity=het,
-              count_days=(84.0, 168.0), assess_days=(168.0,))
+    kw = dict(n_replicates=n, t1=t1, heterogeneity=het)
+    opts = dict(switch_size=50.0, count_days=(84.0, 168.0), assess_days=(168.0,))
     sched = dm.get_schedule(schedule)
-    ex = simulate_agents(model, params, sched, key=jax.random.PRNGKey(seed), method="exact", **kw)
-    fa = simulate_agents(model, params, sched, key=jax.random.PRNGKey(seed + 1), method="fast",
-                         leap_days=leap_days, **kw)
+    ex = simulate_agents(model, params, sched, key=jax.random.PRNGKey(seed),
+                         options=AgentOptions(method="exact", **opts), **kw)
+    fa = simulate_agents(model, params, sched, key=jax.random.PRNGKey(seed + 1),
+                         options=AgentOptions(method="fast", leap_days=leap_days, **opts), **kw)
     assert ex.ok and fa.ok, (ex.message, fa.message)
     return ex, fa
 
@@ -59,11 +60,13 @@ def test_lockstep_grouping_does_not_change_results(model, active):
     narrow loop's width follows the chunk size (chunk // 16). Each lane's random stream is
     indexed by its own event counter, so any chunking gives identical replicates."""
     het = Heterogeneity(autophagy_cv=0.8, reactivation_cv=0.5)
-    kw = dict(n_replicates=200, t1=730.0, switch_size=50.0, heterogeneity=het,
-              count_days=(84.0, 400.0), method="fast", key=jax.random.PRNGKey(5))
+    kw = dict(n_replicates=200, t1=730.0, heterogeneity=het, key=jax.random.PRNGKey(5))
+    opts = dict(switch_size=50.0, count_days=(84.0, 400.0), method="fast")
     sched = dm.get_schedule("clever-combo")
-    a = simulate_agents(model, active, sched, chunk_size=256, **kw)  # width 16
-    b = simulate_agents(model, active, sched, chunk_size=24, **kw)  # width 1, 9 chunks
+    a = simulate_agents(model, active, sched, options=AgentOptions(chunk_size=256, **opts),
+                        **kw)  # width 16
+    b = simulate_agents(model, active, sched, options=AgentOptions(chunk_size=24, **opts),
+                        **kw)  # width 1, 9 chunks
     assert a.ok and b.ok
     assert a.relapsed.sum() > 5 and (a.n_events.max() > 2 * a.n_events.min())
     for name in ("relapsed", "cleared", "clearance_day", "n_events"):
@@ -102,13 +105,14 @@ def test_fast_kernel_equals_vmapped_loop(model, active):
     round the last bit differently). Four trait classes, returns P -> D, lanes padded to the
     block; 8 clone slots (the kernel unrolls its loops over slots: a smaller compile)."""
     het = Heterogeneity(autophagy_cv=0.8, reactivation_cv=0.5, strata=2)
-    kw = dict(n_replicates=12, t1=240.0, switch_size=20.0, heterogeneity=het,
-              count_days=(84.0, 200.0), assess_days=(168.0,), method="fast",
-              key=jax.random.PRNGKey(9), initial_count="fixed", clone_slots=8)
+    kw = dict(n_replicates=12, t1=240.0, heterogeneity=het, key=jax.random.PRNGKey(9))
+    opts = dict(switch_size=20.0, count_days=(84.0, 200.0), assess_days=(168.0,),
+                method="fast", initial_count="fixed", clone_slots=8)
     params = active.replace(k_pd=0.01, dormant_initial=30.0)
     sched = dm.get_schedule("clever-combo")
-    a = simulate_agents(model, params, sched, backend="xla", **kw)
-    b = simulate_agents(model, params, sched, backend="pallas", kernel_block=8, **kw)
+    a = simulate_agents(model, params, sched, options=AgentOptions(backend="xla", **opts), **kw)
+    b = simulate_agents(model, params, sched,
+                        options=AgentOptions(backend="pallas", kernel_block=8, **opts), **kw)
     assert a.ok and b.ok
     assert a.n_events.min() > 20
     for name in ("relapsed", "cleared", "n_events", "counts", "dtc_positive"):
@@ -134,8 +138,9 @@ def test_fast_kernel_lowers_to_triton(model, monkeypatch):
 
     monkeypatch.setattr(agents, "_run_chunk", spy)
     simulate_agents(model, dm.load_model_parameters("human"), dm.get_schedule("clever-combo"),
-                    n_replicates=8, key=jax.random.PRNGKey(0), t1=200.0, method="fast",
-                    initial_count="fixed", assess_days=(84.0,), backend="xla")
+                    n_replicates=8, key=jax.random.PRNGKey(0), t1=200.0,
+                    options=AgentOptions(method="fast", initial_count="fixed",
+                                         assess_days=(84.0,), backend="xla"))
     method, table, _, states, *rest = captured["args"][:12]
     monkeypatch.setattr(engine_pallas, "_interpret", lambda: False)
     f = jax.jit(lambda table, states, *r: agents._run_chunk_impl(method, table, None, states, *r,
@@ -156,10 +161,12 @@ def test_fast_agrees_with_exact_large_heterogeneous(model, active):
 def test_leap_size_does_not_change_outcomes(model, active):
     """Error control: halving the leap (2 -> 0.25 day) leaves the outcomes unchanged within
     Monte-Carlo error."""
-    kw = dict(n_replicates=3000, t1=1095.0, switch_size=50.0, method="fast")
+    kw = dict(switch_size=50.0, method="fast")
     sched = dm.get_schedule("clever-combo")
-    a = simulate_agents(model, active, sched, key=jax.random.PRNGKey(1), leap_days=2.0, **kw)
-    b = simulate_agents(model, active, sched, key=jax.random.PRNGKey(2), leap_days=0.25, **kw)
+    a = simulate_agents(model, active, sched, n_replicates=3000, key=jax.random.PRNGKey(1),
+                        t1=1095.0, options=AgentOptions(leap_days=2.0, **kw))
+    b = simulate_agents(model, active, sched, n_replicates=3000, key=jax.random.PRNGKey(2),
+                        t1=1095.0, options=AgentOptions(leap_days=0.25, **kw))
     assert two_proportion_z(a.relapsed, b.relapsed) < 4
     assert stats.ks_2samp(a.relapse_day[a.relapsed], b.relapse_day[b.relapsed]).pvalue > 1e-3
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from dormancy_model.cli.main import main
-from dormancy_model.fitting.estimate import fit, fit_solver_options
+from dormancy_model.fitting.estimate import LBFGS, FitOptions, fit, fit_solver_options
 from dormancy_model.fitting.files import apply_fit, read_fit, write_fit
 from dormancy_model.fitting.objective import Objective
 from dormancy_model.fitting.study import load_study
@@ -135,8 +135,9 @@ def test_starts_sorted_and_best_is_a_minimum(result, setup):
 
 def test_same_seed_same_fit(setup):
     study, params = setup
-    a = fit(study, params, FREE, starts=4, seed=3, adam_steps=3, lbfgs_steps=3)
-    b = fit(study, params, FREE, starts=4, seed=3, adam_steps=3, lbfgs_steps=3)
+    options = FitOptions(adam_steps=3, optimizer=LBFGS(steps=3))
+    a = fit(study, params, FREE, starts=4, seed=3, options=options)
+    b = fit(study, params, FREE, starts=4, seed=3, options=options)
     assert a.estimate == b.estimate and a.objective == b.objective
     assert [s.initial for s in a.starts] == [s.initial for s in b.starts]
 

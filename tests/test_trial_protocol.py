@@ -19,9 +19,10 @@ class Recorder:
     def __init__(self):
         self.calls = []
 
-    def __call__(self, model, params, dosing, *, n_replicates, key, t1, method,
-                 assess_days=(), initial=None, t0=0.0, initial_count="poisson", chunk_size=None):
-        assert initial_count == "fixed"  # screening drew the integer cells
+    def __call__(self, model, params, dosing, *, n_replicates, key, t1, initial=None, t0=0.0,
+                 options):
+        assert options.initial_count == "fixed"  # screening drew the integer cells
+        assess_days = options.assess_days
         n = n_replicates
         pid = (np.asarray(params["dormant_initial"]) if initial is None
                else np.asarray(initial["pid"]))

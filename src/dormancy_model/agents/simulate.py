@@ -85,6 +85,53 @@ class Heterogeneity(eqx.Module):
         return jnp.asarray(a.ravel()), jnp.asarray(rp.ravel())
 
 
+def _days(days) -> tuple:
+    return tuple(float(d) for d in np.atleast_1d(np.asarray(days, float)))
+
+
+class AgentOptions(eqx.Module):
+    """How `simulate_agents` simulates and what it records (an immutable value).
+
+    `method`: "exact" (every event) or "fast" (trait-class pools, clone leaps of at most
+    `leap_days`, `late_leap_days` once the drug levels no longer vary within a day).
+    `count_days`: days at which cell counts are recorded; `assess_days`: aspirate days.
+    `initial_count`: "poisson" or "fixed" initial cells (when no initial state is given).
+    `switch_size`: clone size at which growth becomes deterministic. `hazard_hours`: step of
+    the fine hazard-table grid. `max_events`: per replicate (default 2e6 exact, 2e5 fast);
+    `extra_slots` (exact: room for new agents; default 8 when k_pd > 0) and `clone_slots`
+    (fast). `chunk_size`: replicates per lock-step loop (default 8192 on CPU, 131072 on an
+    accelerator). `backend` (fast method): "auto" runs the event loop as one GPU kernel on a
+    GPU when all replicates share one parameter set (`agents.kernel`), else the vmapped XLA
+    loop; "xla" always the XLA loop; "pallas" the kernel (interpreted, slowly, without a GPU);
+    `kernel_block` replicates per kernel program (a power of two)."""
+
+    method: str = eqx.field(static=True, default="exact")
+    count_days: tuple = eqx.field(static=True, default=(), converter=_days)
+    assess_days: tuple = eqx.field(static=True, default=(), converter=_days)
+    initial_count: str = eqx.field(static=True, default="poisson")
+    switch_size: float = eqx.field(static=True, default=1e4)
+    leap_days: float = eqx.field(static=True, default=1.0)
+    late_leap_days: float = eqx.field(static=True, default=7.0)
+    hazard_hours: float = eqx.field(static=True, default=1.0)
+    max_events: int | None = eqx.field(static=True, default=None)
+    extra_slots: int | None = eqx.field(static=True, default=None)
+    clone_slots: int = eqx.field(static=True, default=16)
+    chunk_size: int | None = eqx.field(static=True, default=None)
+    backend: str = eqx.field(static=True, default="auto")
+    kernel_block: int = eqx.field(static=True, default=64)
+
+    def __check_init__(self):
+        if self.method not in ("exact", "fast"):
+            raise ValueError(f"method must be 'exact' or 'fast', got {self.method!r}")
+        if self.backend not in ("auto", "xla", "pallas"):
+            raise ValueError(f"backend must be 'auto', 'xla' or 'pallas', got {self.backend!r}")
+        if self.initial_count not in ("poisson", "fixed"):
+            raise ValueError(f"initial_count must be 'poisson' or 'fixed', got "
+                             f"{self.initial_count!r}")
+        if not self.switch_size >= 2 or not self.leap_days > 0:
+            raise ValueError("need switch_size >= 2, leap_days > 0")
+
+
 class AgentState(eqx.Module):
     """State of every replicate at a day (leading axis = replicate; JAX arrays, left on the
     device); continue a run with `simulate_agents(..., initial=state, t0=state_day)` using the
@@ -338,39 +385,26 @@ def _tables(model, params, dosing, nodes, spec, batched):
 
 
 def simulate_agents(model: DormancyModel, params: Parameters, schedule: Schedule | Dosing, *,
-                    n_replicates: int, key, t1: float, method: str = "exact",
-                    heterogeneity: Heterogeneity | None = None, count_days=(),
-                    assess_days=(), initial: AgentState | None = None, t0: float = 0.0,
-                    initial_count: str = "poisson", switch_size: float = 1e4,
-                    leap_days: float = 1.0, late_leap_days: float = 7.0,
-                    hazard_hours: float = 1.0,
-                    max_events: int | None = None, chunk_size: int | None = None,
-                    extra_slots: int | None = None, clone_slots: int = 16,
-                    progress=None, backend: str = "auto",
-                    kernel_block: int = 64) -> AgentResult:
+                    n_replicates: int, key, t1: float, t0: float = 0.0,
+                    heterogeneity: Heterogeneity | None = None,
+                    initial: AgentState | None = None,
+                    options: AgentOptions = AgentOptions(), progress=None) -> AgentResult:
     """Simulate `n_replicates` individuals from day t0 to t1 (days) with the agent model.
 
     `params` may carry a leading batch axis of length n_replicates (one virtual patient per
-    replicate). Same `key` -> same result, independent of `chunk_size` (replicate i uses
-    `fold_in(key, i)`). Replicates run in lock-step chunks of `chunk_size` (default 8192 on
-    CPU, 131072 on an accelerator); `progress(done, total)` is called after each chunk.
-    `backend` (fast method): "auto" runs the event loop as one GPU kernel on a GPU when all
-    replicates share one parameter set (`agents_kernel`), else the vmapped XLA loop; "xla"
-    always the XLA loop; "pallas" the kernel (interpreted, slowly, without a GPU);
-    `kernel_block` replicates per kernel program (a power of two).
+    replicate). `initial`: continue from a final state (same method) instead of drawing
+    initial cells. `options`: method, recorded days and numerics (`AgentOptions`). Same `key`
+    -> same result, independent of `options.chunk_size` (replicate i uses `fold_in(key, i)`).
+    Replicates run in lock-step chunks; `progress(done, total)` is called after each chunk.
     """
     het = heterogeneity or Heterogeneity()
-    if method not in ("exact", "fast"):
-        raise ValueError(f"method must be 'exact' or 'fast', got {method!r}")
-    if backend not in ("auto", "xla", "pallas"):
-        raise ValueError(f"backend must be 'auto', 'xla' or 'pallas', got {backend!r}")
-    if initial_count not in ("poisson", "fixed"):
-        raise ValueError(f"initial_count must be 'poisson' or 'fixed', got {initial_count!r}")
+    o = options
+    method, switch_size, leap_days = o.method, o.switch_size, o.leap_days
     n = int(n_replicates)
-    if n < 1 or not t1 > t0 or not switch_size >= 2 or not leap_days > 0:
-        raise ValueError("need n_replicates >= 1, t1 > t0, switch_size >= 2, leap_days > 0")
-    count_days = np.atleast_1d(np.asarray(count_days, float))
-    assess_days = np.atleast_1d(np.asarray(assess_days, float))
+    if n < 1 or not t1 > t0:
+        raise ValueError("need n_replicates >= 1 and t1 > t0")
+    count_days = np.asarray(o.count_days, float)
+    assess_days = np.asarray(o.assess_days, float)
     for name, days in (("count_days", count_days), ("assess_days", assess_days)):
         if days.size and (days.min() < t0 or days.max() > t1):
             raise ValueError(f"{name} must lie in [t0, t1] = [{t0:g}, {t1:g}]")
@@ -385,24 +419,24 @@ def simulate_agents(model: DormancyModel, params: Parameters, schedule: Schedule
     if batched and n_run > n:
         params = take_rows(params, pad)
     end = schedule.end_of_treatment if isinstance(schedule, Schedule) else _last_dose(dosing)
-    grid = hazard_nodes(t0, t1, end, fine_hours=hazard_hours)
+    grid = hazard_nodes(t0, t1, end, fine_hours=o.hazard_hours)
     spec = np.array([t0, grid.h_fine, grid.t_split, grid.h_coarse, grid.n_fine], float)
     table = _tables(model, _constant_exponents(params), dosing, jnp.asarray(grid.nodes),
                     jnp.asarray(spec), batched)
 
     k_init, k_run, k_asp = _replicate_keys(key, n_run)
     if initial is None:
-        n0 = _initial_counts(params, k_init, initial_count, batched)
+        n0 = _initial_counts(params, k_init, o.initial_count, batched)
         n0_host = np.asarray(n0)
         kpd = np.asarray(params["k_pd"])
-        extra = extra_slots if extra_slots is not None else (8 if np.any(kpd > 0) else 0)
+        extra = o.extra_slots if o.extra_slots is not None else (8 if np.any(kpd > 0) else 0)
         if method == "exact":
             size = int(n0_host[:, :2].sum(1).max()) + 1 + extra
         else:
             size = int(n0_host[:, :2].max())
         size = 32 * (size // 32 + 1)  # bucket the capacity: fewer recompilations
         ca, crp = het.classes()
-        states = _initial_states(method, n0, k_init, het, ca, crp, size, clone_slots,
+        states = _initial_states(method, n0, k_init, het, ca, crp, size, o.clone_slots,
                                  float(t0))
     else:
         if initial.method != method:
@@ -410,19 +444,21 @@ def simulate_agents(model: DormancyModel, params: Parameters, schedule: Schedule
         states = dict(initial.arrays)
         if n_run > n:
             states = take_rows(states, pad)
-        if method == "exact" and extra_slots:
+        if method == "exact" and o.extra_slots:
             widen = lambda x, v: jnp.concatenate(  # noqa: E731
-                [x, jnp.full((n_run, extra_slots), v, x.dtype)], axis=1)
+                [x, jnp.full((n_run, o.extra_slots), v, x.dtype)], axis=1)
             states.update(kind=widen(states["kind"], E.EMPTY),
                           count=widen(states["count"], 0.0), a=widen(states["a"], 1.0),
                           rp=widen(states["rp"], 1.0),
                           switch_day=widen(states["switch_day"], jnp.inf))
+    max_events = o.max_events
     if max_events is None:
         max_events = 2_000_000 if method == "exact" else 200_000
+    chunk_size = o.chunk_size
     if chunk_size is None:  # lock-step loops: wide enough to amortise each iteration
         chunk_size = 8192 if jax.default_backend() == "cpu" else 131072
     chunk = int(min(max(chunk_size, 1), n_run))
-    if _sharded(backend, method):  # each device gets an equal share of a chunk's lanes
+    if _sharded(o.backend, method):  # each device gets an equal share of a chunk's lanes
         chunk = -(-chunk // jax.local_device_count()) * jax.local_device_count()
     # lock-step chunks run until their busiest lane is done: group lanes of similar load
     # (results per lane do not depend on the grouping)
@@ -440,8 +476,8 @@ def simulate_agents(model: DormancyModel, params: Parameters, schedule: Schedule
         out = _run_chunk(method, tb, 0 if batched else None,
                          jax.tree_util.tree_map(take, states), take(k_run), f64(t0), f64(t1),
                          jnp.asarray(rec_days), f64(switch_size), jnp.asarray(max_events),
-                         f64(leap_days), f64(max(late_leap_days, leap_days)), backend,
-                         int(kernel_block))
+                         f64(leap_days), f64(max(o.late_leap_days, leap_days)), o.backend,
+                         int(o.kernel_block))
         outs.append(out)  # stays on the device
         if progress is not None:
             jax.block_until_ready(out)  # results stay on the device: report finished work

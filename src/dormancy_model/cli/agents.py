@@ -52,7 +52,7 @@ def agents_cmd(
 
     use_cpu_cores()  # before any JAX operation: one CPU device per core
     from dormancy_model.agents.report import plot_agents, summarize_agents
-    from dormancy_model.agents.simulate import Heterogeneity, simulate_agents
+    from dormancy_model.agents.simulate import AgentOptions, Heterogeneity, simulate_agents
     from dormancy_model.cli.simulate import load_model_and_params
     from dormancy_model.io import (
         atomic_savefig,
@@ -93,11 +93,12 @@ def agents_cmd(
 
     with Progress(transient=True) as bar:
         task = bar.add_task(f"{replicates} virtual patients ({method})", total=replicates)
+        options = AgentOptions(method=method, count_days=count_days, assess_days=assess,
+                               switch_size=switch_size, leap_days=leap_days,
+                               initial_count=initial_count)
         res = simulate_agents(
             m, p, sched, n_replicates=replicates, key=jax.random.PRNGKey(seed), t1=t1,
-            method=method, heterogeneity=Heterogeneity(autophagy_cv, reactivation_cv),
-            count_days=count_days, assess_days=assess, switch_size=switch_size,
-            leap_days=leap_days, initial_count=initial_count,
+            heterogeneity=Heterogeneity(autophagy_cv, reactivation_cv), options=options,
             progress=lambda done, total: bar.update(task, completed=done))
     if not res.ok:
         from dormancy_model.model.simulate import SolveError

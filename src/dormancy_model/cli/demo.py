@@ -125,7 +125,7 @@ def stage_agents(out: Path) -> str:
     import jax
 
     from dormancy_model.agents.report import plot_agents, plot_arms_agents, summarize_agents
-    from dormancy_model.agents.simulate import simulate_agents
+    from dormancy_model.agents.simulate import AgentOptions, simulate_agents
     from dormancy_model.io import atomic_savefig, atomic_write_csv, atomic_write_json
     from dormancy_model.model.ode import DormancyModel
     from dormancy_model.params.table import load_model_parameters
@@ -137,11 +137,12 @@ def stage_agents(out: Path) -> str:
     model, params = DormancyModel(), load_model_parameters("human")
     t1 = 5 * DAYS_PER_YEAR
     count_days = [float(d) for d in range(0, int(t1), 28)] + [t1]
+    options = AgentOptions(method="fast", count_days=count_days,
+                           assess_days=(84.0, 168.0, 350.0))
     results, summaries = {}, {}
     for i, arm in enumerate(ARMS):
         res = simulate_agents(model, params, get_schedule(arm), n_replicates=AGENT_PATIENTS,
-                              key=jax.random.PRNGKey(i), t1=t1, method="fast",
-                              count_days=count_days, assess_days=(84.0, 168.0, 350.0))
+                              key=jax.random.PRNGKey(i), t1=t1, options=options)
         results[arm] = res
         summaries[arm] = summarize_agents(res)
         df = res.to_dataframe()

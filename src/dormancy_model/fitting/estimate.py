@@ -1,6 +1,7 @@
 """`fit`: maximum-likelihood estimates of chosen parameters from a mouse study.
 
-    result = fit(study, params, free=("hcq_ic50", "delta_max", ...), starts=16, seed=0)
+    result = fit(study, params, free=("hcq_ic50", "delta_max", ...), starts=16, seed=0,
+                 options=FitOptions(adam_steps=30, optimizer=LBFGS(steps=60)))
 
 Pipeline (all starts at once, batched with `jax.vmap` through one compiled objective+gradient,
 see `fit_objective.Objective`; by default each arm is solved on a fixed step grid,
@@ -9,21 +10,25 @@ see `fit_objective.Objective`; by default each arm is solved on a fixed step gri
 1. starts: scrambled Sobol (or Latin-hypercube) points inside the bounds, in each parameter's
    scale (log/logit/lin), mapped to the unconstrained space z;
 2. optax Adam for `adam_steps` steps (robust first descent from far-away starts);
-3. L-BFGS (two-loop recursion, memory 8) with a backtracking Armijo line search, batched over
-   starts, until the gradient is small (converged) or the line search stalls;
+3. the optimiser of `FitOptions.optimizer`, by default `LBFGS` (two-loop recursion, memory 8,
+   a backtracking Armijo line search, batched over starts) until the gradient is small
+   (converged) or the line search stalls;
 4. at the best start: the Hessian in scale space by central differences of the exact (autodiff)
    gradient, standard errors and Wald 95% CIs (back-transformed, so log-scale CIs are
    asymmetric); profile likelihoods for requested parameters (the other free parameters
    re-optimised at each fixed value); AIC = 2 k + 2 nll.
 
-Deterministic: the same study, settings and seed give the same result.
+Deterministic: the same study, options and seed give the same result. The optimiser and
+solver settings are one immutable value, `FitOptions`.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import asdict, dataclass, field
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -159,10 +164,199 @@ def _lbfgs_direction(g, S_hist, Y_hist):
     return -q
 
 
-def minimise(obj: Objective, Z0, *, fixed=None, adam_steps: int = 30, adam_lr: float = 0.1,
-             lbfgs_steps: int = 60, gtol: float = 1e-3, memory: int = 8, progress=None):
-    """Batched minimisation from rows of Z0 (unconstrained). `fixed` (n, d) bool keeps
-    components at their initial value (profiles). Returns dict of arrays."""
+class LBFGS(eqx.Module):
+    """L-BFGS batched over points on the host: two-loop recursion with `memory` pairs, a
+    backtracking Armijo line search (at most 12 halvings by 4) in which only the points still
+    searching are evaluated, at most `steps` iterations. A point has converged when
+    max |grad| < `gtol` (z space), or the predicted decrease is below 1e-7, or the relative
+    decrease below 1e-10; it stops when its line search stalls.
+
+    Kept in place of `optax.lbfgs` (zoom line search): measured in benchmarks/RESULTS.md."""
+
+    steps: int = eqx.field(static=True, default=60)
+    gtol: float = eqx.field(static=True, default=1e-3)
+    memory: int = eqx.field(static=True, default=8)
+
+    def __check_init__(self):
+        if self.steps < 1 or self.memory < 1 or not self.gtol > 0:
+            raise ValueError("LBFGS needs steps >= 1, memory >= 1 and gtol > 0")
+
+    def describe(self) -> dict:
+        return dict(optimizer="lbfgs", lbfgs_steps=self.steps, gtol=self.gtol,
+                    memory=self.memory)
+
+    def minimise(self, obj: Objective, Z, free, tick, done_steps: int = 0):
+        """From rows of Z (unconstrained); components where `free` is False stay put.
+        Returns (Z, f, g, converged, iterations)."""
+        Z = np.array(Z, float)
+        n = Z.shape[0]
+        f, g, _, _ = obj.evaluate(Z)
+        g = g * free
+        hist = [([], []) for _ in range(n)]
+        done = np.zeros(n, bool)
+        converged = np.zeros(n, bool)
+        iters = np.zeros(n, int)
+        total = done_steps + self.steps
+        for it in range(self.steps):
+            gmax = np.max(np.abs(g), axis=1)
+            converged |= np.isfinite(f) & (gmax < self.gtol)
+            done |= converged | ~np.isfinite(f)
+            if done.all():
+                break
+            D = np.zeros_like(Z)
+            for i in np.flatnonzero(~done):
+                di = _lbfgs_direction(g[i], *hist[i]) * free[i]
+                if not di @ g[i] < 0:
+                    di = -g[i]
+                D[i] = di
+            slope = np.sum(D * g, axis=1)
+            step = np.minimum(1.0, 2.0 / np.maximum(np.max(np.abs(D), axis=1), 1e-300))
+            accepted = done.copy()
+            newZ, newf, newg = Z.copy(), f.copy(), g.copy()
+            for _ in range(12):
+                trial = Z + step[:, None] * D
+                # only the starts still searching are evaluated (the others keep their values)
+                todo = np.flatnonzero(~accepted)
+                ft, gt = f.copy(), g.copy()
+                ft[todo], gt[todo], _, _ = obj.evaluate(trial[todo])
+                gt = gt * free
+                ok = ~accepted & np.isfinite(ft) & (ft <= f + 1e-4 * step * slope)
+                newZ[ok], newf[ok], newg[ok] = trial[ok], ft[ok], gt[ok]
+                accepted |= ok
+                if accepted.all():
+                    break
+                step = np.where(accepted, step, 0.25 * step)
+            stalled = ~accepted
+            for i in np.flatnonzero(accepted & ~done):
+                s, y = newZ[i] - Z[i], newg[i] - g[i]
+                if s @ y > 1e-12 * np.sqrt((s @ s) * (y @ y)):
+                    hist[i][0].append(s)
+                    hist[i][1].append(y)
+                    if len(hist[i][0]) > self.memory:
+                        hist[i][0].pop(0)
+                        hist[i][1].pop(0)
+            # converged: predicted decrease (-g.d) below 1e-7 or a relative decrease below 1e-10
+            tiny = accepted & ~done & ((-slope < 1e-7) | (
+                np.abs(f - newf) <= 1e-10 * np.maximum(1.0, np.abs(f))))
+            iters[~done] += 1
+            Z, f, g = newZ, newf, newg
+            converged |= tiny
+            done |= stalled | tiny
+            tick(done_steps + it + 1, total, f)
+        return Z, f, g, converged, iters
+
+
+class OptaxLBFGS(eqx.Module):
+    """`optax.lbfgs` (zoom line search, strong Wolfe) vmapped over groups of `obj.batch`
+    points, one compiled iteration per call; a point converges when max |grad| < `gtol` or its
+    relative decrease is below 1e-10."""
+
+    steps: int = eqx.field(static=True, default=60)
+    gtol: float = eqx.field(static=True, default=1e-3)
+    memory: int = eqx.field(static=True, default=8)
+    linesearch_steps: int = eqx.field(static=True, default=20)
+
+    def describe(self) -> dict:
+        return dict(optimizer="optax.lbfgs", lbfgs_steps=self.steps, gtol=self.gtol,
+                    memory=self.memory)
+
+    def minimise(self, obj: Objective, Z, free, tick, done_steps: int = 0):
+        Z = np.array(Z, float)
+        n = Z.shape[0]
+        B = obj.batch
+        step = _optax_step(self.memory, self.linesearch_steps)
+        outs = []
+        for i in range(0, n, B):
+            z0 = Z[i:i + B]
+            fr = free[i:i + B]
+            m = z0.shape[0]
+            if m < B:
+                z0 = np.concatenate([z0, np.repeat(z0[:1], B - m, axis=0)])
+                fr = np.concatenate([fr, np.repeat(fr[:1], B - m, axis=0)])
+            z, anchor, fr = jnp.asarray(z0), jnp.asarray(z0), jnp.asarray(fr)
+            st = jax.vmap(step.keywords["opt"].init)(z)
+            f0, g0, _, _ = obj.evaluate(z0)
+            val, grad = jnp.asarray(f0), jnp.asarray(g0)
+            done = np.zeros(B, bool)
+            conv = np.zeros(B, bool)
+            it = np.zeros(B, int)
+            zb, fb, gb = z0.copy(), np.full(B, np.inf), np.zeros_like(z0)
+            f_prev = np.full(B, np.inf)
+            for k in range(self.steps + 1):
+                f, g = np.asarray(val), np.asarray(grad) * np.asarray(fr)
+                keep = ~done
+                zb[keep], fb[keep], gb[keep] = np.asarray(z)[keep], f[keep], g[keep]
+                tiny = np.abs(f_prev - f) <= 1e-10 * np.maximum(1.0, np.abs(f))
+                conv |= keep & np.isfinite(f) & ((np.max(np.abs(g), 1) < self.gtol) | tiny)
+                done |= conv | ~np.isfinite(f)
+                if done.all() or k == self.steps:
+                    break
+                it[~done] += 1
+                f_prev = f
+                z, st, val, grad = step(obj.data, z, anchor, fr, st, val, grad)
+                obj.n_evaluations += m
+            outs.append((zb[:m], fb[:m], gb[:m], conv[:m], it[:m]))
+        Z, f, g, c, it = (np.concatenate(x) for x in zip(*outs, strict=True))
+        tick(done_steps + self.steps, done_steps + self.steps, f)
+        return Z, f, g, c, it
+
+
+@functools.lru_cache
+def _optax_step(memory, ls_steps):
+    opt = optax.lbfgs(memory_size=memory, linesearch=optax.scale_by_zoom_linesearch(
+        max_linesearch_steps=ls_steps, initial_guess_strategy="one"))
+    return functools.partial(_optax_step_jit, opt=opt)
+
+
+@eqx.filter_jit
+def _optax_step_jit(data, Z, anchor, free, state, value, grad, *, opt):
+    """One optax L-BFGS iteration per point; value and gradient at the new point come from the
+    line search's state (no second evaluation)."""
+    import optax.tree_utils as otu
+
+    from dormancy_model.fitting.objective import _nll_z
+
+    def one(z, a, fr, st, v, g):
+        fn = lambda x: _nll_z(data, jnp.where(fr, x, a))[0]  # noqa: E731
+        u, st = opt.update(g, st, z, value=v, grad=g, value_fn=fn)
+        return (optax.apply_updates(z, u), st, otu.tree_get(st, "value"),
+                otu.tree_get(st, "grad"))
+
+    return jax.vmap(one)(Z, anchor, free, state, value, grad)
+
+
+class FitOptions(eqx.Module):
+    """How `fit` searches (an immutable value; `eqx.tree_at` or a new one to change it).
+
+    `start_method`: "sobol" (scrambled) or "lhs" start points; `adam_steps` optax Adam steps at
+    learning rate `adam_lr` first (0: none); `optimizer`: the local optimiser that follows
+    (`LBFGS`); `profile_points`: grid points per profile likelihood; `solver`: the ODE solver
+    of the objective (`fit_solver_options()`, or an adaptive `SolverOptions`)."""
+
+    start_method: str = eqx.field(static=True, default="sobol")
+    adam_steps: int = eqx.field(static=True, default=30)
+    adam_lr: float = eqx.field(static=True, default=0.1)
+    optimizer: LBFGS | OptaxLBFGS = LBFGS()
+    profile_points: int = eqx.field(static=True, default=7)
+    solver: FixedSteps | SolverOptions = eqx.field(default_factory=fit_solver_options)
+
+    def __check_init__(self):
+        if self.start_method not in ("sobol", "lhs"):
+            raise ValueError(f"unknown start method {self.start_method!r} (sobol, lhs)")
+        if self.adam_steps < 0 or self.profile_points < 2:
+            raise ValueError("FitOptions needs adam_steps >= 0 and profile_points >= 2")
+
+    @property
+    def steps(self) -> int:
+        """Iterations reported to `progress` (Adam, then the optimiser's at most)."""
+        return self.adam_steps + self.optimizer.steps
+
+
+def minimise(obj: Objective, Z0, options: FitOptions, *, fixed=None, progress=None):
+    """Batched minimisation from rows of Z0 (unconstrained): `options.adam_steps` of optax Adam
+    (vmapped over points), then `options.optimizer` from each point's best Adam iterate.
+    `fixed` (n, d) bool keeps components at their initial value (profiles). Returns a dict of
+    arrays."""
     Z = np.array(Z0, float)
     n, d = Z.shape
     fixed = np.zeros((n, d), bool) if fixed is None else np.asarray(fixed, bool)
@@ -170,13 +364,13 @@ def minimise(obj: Objective, Z0, *, fixed=None, adam_steps: int = 30, adam_lr: f
     f, g, _, _ = obj.evaluate(Z)
     g = g * free
     best_f, best_Z = f.copy(), Z.copy()
-    total = adam_steps + lbfgs_steps
+    total = options.steps
     tick = progress or (lambda i, total, f: None)
     # ---- Adam (optax), vmapped over points
-    opt = optax.adam(adam_lr)
+    opt = optax.adam(options.adam_lr)
     state = jax.vmap(opt.init)(jnp.asarray(Z))
     update = jax.jit(jax.vmap(opt.update))
-    for it in range(adam_steps):
+    for it in range(options.adam_steps):
         ok = np.isfinite(f)
         u, state = update(jnp.asarray(np.where(ok[:, None], g, 0.0)), state, jnp.asarray(Z))
         Z = np.where(free, Z + np.asarray(u), Z)
@@ -186,63 +380,13 @@ def minimise(obj: Objective, Z0, *, fixed=None, adam_steps: int = 30, adam_lr: f
         best_f = np.where(better, f, best_f)
         best_Z = np.where(better[:, None], Z, best_Z)
         tick(it + 1, total, best_f)
-    # ---- L-BFGS from the best Adam point
-    Z = best_Z.copy()
-    f, g, _, _ = obj.evaluate(Z)
-    g = g * free
-    hist = [([], []) for _ in range(n)]
-    done = np.zeros(n, bool)
-    converged = np.zeros(n, bool)
-    iters = np.zeros(n, int)
-    for it in range(lbfgs_steps):
-        gmax = np.max(np.abs(g), axis=1)
-        converged |= np.isfinite(f) & (gmax < gtol)
-        done |= converged | ~np.isfinite(f)
-        if done.all():
-            break
-        D = np.zeros_like(Z)
-        for i in np.flatnonzero(~done):
-            di = _lbfgs_direction(g[i], *hist[i]) * free[i]
-            if not di @ g[i] < 0:
-                di = -g[i]
-            D[i] = di
-        slope = np.sum(D * g, axis=1)
-        step = np.minimum(1.0, 2.0 / np.maximum(np.max(np.abs(D), axis=1), 1e-300))
-        accepted = done.copy()
-        newZ, newf, newg = Z.copy(), f.copy(), g.copy()
-        for _ in range(12):
-            trial = Z + step[:, None] * D
-            # only the starts still searching are evaluated (the others keep their values)
-            todo = np.flatnonzero(~accepted)
-            ft, gt = f.copy(), g.copy()
-            ft[todo], gt[todo], _, _ = obj.evaluate(trial[todo])
-            gt = gt * free
-            ok = ~accepted & np.isfinite(ft) & (ft <= f + 1e-4 * step * slope)
-            newZ[ok], newf[ok], newg[ok] = trial[ok], ft[ok], gt[ok]
-            accepted |= ok
-            if accepted.all():
-                break
-            step = np.where(accepted, step, 0.25 * step)
-        stalled = ~accepted
-        for i in np.flatnonzero(accepted & ~done):
-            s, y = newZ[i] - Z[i], newg[i] - g[i]
-            if s @ y > 1e-12 * np.sqrt((s @ s) * (y @ y)):
-                hist[i][0].append(s)
-                hist[i][1].append(y)
-                if len(hist[i][0]) > memory:
-                    hist[i][0].pop(0)
-                    hist[i][1].pop(0)
-        # converged: predicted decrease (-g.d) below 1e-7 or a relative decrease below 1e-10
-        tiny = accepted & ~done & ((-slope < 1e-7) | (
-            np.abs(f - newf) <= 1e-10 * np.maximum(1.0, np.abs(f))))
-        iters[~done] += 1
-        Z, f, g = newZ, newf, newg
-        converged |= tiny
-        done |= stalled | tiny
-        tick(adam_steps + it + 1, total, np.minimum(best_f, f))
+    # ---- the local optimiser from the best Adam point
+    Z, f, g, converged, iters = options.optimizer.minimise(
+        obj, best_Z, free, lambda i, t, fz: tick(i, t, np.minimum(best_f, fz)),
+        options.adam_steps)
     gmax_scale = np.max(np.abs(g * obj.dz_ds(Z)) * free, axis=1)
     return dict(Z=Z, f=f, converged=converged & np.isfinite(f), grad=gmax_scale,
-                iterations=iters + adam_steps)
+                iterations=iters + options.adam_steps)
 
 
 def hessian_scale(obj: Objective, s, h: float = 1e-4) -> np.ndarray:
@@ -254,17 +398,19 @@ def hessian_scale(obj: Objective, s, h: float = 1e-4) -> np.ndarray:
     return 0.5 * (H + H.T)
 
 
-def profiles_for(obj: Objective, names, s_best, se, *, points: int = 7, span: float = 3.0,
-                 opts: dict) -> dict:
-    """Profile likelihoods: each requested parameter fixed on a grid of `points` values
-    +-span SE around the estimate (a tenth of the bounds' width when the SE is unknown); the
-    other free parameters re-optimised from the best estimate. All points in one batch."""
+def profiles_for(obj: Objective, names, s_best, se, options: FitOptions, *,
+                 span: float = 3.0) -> dict:
+    """Profile likelihoods: each requested parameter fixed on a grid of
+    `options.profile_points` values +-span SE around the estimate (a tenth of the bounds' width
+    when the SE is unknown); the other free parameters re-optimised from the best estimate by
+    `options.optimizer` (no Adam). All points in one batch."""
     rows, fixed, meta = [], [], []
     for name in names:
         j = obj.names.index(name)
         width = span * se[j] if np.isfinite(se[j]) and se[j] > 0 else 0.1 * (
             obj.s_hi[j] - obj.s_lo[j])
-        grid = np.clip(s_best[j] + np.linspace(-width, width, points), obj.s_lo[j] + 1e-9,
+        grid = np.clip(s_best[j] + np.linspace(-width, width, options.profile_points),
+                       obj.s_lo[j] + 1e-9,
                        obj.s_hi[j] - 1e-9)
         for v in grid:
             s = s_best.copy()
@@ -276,7 +422,8 @@ def profiles_for(obj: Objective, names, s_best, se, *, points: int = 7, span: fl
             meta.append((name, v))
     if not rows:
         return {}
-    res = minimise(obj, obj.scale_to_z(np.array(rows)), fixed=np.array(fixed), **opts)
+    res = minimise(obj, obj.scale_to_z(np.array(rows)), eqx.tree_at(
+        lambda o: o.adam_steps, options, 0), fixed=np.array(fixed))
     out = {}
     f_best = None
     for name in names:
@@ -306,25 +453,23 @@ def _lr_interval(sv, fv, f_min, code):
 
 
 def fit(study: Study, params: Parameters, free, *, starts: int = 16, seed: int = 0,
-        start_method: str = "sobol", adam_steps: int = 30, adam_lr: float = 0.1,
-        lbfgs_steps: int = 60, gtol: float = 1e-3, prior: bool = False,
-        profile=(), profile_points: int = 7, sigma: float = 0.5,
-        options: SolverOptions | FixedSteps | None = None, objective: Objective | None = None,
-        progress=None) -> FitResult:
+        options: FitOptions = FitOptions(), prior: bool = False, sigma: float = 0.5,
+        profile=(), objective: Objective | None = None, progress=None) -> FitResult:
     """Fit `free` parameters (names; `burden_sigma` is the log-normal noise sd) to `study`.
 
-    `params`: the full parameter set supplying every fixed value. `objective`: reuse an
-    `Objective` built for the same study/free/batch (skips recompiling). `progress(i, n, f)`:
-    called after every iteration with the best objective per start.
+    `params`: the full parameter set supplying every fixed value. `starts` start points from
+    `seed`; `options`: how to search (`FitOptions`: start method, Adam, the optimiser, profile
+    grid, ODE solver). `prior`: add the parameter table's weak prior; `sigma`: the noise sd
+    when `burden_sigma` is not free; `profile`: free parameters to profile. `objective`: reuse
+    an `Objective` built for the same study/free/batch/solver (skips recompiling).
+    `progress(i, n, f)`: called after every iteration with the best objective per start.
     """
     t0 = time.perf_counter()
-    options = options or fit_solver_options()
-    obj = objective or Objective(study, params, free, batch=fit_batch(starts), options=options,
-                                 prior=prior, sigma=sigma)
+    obj = objective or Objective(study, params, free, batch=fit_batch(starts),
+                                 options=options.solver, prior=prior, sigma=sigma)
     n0 = obj.n_evaluations
-    S0 = start_points(obj, starts, seed, start_method)
-    opts = dict(adam_steps=adam_steps, adam_lr=adam_lr, lbfgs_steps=lbfgs_steps, gtol=gtol)
-    res = minimise(obj, obj.scale_to_z(S0), progress=progress, **opts)
+    S0 = start_points(obj, starts, seed, options.start_method)
+    res = minimise(obj, obj.scale_to_z(S0), options, progress=progress)
     S = obj.z_to_scale(res["Z"])
     order = np.argsort(np.where(np.isfinite(res["f"]), res["f"], np.inf), kind="stable")
     nat = lambda s: dict(zip(obj.names, map(float, obj.natural(s)), strict=True))  # noqa: E731
@@ -355,8 +500,7 @@ def fit(study: Study, params: Parameters, free, *, starts: int = 16, seed: int =
                 from dormancy_model.errors import InputError
 
                 raise InputError("--profile", "profile", f"{name!r} is not a free parameter")
-        raw = profiles_for(obj, list(profile), best, se, points=profile_points,
-                           opts=dict(opts, adam_steps=0))
+        raw = profiles_for(obj, list(profile), best, se, options)
         f_min = float(min(f_best[0], *(np.nanmin(fv) for _, fv in raw.values())))
         for name, (sv, fv) in raw.items():
             j = obj.names.index(name)
@@ -365,11 +509,12 @@ def fit(study: Study, params: Parameters, free, *, starts: int = 16, seed: int =
                                  [float(x) for x in from_codes(sv, obj.codes[j])],
                                  [float(x) for x in fv], lo, hi)
     k = len(obj.names)
-    settings = dict(free=list(obj.names), starts=starts, start_method=start_method,
-                    adam_steps=adam_steps, adam_lr=adam_lr, lbfgs_steps=lbfgs_steps, gtol=gtol,
+    settings = dict(free=list(obj.names), starts=starts, start_method=options.start_method,
+                    adam_steps=options.adam_steps, adam_lr=options.adam_lr,
+                    **options.optimizer.describe(),
                     prior=prior, sigma_fixed=None if "burden_sigma" in obj.names else sigma,
                     solver=_solver_settings(obj.options), profile=list(profile),
-                    profile_points=profile_points)
+                    profile_points=options.profile_points)
     return FitResult(
         names=obj.names, scales=tuple(f.scale for f in obj.free),
         units=tuple(f.unit for f in obj.free), unit_factors=tuple(f.factor for f in obj.free),

@@ -55,7 +55,7 @@ def run_fit(study_path, model_path, free, *, starts, seed, out, figures=None, ad
     """Load, validate, fit, write `out` (JSON) and figures (default directory: `out` without
     .json). `study_path`: a study directory; `model_path`: a parameter set name or file; `free`:
     names (a list or a comma-separated string). Returns (result, study, fig_dir, fig names)."""
-    from dormancy_model.fitting.estimate import fit, fit_batch, fit_solver_options
+    from dormancy_model.fitting.estimate import LBFGS, FitOptions, fit, fit_batch
     from dormancy_model.fitting.files import write_fit
     from dormancy_model.fitting.objective import Objective
     from dormancy_model.fitting.study import load_study
@@ -84,12 +84,12 @@ def run_fit(study_path, model_path, free, *, starts, seed, out, figures=None, ad
     fig_dir = Path(figures) if figures else out.with_suffix("")
     from dormancy_model.io import prepare_out_dir
 
-    obj = Objective(study, params, free, batch=fit_batch(starts), options=fit_solver_options(),
+    options = FitOptions(adam_steps=adam_steps, optimizer=LBFGS(steps=lbfgs_steps))
+    obj = Objective(study, params, free, batch=fit_batch(starts), options=options.solver,
                     prior=prior)  # validates the free names before any work or output
     prepare_out_dir(out.parent)
-    result = fit(study, params, free, starts=starts, seed=seed, adam_steps=adam_steps,
-                 lbfgs_steps=lbfgs_steps, profile=profile, prior=prior, objective=obj,
-                 progress=progress)
+    result = fit(study, params, free, starts=starts, seed=seed, options=options,
+                 profile=profile, prior=prior, objective=obj, progress=progress)
     write_fit(out, result, study, str(model_path))
     names = write_fit_figures(result, study, params, prepare_out_dir(fig_dir, "--figures"))
     return result, study, fig_dir, names

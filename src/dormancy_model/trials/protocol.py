@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from dormancy_model import status as S
-from dormancy_model.agents.simulate import take_rows
+from dormancy_model.agents.simulate import AgentOptions, take_rows
 from dormancy_model.model.ode import DormancyModel
 from dormancy_model.params.table import Parameters, load_model_parameters
 from dormancy_model.pk.closed_form import DoseEvents, Dosing
@@ -102,9 +102,9 @@ def _run_group(model, params: Parameters, dosing: Dosing, key, *, t0, t1, assess
         p = params.with_values({k: jnp.asarray(np.asarray(v)[idx])
                                 for k, v in params.values.items()})
         # the cells were drawn at screening (integers), so the agents start from exactly them
-        kw = dict(n_replicates=m, key=jax.random.fold_in(key, c), t1=float(t1),
-                  method=method, initial_count="fixed", chunk_size=_agent_chunk(m),
-                  assess_days=tuple(float(d) for d in assess_days))
+        options = AgentOptions(method=method, initial_count="fixed", chunk_size=_agent_chunk(m),
+                               assess_days=assess_days)
+        kw = dict(n_replicates=m, key=jax.random.fold_in(key, c), t1=float(t1), options=options)
         if initial is not None:
             kw.update(initial=take_rows(initial, idx), t0=float(t0))
         res = simulate_agents(model, p, dosing, **kw)
