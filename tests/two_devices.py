@@ -1,6 +1,7 @@
 """Run a test module's function in a subprocess whose JAX has two CPU devices
 (`devices.use_cpu_cores(2)`, as the CLI does on two cores) and return its JSON result."""
 
+import glob
 import json
 import os
 import subprocess
@@ -12,7 +13,7 @@ SCRIPT = textwrap.dedent("""
     from dormancy_model.engine.devices import use_cpu_cores
     assert use_cpu_cores(2)
     import importlib, jax
-    sys.path.insert(0, sys.argv[1])
+    sys.path[:0] = sys.argv[1].split(":")  # the module's folder and tests/
     fn = getattr(importlib.import_module(sys.argv[2]), sys.argv[3])
     assert jax.local_device_count() == 2
     print(json.dumps(fn()))
@@ -20,9 +21,12 @@ SCRIPT = textwrap.dedent("""
 
 
 def on_two_cpu_devices(module: str, function: str, timeout: float = 400):
-    """JSON-decoded `module.function()` (a module of the tests folder) on two CPU devices."""
+    """JSON-decoded `module.function()` (a test module in a folder under tests/) on two CPU
+    devices."""
     here = os.path.dirname(os.path.abspath(__file__))
-    r = subprocess.run([sys.executable, "-c", SCRIPT, here, module, function],
+    (path,) = glob.glob(os.path.join(here, "*", f"{module}.py"))
+    r = subprocess.run([sys.executable, "-c", SCRIPT, f"{os.path.dirname(path)}:{here}", module,
+                        function],
                        capture_output=True, text=True, timeout=timeout,
                        env={**os.environ, "XLA_FLAGS": ""})
     assert r.returncode == 0, r.stderr[-2000:]

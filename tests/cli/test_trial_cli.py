@@ -14,10 +14,10 @@ import pytest
 from dormancy_model.cli.main import main
 from dormancy_model.trials import protocol as T
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "trials"))
 from test_trial_protocol import Recorder  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from dormancy_model.fitting.estimate import fit
 from dormancy_model.fitting.study import load_study
 from dormancy_model.params.table import load_model_parameters
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "data" / "mouse_synthetic"
 FULL_FREE = ["dormant_initial", "k_dr", "delta_max", "hcq_ic50", "eve_ic50", "burden_sigma"]
 

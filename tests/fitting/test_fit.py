@@ -24,7 +24,7 @@ from dormancy_model.fitting.study import load_study
 from dormancy_model.model.integrate import SolverOptions
 from dormancy_model.params.table import load_model_parameters
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "data" / "mouse_synthetic"
 ARMS = ["vehicle", "hcq120-chronic", "eve5-chronic", "combo-hcq60-eve5-chronic"]
 FREE = ["dormant_initial", "k_dr", "delta_max", "burden_sigma"]
@@ -107,7 +107,7 @@ def test_truth_inside_joint_95_region(result, setup):
     """Recovery: the true values lie inside the joint 95% likelihood-ratio region of the fit,
     2 (nll(truth) - nll(best)) <= chi2_4(0.95) (Wilks), and every parameter is identifiable
     (finite SE, CI narrower than its bounds). The per-parameter Wald CIs are checked against the
-    truth on the full study and over seeds in the slow suite (tests/test_fit_slow.py)."""
+    truth on the full study and over seeds in the slow suite (tests/fitting/test_fit_slow.py)."""
     from scipy.stats import chi2
 
     study, params = setup

@@ -12,7 +12,7 @@ from dormancy_model.cli.main import main
 from dormancy_model.errors import InputError
 from dormancy_model.fitting.study import load_study, study_arrays
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "data" / "mouse_synthetic"
 
 
