@@ -5,9 +5,26 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import tomllib
 from pathlib import Path
 
 from dormancy_model.errors import InputError
+
+
+def read_toml(path: str | Path) -> tuple[dict, str]:
+    """One TOML reader for every input file: (document, text), or one-line InputError."""
+    path = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+        return tomllib.loads(text), text
+    except FileNotFoundError:
+        raise InputError(path, "file", "not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise InputError(path, "file", f"malformed TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise InputError(path, "file", f"not UTF-8 text: {e.reason}") from None
+    except OSError as e:
+        raise InputError(path, "file", f"cannot be read: {e.strerror}") from None
 
 
 def check_out_dir(path: str | Path, flag: str = "--out") -> Path:

@@ -9,7 +9,6 @@ internal units (days, mg, L, ng/mL, cells, kg).
 from __future__ import annotations
 
 import math
-import tomllib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -19,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dormancy_model.errors import InputError, suggest
+from dormancy_model.io import read_toml
 from dormancy_model.params.transforms import SCALES
 from dormancy_model.units import UNITS
 
@@ -206,15 +206,7 @@ def _parse_spec(path: str, name: str, entry) -> ParameterSpec:
 def load_parameters(path: str | Path, dtype=None) -> Parameters:
     """Load and validate a parameter file; values are converted to internal units."""
     path = str(path)
-    try:
-        with open(path, "rb") as f:
-            doc = tomllib.load(f)
-    except FileNotFoundError:
-        raise InputError(path, "file", "not found") from None
-    except tomllib.TOMLDecodeError as e:
-        raise InputError(path, "file", f"malformed TOML: {e}") from None
-    except OSError as e:
-        raise InputError(path, "file", f"cannot be read: {e.strerror}") from None
+    doc, _ = read_toml(path)
     meta = doc.get("meta", {})
     for k in doc:
         if k not in ("meta", "parameters"):

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from dormancy_model.errors import InputError, suggest
+from dormancy_model.io import read_toml
 
 DRUGS = ("hcq", "eve")
 DRUG_NAMES = {"hcq": "HCQ", "eve": "EVE"}
@@ -274,14 +274,6 @@ def parse_schedule(doc: dict, src: str) -> Schedule:
 
 def load_schedule(path: str | Path) -> Schedule:
     path = str(path)
-    try:
-        with open(path, "rb") as f:
-            doc = tomllib.load(f)
-    except FileNotFoundError:
-        raise InputError(path, "file", "not found") from None
-    except tomllib.TOMLDecodeError as e:
-        raise InputError(path, "file", f"malformed TOML: {e}") from None
-    except OSError as e:
-        raise InputError(path, "file", f"cannot be read: {e.strerror}") from None
+    doc, _ = read_toml(path)
     return parse_schedule(doc, path)
 

@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import json
 import math
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,6 +56,7 @@ import numpy as np
 
 from dormancy_model.engine.rk import BACKENDS, METHODS, EngineOptions
 from dormancy_model.errors import InputError, suggest
+from dormancy_model.io import read_toml
 from dormancy_model.params.table import Parameters, load_model_parameters
 from dormancy_model.params.transforms import from_scale, to_scale
 from dormancy_model.params.variability import lognormal_factors
@@ -438,15 +438,7 @@ def parse_sweep(doc: dict, src: str, text: str = "") -> SweepSpec:
 
 def load_sweep_spec(path: str | Path) -> SweepSpec:
     path = str(path)
-    try:
-        text = Path(path).read_text()
-        doc = tomllib.loads(text)
-    except FileNotFoundError:
-        raise InputError(path, "file", "not found") from None
-    except tomllib.TOMLDecodeError as e:
-        raise InputError(path, "file", f"malformed TOML: {e}") from None
-    except OSError as e:
-        raise InputError(path, "file", f"cannot be read: {e.strerror}") from None
+    doc, text = read_toml(path)
     return parse_sweep(doc, path, text)
 
 
