@@ -5,15 +5,7 @@ import json
 import pandas as pd
 import pytest
 
-from dormancy_model.cli.main import main
-
-
-def run(argv, capsys):
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return e.value.code, out.out, out.err
+from cli_run import run
 
 
 def test_agents_writes_outputs(tmp_path, capsys, root):

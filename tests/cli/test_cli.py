@@ -6,15 +6,7 @@ import os
 import pandas as pd
 import pytest
 
-from dormancy_model.cli.main import main
-
-
-def run(argv, capsys):
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return e.value.code, out.out, out.err
+from cli_run import run
 
 
 def test_simulate_writes_outputs(tmp_path, capsys, root):
