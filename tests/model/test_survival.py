@@ -5,6 +5,7 @@ import pytest
 from lifelines import KaplanMeierFitter
 
 from dormancy_model.model.survival import kaplan_meier, survival_at
+from tied_samples import tied_samples
 
 
 def _lifelines_at(d, e, at):
@@ -25,24 +26,14 @@ def test_kaplan_meier_hand_computed_and_lifelines():
     np.testing.assert_allclose(km.survival, [1, 4 / 5, 3 / 5, 3 / 10, 3 / 10], rtol=1e-15)
 
 
-def _tied_samples():
-    rng = np.random.default_rng(11)
-    for _ in range(5):
-        n = 60
-        g = rng.integers(0, 2, n)
-        t = np.round(rng.exponential(1 / np.where(g == 1, 0.4, 1.0)), 1)  # rounding -> ties
-        c = np.round(rng.uniform(0.2, 3, n), 1)
-        yield np.minimum(t, c), t <= c
-
-
 def test_survival_at_equals_lifelines_with_ties():
-    for d, e in _tied_samples():
+    for d, e, _ in tied_samples():
         for at in (0.5, 1.0, 2.0, 5.0):
             assert survival_at(d, e, at) == pytest.approx(_lifelines_at(d, e, at), abs=1e-12)
 
 
 def test_step_function_and_band_equal_lifelines():
-    samples = list(_tied_samples())
+    samples = [(d, e) for d, e, _ in tied_samples()]
     # and a sample whose last subject has the event (S reaches 0; Greenwood term inf -> 0)
     samples.append((np.array([1.0, 2.0, 2.0, 3.0]), np.array([True, False, True, True])))
     for d, e in samples:

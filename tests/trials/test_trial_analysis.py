@@ -7,6 +7,7 @@ from lifelines import CoxPHFitter
 from scipy import integrate, optimize, stats
 
 from dormancy_model.trials import analysis as TA
+from tied_samples import tied_samples
 
 
 def test_poisson_glm_binary_covariate_equals_closed_form():
@@ -80,13 +81,7 @@ def test_cox_hr_matches_lifelines_and_closed_form_exponential():
 
 
 def test_fast_cox_equals_lifelines_with_ties():
-    rng = np.random.default_rng(11)
-    for _ in range(5):
-        n = 60
-        g = rng.integers(0, 2, n)
-        t = np.round(rng.exponential(1 / np.where(g == 1, 0.4, 1.0)), 1)  # rounding -> ties
-        c = np.round(rng.uniform(0.2, 3, n), 1)
-        d, e = np.minimum(t, c), t <= c
+    for d, e, g in tied_samples():
         fast, ref = TA.cox_binary(d, e, g), TA.cox_hazard_ratio(d, e, g)
         assert fast.estimable and ref.estimable
         np.testing.assert_allclose([fast.hr, fast.lower95, fast.upper95],
