@@ -24,7 +24,6 @@ solver settings are one immutable value, `FitOptions`.
 
 from __future__ import annotations
 
-import functools
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -166,10 +165,10 @@ def _lbfgs_direction(g, S_hist, Y_hist):
 
 class LBFGS(eqx.Module):
     """L-BFGS batched over points on the host: two-loop recursion with `memory` pairs, a
-    backtracking Armijo line search (at most 12 halvings by 4) in which only the points still
-    searching are evaluated, at most `steps` iterations. A point has converged when
-    max |grad| < `gtol` (z space), or the predicted decrease is below 1e-7, or the relative
-    decrease below 1e-10; it stops when its line search stalls.
+    backtracking Armijo line search (at most 12 trials, the step divided by 4 each time) in
+    which only the points still searching are evaluated, at most `steps` iterations. A point
+    has converged when max |grad| < `gtol` (z space), or the predicted decrease is below 1e-7,
+    or the relative decrease below 1e-10; it stops when its line search stalls.
 
     Kept in place of `optax.lbfgs` (zoom line search): measured in benchmarks/RESULTS.md."""
 
@@ -246,85 +245,6 @@ class LBFGS(eqx.Module):
         return Z, f, g, converged, iters
 
 
-class OptaxLBFGS(eqx.Module):
-    """`optax.lbfgs` (zoom line search, strong Wolfe) vmapped over groups of `obj.batch`
-    points, one compiled iteration per call; a point converges when max |grad| < `gtol` or its
-    relative decrease is below 1e-10."""
-
-    steps: int = eqx.field(static=True, default=60)
-    gtol: float = eqx.field(static=True, default=1e-3)
-    memory: int = eqx.field(static=True, default=8)
-    linesearch_steps: int = eqx.field(static=True, default=20)
-
-    def describe(self) -> dict:
-        return dict(optimizer="optax.lbfgs", lbfgs_steps=self.steps, gtol=self.gtol,
-                    memory=self.memory)
-
-    def minimise(self, obj: Objective, Z, free, tick, done_steps: int = 0):
-        Z = np.array(Z, float)
-        n = Z.shape[0]
-        B = obj.batch
-        step = _optax_step(self.memory, self.linesearch_steps)
-        outs = []
-        for i in range(0, n, B):
-            z0 = Z[i:i + B]
-            fr = free[i:i + B]
-            m = z0.shape[0]
-            if m < B:
-                z0 = np.concatenate([z0, np.repeat(z0[:1], B - m, axis=0)])
-                fr = np.concatenate([fr, np.repeat(fr[:1], B - m, axis=0)])
-            z, anchor, fr = jnp.asarray(z0), jnp.asarray(z0), jnp.asarray(fr)
-            st = jax.vmap(step.keywords["opt"].init)(z)
-            f0, g0, _, _ = obj.evaluate(z0)
-            val, grad = jnp.asarray(f0), jnp.asarray(g0)
-            done = np.zeros(B, bool)
-            conv = np.zeros(B, bool)
-            it = np.zeros(B, int)
-            zb, fb, gb = z0.copy(), np.full(B, np.inf), np.zeros_like(z0)
-            f_prev = np.full(B, np.inf)
-            for k in range(self.steps + 1):
-                f, g = np.asarray(val), np.asarray(grad) * np.asarray(fr)
-                keep = ~done
-                zb[keep], fb[keep], gb[keep] = np.asarray(z)[keep], f[keep], g[keep]
-                tiny = np.abs(f_prev - f) <= 1e-10 * np.maximum(1.0, np.abs(f))
-                conv |= keep & np.isfinite(f) & ((np.max(np.abs(g), 1) < self.gtol) | tiny)
-                done |= conv | ~np.isfinite(f)
-                if done.all() or k == self.steps:
-                    break
-                it[~done] += 1
-                f_prev = f
-                z, st, val, grad = step(obj.data, z, anchor, fr, st, val, grad)
-                obj.n_evaluations += m
-            outs.append((zb[:m], fb[:m], gb[:m], conv[:m], it[:m]))
-        Z, f, g, c, it = (np.concatenate(x) for x in zip(*outs, strict=True))
-        tick(done_steps + self.steps, done_steps + self.steps, f)
-        return Z, f, g, c, it
-
-
-@functools.lru_cache
-def _optax_step(memory, ls_steps):
-    opt = optax.lbfgs(memory_size=memory, linesearch=optax.scale_by_zoom_linesearch(
-        max_linesearch_steps=ls_steps, initial_guess_strategy="one"))
-    return functools.partial(_optax_step_jit, opt=opt)
-
-
-@eqx.filter_jit
-def _optax_step_jit(data, Z, anchor, free, state, value, grad, *, opt):
-    """One optax L-BFGS iteration per point; value and gradient at the new point come from the
-    line search's state (no second evaluation)."""
-    import optax.tree_utils as otu
-
-    from dormancy_model.fitting.objective import _nll_z
-
-    def one(z, a, fr, st, v, g):
-        fn = lambda x: _nll_z(data, jnp.where(fr, x, a))[0]  # noqa: E731
-        u, st = opt.update(g, st, z, value=v, grad=g, value_fn=fn)
-        return (optax.apply_updates(z, u), st, otu.tree_get(st, "value"),
-                otu.tree_get(st, "grad"))
-
-    return jax.vmap(one)(Z, anchor, free, state, value, grad)
-
-
 class FitOptions(eqx.Module):
     """How `fit` searches (an immutable value; `eqx.tree_at` or a new one to change it).
 
@@ -336,7 +256,7 @@ class FitOptions(eqx.Module):
     start_method: str = eqx.field(static=True, default="sobol")
     adam_steps: int = eqx.field(static=True, default=30)
     adam_lr: float = eqx.field(static=True, default=0.1)
-    optimizer: LBFGS | OptaxLBFGS = LBFGS()
+    optimizer: LBFGS = LBFGS()
     profile_points: int = eqx.field(static=True, default=7)
     solver: FixedSteps | SolverOptions = eqx.field(default_factory=fit_solver_options)
 
