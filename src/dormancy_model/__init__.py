@@ -15,8 +15,9 @@ Inputs:
     load_schedule    a schedule TOML file
     load_study       a mouse study directory (`fitting.study`)
 
-`fit`, `sweep`, `trial`, `calibrate` and `load_study` are imported on first use (they pull in
-the heavier data-analysis libraries). Importing the package turns on JAX float64
+Options as values: `SolverOptions` (simulate), `AgentOptions` (simulate_agents), `FitOptions`
+(fit). `fit`, `FitOptions`, `sweep`, `trial`, `calibrate` and `load_study` are imported on first
+use (they pull in the heavier data-analysis libraries). Importing the package turns on JAX float64
 (`jax_enable_x64`) for the whole process: see the README, "Python API".
 """
 
@@ -29,7 +30,13 @@ import jax
 jax.config.update("jax_enable_x64", True)
 
 from dormancy_model._version import __version__  # noqa: E402
-from dormancy_model.agents.simulate import AgentResult, AgentState, Heterogeneity, simulate_agents  # noqa: E402
+from dormancy_model.agents.simulate import (  # noqa: E402
+    AgentOptions,
+    AgentResult,
+    AgentState,
+    Heterogeneity,
+    simulate_agents,
+)
 from dormancy_model.errors import InputError  # noqa: E402
 from dormancy_model.model.integrate import SolverOptions  # noqa: E402
 from dormancy_model.model.ode import DormancyModel  # noqa: E402
@@ -42,6 +49,7 @@ load_parameters = load_model_parameters  # one loader: packaged name or file pat
 
 _ON_FIRST_USE = {
     "fit": "dormancy_model.fitting.estimate",
+    "FitOptions": "dormancy_model.fitting.estimate",
     "sweep": "dormancy_model.sweeps.run",
     "trial": "dormancy_model.trials.protocol",
     "calibrate": "dormancy_model.trials.calibrate",
@@ -64,7 +72,8 @@ def __dir__():
 __all__ = [
     "simulate", "simulate_agents", "sweep", "fit", "trial", "calibrate",
     "load_parameters", "load_model_parameters", "get_schedule", "load_schedule", "load_study",
-    "AgentResult", "AgentState", "DormancyModel", "DoseLine", "Heterogeneity", "InputError",
+    "AgentOptions", "AgentResult", "AgentState", "FitOptions", "DormancyModel", "DoseLine",
+    "Heterogeneity", "InputError",
     "PRESETS", "Parameters", "Schedule", "SolveError", "SolverOptions", "Trajectory",
     "__version__",
 ]
