@@ -2,8 +2,10 @@
 
 Written separately from the package's JAX code on purpose: PK as ordinary ODE states (not the
 closed form), doses applied as state jumps between solve_ivp segments, the relapse hazard from
-the cumulative escape read at the lagged time. Used by the tests (Radau, tight tolerances) and by
-the benchmark as the scipy baseline (LSODA).
+the cumulative escape read at the lagged times of the relapse-lag law (lags written out here; only
+the Gauss nodes and weights of the law are taken from the package, `observables.lag_rule`, which
+tests/model/test_relapse_law.py checks against scipy quadrature). Used by the tests (Radau, tight
+tolerances) and by the benchmark as the scipy baseline (LSODA).
 """
 
 from __future__ import annotations
@@ -78,13 +80,25 @@ class ReferenceModel:
         ev.sort()
         return ev
 
-    def solve(self, schedule, ts, method="Radau", rtol=1e-10, atol=1e-12):
+    def relapse_lags(self, switch_size):
+        """(nodes, weights) of the relapse lag of a surviving clone: birth-death growth to the
+        switch size, (ln(S r / b) - y) / r with r = b - d, then ln(N_det / S) / g."""
+        from dormancy_model.model.observables import lag_rule
+
+        p = self.p
+        y, w = lag_rule()
+        b, r = p["lambda_p"], p["lambda_p"] - p["delta_p"]
+        to_switch = np.maximum((np.log(switch_size * r / b) - y) / r, 0.0)
+        return to_switch + np.log(p["detection_size"] / switch_size) / p["lesion_growth_rate"], w
+
+    def solve(self, schedule, ts, method="Radau", rtol=1e-10, atol=1e-12, switch_size=1e4):
         """States (len(ts), 11) at ts (days), and the hazard at ts."""
         p = self.p
-        lag = np.log(p["detection_size"]) / p["lesion_growth_rate"]
+        lags, weights = self.relapse_lags(switch_size)
         ts = np.asarray(ts, float)
-        lagged = np.maximum(ts - lag, ts[0])
-        want = np.unique(np.concatenate([ts, lagged]))
+        raw = ts[:, None] - lags[None, :]
+        lagged = np.maximum(raw, ts[0])
+        want = np.unique(np.concatenate([ts, lagged.ravel()]))
         y = np.zeros(11)
         y[0] = p["dormant_initial"]
         y[1] = p["reactivating_initial"]
@@ -117,7 +131,8 @@ class ReferenceModel:
                 y[events[ei][1]] += events[ei][2]
                 ei += 1
         states = np.array([out[tt] for tt in ts])
-        e_lag = np.array([out[tt][3] for tt in lagged])
-        hazard = (1.0 - p["delta_p"] / p["lambda_p"]) * e_lag
+        e_lag = np.array([[out[tt][3] for tt in row] for row in lagged])
+        e_mean = np.sum(np.where(raw > ts[0], weights, 0.0) * e_lag, axis=1)
+        hazard = (1.0 - p["delta_p"] / p["lambda_p"]) * e_mean
         self.nfev = nfev
         return states, hazard

@@ -139,10 +139,12 @@ def test_full_model_matches_scipy_radau_short(model, human):
 
 
 def test_full_model_matches_scipy_radau_hazard(model, human):
-    """Short relapse lag so the lagged hazard is exercised within a short Radau run."""
-    p = human.replace(lesion_growth_rate=0.2, detection_size=1e7)
-    _compare_with_radau(model, p, dm.get_schedule("clever-combo", cycles=1),
-                        np.linspace(0, 100, 51))
+    """Short relapse lags (fast clone growth r = 0.4/day, quick lesions) so that every node of
+    the lagged hazard (lags 52-109 days) is exercised within a short Radau run."""
+    p = human.replace(lambda_p=1.0, delta_p=0.6, lesion_growth_rate=0.2, detection_size=1e7)
+    tr = _compare_with_radau(model, p, dm.get_schedule("clever-combo", cycles=1),
+                             np.linspace(0, 150, 61))
+    assert float(tr.hazard[-1]) > 0
 
 
 @pytest.mark.slow

@@ -11,9 +11,12 @@ by inverting the integrated hazard, never from rates frozen over a day).
 
 A clone that reaches `switch_size` cells becomes a lesion that grows deterministically at
 `lesion_growth_rate`: relapse is declared when it reaches `detection_size`, i.e.
-`ln(detection_size / switch_size) / lesion_growth_rate` days after the switch (the same growth
-law as the ODE's relapse lag). Clearance = no cells (and no lesion) left; its day is the last
-death. Aspirates at `assess_days`: Poisson(aspirate_fraction * cells) DTCs seen, DTC+ when >= 1.
+`ln(detection_size / switch_size) / lesion_growth_rate` days after the switch. The mean field
+reads the same growth law: its relapse lag is the birth-death time of a surviving clone to
+`switch_size` (random, from the clone's limit law) plus this deterministic growth
+(`model.observables`; both use `observables.SWITCH_SIZE` by default). Clearance = no cells
+(and no lesion) left; its day is the last death. Aspirates at `assess_days`:
+Poisson(aspirate_fraction * cells) DTCs seen, DTC+ when >= 1.
 
 Initial cells (when `initial` is None): per replicate Poisson(dormant_initial) dormant cells (and
 Poisson reactivating/proliferating initial counts) with `initial_count="poisson"` (default: the
@@ -96,7 +99,9 @@ class AgentOptions(eqx.Module):
     `leap_days`, `late_leap_days` once the drug levels no longer vary within a day).
     `count_days`: days at which cell counts are recorded; `assess_days`: aspirate days.
     `initial_count`: "poisson" or "fixed" initial cells (when no initial state is given).
-    `switch_size`: clone size at which growth becomes deterministic. `hazard_hours`: step of
+    `switch_size`: clone size at which growth becomes deterministic (default
+    `observables.SWITCH_SIZE`, the mean field's; pass the same to `simulate` to compare the
+    two with another value). `hazard_hours`: step of
     the fine hazard-table grid. `max_events`: per replicate (default 2e6 exact, 2e5 fast);
     `extra_slots` (exact: room for new agents; default 8 when k_pd > 0) and `clone_slots`
     (fast). `chunk_size`: replicates per lock-step loop (default 8192 on CPU, 131072 on an
@@ -109,7 +114,7 @@ class AgentOptions(eqx.Module):
     count_days: tuple = eqx.field(static=True, default=(), converter=_days)
     assess_days: tuple = eqx.field(static=True, default=(), converter=_days)
     initial_count: str = eqx.field(static=True, default="poisson")
-    switch_size: float = eqx.field(static=True, default=1e4)
+    switch_size: float = eqx.field(static=True, default=O.SWITCH_SIZE)
     leap_days: float = eqx.field(static=True, default=1.0)
     late_leap_days: float = eqx.field(static=True, default=7.0)
     hazard_hours: float = eqx.field(static=True, default=1.0)
@@ -510,7 +515,7 @@ def _device_outcomes(growth, detect, fraction, final, records, lesion_rows, k_as
     computed on `lesion_rows` only (padded with out-of-range rows, which are dropped)."""
     switch = jnp.where(final[kind_key] == E.LESION, final["switch_day"], jnp.inf)  # (n, S)
     # per lesion: each lesion's own switch day plus its growth to detection (the ODE's mean
-    # field reads the same growth law as tau = relapse_lag, see model.observables)
+    # field reads the same growth law in its lag law, see model.observables.relapse_lag)
     relapse_day = jnp.min(switch + O.lesion_growth_days(switch_size, detect, growth), axis=1)
     relapsed = relapse_day <= t1
     sw = switch.at[lesion_rows].get(mode="fill", fill_value=jnp.inf)  # (k, S)

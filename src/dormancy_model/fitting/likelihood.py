@@ -4,10 +4,11 @@
   ``log y ~ Normal(log(f * residual(t)), sigma)`` with the sampled fraction f; a count below the
   detection limit L contributes ``P(y < L) = Phi((log L - log(f residual)) / sigma)`` (censoring).
 * Relapse: right-censored event times from the model's cumulative hazard
-  ``Lambda(t) = p_found E(t - tau)`` (`Trajectory.hazard`) and its rate
-  ``h(t) = p_found k_RP g(M(t - tau)) R(t - tau)`` (the escape flux from `rates.cell_rates`, at
-  the lagged time). A relapse at t contributes ``log h(t) - Lambda(t)``, a censored mouse
-  ``-Lambda(t)``.
+  ``Lambda(t) = p_found E_L[E(t - L)]`` (`Trajectory.hazard`) and its rate
+  ``h(t) = p_found E_L[k_RP g(M(t - L)) R(t - L)]`` (the escape flux from `rates.cell_rates`,
+  at the lagged times), the expectation over the relapse-lag law L of a surviving clone as a
+  fixed Gauss rule (`observables.lag_reads`, the switch size `observables.SWITCH_SIZE`). A
+  relapse at t contributes ``log h(t) - Lambda(t)``, a censored mouse ``-Lambda(t)``.
 * Joint: the sum. Optional priors from the parameter table: Normal in each parameter's scale
   (log, logit or lin) centred on the table value with sd = a quarter of the bounds' width.
 
@@ -45,24 +46,25 @@ class ArmPrediction(eqx.Module):
 
 def arm_prediction(model: DormancyModel, params: Parameters, dosing: Dosing, grid,
                    options: SolverOptions | FixedSteps) -> ArmPrediction:
-    """Solve one arm once and read it at the grid days and at the grid days minus the relapse
-    lag, with the step strategy `options` (`integrate.SolverOptions`: adaptive, dense output,
-    the same equations, controller and initial state as `simulate`; dense output instead of
-    `SaveAt(ts)` because reading a few hundred days from the interpolant is much cheaper than
-    saving them inside the solver loop. `integrate.FixedSteps`: the fixed step grid)."""
+    """Solve one arm once and read it at the grid days and at the grid days minus each node of
+    the relapse-lag law, with the step strategy `options` (`integrate.SolverOptions`: adaptive,
+    dense output, the same equations, controller and initial state as `simulate`; dense output
+    instead of `SaveAt(ts)` because reading a few thousand days from the interpolant is much
+    cheaper than saving them inside the solver loop. `integrate.FixedSteps`: the fixed step
+    grid)."""
     course = model.drug_course(params, dosing)
     t0, t1 = grid[0], grid[-1]
     at, status = options.dense(model, params, course, dosing, t0, t1)
-    p_found, lag = O.founding_probability(params), O.relapse_lag(params)
-    lagged_t = O.lagged_times(grid, lag, t0)
+    p_found = O.founding_probability(params)
+    reads = O.lag_reads(grid, params, t0)  # (G, K) lagged times of the relapse-lag law
     y = jax.vmap(at)(grid)
-    yl = jax.vmap(at)(lagged_t)
-    ex = jax.vmap(course.exposure)(lagged_t)
+    yl = jax.vmap(jax.vmap(at))(reads.times)  # (G, K, 4)
+    ex = jax.vmap(jax.vmap(course.exposure))(reads.times)
     rates = R.cell_rates(ex.eve, ex.hcq_effect, params)
     return ArmPrediction(
         residual=y[:, 0] + y[:, 1] + y[:, 2],
-        cum_hazard=O.cumulative_hazard(grid, yl[:, 3], p_found, lag),
-        hazard_rate=O.hazard_rate(grid, rates.commitment, yl[:, 1], p_found, lag),
+        cum_hazard=O.cumulative_hazard(yl[..., 3], reads, p_found),
+        hazard_rate=O.hazard_rate(rates.commitment, yl[..., 1], reads, p_found),
         status=finite_status(status, y, yl))
 
 

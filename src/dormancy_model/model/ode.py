@@ -2,8 +2,9 @@
 
 States integrated numerically (cells): dormant D, reactivating R, proliferating P and the
 cumulative escape E = integral of the flux into P. The PK is not integrated (see `pk.py`), so
-the ODE is small and non-stiff. The relapse hazard with growth lag is
-Lambda(t) = p_found * E(t - tau), read from E at the lagged time.
+the ODE is small and non-stiff. The relapse hazard is Lambda(t) = p_found * E_L[E(t - L)] over
+the growth-lag law L of a surviving clone, read from E at a fixed set of lagged times
+(`observables.lag_reads`).
 """
 
 from __future__ import annotations

@@ -31,7 +31,8 @@ class SolveError(RuntimeError):
 
 class Trajectory(eqx.Module):
     """Result of `simulate`. Arrays have shape (T,) over `times` (days); cells are counts,
-    concentrations ng/mL; `hazard` is the cumulative relapse hazard Lambda(t)."""
+    concentrations ng/mL; `hazard` is the cumulative relapse hazard Lambda(t) =
+    p_found E_L[E(t - L)] over the relapse-lag law L of a surviving clone (`model.observables`)."""
 
     times: jax.Array
     dormant: jax.Array
@@ -103,19 +104,22 @@ def save_grid(t1: float, save_every_hours: float = 24.0) -> np.ndarray:
 
 
 @eqx.filter_jit
-def _solve(model: DormancyModel, params: Parameters, dosing: Dosing, ts, options: SolverOptions):
+def _solve(model: DormancyModel, params: Parameters, dosing: Dosing, ts, options: SolverOptions,
+           switch_size):
     course = model.drug_course(params, dosing)
     n = ts.shape[0]
-    p_found, lag = O.founding_probability(params), O.relapse_lag(params)
-    # save at the output times and at the lagged times, merged in order
-    all_ts = jnp.concatenate([ts, O.lagged_times(ts, lag, ts[0])])
+    p_found = O.founding_probability(params)
+    reads = O.lag_reads(ts, params, ts[0], switch_size)  # (n, K) lagged times of the law
+    k = reads.times.shape[-1]
+    # save at the output times and at the K lagged times of each, merged in order
+    all_ts = jnp.concatenate([ts, reads.times.reshape(-1)])
     order = jnp.argsort(all_ts)
     inverse = jnp.argsort(order)
     sol = integrate(model, params, course, ts[0], ts[-1], options,
                     dfx.SaveAt(ts=all_ts[order]))
     ys = sol.ys[inverse]
-    y, y_lag = ys[:n], ys[n:]
-    hazard = O.cumulative_hazard(ts, y_lag[:, 3], p_found, lag)
+    y, y_lag = ys[:n], ys[n:].reshape(n, k, ys.shape[-1])
+    hazard = O.cumulative_hazard(y_lag[..., 3], reads, p_found)
     ex = jax.vmap(course.exposure)(ts)
     m = R.mtor_activity(ex.eve, params)
     aut = R.autophagy(m, R.lysosomal_block(ex.hcq_effect, params), params)
@@ -134,13 +138,19 @@ def _solve(model: DormancyModel, params: Parameters, dosing: Dosing, ts, options
 
 def simulate(model: DormancyModel, params: Parameters, schedule: Schedule | Dosing, *,
              years: float | None = None, t1: float | None = None, ts=None,
-             save_every_hours: float = 24.0, options: SolverOptions | None = None) -> Trajectory:
+             save_every_hours: float = 24.0, options: SolverOptions | None = None,
+             switch_size: float = O.SWITCH_SIZE) -> Trajectory:
     """Simulate one individual.
 
     Horizon: `ts` (days, increasing, starting at 0) or `t1` (days) or `years`; outputs are saved
     every `save_every_hours` unless `ts` is given. Works under `jax.vmap` over parameter values
     or dose amounts when `ts` is given. A failed solve is reported in `Trajectory.status` and
     `Trajectory.message`, never as silent NaN.
+
+    Relapse (`Trajectory.hazard`): Lambda(t) = p_found E_L[E(t - L)], the escape flux E read at
+    the `observables.LAG_NODES` lagged times t - L_q of the relapse-lag law of a surviving clone
+    (birth-death growth to `switch_size` cells, the agents' `AgentOptions.switch_size`, then
+    deterministic growth to the detection size; `model.observables`).
     """
     options = options or SolverOptions()
     if options.dtype == "float64" and not jax.config.jax_enable_x64:
@@ -157,4 +167,4 @@ def simulate(model: DormancyModel, params: Parameters, schedule: Schedule | Dosi
     dosing = jax.tree_util.tree_map(
         lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, dosing)
     params = params.astype(dtype)
-    return _solve(model, params, dosing, ts, options)
+    return _solve(model, params, dosing, ts, options, jnp.asarray(switch_size, dtype))

@@ -10,7 +10,8 @@ the lane, so no step crosses a kink of the concentrations. Cell rates come from
 `rates.cell_rates`, the single source of the biology.
 
 Outputs per lane: residual burden D + R + P at `residual_days`, relapse-free probability
-exp(-p_found E(t - tau)) at `rfs_days` (E read at the lagged time, as `simulate` does) and
+exp(-p_found E_L[E(t - L)]) at `rfs_days` (E read at the lagged times t - L_q of the relapse-lag
+law, `observables.lag_reads`, as `simulate` does) and
 P(DTC+) = 1 - exp(-f (D + R + P)) at `assessment_days`.
 """
 
@@ -212,11 +213,12 @@ def solve_outputs_impl(varying: dict, base: Parameters, table: ScheduleTable, si
                             tab.oral[d].astype(dt)], axis=-1).reshape(-1, 4) for d in DRUG_MODES}
     shared = {"params": shared_params, "packed": packed,
               "per_schedule": {d: tab.times[d].shape[1] for d in DRUG_MODES}}
-    p_found, lag = O.founding_probability(full), O.relapse_lag(full)
+    p_found = O.founding_probability(full)
     t0 = jnp.zeros((), dt)
     out_days = jnp.asarray(sorted(set(days.residual_days) | set(days.assessment_days)), dt)
-    rfs_days = jnp.asarray(days.rfs_days, dt)[None, :]
-    lagged = O.lagged_times(rfs_days, lag[:, None], t0)
+    rfs_days = jnp.asarray(days.rfs_days, dt)
+    reads = O.lag_reads(rfs_days, full, t0)  # (N, T, K) lagged times of the relapse law
+    lagged = reads.times.reshape(n, -1)
     saves = jnp.concatenate([jnp.broadcast_to(out_days, (n, out_days.size)), lagged], axis=1)
     order = jnp.argsort(saves, axis=1)
     saves_sorted = jnp.take_along_axis(saves, order, axis=1)
@@ -234,13 +236,12 @@ def solve_outputs_impl(varying: dict, base: Parameters, table: ScheduleTable, si
     pos = {d: i for i, d in enumerate(sorted(set(days.residual_days) | set(days.assessment_days)))}
     ridx = jnp.asarray([pos[d] for d in days.residual_days], jnp.int32)
     aidx = jnp.asarray([pos[d] for d in days.assessment_days], jnp.int32)
-    e_lag = ys[3][:, n_out:]
+    e_lag = ys[3][:, n_out:].reshape(reads.times.shape)
     degenerate = (gap["eve"] < 1e-6) | (gap["hcq"] < 1e-6)
     status = S.combine(sol.status, jnp.where(degenerate, S.DEGENERATE_PK, S.OK)).astype(jnp.int8)
     return dict(
         residual=cells[:, ridx],
-        relapse_free=O.relapse_free(O.cumulative_hazard(rfs_days, e_lag, p_found[:, None],
-                                                        lag[:, None])),
+        relapse_free=O.relapse_free(O.cumulative_hazard(e_lag, reads, p_found[:, None])),
         p_dtc_positive=O.p_dtc_positive(cells[:, aidx], full["aspirate_fraction"][:, None]),
         status=status, steps=sol.accepted, rejected=sol.rejected)
 
