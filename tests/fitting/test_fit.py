@@ -185,7 +185,6 @@ def test_readme_python_example(readme_ns):
 
 
 @pytest.mark.parametrize("kw, field", [
-    (dict(starts=0), "starts"),
     (dict(out="fit.txt"), "--out"),
     (dict(profile=["hcq_ic50"]), "profile"),
     (dict(model="human"), "meta.species"),
@@ -194,8 +193,47 @@ def test_run_fit_validates_before_writing(tmp_path, kw, field):
     from dormancy_model.errors import InputError
     from dormancy_model.fitting.pipeline import run_fit
 
-    args = dict(starts=2, seed=0, out=tmp_path / "o" / "fit.json")
-    args.update({k: v for k, v in kw.items() if k != "model"})
+    options = FitOptions(starts=2, seed=0, profile=kw.get("profile", ()))
+    out = kw.get("out", tmp_path / "o" / "fit.json")
     with pytest.raises(InputError, match=field):
-        run_fit(SHIPPED, kw.get("model", "mouse"), FREE, **args)
+        run_fit(SHIPPED, kw.get("model", "mouse"), FREE, options, out=out)
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("flag, value", [("--starts", "0"), ("--seed", "-1"),
+                                         ("--adam-steps", "-1"), ("--lbfgs-steps", "0")])
+def test_fit_cli_rejects_bad_search_flags_before_writing(tmp_path, capsys, flag, value):
+    out = tmp_path / "o" / "fit.json"
+    with pytest.raises(SystemExit) as e:
+        main(["fit", "--study", str(SHIPPED), "--out", str(out), flag, value])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"dormancy: error: {flag}: ") and "\n" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_fit_options_carry_the_run_settings():
+    """One value holds starts, seed, steps, prior and profiles; `fit`'s keywords replace them."""
+    o = FitOptions(starts=4, seed=3, adam_steps=2, optimizer=LBFGS(steps=5), prior=True,
+                   profile="k_dr, delta_max,")
+    assert (o.starts, o.seed, o.steps, o.prior, o.profile) == (4, 3, 7, True,
+                                                               ("k_dr", "delta_max"))
+    o2 = o.replace(starts=2)
+    assert o2.starts == 2 and o2.seed == 3 and o2.profile == o.profile and o.starts == 4
+    for bad in (dict(starts=0), dict(seed=-1), dict(adam_steps=-1)):
+        with pytest.raises(ValueError):
+            FitOptions(**bad)
+
+
+def test_profile_is_reoptimised_from_the_estimate(result, setup):
+    """A profile grid (odd, centred on the estimate) re-optimises the other parameters from
+    the best estimate, so its centre is no worse than the fit's optimum."""
+    study, params = setup
+    options = FitOptions(starts=4, adam_steps=0, optimizer=LBFGS(steps=2), profile=("k_dr",),
+                         profile_points=3)
+    r = fit(study, params, FREE, options=options)
+    prof = r.profiles["k_dr"]
+    assert len(prof.values) == 3
+    assert prof.scale_values[1] == pytest.approx(r.scale_estimate["k_dr"], abs=1e-12)
+    assert prof.objective[1] <= r.objective + 1e-9
+    assert r.settings["profile"] == ["k_dr"] and r.settings["starts"] == 4

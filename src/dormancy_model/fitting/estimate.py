@@ -1,7 +1,7 @@
 """`fit`: maximum-likelihood estimates of chosen parameters from a mouse study.
 
-    result = fit(study, params, free=("hcq_ic50", "delta_max", ...), starts=16, seed=0,
-                 options=FitOptions(adam_steps=30, optimizer=LBFGS(steps=60)))
+    result = fit(study, params, free=("hcq_ic50", "delta_max", ...),
+                 options=FitOptions(starts=16, seed=0, adam_steps=30, optimizer=LBFGS(steps=60)))
 
 Pipeline (all starts at once, batched with `jax.vmap` through one compiled objective+gradient,
 see `fit_objective.Objective`; by default each arm is solved on a fixed step grid,
@@ -24,6 +24,7 @@ solver settings are one immutable value, `FitOptions`.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -245,26 +246,46 @@ class LBFGS(eqx.Module):
         return Z, f, g, converged, iters
 
 
+def _names(names) -> tuple:
+    """Parameter names as a tuple of stripped, non-empty strings (a comma-separated string or
+    a sequence)."""
+    if isinstance(names, str):
+        names = names.split(",")
+    return tuple(n.strip() for n in names if n.strip())
+
+
 class FitOptions(eqx.Module):
-    """How `fit` searches (an immutable value; `eqx.tree_at` or a new one to change it).
+    """How `fit` searches (an immutable value; `replace(...)` or a new one to change it).
 
-    `start_method`: "sobol" (scrambled) or "lhs" start points; `adam_steps` optax Adam steps at
-    learning rate `adam_lr` first (0: none); `optimizer`: the local optimiser that follows
-    (`LBFGS`); `profile_points`: grid points per profile likelihood; `solver`: the ODE solver
-    of the objective (`fit_solver_options()`, or an adaptive `SolverOptions`)."""
+    `starts` start points from `seed` (`start_method`: "sobol" (scrambled) or "lhs");
+    `adam_steps` optax Adam steps at learning rate `adam_lr` first (0: none); `optimizer`: the
+    local optimiser that follows (`LBFGS`); `prior`: add the parameter table's weak prior;
+    `profile`: free parameters to profile, `profile_points` grid points per profile likelihood;
+    `solver`: the ODE solver of the objective (`fit_solver_options()`, or an adaptive
+    `SolverOptions`)."""
 
+    starts: int = eqx.field(static=True, default=16)
+    seed: int = eqx.field(static=True, default=0)
     start_method: str = eqx.field(static=True, default="sobol")
     adam_steps: int = eqx.field(static=True, default=30)
     adam_lr: float = eqx.field(static=True, default=0.1)
     optimizer: LBFGS = LBFGS()
+    prior: bool = eqx.field(static=True, default=False)
+    profile: tuple = eqx.field(static=True, default=(), converter=_names)
     profile_points: int = eqx.field(static=True, default=7)
     solver: FixedSteps | SolverOptions = eqx.field(default_factory=fit_solver_options)
 
     def __check_init__(self):
         if self.start_method not in ("sobol", "lhs"):
             raise ValueError(f"unknown start method {self.start_method!r} (sobol, lhs)")
+        if self.starts < 1 or self.seed < 0:
+            raise ValueError("FitOptions needs starts >= 1 and seed >= 0")
         if self.adam_steps < 0 or self.profile_points < 2:
             raise ValueError("FitOptions needs adam_steps >= 0 and profile_points >= 2")
+
+    def replace(self, **changes) -> FitOptions:
+        """A copy with the given fields changed (e.g. `options.replace(starts=4)`)."""
+        return dataclasses.replace(self, **changes)
 
     @property
     def steps(self) -> int:
@@ -342,8 +363,8 @@ def profiles_for(obj: Objective, names, s_best, se, options: FitOptions, *,
             meta.append((name, v))
     if not rows:
         return {}
-    res = minimise(obj, obj.scale_to_z(np.array(rows)), eqx.tree_at(
-        lambda o: o.adam_steps, options, 0), fixed=np.array(fixed))
+    res = minimise(obj, obj.scale_to_z(np.array(rows)), options.replace(adam_steps=0),
+                   fixed=np.array(fixed))
     out = {}
     f_best = None
     for name in names:
@@ -372,18 +393,23 @@ def _lr_interval(sv, fv, f_min, code):
     return conv(lo), conv(hi)
 
 
-def fit(study: Study, params: Parameters, free, *, starts: int = 16, seed: int = 0,
-        options: FitOptions = FitOptions(), prior: bool = False, sigma: float = 0.5,
-        profile=(), objective: Objective | None = None, progress=None) -> FitResult:
+def fit(study: Study, params: Parameters, free, *, options: FitOptions = FitOptions(),
+        starts: int | None = None, seed: int | None = None, prior: bool | None = None,
+        profile=None, sigma: float = 0.5, objective: Objective | None = None,
+        progress=None) -> FitResult:
     """Fit `free` parameters (names; `burden_sigma` is the log-normal noise sd) to `study`.
 
-    `params`: the full parameter set supplying every fixed value. `starts` start points from
-    `seed`; `options`: how to search (`FitOptions`: start method, Adam, the optimiser, profile
-    grid, ODE solver). `prior`: add the parameter table's weak prior; `sigma`: the noise sd
-    when `burden_sigma` is not free; `profile`: free parameters to profile. `objective`: reuse
-    an `Objective` built for the same study/free/batch/solver (skips recompiling).
-    `progress(i, n, f)`: called after every iteration with the best objective per start.
+    `params`: the full parameter set supplying every fixed value. `options`: how to search
+    (`FitOptions`: starts and seed, start method, Adam, the optimiser, prior, profiles, ODE
+    solver); `starts`, `seed`, `prior`, `profile` given here replace those of `options`
+    (`fit(..., starts=4)` is `fit(..., options=options.replace(starts=4))`). `sigma`: the noise
+    sd when `burden_sigma` is not free. `objective`: reuse an `Objective` built for the same
+    study/free/batch/solver/prior (skips recompiling). `progress(i, n, f)`: called after every
+    iteration with the best objective per start.
     """
+    given = dict(starts=starts, seed=seed, prior=prior, profile=profile)
+    options = options.replace(**{k: v for k, v in given.items() if v is not None})
+    starts, seed, prior, profile = options.starts, options.seed, options.prior, options.profile
     t0 = time.perf_counter()
     obj = objective or Objective(study, params, free, batch=fit_batch(starts),
                                  options=options.solver, prior=prior, sigma=sigma)

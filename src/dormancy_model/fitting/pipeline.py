@@ -50,21 +50,20 @@ def write_fit_figures(result, study, params, fig_dir: Path) -> list[str]:
     return list(figs)
 
 
-def run_fit(study_path, model_path, free, *, starts, seed, out, figures=None, adam_steps=30,
-            lbfgs_steps=60, profile=(), prior=False, arms=None, progress=None):
+def run_fit(study_path, model_path, free, options=None, *, out, figures=None, arms=None,
+            progress=None):
     """Load, validate, fit, write `out` (JSON) and figures (default directory: `out` without
     .json). `study_path`: a study directory; `model_path`: a parameter set name or file; `free`:
-    names (a list or a comma-separated string). Returns (result, study, fig_dir, fig names)."""
-    from dormancy_model.fitting.estimate import LBFGS, FitOptions, fit, fit_batch
+    names (a list or a comma-separated string); `options`: the search (`FitOptions`: starts,
+    seed, Adam and L-BFGS steps, prior, profiles, solver; default `FitOptions()`); `arms`: fit
+    only these arms. Returns (result, study, fig_dir, fig names)."""
+    from dormancy_model.fitting.estimate import FitOptions, fit, fit_batch
     from dormancy_model.fitting.files import write_fit
     from dormancy_model.fitting.objective import Objective
     from dormancy_model.fitting.study import load_study
     from dormancy_model.params.table import load_model_parameters
 
-    if starts < 1:
-        raise InputError("--starts", "starts", f"must be >= 1, got {starts}")
-    if adam_steps < 0 or lbfgs_steps < 1:
-        raise InputError("--lbfgs-steps", "steps", "adam steps >= 0 and lbfgs steps >= 1")
+    options = FitOptions() if options is None else options
     study = load_study(study_path)
     if arms:
         study = study.subset(list(arms), source="--arms")
@@ -74,8 +73,7 @@ def run_fit(study_path, model_path, free, *, starts, seed, out, figures=None, ad
                          f"{params.species!r} does not match the study's {study.species!r}")
     free = tuple(n.strip() for n in free) if not isinstance(free, str) else tuple(
         n.strip() for n in free.split(",") if n.strip())
-    profile = tuple(n.strip() for n in profile if n.strip())
-    for n in profile:
+    for n in options.profile:
         if n not in free:
             raise InputError("--profile", "profile", f"{n!r} is not among --free")
     out = Path(out)
@@ -84,12 +82,10 @@ def run_fit(study_path, model_path, free, *, starts, seed, out, figures=None, ad
     fig_dir = Path(figures) if figures else out.with_suffix("")
     from dormancy_model.io import prepare_out_dir
 
-    options = FitOptions(adam_steps=adam_steps, optimizer=LBFGS(steps=lbfgs_steps))
-    obj = Objective(study, params, free, batch=fit_batch(starts), options=options.solver,
-                    prior=prior)  # validates the free names before any work or output
+    obj = Objective(study, params, free, batch=fit_batch(options.starts), options=options.solver,
+                    prior=options.prior)  # validates the free names before any work or output
     prepare_out_dir(out.parent)
-    result = fit(study, params, free, starts=starts, seed=seed, options=options,
-                 profile=profile, prior=prior, objective=obj, progress=progress)
+    result = fit(study, params, free, options=options, objective=obj, progress=progress)
     write_fit(out, result, study, str(model_path))
     names = write_fit_figures(result, study, params, prepare_out_dir(fig_dir, "--figures"))
     return result, study, fig_dir, names
