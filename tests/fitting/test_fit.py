@@ -225,6 +225,61 @@ def test_fit_options_carry_the_run_settings():
             FitOptions(**bad)
 
 
+def test_fit_json_status_and_old_files(result, setup, tmp_path):
+    """The fit JSON names the status of the best start and of every start (status table
+    names); a file written before the status field reads as "ok" and still applies."""
+    from dormancy_model import status as S
+    from dormancy_model.errors import InputError
+
+    study, params = setup
+    path = tmp_path / "fit.json"
+    write_fit(path, result, study, "mouse")
+    doc = json.loads(path.read_text())
+    assert doc["status"] == "ok" and doc["status_code"] == S.OK == result.status
+    assert [s["status"] for s in doc["starts"]] == [
+        "ok" if np.isfinite(s.objective) else s.status_name for s in result.starts]
+    assert [s["converged"] for s in doc["starts"]] == [s.converged for s in result.starts]
+    old = {k: v for k, v in doc.items() if k not in ("status", "status_code")}
+    for s in old["starts"]:
+        del s["status"]
+    path.write_text(json.dumps(old))
+    back = read_fit(path)
+    assert back["status"] == "ok" and back["status_code"] == S.OK
+    assert float(apply_fit(params, path)["k_dr"]) == pytest.approx(result.estimate["k_dr"])
+    path.write_text(json.dumps(dict(doc, status="fine")))
+    with pytest.raises(InputError, match="fit.json: status: unknown status 'fine'"):
+        read_fit(path)
+
+
+def test_failed_starts_carry_their_status(setup, monkeypatch):
+    """Starts whose objective is not finite (here: start points made NaN) report the status
+    `nonfinite` per start, sorted last; the fit's status is its best start's, "ok"."""
+    from dormancy_model import status as S
+    from dormancy_model.fitting import estimate as E
+    from dormancy_model.fitting.files import fit_to_json
+
+    study, params = setup
+    points = E.start_points
+
+    def half_nan(obj, starts, seed, method="sobol"):
+        p = points(obj, starts, seed, method)
+        p[1::2] = np.nan
+        return p
+
+    monkeypatch.setattr(E, "start_points", half_nan)
+    obj = Objective(study, params, FREE, batch=4, options=fit_solver_options())
+    f, _, _, _, st = obj.evaluate_status(half_nan(obj, 4, 0))
+    assert np.isfinite(f[::2]).all() and st.tolist() == [S.OK, S.NONFINITE] * 2
+    r = fit(study, params, FREE, options=FitOptions(starts=4, adam_steps=1,
+                                                    optimizer=LBFGS(steps=1)), objective=obj)
+    assert [s.status_name for s in r.starts] == ["ok", "ok", "nonfinite", "nonfinite"]
+    assert [s.start for s in r.starts[2:]] == [1, 3] and r.status == S.OK
+    doc = fit_to_json(r, study, "mouse")
+    assert doc["status"] == "ok" and doc["status_code"] == S.OK
+    assert [s["status"] for s in doc["starts"]] == ["ok", "ok", "nonfinite", "nonfinite"]
+    assert not any(s["converged"] for s in doc["starts"][2:])
+
+
 def test_profile_is_reoptimised_from_the_estimate(result, setup):
     """A profile grid (odd, centred on the estimate) re-optimises the other parameters from
     the best estimate, so its centre is no worse than the fit's optimum."""

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from dormancy_model import status as S
 from dormancy_model.fitting.objective import Objective
 from dormancy_model.fitting.study import Study
 from dormancy_model.model.integrate import FixedSteps, SolverOptions
@@ -69,6 +70,11 @@ class StartResult:
     converged: bool
     grad_norm: float  # max |d nll / d scale| at the end
     iterations: int
+    status: int = S.OK  # a code of dormancy_model.status: why the objective is not finite
+
+    @property
+    def status_name(self) -> str:
+        return S.name(self.status)
 
 
 @dataclass
@@ -110,6 +116,12 @@ class FitResult:
     @property
     def n_converged(self) -> int:
         return sum(s.converged for s in self.starts)
+
+    @property
+    def status(self) -> int:
+        """The status of the best start (`OK` when its objective is finite; `MISSING` without
+        starts): a code of `dormancy_model.status`."""
+        return self.starts[0].status if self.starts else S.MISSING
 
     def apply(self, params: Parameters) -> Parameters:
         """`params` with the fitted model parameters replaced (nuisance ones ignored)."""
@@ -297,14 +309,14 @@ def minimise(obj: Objective, Z0, options: FitOptions, *, fixed=None, progress=No
     """Batched minimisation from rows of Z0 (unconstrained): `options.adam_steps` of optax Adam
     (vmapped over points), then `options.optimizer` from each point's best Adam iterate.
     `fixed` (n, d) bool keeps components at their initial value (profiles). Returns a dict of
-    arrays."""
+    arrays (`status`: each point's code of `dormancy_model.status`)."""
     Z = np.array(Z0, float)
     n, d = Z.shape
     fixed = np.zeros((n, d), bool) if fixed is None else np.asarray(fixed, bool)
     free = ~fixed
-    f, g, _, _ = obj.evaluate(Z)
+    f, g, _, _, st = obj.evaluate_status(Z)
     g = g * free
-    best_f, best_Z = f.copy(), Z.copy()
+    best_f, best_Z, best_st = f.copy(), Z.copy(), st
     total = options.steps
     tick = progress or (lambda i, total, f: None)
     # ---- Adam (optax), vmapped over points
@@ -315,19 +327,23 @@ def minimise(obj: Objective, Z0, options: FitOptions, *, fixed=None, progress=No
         ok = np.isfinite(f)
         u, state = update(jnp.asarray(np.where(ok[:, None], g, 0.0)), state, jnp.asarray(Z))
         Z = np.where(free, Z + np.asarray(u), Z)
-        f, g, _, _ = obj.evaluate(Z)
+        f, g, _, _, st = obj.evaluate_status(Z)
         g = g * free
         better = f < best_f
         best_f = np.where(better, f, best_f)
         best_Z = np.where(better[:, None], Z, best_Z)
+        best_st = np.where(better, st, best_st)
         tick(it + 1, total, best_f)
     # ---- the local optimiser from the best Adam point
     Z, f, g, converged, iters = options.optimizer.minimise(
         obj, best_Z, free, lambda i, t, fz: tick(i, t, np.minimum(best_f, fz)),
         options.adam_steps)
     gmax_scale = np.max(np.abs(g * obj.dz_ds(Z)) * free, axis=1)
+    # a point whose best Adam value is not finite never moves in the optimiser (it only takes
+    # finite steps), so the status of its best Adam point is its final status
+    status = np.where(np.isfinite(f), S.OK, np.where(best_st == S.OK, S.NONFINITE, best_st))
     return dict(Z=Z, f=f, converged=converged & np.isfinite(f), grad=gmax_scale,
-                iterations=iters + options.adam_steps)
+                iterations=iters + options.adam_steps, status=status)
 
 
 def hessian_scale(obj: Objective, s, h: float = 1e-4) -> np.ndarray:
@@ -421,7 +437,7 @@ def fit(study: Study, params: Parameters, free, *, options: FitOptions = FitOpti
     nat = lambda s: dict(zip(obj.names, map(float, obj.natural(s)), strict=True))  # noqa: E731
     start_rows = [StartResult(int(i), nat(S0[i]), nat(S[i]), float(res["f"][i]),
                               bool(res["converged"][i]), float(res["grad"][i]),
-                              int(res["iterations"][i])) for i in order]
+                              int(res["iterations"][i]), int(res["status"][i])) for i in order]
     best = S[order[0]]
     f_best, _, lb, lr = obj.evaluate(obj.scale_to_z(best[None]))
     H = hessian_scale(obj, best)

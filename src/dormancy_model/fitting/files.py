@@ -1,9 +1,11 @@
 """Fit JSON files: write (atomically) and read; apply a fit's estimates to a parameter set.
 
 The file holds the estimates (file units and internal units, SEs in scale space, 95% CIs), the
-objective and AIC, every start sorted by objective, profiles, the study's data hash, the package
-version, the settings and the seed. `apply_fit(params, path)` is what
-`dormancy simulate --params fits/NAME.json` uses.
+objective and AIC, every start sorted by objective (with its convergence flag and status name),
+profiles, the study's data hash, the package version, the settings and the seed. `status` (and
+`status_code`) is the status of the best start by name from `dormancy_model.status` ("ok" when
+its objective is finite); `read_fit` reads files written before it as "ok".
+`apply_fit(params, path)` is what `dormancy simulate --params fits/NAME.json` uses.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import math
 from pathlib import Path
 
+from dormancy_model import status as S
 from dormancy_model.errors import InputError, suggest
 from dormancy_model.io import atomic_write_json
 from dormancy_model.params.table import Parameters
@@ -33,8 +36,9 @@ def fit_to_json(result, study, model_path: str) -> dict:
             ci95_low=_num(result.ci_low[n] / factor), ci95_high=_num(result.ci_high[n] / factor),
             identifiable=result.identifiable[n])
     starts = [dict(start=s.start, objective=_num(s.objective), converged=s.converged,
-                   grad_norm=_num(s.grad_norm), iterations=s.iterations, initial=s.initial,
-                   estimate=s.estimate) for s in result.starts]
+                   status=S.name(s.status), grad_norm=_num(s.grad_norm),
+                   iterations=s.iterations, initial=s.initial, estimate=s.estimate)
+              for s in result.starts]
     profiles = {k: dict(values=p.values, scale_values=p.scale_values,
                         objective=[_num(x) for x in p.objective], lr_ci95_low=p.ci_low,
                         lr_ci95_high=p.ci_high) for k, p in result.profiles.items()}
@@ -46,6 +50,8 @@ def fit_to_json(result, study, model_path: str) -> dict:
                       synthetic=study.synthetic, arms=list(study.arm_names),
                       body_weight_kg=study.body_weight_kg),
         "model": str(model_path),
+        "status": S.name(result.status),
+        "status_code": int(result.status),
         "seed": result.seed,
         "settings": result.settings,
         "objective": dict(nll=result.objective, loglik_burden=result.loglik_burden,
@@ -90,6 +96,11 @@ def read_fit(path: str | Path) -> dict:
         v = e.get("internal_value") if isinstance(e, dict) else None
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             raise InputError(src, f"estimates.{n}.internal_value", "missing or not a number")
+    st = doc.get("status", "ok")  # files written before the status field: ok
+    if st not in S.BY_NAME:
+        raise InputError(src, "status", f"unknown status {st!r}{suggest(str(st), S.BY_NAME)}")
+    doc.setdefault("status", st)
+    doc.setdefault("status_code", S.code(st))
     return doc
 
 
