@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dormancy_model.errors import InputError
+from dormancy_model.errors import InputError, check_seed
 
 if TYPE_CHECKING:  # importing this module stays light (no JAX): the CLI reads its constants
     from dormancy_model.agents.simulate import AgentOptions, Heterogeneity
@@ -47,7 +47,8 @@ def run_agents(out, *, model: str = "human", schedule: str = "clever-combo",
         atomic_savefig,
         atomic_write_csv,
         atomic_write_json,
-        prepare_out_dir,
+        check_out_dir,
+        output_dir,
     )
     from dormancy_model.model.ode import DormancyModel
     from dormancy_model.model.simulate import SolveError
@@ -59,8 +60,7 @@ def run_agents(out, *, model: str = "human", schedule: str = "clever-combo",
     options = options or AgentOptions(method="fast", assess_days=CLEVER_ASSESS_DAYS)
     if replicates < 1:
         raise InputError("--replicates", "replicates", f"must be >= 1, got {replicates}")
-    if seed < 0:
-        raise InputError("--seed", "seed", f"must be >= 0, got {seed}")
+    check_seed("--seed", "seed", seed)
     if not years > 0:
         raise InputError("--years", "years", f"must be > 0, got {years:g}")
     for flag, v in (("--autophagy-cv", het.autophagy_cv),
@@ -75,8 +75,8 @@ def run_agents(out, *, model: str = "human", schedule: str = "clever-combo",
     if not options.count_days:
         options = dataclasses.replace(options, count_days=count_grid(t1))
     p = load_model_parameters(model)
-    sched = get_schedule(schedule, cycles)
-    out_dir = prepare_out_dir(out)
+    sched = get_schedule(schedule, cycles, species=p.species)
+    check_out_dir(out)  # nothing is created until the run succeeds (output_dir below)
     res = simulate_agents(DormancyModel(), p, sched, n_replicates=replicates,
                           key=jax.random.PRNGKey(seed), t1=t1, heterogeneity=het,
                           options=options, progress=progress)
@@ -92,7 +92,8 @@ def run_agents(out, *, model: str = "human", schedule: str = "clever-combo",
                    switch_size=options.switch_size)
     fig = plot_agents(res, title=f"{schedule}: {replicates} virtual patients "
                                  f"({options.method})")
-    atomic_write_csv(out_dir / "replicates.csv", df[keep])
-    atomic_write_json(out_dir / "summary.json", summary)
-    atomic_savefig(fig, out_dir / "agents.png", dpi=110)
-    return dict(out_dir=Path(out_dir), result=res, table=df[keep], summary=summary)
+    with output_dir(out) as tmp:
+        atomic_write_csv(tmp / "replicates.csv", df[keep])
+        atomic_write_json(tmp / "summary.json", summary)
+        atomic_savefig(fig, tmp / "agents.png", dpi=110)
+    return dict(out_dir=Path(out), result=res, table=df[keep], summary=summary)

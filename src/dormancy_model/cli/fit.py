@@ -32,14 +32,15 @@ def fit_cmd(
     gradient descent; writes the fit JSON and figures."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from dormancy_model.errors import InputError
+    from dormancy_model.errors import InputError, check_seed
     from dormancy_model.fitting.estimate import LBFGS, FitOptions
     from dormancy_model.fitting.pipeline import run_fit
 
-    for flag, v, low in (("--starts", starts, 1), ("--seed", seed, 0),
-                         ("--adam-steps", adam_steps, 0), ("--lbfgs-steps", lbfgs_steps, 1)):
+    for flag, v, low in (("--starts", starts, 1), ("--adam-steps", adam_steps, 0),
+                         ("--lbfgs-steps", lbfgs_steps, 1)):
         if v < low:
             raise InputError(flag, flag[2:].replace("-", "_"), f"must be >= {low}, got {v}")
+    check_seed("--seed", "seed", seed)
     options = FitOptions(starts=starts, seed=seed, adam_steps=adam_steps,
                          optimizer=LBFGS(steps=lbfgs_steps), prior=prior, profile=profile)
     with Progress(TextColumn("fit"), BarColumn(), TextColumn("{task.completed}/{task.total}"),

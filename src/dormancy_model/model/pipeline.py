@@ -29,7 +29,7 @@ def run_simulation(out, *, model: str = "human", params: Parameters | None = Non
         atomic_write_csv,
         atomic_write_json,
         check_out_dir,
-        prepare_out_dir,
+        output_dir,
     )
     from dormancy_model.model.ode import DormancyModel
     from dormancy_model.model.plots import plot_trajectory
@@ -47,7 +47,7 @@ def run_simulation(out, *, model: str = "human", params: Parameters | None = Non
         raise InputError("--rtol/--atol", "tolerance", "rtol must be in (0, 1) and atol > 0")
     check_out_dir(out)
     p = load_model_parameters(model) if params is None else params
-    sched = get_schedule(schedule, cycles)
+    sched = get_schedule(schedule, cycles, species=p.species)
     traj = simulate(DormancyModel(), p, sched, years=years, save_every_hours=save_every_hours,
                     options=options)
     traj.raise_if_failed()
@@ -55,9 +55,9 @@ def run_simulation(out, *, model: str = "human", params: Parameters | None = Non
     summary = summarize(traj, sched)
     summary["model"] = str(model)
     summary["years"] = years
-    out_dir = prepare_out_dir(out)
     fig = plot_trajectory(traj, sched)
-    atomic_write_csv(out_dir / "trajectory.csv", df)
-    atomic_write_json(out_dir / "summary.json", summary)
-    atomic_savefig(fig, out_dir / "trajectory.png", dpi=110)
-    return dict(out_dir=Path(out_dir), trajectory=traj, table=df, summary=summary)
+    with output_dir(out) as tmp:  # the folder appears only when every file is written
+        atomic_write_csv(tmp / "trajectory.csv", df)
+        atomic_write_json(tmp / "summary.json", summary)
+        atomic_savefig(fig, tmp / "trajectory.png", dpi=110)
+    return dict(out_dir=Path(out), trajectory=traj, table=df, summary=summary)

@@ -55,7 +55,7 @@ from pathlib import Path
 import numpy as np
 
 from dormancy_model.engine.rk import BACKENDS, METHODS, EngineOptions
-from dormancy_model.errors import InputError, suggest
+from dormancy_model.errors import InputError, check_seed, suggest
 from dormancy_model.io import read_toml
 from dormancy_model.params.table import Parameters, load_model_parameters
 from dormancy_model.params.transforms import from_scale, to_scale
@@ -189,7 +189,7 @@ def _param_name(src, fld, name, params):
     return name
 
 
-def _schedule_dims(src, doc, base_name):
+def _schedule_dims(src, doc, base_name, species=None):
     sch = doc.get("schedule", {})
     _check_keys(src, "schedule", sch, FIELDS["schedule"])
     presets = [base_name]
@@ -203,7 +203,9 @@ def _schedule_dims(src, doc, base_name):
         presets = v
         dims.append(Dim("schedule", np.array(v, dtype=object), "", "schedule", "schedule preset"))
     try:
-        bases = [get_schedule(p) for p in presets]
+        if not isinstance(base_name, str):
+            _fail(src, "sweep.schedule", f"must be a schedule name or path, got {base_name!r}")
+        bases = [get_schedule(p, species=species) for p in presets]
     except InputError as e:
         _fail(src, "schedule.presets" if "presets" in sch else "sweep.schedule", e.problem)
     cycles = [None]
@@ -228,7 +230,10 @@ def _schedule_dims(src, doc, base_name):
     scheds = []
     for b in bases:
         for c in cycles:
-            s = b if c is None else b.with_cycles(c)
+            try:
+                s = b if c is None else b.with_cycles(c)
+            except InputError as e:
+                _fail(src, "schedule.cycles", e.problem)
             for fh in doses.get("hcq", [None]):
                 for fe in doses.get("eve", [None]):
                     x = s if fh is None else s.scaled("hcq", fh)
@@ -286,7 +291,7 @@ def _samples(src, doc, params, seed):
     if method not in ("sobol", "lhs", "fit"):
         _fail(src, "samples.method", f"must be sobol, lhs or fit, got {method!r}")
     n = _int(src, "samples.n", s.get("n"))
-    seed = s.get("seed", seed)
+    seed = check_seed(src, "samples.seed", s.get("seed", seed))
     rng = np.random.default_rng(seed)
     out = {}
     if method == "fit":
@@ -344,7 +349,9 @@ def _patients(src, doc, params, seed):
     for nm, cv in sorted(var.items()):
         if isinstance(cv, bool) or not isinstance(cv, (int, float)) or not 0 <= cv <= 10:
             _fail(src, f"patients.variability.{nm}", f"must be a CV in [0, 10], got {cv!r}")
-    rng = np.random.default_rng(pt.get("seed", seed))
+    if "seed" in pt:
+        seed = check_seed(src, "patients.seed", pt["seed"])
+    rng = np.random.default_rng(seed)
     out = lognormal_factors(rng, var, n, by="patient")
     return out, [Dim("patient", np.arange(n), "1", "patient", "virtual patient")]
 
@@ -410,14 +417,14 @@ def parse_sweep(doc: dict, src: str, text: str = "") -> SweepSpec:
             _fail(src, k, f"unknown table{suggest(k, TABLES)}")
     sw = doc.get("sweep", {})
     _check_keys(src, "sweep", sw, FIELDS["sweep"])
-    seed = sw.get("seed", 0)
-    _int(src, "sweep.seed", seed, 0)
+    seed = check_seed(src, "sweep.seed", sw.get("seed", 0))
     model = sw.get("model", "human")
     try:
         params = load_model_parameters(model)
     except InputError as e:
         _fail(src, "sweep.model", f"{model}: {e.field}: {e.problem}")
-    sched_dims, scheds = _schedule_dims(src, doc, sw.get("schedule", "clever-combo"))
+    sched_dims, scheds = _schedule_dims(src, doc, sw.get("schedule", "clever-combo"),
+                                         params.species)
     grids, grid_dims = _grids(src, doc, params)
     samples, sample_dims = _samples(src, doc, params, seed)
     both = set(grids) & set(samples)
