@@ -72,6 +72,7 @@ def _move_into(src: Path, dst: Path) -> None:
         if entry.is_dir() and not entry.is_symlink():
             if target.is_dir():
                 _move_into(entry, target)
+                entry.rmdir()
                 continue
             if target.exists():
                 target.unlink()
