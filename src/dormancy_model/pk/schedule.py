@@ -192,7 +192,7 @@ def _parse_days(src, field, value, cycle_days):
             except ValueError:
                 raise InputError(src, field, f"cannot read day range {value!r} "
                                  "(use e.g. \"1-21\" or [1, 2, 3])") from None
-            for d in (a, b):
+            for d in (a, max(a, min(b, cycle_days + 1))):  # the first day outside, if any
                 if d < 1 or d > cycle_days:
                     raise InputError(src, field, f"day {d} is outside the {cycle_days}-day cycle")
             if b < a:
