@@ -4,6 +4,7 @@ numbers are the parameter set's own (closed form)."""
 
 import importlib.util
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -88,7 +89,8 @@ def test_every_published_number_has_a_model_number(generated):
     t = pd.read_csv(generated / "validation.csv")
     assert len(t) == len(EXPECTED)
     for want in EXPECTED:
-        hits = t[t["quantity"].str.contains(want, regex=False)]
+        # "..., HCQ" must not also match "..., HCQ+EVE"
+        hits = t[t["quantity"].str.contains(re.escape(want) + r"(?![+\w])", regex=True)]
         assert len(hits) == 1, (want, list(hits["quantity"]))
     for _, r in t.iterrows():
         if np.isfinite(r["model_value"]):

@@ -84,7 +84,7 @@ REFERENCES = {
     "[S86]": "Furst DE. Lupus 1996 (HCQ half-lives 40-50 days)",
     "[S92]": "Rangwala R et al. Autophagy 2014;10:1391 (HCQ + temsirolimus: autophagy "
              "inhibition in PBMC and tumour only at 1,200 mg/day HCQ)",
-    "Blanchet": "Blanchet B et al. Arthritis Res Ther 2020;22:223, doi:10.1186/s13075-020-02291-z "
+    "Blanchet": "Blanchet et al. Arthritis Res Ther 2020;22:223, doi:10.1186/s13075-020-02291-z "
                 "(HCQ drug monitoring, 573 lupus patients, whole blood 916 +- 449 ng/mL, "
                 "serum/whole-blood ratio 0.53)",
     "Kirchner 2004": "Kirchner GI et al. Clin Pharmacokinet 2004;43:83 (everolimus tmax "
