@@ -393,7 +393,8 @@ def trial_rows(trials: pd.DataFrame, patients: pd.DataFrame) -> list[Row]:
                        "patients", "0.21 (0.01-3.4); acceptance 0.1-0.6 (issue 14)",
                     "Nat Med 2025 [S1]", "as above (the model's HR with little sampling noise)",
                     "value_in_range", pooled.hr, ref_point=0.21, ref_lo=0.1, ref_hi=0.6,
-                    note=f"95% CI {pooled.lower95:.3g}-{pooled.upper95:.3g}"))
+                    note=(f"95% CI {pooled.lower95:.3g}-{pooled.upper95:.3g}" if pooled.estimable
+                          else "not estimable: no relapse in one of the groups")))
     lo, med, hi = TA.spread(trials, "relapses", "all treated")
     rows.append(Row(G, "relapses per 51-patient trial", "2 (1 lung after 2 cycles of EVE, 1 "
                     "contralateral breast)", "ESMO 2023 [S2]",
