@@ -147,6 +147,11 @@ class PKSolution(eqx.Module):
         kc = jnp.clip(k, 0, self.tau.shape[0] - 1)
         s = jnp.maximum(t - self.tau[kc], 0.0)
         val = jnp.matmul(self.modes[kc], jnp.exp(self.sys.lam * s), precision=HIGHEST)
+        # at a dose time itself the mode sum is obs . (sum_j P_j) . x_k, equal to obs . x_k only
+        # to rounding (~1e-15 of the dose's scale): use the exact value there, so that an oral
+        # dose shows zero concentration at its own (lagged) time
+        exact = jnp.matmul(self.sys.obs, self.states[kc], precision=HIGHEST)
+        val = jnp.where(s > 0, val, exact)
         return jnp.where(k >= 0, val, jnp.zeros_like(val))
 
     def state(self, t):
