@@ -26,7 +26,7 @@ def test_every_parameter_has_value_unit_bounds_scale_source(root, name):
 def test_units_are_converted(human, mouse):
     assert float(human["eve_cl"]) == pytest.approx(17.4 * 24)  # L/h -> L/day
     assert float(human["eve_ka"]) == pytest.approx(0.647 * 24)  # 1/h -> 1/day
-    assert float(human["eve_tlag"]) == pytest.approx(0.404 / 24)  # h -> day
+    assert float(human["hcq_tlag"]) == pytest.approx(0.389 / 24)  # h -> day
     assert float(mouse["body_weight"]) == pytest.approx(0.025)  # g -> kg
     assert mouse.pk_per_kg and not human.pk_per_kg
 
