@@ -292,3 +292,28 @@ def test_profile_is_reoptimised_from_the_estimate(result, setup):
     assert prof.scale_values[1] == pytest.approx(r.scale_estimate["k_dr"], abs=1e-12)
     assert prof.objective[1] <= r.objective + 1e-9
     assert r.settings["profile"] == ["k_dr"] and r.settings["starts"] == 4
+
+
+def test_sweep_draws_from_a_real_fit_json(result, setup, tmp_path):
+    """`[samples] method = "fit"` reads the file `write_fit` writes: the whitened log draws of
+    the three fitted model parameters (burden_sigma marginalised out) have mean 0 and identity
+    covariance within sampling error."""
+    import tomllib
+
+    from dormancy_model.sweeps.spec import parse_sweep
+
+    study, params = setup
+    write_fit(tmp_path / "fit.json", result, study, "mouse", params)
+    text = ('[sweep]\nmodel = "mouse"\nschedule = "mouse-vehicle"\n[samples]\nmethod = "fit"\n'
+            'n = 4000\nfit = "fit.json"\n[outputs]\nresidual_days = [28]\n')
+    spec = parse_sweep(tomllib.loads(text), str(tmp_path / "spec.toml"), text)
+    names = [n for n in result.names if n != "burden_sigma"]
+    assert set(spec.samples) == set(names)
+    keep = [result.names.index(n) for n in names]
+    cov = np.asarray(result.covariance)[np.ix_(keep, keep)]
+    mean = np.log([result.estimate[n] for n in names])
+    z = np.log(np.stack([spec.samples[n] for n in names], axis=1))
+    w = (z - mean) @ np.linalg.inv(np.linalg.cholesky(cov)).T
+    n = len(w)
+    np.testing.assert_array_less(np.abs(w.mean(axis=0)), 4 / np.sqrt(n))
+    np.testing.assert_array_less(np.abs(np.cov(w.T) - np.eye(len(names))), 4 * np.sqrt(2 / n))

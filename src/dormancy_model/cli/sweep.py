@@ -16,6 +16,9 @@ def sweep_cmd(
     workers: int = typer.Option(None, "--workers", help="start a local Dask cluster of N workers"),
     scheduler: str = typer.Option(None, "--scheduler", help="existing Dask scheduler tcp://H:P"),
     chunk: int = typer.Option(None, "--chunk", help="trajectories per chunk (default: spec)"),
+    fresh: bool = typer.Option(False, "--fresh", help="discard an existing store at --out and "
+                               "start afresh (a store is resumed only with the same spec, "
+                               "files and package version)"),
 ):
     """Run a parameter/schedule sweep into a Zarr store (resumable; progress bar with ETA)."""
     from dormancy_model.engine.devices import use_cpu_cores
@@ -29,7 +32,7 @@ def sweep_cmd(
         raise InputError("--chunk", "chunk", f"must be >= 1, got {chunk}")
     typer.echo(describe(s))
     ds = sweep(s, out, chunk=chunk, workers=workers, scheduler=scheduler,
-               progress=sys.stderr.isatty())
+               progress=sys.stderr.isatty(), fresh=fresh)
     bad = int((ds["status"].values != 0).sum())
     typer.echo(f"wrote {out} ({s.size:,} trajectories"
                + (f", {bad} failed: see the status variable" if bad else "") + ")")

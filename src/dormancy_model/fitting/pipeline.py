@@ -100,5 +100,5 @@ def run_fit(study_path, model_path, free, options=None, *, out, figures=None, ar
     with output_dir(fig_dir, "--figures") as tmp:
         names = write_fit_figures(result, study, params, tmp)
         out.parent.mkdir(parents=True, exist_ok=True)
-    write_fit(out, result, study, str(model_path))
+    write_fit(out, result, study, str(model_path), params)
     return result, study, fig_dir, names
