@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 # the versions the tests and benchmarks ran on (a constraints file: `make lock` rewrites it)
 LOCK := requirements/lock.txt
 
-.PHONY: demo test test-slow lint lock bench clean
+.PHONY: demo test test-slow lint lock bench validation clean
 
 $(STAMP): pyproject.toml $(LOCK)
 	$(PY) -m venv $(VENV)
@@ -15,6 +15,12 @@ $(STAMP): pyproject.toml $(LOCK)
 
 demo: $(STAMP)
 	$(BIN)/dormancy demo --out out/demo
+
+# docs/validation.md (+ .csv, .png): published numbers beside the model's; REPLICATES=200 for
+# the acceptance of issue 14
+REPLICATES ?= 40
+validation: $(STAMP)
+	$(BIN)/python scripts/validation.py --replicates $(REPLICATES) --seed 1 --out docs
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15

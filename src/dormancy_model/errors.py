@@ -21,3 +21,13 @@ def suggest(name: str, choices) -> str:
     if not close:
         return ""
     return " (did you mean " + ", ".join(repr(c) for c in close) + "?)"
+
+
+MAX_SEED = 2**63 - 1  # the largest seed every generator used here accepts (JAX keys: int64)
+
+
+def check_seed(source: str, field: str, value) -> int:
+    """A random seed as a whole number in [0, 2**63 - 1], else InputError naming `source`."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
+        raise InputError(source, field, f"must be a whole number in [0, 2**63 - 1], got {value!r}")
+    return value

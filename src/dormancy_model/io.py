@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import tempfile
 import tomllib
 from pathlib import Path
@@ -15,7 +17,7 @@ def read_toml(path: str | Path) -> tuple[dict, str]:
     """One TOML reader for every input file: (document, text), or one-line InputError."""
     path = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8-sig")  # a leading byte-order mark is fine
         return tomllib.loads(text), text
     except FileNotFoundError:
         raise InputError(path, "file", "not found") from None
@@ -56,7 +58,76 @@ def prepare_out_dir(path: str | Path, flag: str = "--out") -> Path:
     return p
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _move_into(src: Path, dst: Path) -> None:
+    """Move the files of directory `src` into directory `dst` (each with os.replace, so each
+    file is either the old or the new one), merging subdirectories."""
+    for entry in sorted(src.iterdir()):
+        target = dst / entry.name
+        if entry.is_dir() and not entry.is_symlink():
+            if target.is_dir():
+                _move_into(entry, target)
+                entry.rmdir()
+                continue
+            if target.exists():
+                target.unlink()
+        os.replace(entry, target)
+
+
+@contextlib.contextmanager
+def output_dir(path: str | Path, flag: str = "--out"):
+    """Write a command's output directory all at once, or not at all.
+
+    Yields a temporary directory to write into: a sibling ``.NAME.partial-XXXX`` beside a
+    `path` that does not exist yet, renamed to `path` on success (one atomic step); inside an
+    existing `path` directory, its files are moved into `path` on success, each replacing its
+    namesake atomically, and the files of `path` that the command does not write are kept. On
+    any exception the temporary directory is removed, together with any parent directories this
+    call created, and `path` is left as it was (absent, or with its old files).
+    """
+    p = Path(path)
+    check_out_dir(p, flag)
+    created = []
+    probe = p.parent.absolute()
+    while not probe.exists():
+        created.append(probe)
+        probe = probe.parent
+    tmp = None
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        base = p if p.is_dir() else p.parent
+        tmp = Path(tempfile.mkdtemp(dir=base, prefix=f".{p.name or 'out'}.partial-"))
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the result should not be
+    except OSError as e:
+        for d in created:
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise InputError(str(p), flag,
+                         f"output directory cannot be written ({e.strerror})") from None
+    try:
+        yield tmp
+        if p.exists() and not p.is_dir():
+            raise InputError(str(p), flag, "exists and is not a directory")
+        if p.is_dir():
+            _move_into(tmp, p)
+            tmp.rmdir()
+        else:
+            os.replace(tmp, p)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for d in created:  # innermost first
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file in the same directory (never half a file)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:

@@ -44,3 +44,22 @@ def to_internal(value: float, unit: str) -> float:
 
 def from_internal(value: float, unit: str) -> float:
     return float(value) / UNITS[unit][1]
+
+
+# Plausible adult body weights (kg) per species: a body weight outside this range (in a
+# parameter file, a schedule or a study) is refused as a unit or typing error.
+BODY_WEIGHT_KG: dict[str, tuple[float, float]] = {
+    "human": (20.0, 300.0),
+    "mouse": (0.010, 0.080),
+}
+
+
+def body_weight_problem(species: str, kg: float) -> str | None:
+    """Why `kg` is not a plausible body weight for `species`, or None. Unknown species: any
+    weight in (0, 1000] kg."""
+    lo, hi = BODY_WEIGHT_KG.get(species, (0.0, 1000.0))
+    if not (lo < kg <= hi if lo == 0.0 else lo <= kg <= hi):
+        what = species if species in BODY_WEIGHT_KG else "any species"
+        return (f"{kg:g} kg is not a plausible body weight for {what} "
+                f"(expected {lo:g}-{hi:g} kg)")
+    return None

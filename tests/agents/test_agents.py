@@ -222,3 +222,21 @@ def test_hazard_grid_padding_and_cell_lookup(model, human):
                              [t0, g.t_split, 1826.25 - 1e-6, 1826.25], g.nodes[:50]])
         k = np.asarray(jax.vmap(tab.cell)(jnp.asarray(ts)))
         assert np.all(g.nodes[k] <= ts) and np.all(ts < g.nodes[k + 1])
+
+
+@pytest.mark.parametrize("final", ["exact_final", "fast_final"])
+def test_final_status_keeps_overflow_over_max_events(final):
+    """An unfinished lane reports max_events, unless an earlier slot overflow outranks it
+    (status.combine); a finished lane keeps its status."""
+    from dormancy_model import status as S
+    from dormancy_model.agents import loops as E
+
+    keys = ("kind", "count", "a", "rp", "switch_day", "clearance_day", "d", "r", "class_a",
+            "class_rp", "ckind", "ccount", "ccls", "records", "it")
+    c = {k: jnp.zeros(1) for k in keys}
+    statuses = jnp.asarray([S.OK, S.SLOT_OVERFLOW, S.OK, S.SLOT_OVERFLOW])
+    done = jnp.asarray([False, False, True, True])
+    _, _, status, _ = jax.vmap(lambda st, dn: getattr(E, final)(dict(c, status=st, done=dn)))(
+        statuses, done)
+    assert S.names(np.asarray(status)).tolist() == [
+        "max_events", "slot_overflow", "ok", "slot_overflow"]

@@ -69,6 +69,9 @@ def test_default_calibration_is_the_packaged_one(double, tmp_path):
     md = (tmp_path / "t" / "report.md").read_text()
     assert "population typical values from the packaged clever_calibration.json" in md
     assert f"k_dr = {load_calibration()['k_dr']:.4g} /day" in md
+    # the report points to the validation document (published numbers beside the model's)
+    assert "## Validation" in md and "docs/validation.md" in md
+    assert "docs/validation.md" in (tmp_path / "t" / "report.html").read_text()
     assert res["agent_failures"] == 0 and set(res["trials"]["trial"]) == {0}
 
 

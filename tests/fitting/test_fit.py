@@ -185,7 +185,6 @@ def test_readme_python_example(readme_ns):
 
 
 @pytest.mark.parametrize("kw, field", [
-    (dict(starts=0), "starts"),
     (dict(out="fit.txt"), "--out"),
     (dict(profile=["hcq_ic50"]), "profile"),
     (dict(model="human"), "meta.species"),
@@ -194,8 +193,127 @@ def test_run_fit_validates_before_writing(tmp_path, kw, field):
     from dormancy_model.errors import InputError
     from dormancy_model.fitting.pipeline import run_fit
 
-    args = dict(starts=2, seed=0, out=tmp_path / "o" / "fit.json")
-    args.update({k: v for k, v in kw.items() if k != "model"})
+    options = FitOptions(starts=2, seed=0, profile=kw.get("profile", ()))
+    out = kw.get("out", tmp_path / "o" / "fit.json")
     with pytest.raises(InputError, match=field):
-        run_fit(SHIPPED, kw.get("model", "mouse"), FREE, **args)
+        run_fit(SHIPPED, kw.get("model", "mouse"), FREE, options, out=out)
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("flag, value", [("--starts", "0"), ("--seed", "-1"),
+                                         ("--adam-steps", "-1"), ("--lbfgs-steps", "0")])
+def test_fit_cli_rejects_bad_search_flags_before_writing(tmp_path, capsys, flag, value):
+    out = tmp_path / "o" / "fit.json"
+    with pytest.raises(SystemExit) as e:
+        main(["fit", "--study", str(SHIPPED), "--out", str(out), flag, value])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"dormancy: error: {flag}: ") and "\n" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_fit_options_carry_the_run_settings():
+    """One value holds starts, seed, steps, prior and profiles; `fit`'s keywords replace them."""
+    o = FitOptions(starts=4, seed=3, adam_steps=2, optimizer=LBFGS(steps=5), prior=True,
+                   profile="k_dr, delta_max,")
+    assert (o.starts, o.seed, o.steps, o.prior, o.profile) == (4, 3, 7, True,
+                                                               ("k_dr", "delta_max"))
+    o2 = o.replace(starts=2)
+    assert o2.starts == 2 and o2.seed == 3 and o2.profile == o.profile and o.starts == 4
+    for bad in (dict(starts=0), dict(seed=-1), dict(adam_steps=-1)):
+        with pytest.raises(ValueError):
+            FitOptions(**bad)
+
+
+def test_fit_json_status_and_old_files(result, setup, tmp_path):
+    """The fit JSON names the status of the best start and of every start (status table
+    names); a file written before the status field reads as "ok" and still applies."""
+    from dormancy_model import status as S
+    from dormancy_model.errors import InputError
+
+    study, params = setup
+    path = tmp_path / "fit.json"
+    write_fit(path, result, study, "mouse")
+    doc = json.loads(path.read_text())
+    assert doc["status"] == "ok" and doc["status_code"] == S.OK == result.status
+    assert [s["status"] for s in doc["starts"]] == [
+        "ok" if np.isfinite(s.objective) else s.status_name for s in result.starts]
+    assert [s["converged"] for s in doc["starts"]] == [s.converged for s in result.starts]
+    old = {k: v for k, v in doc.items() if k not in ("status", "status_code")}
+    for s in old["starts"]:
+        del s["status"]
+    path.write_text(json.dumps(old))
+    back = read_fit(path)
+    assert back["status"] == "ok" and back["status_code"] == S.OK
+    assert float(apply_fit(params, path)["k_dr"]) == pytest.approx(result.estimate["k_dr"])
+    path.write_text(json.dumps(dict(doc, status="fine")))
+    with pytest.raises(InputError, match="fit.json: status: unknown status 'fine'"):
+        read_fit(path)
+
+
+def test_failed_starts_carry_their_status(setup, monkeypatch):
+    """Starts whose objective is not finite (here: start points made NaN) report the status
+    `nonfinite` per start, sorted last; the fit's status is its best start's, "ok"."""
+    from dormancy_model import status as S
+    from dormancy_model.fitting import estimate as E
+    from dormancy_model.fitting.files import fit_to_json
+
+    study, params = setup
+    points = E.start_points
+
+    def half_nan(obj, starts, seed, method="sobol"):
+        p = points(obj, starts, seed, method)
+        p[1::2] = np.nan
+        return p
+
+    monkeypatch.setattr(E, "start_points", half_nan)
+    obj = Objective(study, params, FREE, batch=4, options=fit_solver_options())
+    f, _, _, _, st = obj.evaluate_status(half_nan(obj, 4, 0))
+    assert np.isfinite(f[::2]).all() and st.tolist() == [S.OK, S.NONFINITE] * 2
+    r = fit(study, params, FREE, options=FitOptions(starts=4, adam_steps=1,
+                                                    optimizer=LBFGS(steps=1)), objective=obj)
+    assert [s.status_name for s in r.starts] == ["ok", "ok", "nonfinite", "nonfinite"]
+    assert [s.start for s in r.starts[2:]] == [1, 3] and r.status == S.OK
+    doc = fit_to_json(r, study, "mouse")
+    assert doc["status"] == "ok" and doc["status_code"] == S.OK
+    assert [s["status"] for s in doc["starts"]] == ["ok", "ok", "nonfinite", "nonfinite"]
+    assert not any(s["converged"] for s in doc["starts"][2:])
+
+
+def test_profile_is_reoptimised_from_the_estimate(result, setup):
+    """A profile grid (odd, centred on the estimate) re-optimises the other parameters from
+    the best estimate, so its centre is no worse than the fit's optimum."""
+    study, params = setup
+    options = FitOptions(starts=4, adam_steps=0, optimizer=LBFGS(steps=2), profile=("k_dr",),
+                         profile_points=3)
+    r = fit(study, params, FREE, options=options)
+    prof = r.profiles["k_dr"]
+    assert len(prof.values) == 3
+    assert prof.scale_values[1] == pytest.approx(r.scale_estimate["k_dr"], abs=1e-12)
+    assert prof.objective[1] <= r.objective + 1e-9
+    assert r.settings["profile"] == ["k_dr"] and r.settings["starts"] == 4
+
+
+def test_sweep_draws_from_a_real_fit_json(result, setup, tmp_path):
+    """`[samples] method = "fit"` reads the file `write_fit` writes: the whitened log draws of
+    the three fitted model parameters (burden_sigma marginalised out) have mean 0 and identity
+    covariance within sampling error."""
+    import tomllib
+
+    from dormancy_model.sweeps.spec import parse_sweep
+
+    study, params = setup
+    write_fit(tmp_path / "fit.json", result, study, "mouse", params)
+    text = ('[sweep]\nmodel = "mouse"\nschedule = "mouse-vehicle"\n[samples]\nmethod = "fit"\n'
+            'n = 4000\nfit = "fit.json"\n[outputs]\nresidual_days = [28]\n')
+    spec = parse_sweep(tomllib.loads(text), str(tmp_path / "spec.toml"), text)
+    names = [n for n in result.names if n != "burden_sigma"]
+    assert set(spec.samples) == set(names)
+    keep = [result.names.index(n) for n in names]
+    cov = np.asarray(result.covariance)[np.ix_(keep, keep)]
+    mean = np.log([result.estimate[n] for n in names])
+    z = np.log(np.stack([spec.samples[n] for n in names], axis=1))
+    w = (z - mean) @ np.linalg.inv(np.linalg.cholesky(cov)).T
+    n = len(w)
+    np.testing.assert_array_less(np.abs(w.mean(axis=0)), 4 / np.sqrt(n))
+    np.testing.assert_array_less(np.abs(np.cov(w.T) - np.eye(len(names))), 4 * np.sqrt(2 / n))

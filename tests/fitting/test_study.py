@@ -119,8 +119,43 @@ def _not_a_number(d):
     return f"burden.csv:{no}", "day", "not a number"
 
 
+def _mouse_in_two_arms(d):
+    no0, line0 = _data_line(d / "burden.csv", 0)
+    no1, line1 = _data_line(d / "burden.csv", 40)
+    mouse, arm = line0.split(",")[0], line1.split(",")[1]
+    assert arm != line0.split(",")[1]
+    _edit(d / "burden.csv", line1, ",".join([mouse] + line1.split(",")[1:]))
+    return f"burden.csv:{no1}", "mouse_id", f"is in arm 'vehicle' on line {no0}: one arm"
+
+
+def _mouse_twice_on_one_day(d):
+    no0, line0 = _data_line(d / "burden.csv", 0)
+    no1, line1 = _data_line(d / "burden.csv", 1)
+    parts0, parts1 = line0.split(","), line1.split(",")
+    assert parts0[1] == parts1[1]  # same arm
+    _edit(d / "burden.csv", line1, ",".join([parts0[0], parts1[1], parts0[2]] + parts1[3:]))
+    return f"burden.csv:{no1}", "mouse_id", f"already has a count on day {parts0[2]} (line {no0})"
+
+
+def _study_weight_in_kg(d):
+    _edit(d / "study.toml", "body_weight_g = 25.0", "body_weight_g = 0.025")
+    return "study.toml", "study.body_weight_g", "not a plausible body weight for mouse"
+
+
+def _study_weight_huge(d):
+    _edit(d / "study.toml", "body_weight_g = 25.0", "body_weight_g = 250.0")
+    return "study.toml", "study.body_weight_g", "(expected 0.01-0.08 kg)"
+
+
+def _bom_in_toml_is_not_the_problem(d):
+    """A BOM in study.toml does not hide a later error: that error is reported."""
+    (d / "study.toml").write_bytes(b"\xef\xbb\xbf" + (d / "study.toml").read_bytes())
+    return _study_weight_in_kg(d)
+
+
 BAD = [_bad_missing_column, _bad_negative_count, _bad_event, _bad_arm, _bad_schedule,
-       _empty_file, _header_only, _not_a_number]
+       _empty_file, _header_only, _not_a_number, _mouse_in_two_arms, _mouse_twice_on_one_day,
+       _study_weight_in_kg, _study_weight_huge, _bom_in_toml_is_not_the_problem]
 
 
 @pytest.mark.parametrize("corrupt", BAD, ids=[f.__name__ for f in BAD])
@@ -164,3 +199,49 @@ def test_cli_unknown_arm(tmp_path, capsys):
     assert len(err) == 1 and "--arms" in err[0] and "unknown arm 'hcq120-chronc'" in err[0]
     assert "did you mean 'hcq120-chronic'" in err[0]
     assert not out.exists() and not out.parent.exists()
+
+
+def test_byte_order_marks_are_ignored(study_dir):
+    """Files saved by spreadsheet programs start with a UTF-8 BOM: the study reads the same."""
+    ref = load_study(study_dir)
+    for name in ("study.toml", "burden.csv", "survival.csv"):
+        f = study_dir / name
+        f.write_bytes(b"\xef\xbb\xbf" + f.read_bytes())
+    st = load_study(study_dir)
+    assert st.arm_names == ref.arm_names
+    for rows, ref_rows in ((st.burden, ref.burden), (st.survival, ref.survival)):
+        for k in rows.__dataclass_fields__:
+            np.testing.assert_array_equal(getattr(rows, k), getattr(ref_rows, k))
+
+
+def test_bom_before_the_header_without_a_comment(study_dir):
+    f = study_dir / "survival.csv"
+    lines = f.read_text().splitlines(keepends=True)
+    f.write_bytes(b"\xef\xbb\xbf" + "".join(lines[1:]).encode())  # header is the first line
+    assert load_study(study_dir).survival.day.size == load_study(SHIPPED).survival.day.size
+
+
+def test_same_mouse_on_two_days_of_one_arm_is_allowed(study_dir):
+    """Serial counts of one mouse (one arm, different days) stay allowed."""
+    _, line0 = _data_line(study_dir / "burden.csv", 0)
+    _, line1 = _data_line(study_dir / "burden.csv", 1)
+    p0, p1 = line0.split(","), line1.split(",")
+    assert p0[1] == p1[1] and p0[2] != p1[2]
+    _edit(study_dir / "burden.csv", line1, ",".join([p0[0]] + p1[1:]))
+    st = load_study(study_dir)
+    assert (st.burden.mouse_id == p0[0]).sum() == 2
+
+
+def test_fit_refuses_a_study_weight_outside_the_model_bounds(study_dir, tmp_path, capsys):
+    """12 g is a plausible mouse (>= 10 g) but outside mouse.toml's body_weight bounds
+    [15, 40] g: refused before any work or output."""
+    _edit(study_dir / "study.toml", "body_weight_g = 25.0", "body_weight_g = 12.0")
+    load_study(study_dir)  # plausible for a mouse
+    out = tmp_path / "fits" / "x.json"
+    with pytest.raises(SystemExit) as e:
+        main(["fit", "--study", str(study_dir), "--out", str(out), "--starts", "2"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "study.toml: study.body_weight_g: 12 g is outside" in err[0]
+    assert "[15, 40] g" in err[0]
+    assert not (tmp_path / "fits").exists()

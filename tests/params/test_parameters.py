@@ -26,7 +26,7 @@ def test_every_parameter_has_value_unit_bounds_scale_source(root, name):
 def test_units_are_converted(human, mouse):
     assert float(human["eve_cl"]) == pytest.approx(17.4 * 24)  # L/h -> L/day
     assert float(human["eve_ka"]) == pytest.approx(0.647 * 24)  # 1/h -> 1/day
-    assert float(human["eve_tlag"]) == pytest.approx(0.404 / 24)  # h -> day
+    assert float(human["hcq_tlag"]) == pytest.approx(0.389 / 24)  # h -> day
     assert float(mouse["body_weight"]) == pytest.approx(0.025)  # g -> kg
     assert mouse.pk_per_kg and not human.pk_per_kg
 
@@ -85,3 +85,70 @@ def test_with_values_stores_values_as_given(human):
         {n: np.full(4, float(v)) for n, v in human.values.items()}, k_dr=k)).shape == (4,)
     with pytest.raises(KeyError, match="did you mean 'k_dr'"):
         human.with_values(k_drr=1.0)
+
+
+def _set(text: str, name: str, **fields) -> str:
+    """`text` with fields of [parameters.NAME] replaced (values as TOML text)."""
+    start = text.index(f"[parameters.{name}]")
+    end = text.find("\n[", start + 1)
+    end = len(text) if end < 0 else end
+    block = text[start:end]
+    for k, v in fields.items():
+        block, n = re.subn(rf"(?m)^{k} = .*$", f"{k} = {v}", block)
+        assert n == 1, (name, k)
+    return text[:start] + block + text[end:]
+
+
+PHYSICAL = [
+    # (species file, parameter, edits, field, problem): declared bounds do not make a value
+    # physical; the value is checked first, then each bound
+    ("human", "k_pd", dict(value="-0.01", bounds="[-1.0, 0.1]"), "k_pd.value",
+     "-0.01 1/day: a rate must be >= 0"),
+    ("human", "k_pd", dict(bounds="[-1.0, 0.1]"), "k_pd.bounds", "-1 1/day: a rate must be >= 0"),
+    ("human", "eve_tlag", dict(bounds="[-1.0, 2.0]"), "eve_tlag.bounds",
+     "-1 h: a time must be >= 0"),
+    ("human", "eve_f", dict(bounds="[0.1, 1.5]"), "eve_f.bounds",
+     "1.5 1: a fraction must be in [0, 1]"),
+    ("human", "eve_f", dict(value="1.2", bounds="[0.1, 1.5]"), "eve_f.value",
+     "1.2 1: a fraction must be in [0, 1]"),
+    ("human", "aspirate_fraction", dict(bounds="[1e-05, 2.0]"), "aspirate_fraction.bounds",
+     "a fraction must be in [0, 1]"),
+    ("human", "hcq_v1", dict(bounds="[0.0, 5000.0]", scale='"lin"'), "hcq_v1.bounds",
+     "0 L: must be > 0"),
+    ("human", "body_weight", dict(value="700.0", bounds="[35.0, 1000.0]"), "body_weight.value",
+     "700 kg is not a plausible body weight for human (expected 20-300 kg)"),
+    ("human", "body_weight", dict(bounds="[35.0, 1000.0]"), "body_weight.bounds",
+     "1000 kg: 1000 kg is not a plausible body weight for human"),
+    # grams written as kilograms in the mouse file: bounds and value agree, physics does not
+    ("mouse", "body_weight", dict(unit='"kg"'), "body_weight.value",
+     "25 kg: 25 kg is not a plausible body weight for mouse (expected 0.01-0.08 kg)"),
+]
+
+
+@pytest.mark.parametrize("species,name,edits,field,problem", PHYSICAL,
+                         ids=[f"{c[0]}-{c[3]}" for c in PHYSICAL])
+def test_physical_limits_beyond_the_declared_bounds(tmp_path, root, species, name, edits, field,
+                                                    problem):
+    text = (root / "src" / "dormancy_model" / "params" / "data" / f"{species}.toml").read_text()
+    f = tmp_path / "p.toml"
+    f.write_text(_set(text, name, **edits))
+    with pytest.raises(dm.InputError) as e:
+        dm.load_parameters(f)
+    msg = str(e.value)
+    assert msg == f"{f}: parameters.{field}: {problem}" or (
+        msg.startswith(f"{f}: parameters.{field}: ") and problem in msg), msg
+
+
+def test_physical_limits_hold_for_the_packaged_files_edges(tmp_path, root):
+    """Edges are allowed: a fraction of exactly 1 and a rate of exactly 0 (k_pd = 0)."""
+    text = (root / "src" / "dormancy_model" / "params" / "data" / "human.toml").read_text()
+    f = tmp_path / "p.toml"
+    f.write_text(_set(text, "hcq_f", value="1.0", bounds="[0.3, 1.0]", scale='"lin"'))
+    p = dm.load_parameters(f)
+    assert float(p["hcq_f"]) == 1.0 and float(p["k_pd"]) == 0.0
+
+
+def test_meta_must_be_a_table(tmp_path, root):
+    f = _write(tmp_path, root, lambda s: 'meta = 3\n' + s.replace("[meta]", "[metadata]", 1))
+    with pytest.raises(dm.InputError, match=r"p.toml: meta: must be a table$"):
+        dm.load_parameters(f)

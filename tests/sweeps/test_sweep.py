@@ -318,7 +318,8 @@ def test_kill_and_resume_gives_identical_store(spec, reference_store, tmp_path):
 
 def test_resume_rejects_other_spec(spec, reference_store):
     other = make_spec(SPEC.replace("n = 2", "n = 3"))
-    with pytest.raises(InputError, match="different spec"):
+    with pytest.raises(InputError, match="cannot resume, changed since the store was written: the "
+                       "spec text; rerun with --fresh"):
         sweep(other, reference_store)
 
 

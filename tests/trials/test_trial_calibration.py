@@ -113,3 +113,67 @@ def test_calibration_recovers_synthetic_trial():
     for arm in ("HCQ", "EVE", "HCQ+EVE"):
         row = chk.loc[("reduction_C3", arm)]
         assert row["sim_p05"] <= targets[f"reduction_C3:{arm}"] <= row["sim_p95"]
+
+
+BAD_CALIBRATIONS = [
+    ('{"estimates": {"k_dr": {"internal_value": NaN}}}', "estimates.k_dr.internal_value",
+     "must be a finite number, got nan"),
+    ('{"estimates": {"k_dr": {"internal_value": Infinity}}}', "estimates.k_dr.internal_value",
+     "finite number"),
+    ('{"estimates": {"k_dr": {"internal_value": -3e-4}}}', "estimates.k_dr.internal_value",
+     "must be >= 0, got -0.0003"),
+    ('{"estimates": {"k_dr": {"internal_value": "3e-4"}}}', "estimates.k_dr.internal_value",
+     "finite number"),
+    ('{"estimates": {"k_drr": {"internal_value": 3e-4}}}', "estimates.k_drr",
+     "unknown parameter (did you mean 'k_dr'"),
+    ('{"estimates": {}}', "estimates", "empty"),
+    ('{"estimates": [1, 2]}', "estimates", "not a calibration file"),
+    ("not json", "estimates", "not a calibration file"),
+]
+
+
+@pytest.mark.parametrize("text,field,problem", BAD_CALIBRATIONS)
+def test_load_calibration_refuses_bad_values(tmp_path, text, field, problem):
+    path = tmp_path / "c.json"
+    path.write_text(text)
+    with pytest.raises(InputError) as e:
+        C.load_calibration(path)
+    msg = str(e.value)
+    assert msg.startswith(f"{path}: {field}: ") and problem in msg and "\n" not in msg, msg
+
+
+def test_load_calibration_checks_the_model_bounds(tmp_path):
+    p = load_model_parameters("human")  # k_dr bounds [1e-6, 1e-2] /day
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"estimates": {"k_dr": {"internal_value": 0.5}}}))
+    assert C.load_calibration(path) == {"k_dr": 0.5}  # no model: only physical checks
+    with pytest.raises(InputError, match=r"estimates.k_dr.internal_value: 0.5 1/day is outside "
+                       r"the bounds of .*human.toml \[1e-06, 0.01\] 1/day"):
+        C.load_calibration(path, p)
+    assert C.load_calibration(None, p) == C.load_calibration()  # the packaged one is in bounds
+
+
+@pytest.mark.parametrize("spec,problem", [
+    ("sample-size=1", "in [2, 100000], got 1"),
+    ("sample-size=0,50", "got 0"),
+    ("sample-size=-5", "got -5"),
+    ("sample-size=50,50", "duplicate sizes"),
+    ("sample-size=abc", "invalid literal"),
+    ("sample-size=1000001", "got 1000001"),
+    ("combo=1", "in [2, 100000], got 1"),
+    ("cycles=3,1000", "cycles must be in [1, 100]"),
+])
+def test_whatif_values_are_validated(spec, problem):
+    from dormancy_model.trials.whatif import parse_whatif
+
+    with pytest.raises(InputError) as e:
+        parse_whatif(spec)
+    msg = str(e.value)
+    assert msg.startswith("--what-if: ") and problem in msg, msg
+
+
+def test_whatif_sample_sizes_parse():
+    from dormancy_model.trials.whatif import parse_whatif
+
+    assert parse_whatif("sample-size=200, 50,100") == ("sample-size", [50, 100, 200])
+    assert parse_whatif("sample-size") == ("sample-size", [50, 100, 200, 400])

@@ -152,7 +152,8 @@ def exact_step(table: H.HazardTable, c: dict, t1, rec_t, switch_size) -> dict:
 
 
 def exact_final(c: dict):
-    status = jnp.where(c["done"], c["status"], STATUS_MAX_EVENTS)
+    # a limit hit earlier (slot overflow) outranks max_events (`status.combine`)
+    status = S.combine(c["status"], jnp.where(c["done"], STATUS_OK, STATUS_MAX_EVENTS))
     final = dict(kind=c["kind"], count=c["count"], a=c["a"], rp=c["rp"],
                  switch_day=c["switch_day"], clearance_day=c["clearance_day"])
     return final, c["records"], status, c["it"]
@@ -480,7 +481,8 @@ def fast_step(table: H.HazardTable, c: dict, t1, rec_t, switch_size, leap_days,
 
 
 def fast_final(c: dict):
-    status = jnp.where(c["done"], c["status"], STATUS_MAX_EVENTS)
+    # a limit hit earlier (slot overflow) outranks max_events (`status.combine`)
+    status = S.combine(c["status"], jnp.where(c["done"], STATUS_OK, STATUS_MAX_EVENTS))
     final = dict(d=c["d"], r=c["r"], class_a=c["class_a"], class_rp=c["class_rp"],
                  clone_kind=c["ckind"], clone_count=c["ccount"], clone_cls=c["ccls"],
                  switch_day=c["switch_day"], clearance_day=c["clearance_day"])

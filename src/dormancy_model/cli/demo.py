@@ -107,12 +107,13 @@ def stage_fit(out: Path, study: Path = STUDY) -> str:
     study folder is absent (an installed package run outside the repository)."""
     if not (Path(study) / "study.toml").is_file():
         return f"skipped: the synthetic study {study} is absent (run from the repository checkout)"
+    from dormancy_model.fitting.estimate import LBFGS, FitOptions
     from dormancy_model.fitting.pipeline import DEFAULT_FREE, run_fit
 
     out = Path(out) / "fit"
-    result, st, _, names = run_fit(
-        study, "mouse", DEFAULT_FREE, starts=4, seed=0, out=out / "fit.json", figures=out,
-        adam_steps=10, lbfgs_steps=20)
+    options = FitOptions(starts=4, seed=0, adam_steps=10, optimizer=LBFGS(steps=20))
+    result, st, _, names = run_fit(study, "mouse", DEFAULT_FREE, options, out=out / "fit.json",
+                                   figures=out)
     est = ", ".join(f"{n} {result.estimate[n]:.3g}" for n in result.names)
     return (f"SYNTHETIC study, {len(st.arms)} arms: nll {result.objective:.2f}, "
             f"{result.n_converged}/{len(result.starts)} starts converged; {est}; "

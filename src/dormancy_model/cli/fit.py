@@ -32,21 +32,29 @@ def fit_cmd(
     gradient descent; writes the fit JSON and figures."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from dormancy_model.errors import InputError, check_seed
+    from dormancy_model.fitting.estimate import LBFGS, FitOptions
     from dormancy_model.fitting.pipeline import run_fit
 
+    for flag, v, low in (("--starts", starts, 1), ("--adam-steps", adam_steps, 0),
+                         ("--lbfgs-steps", lbfgs_steps, 1)):
+        if v < low:
+            raise InputError(flag, flag[2:].replace("-", "_"), f"must be >= {low}, got {v}")
+    check_seed("--seed", "seed", seed)
+    options = FitOptions(starts=starts, seed=seed, adam_steps=adam_steps,
+                         optimizer=LBFGS(steps=lbfgs_steps), prior=prior, profile=profile)
     with Progress(TextColumn("fit"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TextColumn("best nll {task.fields[best]}"), TimeElapsedColumn(),
                   transient=True) as bar:
-        task = bar.add_task("fit", total=adam_steps + lbfgs_steps, best="-")
+        task = bar.add_task("fit", total=options.steps, best="-")
 
         def progress(i, n, f):
             finite = np.asarray(f)[np.isfinite(f)]
             bar.update(task, completed=i, best=f"{finite.min():.3f}" if finite.size else "-")
 
         result, st, fig_dir, names = run_fit(
-            study, model, free, starts=starts, seed=seed, out=out, figures=figures,
-            adam_steps=adam_steps, lbfgs_steps=lbfgs_steps, profile=profile.split(","),
-            prior=prior, arms=[a for a in arms.split(",") if a], progress=progress)
+            study, model, free, options, out=out, figures=figures,
+            arms=[a for a in arms.split(",") if a], progress=progress)
     typer.echo(result.summary())
     typer.echo(f"wrote {out} and {len(names)} figures in {fig_dir}/ "
                f"({result.wall_time_s:.1f} s{', SYNTHETIC study' if st.synthetic else ''})")

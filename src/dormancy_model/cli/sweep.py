@@ -16,6 +16,9 @@ def sweep_cmd(
     workers: int = typer.Option(None, "--workers", help="start a local Dask cluster of N workers"),
     scheduler: str = typer.Option(None, "--scheduler", help="existing Dask scheduler tcp://H:P"),
     chunk: int = typer.Option(None, "--chunk", help="trajectories per chunk (default: spec)"),
+    fresh: bool = typer.Option(False, "--fresh", help="discard an existing store at --out and "
+                               "start afresh (a store is resumed only with the same spec, "
+                               "files and package version)"),
 ):
     """Run a parameter/schedule sweep into a Zarr store (resumable; progress bar with ETA)."""
     from dormancy_model.engine.devices import use_cpu_cores
@@ -29,7 +32,7 @@ def sweep_cmd(
         raise InputError("--chunk", "chunk", f"must be >= 1, got {chunk}")
     typer.echo(describe(s))
     ds = sweep(s, out, chunk=chunk, workers=workers, scheduler=scheduler,
-               progress=sys.stderr.isatty())
+               progress=sys.stderr.isatty(), fresh=fresh)
     bad = int((ds["status"].values != 0).sum())
     typer.echo(f"wrote {out} ({s.size:,} trajectories"
                + (f", {bad} failed: see the status variable" if bad else "") + ")")
@@ -40,7 +43,7 @@ def plot_sweep_cmd(
     out: Path = typer.Option(Path("out/sweep_plots"), "--out", help="output directory"),
 ):
     """Heatmaps (e.g. relapse-free probability over HCQ x EVE dose) and lines over cycles."""
-    from dormancy_model.io import atomic_savefig, prepare_out_dir
+    from dormancy_model.io import atomic_savefig, check_out_dir, output_dir
     from dormancy_model.sweeps.plots import sweep_figures
     from dormancy_model.sweeps.run import open_sweep
 
@@ -48,11 +51,12 @@ def plot_sweep_cmd(
     if not ds.attrs.get("complete"):
         raise InputError(str(store), "store", f"incomplete ({ds.attrs['missing_chunks']} chunks "
                          "missing): rerun `dormancy sweep` with the same spec to finish it")
+    check_out_dir(out)
     figs = sweep_figures(ds)
-    out_dir = prepare_out_dir(out)
-    for name, fig in figs.items():
-        atomic_savefig(fig, out_dir / name, dpi=110)
-    typer.echo(f"wrote {len(figs)} figures to {out_dir}/")
+    with output_dir(out) as tmp:
+        for name, fig in figs.items():
+            atomic_savefig(fig, tmp / name, dpi=110)
+    typer.echo(f"wrote {len(figs)} figures to {out}/")
 
 
 def sensitivity_cmd(
@@ -64,7 +68,7 @@ def sensitivity_cmd(
     from dormancy_model.engine.devices import use_cpu_cores
 
     use_cpu_cores()
-    from dormancy_model.io import atomic_savefig, atomic_write_json, prepare_out_dir
+    from dormancy_model.io import atomic_savefig, atomic_write_json, check_out_dir, output_dir
     from dormancy_model.sweeps.plots import sensitivity_bars
     from dormancy_model.sweeps.sensitivity import model_sensitivity
     from dormancy_model.sweeps.spec import load_sweep_spec
@@ -72,11 +76,13 @@ def sensitivity_cmd(
     s = load_sweep_spec(spec)
     if n is not None and n < 2:
         raise InputError("--n", "n", f"must be >= 2, got {n}")
+    check_out_dir(out)
     res = model_sensitivity(s, n)
-    out_dir = prepare_out_dir(out)
-    atomic_write_json(out_dir / "sobol_indices.json", res)
-    for label in res["outputs"]:
-        atomic_savefig(sensitivity_bars(res, label), out_dir / f"sobol_{label}.png", dpi=110)
+    out_dir = out
+    with output_dir(out) as tmp:
+        atomic_write_json(tmp / "sobol_indices.json", res)
+        for label in res["outputs"]:
+            atomic_savefig(sensitivity_bars(res, label), tmp / f"sobol_{label}.png", dpi=110)
     for label, v in res["outputs"].items():
         top = max(range(len(res["parameters"])), key=lambda i: v["ST"][i])
         typer.echo(f"{label}: largest total index {res['parameters'][top]} "

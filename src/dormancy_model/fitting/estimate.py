@@ -1,7 +1,7 @@
 """`fit`: maximum-likelihood estimates of chosen parameters from a mouse study.
 
-    result = fit(study, params, free=("hcq_ic50", "delta_max", ...), starts=16, seed=0,
-                 options=FitOptions(adam_steps=30, optimizer=LBFGS(steps=60)))
+    result = fit(study, params, free=("hcq_ic50", "delta_max", ...),
+                 options=FitOptions(starts=16, seed=0, adam_steps=30, optimizer=LBFGS(steps=60)))
 
 Pipeline (all starts at once, batched with `jax.vmap` through one compiled objective+gradient,
 see `fit_objective.Objective`; by default each arm is solved on a fixed step grid,
@@ -24,6 +24,7 @@ solver settings are one immutable value, `FitOptions`.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -33,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from dormancy_model import status as S
 from dormancy_model.fitting.objective import Objective
 from dormancy_model.fitting.study import Study
 from dormancy_model.model.integrate import FixedSteps, SolverOptions
@@ -68,6 +70,11 @@ class StartResult:
     converged: bool
     grad_norm: float  # max |d nll / d scale| at the end
     iterations: int
+    status: int = S.OK  # a code of dormancy_model.status: why the objective is not finite
+
+    @property
+    def status_name(self) -> str:
+        return S.name(self.status)
 
 
 @dataclass
@@ -109,6 +116,12 @@ class FitResult:
     @property
     def n_converged(self) -> int:
         return sum(s.converged for s in self.starts)
+
+    @property
+    def status(self) -> int:
+        """The status of the best start (`OK` when its objective is finite; `MISSING` without
+        starts): a code of `dormancy_model.status`."""
+        return self.starts[0].status if self.starts else S.MISSING
 
     def apply(self, params: Parameters) -> Parameters:
         """`params` with the fitted model parameters replaced (nuisance ones ignored)."""
@@ -245,26 +258,46 @@ class LBFGS(eqx.Module):
         return Z, f, g, converged, iters
 
 
+def _names(names) -> tuple:
+    """Parameter names as a tuple of stripped, non-empty strings (a comma-separated string or
+    a sequence)."""
+    if isinstance(names, str):
+        names = names.split(",")
+    return tuple(n.strip() for n in names if n.strip())
+
+
 class FitOptions(eqx.Module):
-    """How `fit` searches (an immutable value; `eqx.tree_at` or a new one to change it).
+    """How `fit` searches (an immutable value; `replace(...)` or a new one to change it).
 
-    `start_method`: "sobol" (scrambled) or "lhs" start points; `adam_steps` optax Adam steps at
-    learning rate `adam_lr` first (0: none); `optimizer`: the local optimiser that follows
-    (`LBFGS`); `profile_points`: grid points per profile likelihood; `solver`: the ODE solver
-    of the objective (`fit_solver_options()`, or an adaptive `SolverOptions`)."""
+    `starts` start points from `seed` (`start_method`: "sobol" (scrambled) or "lhs");
+    `adam_steps` optax Adam steps at learning rate `adam_lr` first (0: none); `optimizer`: the
+    local optimiser that follows (`LBFGS`); `prior`: add the parameter table's weak prior;
+    `profile`: free parameters to profile, `profile_points` grid points per profile likelihood;
+    `solver`: the ODE solver of the objective (`fit_solver_options()`, or an adaptive
+    `SolverOptions`)."""
 
+    starts: int = eqx.field(static=True, default=16)
+    seed: int = eqx.field(static=True, default=0)
     start_method: str = eqx.field(static=True, default="sobol")
     adam_steps: int = eqx.field(static=True, default=30)
     adam_lr: float = eqx.field(static=True, default=0.1)
     optimizer: LBFGS = LBFGS()
+    prior: bool = eqx.field(static=True, default=False)
+    profile: tuple = eqx.field(static=True, default=(), converter=_names)
     profile_points: int = eqx.field(static=True, default=7)
     solver: FixedSteps | SolverOptions = eqx.field(default_factory=fit_solver_options)
 
     def __check_init__(self):
         if self.start_method not in ("sobol", "lhs"):
             raise ValueError(f"unknown start method {self.start_method!r} (sobol, lhs)")
+        if self.starts < 1 or self.seed < 0:
+            raise ValueError("FitOptions needs starts >= 1 and seed >= 0")
         if self.adam_steps < 0 or self.profile_points < 2:
             raise ValueError("FitOptions needs adam_steps >= 0 and profile_points >= 2")
+
+    def replace(self, **changes) -> FitOptions:
+        """A copy with the given fields changed (e.g. `options.replace(starts=4)`)."""
+        return dataclasses.replace(self, **changes)
 
     @property
     def steps(self) -> int:
@@ -276,14 +309,14 @@ def minimise(obj: Objective, Z0, options: FitOptions, *, fixed=None, progress=No
     """Batched minimisation from rows of Z0 (unconstrained): `options.adam_steps` of optax Adam
     (vmapped over points), then `options.optimizer` from each point's best Adam iterate.
     `fixed` (n, d) bool keeps components at their initial value (profiles). Returns a dict of
-    arrays."""
+    arrays (`status`: each point's code of `dormancy_model.status`)."""
     Z = np.array(Z0, float)
     n, d = Z.shape
     fixed = np.zeros((n, d), bool) if fixed is None else np.asarray(fixed, bool)
     free = ~fixed
-    f, g, _, _ = obj.evaluate(Z)
+    f, g, _, _, st = obj.evaluate_status(Z)
     g = g * free
-    best_f, best_Z = f.copy(), Z.copy()
+    best_f, best_Z, best_st = f.copy(), Z.copy(), st
     total = options.steps
     tick = progress or (lambda i, total, f: None)
     # ---- Adam (optax), vmapped over points
@@ -294,19 +327,23 @@ def minimise(obj: Objective, Z0, options: FitOptions, *, fixed=None, progress=No
         ok = np.isfinite(f)
         u, state = update(jnp.asarray(np.where(ok[:, None], g, 0.0)), state, jnp.asarray(Z))
         Z = np.where(free, Z + np.asarray(u), Z)
-        f, g, _, _ = obj.evaluate(Z)
+        f, g, _, _, st = obj.evaluate_status(Z)
         g = g * free
         better = f < best_f
         best_f = np.where(better, f, best_f)
         best_Z = np.where(better[:, None], Z, best_Z)
+        best_st = np.where(better, st, best_st)
         tick(it + 1, total, best_f)
     # ---- the local optimiser from the best Adam point
     Z, f, g, converged, iters = options.optimizer.minimise(
         obj, best_Z, free, lambda i, t, fz: tick(i, t, np.minimum(best_f, fz)),
         options.adam_steps)
     gmax_scale = np.max(np.abs(g * obj.dz_ds(Z)) * free, axis=1)
+    # a point whose best Adam value is not finite never moves in the optimiser (it only takes
+    # finite steps), so the status of its best Adam point is its final status
+    status = np.where(np.isfinite(f), S.OK, np.where(best_st == S.OK, S.NONFINITE, best_st))
     return dict(Z=Z, f=f, converged=converged & np.isfinite(f), grad=gmax_scale,
-                iterations=iters + options.adam_steps)
+                iterations=iters + options.adam_steps, status=status)
 
 
 def hessian_scale(obj: Objective, s, h: float = 1e-4) -> np.ndarray:
@@ -342,8 +379,8 @@ def profiles_for(obj: Objective, names, s_best, se, options: FitOptions, *,
             meta.append((name, v))
     if not rows:
         return {}
-    res = minimise(obj, obj.scale_to_z(np.array(rows)), eqx.tree_at(
-        lambda o: o.adam_steps, options, 0), fixed=np.array(fixed))
+    res = minimise(obj, obj.scale_to_z(np.array(rows)), options.replace(adam_steps=0),
+                   fixed=np.array(fixed))
     out = {}
     f_best = None
     for name in names:
@@ -372,18 +409,23 @@ def _lr_interval(sv, fv, f_min, code):
     return conv(lo), conv(hi)
 
 
-def fit(study: Study, params: Parameters, free, *, starts: int = 16, seed: int = 0,
-        options: FitOptions = FitOptions(), prior: bool = False, sigma: float = 0.5,
-        profile=(), objective: Objective | None = None, progress=None) -> FitResult:
+def fit(study: Study, params: Parameters, free, *, options: FitOptions = FitOptions(),
+        starts: int | None = None, seed: int | None = None, prior: bool | None = None,
+        profile=None, sigma: float = 0.5, objective: Objective | None = None,
+        progress=None) -> FitResult:
     """Fit `free` parameters (names; `burden_sigma` is the log-normal noise sd) to `study`.
 
-    `params`: the full parameter set supplying every fixed value. `starts` start points from
-    `seed`; `options`: how to search (`FitOptions`: start method, Adam, the optimiser, profile
-    grid, ODE solver). `prior`: add the parameter table's weak prior; `sigma`: the noise sd
-    when `burden_sigma` is not free; `profile`: free parameters to profile. `objective`: reuse
-    an `Objective` built for the same study/free/batch/solver (skips recompiling).
-    `progress(i, n, f)`: called after every iteration with the best objective per start.
+    `params`: the full parameter set supplying every fixed value. `options`: how to search
+    (`FitOptions`: starts and seed, start method, Adam, the optimiser, prior, profiles, ODE
+    solver); `starts`, `seed`, `prior`, `profile` given here replace those of `options`
+    (`fit(..., starts=4)` is `fit(..., options=options.replace(starts=4))`). `sigma`: the noise
+    sd when `burden_sigma` is not free. `objective`: reuse an `Objective` built for the same
+    study/free/batch/solver/prior (skips recompiling). `progress(i, n, f)`: called after every
+    iteration with the best objective per start.
     """
+    given = dict(starts=starts, seed=seed, prior=prior, profile=profile)
+    options = options.replace(**{k: v for k, v in given.items() if v is not None})
+    starts, seed, prior, profile = options.starts, options.seed, options.prior, options.profile
     t0 = time.perf_counter()
     obj = objective or Objective(study, params, free, batch=fit_batch(starts),
                                  options=options.solver, prior=prior, sigma=sigma)
@@ -395,7 +437,7 @@ def fit(study: Study, params: Parameters, free, *, starts: int = 16, seed: int =
     nat = lambda s: dict(zip(obj.names, map(float, obj.natural(s)), strict=True))  # noqa: E731
     start_rows = [StartResult(int(i), nat(S0[i]), nat(S[i]), float(res["f"][i]),
                               bool(res["converged"][i]), float(res["grad"][i]),
-                              int(res["iterations"][i])) for i in order]
+                              int(res["iterations"][i]), int(res["status"][i])) for i in order]
     best = S[order[0]]
     f_best, _, lb, lr = obj.evaluate(obj.scale_to_z(best[None]))
     H = hessian_scale(obj, best)

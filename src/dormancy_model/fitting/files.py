@@ -1,28 +1,39 @@
 """Fit JSON files: write (atomically) and read; apply a fit's estimates to a parameter set.
 
 The file holds the estimates (file units and internal units, SEs in scale space, 95% CIs), the
-objective and AIC, every start sorted by objective, profiles, the study's data hash, the package
-version, the settings and the seed. `apply_fit(params, path)` is what
+objective and AIC, every start sorted by objective (with its convergence flag and status name),
+profiles, the study's data hash, the package version, the settings and the seed. `status` (and
+`status_code`) is the status of the best start by name from `dormancy_model.status` ("ok" when
+its objective is finite); `read_fit` reads files written before it as "ok".
+`model_set` records the parameter set's name and species, so that a fit is never applied to
+another model. The reader (`read_fit`, `apply_fit`) is `params.fitfile`, below this package,
+so that sweeps can draw from a fit too; `apply_fit(params, path)` is what
 `dormancy simulate --params fits/NAME.json` uses.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import math
 from pathlib import Path
 
-from dormancy_model.errors import InputError, suggest
+from dormancy_model import status as S
 from dormancy_model.io import atomic_write_json
-from dormancy_model.params.table import Parameters
-
-FORMAT = "dormancy-fit/1"
+from dormancy_model.params.fitfile import FORMAT, apply_fit, read_fit  # noqa: F401 (re-export)
 
 
-def fit_to_json(result, study, model_path: str) -> dict:
-    """A JSON-serialisable dict of a `FitResult` for a `Study`."""
+def fit_to_json(result, study, model_path: str, params=None) -> dict:
+    """A JSON-serialisable dict of a `FitResult` for a `Study`; `params`: the parameter set
+    fitted (default: loaded from `model_path` when it can be), recorded as `model_set`."""
     from dormancy_model._version import __version__
+    from dormancy_model.errors import InputError
+    from dormancy_model.params.table import load_model_parameters
+
+    if params is None:
+        try:
+            params = load_model_parameters(model_path)
+        except InputError:
+            params = None
 
     est = {}
     for n, scale, unit, factor in zip(result.names, result.scales, result.units,
@@ -33,8 +44,9 @@ def fit_to_json(result, study, model_path: str) -> dict:
             ci95_low=_num(result.ci_low[n] / factor), ci95_high=_num(result.ci_high[n] / factor),
             identifiable=result.identifiable[n])
     starts = [dict(start=s.start, objective=_num(s.objective), converged=s.converged,
-                   grad_norm=_num(s.grad_norm), iterations=s.iterations, initial=s.initial,
-                   estimate=s.estimate) for s in result.starts]
+                   status=S.name(s.status), grad_norm=_num(s.grad_norm),
+                   iterations=s.iterations, initial=s.initial, estimate=s.estimate)
+              for s in result.starts]
     profiles = {k: dict(values=p.values, scale_values=p.scale_values,
                         objective=[_num(x) for x in p.objective], lr_ci95_low=p.ci_low,
                         lr_ci95_high=p.ci_high) for k, p in result.profiles.items()}
@@ -46,6 +58,10 @@ def fit_to_json(result, study, model_path: str) -> dict:
                       synthetic=study.synthetic, arms=list(study.arm_names),
                       body_weight_kg=study.body_weight_kg),
         "model": str(model_path),
+        "model_set": (None if params is None
+                      else dict(name=params.name, species=params.species)),
+        "status": S.name(result.status),
+        "status_code": int(result.status),
         "seed": result.seed,
         "settings": result.settings,
         "objective": dict(nll=result.objective, loglik_burden=result.loglik_burden,
@@ -67,45 +83,7 @@ def _num(x):
     return x if math.isfinite(x) else None
 
 
-def write_fit(path: str | Path, result, study, model_path: str) -> dict:
-    doc = fit_to_json(result, study, model_path)
+def write_fit(path: str | Path, result, study, model_path: str, params=None) -> dict:
+    doc = fit_to_json(result, study, model_path, params)
     atomic_write_json(path, doc)
     return doc
-
-
-def read_fit(path: str | Path) -> dict:
-    src = str(path)
-    try:
-        doc = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise InputError(src, "file", "not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(src, "file", f"not a fit JSON file: {e}") from None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise InputError(src, "format", f"expected {FORMAT!r} (written by `dormancy fit`)")
-    est = doc.get("estimates")
-    if not isinstance(est, dict) or not est:
-        raise InputError(src, "estimates", "missing or empty")
-    for n, e in est.items():
-        v = e.get("internal_value") if isinstance(e, dict) else None
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise InputError(src, f"estimates.{n}.internal_value", "missing or not a number")
-    return doc
-
-
-def apply_fit(params: Parameters, path: str | Path) -> Parameters:
-    """`params` with every fitted model parameter of the fit JSON at `path` replaced (nuisance
-    parameters such as burden_sigma are skipped). Values must lie inside the bounds."""
-    src = str(path)
-    doc = read_fit(path)
-    upd = {}
-    for n, e in doc["estimates"].items():
-        if n == "burden_sigma":
-            continue
-        if n not in params.spec:
-            raise InputError(src, f"estimates.{n}",
-                             f"not a parameter of {params.name}{suggest(n, params.spec)}")
-        upd[n] = float(e["internal_value"])
-    new = params.replace(**upd)
-    new.check_bounds(src)
-    return new

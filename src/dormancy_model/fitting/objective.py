@@ -9,9 +9,10 @@ Each free parameter lives in three spaces:
   every z is inside the bounds (optimisers work here).
 
 `Objective.evaluate(Z)` returns negative log-likelihoods, gradients with respect to z and the two
-likelihood parts for a batch of points. It is one `jax.jit(jax.vmap(jax.value_and_grad(...)))`
-compiled for a fixed batch size; smaller batches are padded and larger ones chunked, so a fit
-(starts, Hessian, profiles) compiles the ODE gradient once.
+likelihood parts for a batch of points (`evaluate_status` adds each point's status code). It is
+one `jax.jit(jax.vmap(jax.value_and_grad(...)))` compiled for a fixed batch size; smaller batches
+are padded and larger ones chunked, so a fit (starts, Hessian, profiles) compiles the ODE gradient
+once.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dormancy_model import status as S
 from dormancy_model.errors import InputError, suggest
 from dormancy_model.fitting.likelihood import joint_loglik, log_prior
 from dormancy_model.fitting.study import Study, study_arrays
@@ -180,6 +182,12 @@ class Objective:
     # --------------------------------------------------------------- evaluation
     def evaluate(self, Z):
         """(nll (n,), grad wrt z (n, d), burden loglik (n,), relapse loglik (n,)) as numpy."""
+        return self.evaluate_status(Z)[:4]
+
+    def evaluate_status(self, Z):
+        """`evaluate` and the status of each point (n,): a code of `dormancy_model.status`,
+        the solver's where a solve failed, `NONFINITE` where the nll is not finite otherwise,
+        `OK` where the nll (then finite) is usable."""
         Z = np.atleast_2d(np.asarray(Z, float))
         n, B = Z.shape[0], self.batch
         outs = []
@@ -188,13 +196,14 @@ class Objective:
             m = chunk.shape[0]
             if m < B:
                 chunk = np.concatenate([chunk, np.repeat(chunk[:1], B - m, axis=0)])
-            (f, (lb, lr, _)), g = _batched_value_and_grad(self.data, jnp.asarray(chunk))
+            (f, (lb, lr, st)), g = _batched_value_and_grad(self.data, jnp.asarray(chunk))
             self.n_evaluations += m
             outs.append((np.asarray(f)[:m], np.asarray(g)[:m], np.asarray(lb)[:m],
-                         np.asarray(lr)[:m]))
-        f, g, lb, lr = (np.concatenate(x) for x in zip(*outs, strict=True))
+                         np.asarray(lr)[:m], np.asarray(st)[:m]))
+        f, g, lb, lr, st = (np.concatenate(x) for x in zip(*outs, strict=True))
         g = np.where(np.isfinite(g), g, 0.0)
-        return f, g, lb, lr
+        st = np.where((st == S.OK) & ~np.isfinite(f), S.NONFINITE, st).astype(int)
+        return f, g, lb, lr, st
 
     def evaluate_scale(self, S):
         """(nll, gradient with respect to the scale values) at scale points S (n, d)."""

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dormancy_model.errors import InputError
+from dormancy_model.errors import InputError, check_seed
 
 DEFAULT_FREE = "dormant_initial,k_dr,delta_max,hcq_ic50,eve_ic50,burden_sigma"
 
@@ -50,21 +50,21 @@ def write_fit_figures(result, study, params, fig_dir: Path) -> list[str]:
     return list(figs)
 
 
-def run_fit(study_path, model_path, free, *, starts, seed, out, figures=None, adam_steps=30,
-            lbfgs_steps=60, profile=(), prior=False, arms=None, progress=None):
+def run_fit(study_path, model_path, free, options=None, *, out, figures=None, arms=None,
+            progress=None):
     """Load, validate, fit, write `out` (JSON) and figures (default directory: `out` without
     .json). `study_path`: a study directory; `model_path`: a parameter set name or file; `free`:
-    names (a list or a comma-separated string). Returns (result, study, fig_dir, fig names)."""
-    from dormancy_model.fitting.estimate import LBFGS, FitOptions, fit, fit_batch
+    names (a list or a comma-separated string); `options`: the search (`FitOptions`: starts,
+    seed, Adam and L-BFGS steps, prior, profiles, solver; default `FitOptions()`); `arms`: fit
+    only these arms. Returns (result, study, fig_dir, fig names)."""
+    from dormancy_model.fitting.estimate import FitOptions, fit, fit_batch
     from dormancy_model.fitting.files import write_fit
     from dormancy_model.fitting.objective import Objective
     from dormancy_model.fitting.study import load_study
     from dormancy_model.params.table import load_model_parameters
 
-    if starts < 1:
-        raise InputError("--starts", "starts", f"must be >= 1, got {starts}")
-    if adam_steps < 0 or lbfgs_steps < 1:
-        raise InputError("--lbfgs-steps", "steps", "adam steps >= 0 and lbfgs steps >= 1")
+    options = FitOptions() if options is None else options
+    check_seed("--seed", "seed", options.seed)
     study = load_study(study_path)
     if arms:
         study = study.subset(list(arms), source="--arms")
@@ -72,24 +72,33 @@ def run_fit(study_path, model_path, free, *, starts, seed, out, figures=None, ad
     if params.species != study.species:
         raise InputError(str(model_path), "meta.species",
                          f"{params.species!r} does not match the study's {study.species!r}")
+    bw_spec = params.spec["body_weight"]
+    lo, hi = bw_spec.bounds
+    if not lo * (1 - 1e-12) <= study.body_weight_kg <= hi * (1 + 1e-12):
+        raise InputError(str(Path(study.path) / "study.toml"), "study.body_weight_g",
+                         f"{study.body_weight_kg * 1000:g} g is outside the body_weight bounds "
+                         f"of {model_path} [{bw_spec.in_file_unit(lo):g}, "
+                         f"{bw_spec.in_file_unit(hi):g}] {bw_spec.unit}")
     free = tuple(n.strip() for n in free) if not isinstance(free, str) else tuple(
         n.strip() for n in free.split(",") if n.strip())
-    profile = tuple(n.strip() for n in profile if n.strip())
-    for n in profile:
+    for n in options.profile:
         if n not in free:
             raise InputError("--profile", "profile", f"{n!r} is not among --free")
     out = Path(out)
     if out.suffix != ".json":
         raise InputError(str(out), "--out", "must be a .json file path")
     fig_dir = Path(figures) if figures else out.with_suffix("")
-    from dormancy_model.io import prepare_out_dir
+    from dormancy_model.io import check_out_dir, output_dir
 
-    options = FitOptions(adam_steps=adam_steps, optimizer=LBFGS(steps=lbfgs_steps))
-    obj = Objective(study, params, free, batch=fit_batch(starts), options=options.solver,
-                    prior=prior)  # validates the free names before any work or output
-    prepare_out_dir(out.parent)
-    result = fit(study, params, free, starts=starts, seed=seed, options=options,
-                 profile=profile, prior=prior, objective=obj, progress=progress)
-    write_fit(out, result, study, str(model_path))
-    names = write_fit_figures(result, study, params, prepare_out_dir(fig_dir, "--figures"))
+    check_out_dir(out.parent)
+    check_out_dir(fig_dir, "--figures")
+
+    obj = Objective(study, params, free, batch=fit_batch(options.starts), options=options.solver,
+                    prior=options.prior)  # validates the free names before any work or output
+    result = fit(study, params, free, options=options, objective=obj, progress=progress)
+    # nothing is written before the fit succeeds; the figures appear all at once, then the JSON
+    with output_dir(fig_dir, "--figures") as tmp:
+        names = write_fit_figures(result, study, params, tmp)
+        out.parent.mkdir(parents=True, exist_ok=True)
+    write_fit(out, result, study, str(model_path), params)
     return result, study, fig_dir, names

@@ -22,9 +22,12 @@ Formats (a study is a directory holding the three files):
   (default 1). ``residual_cells`` is the count seen in the sample (cells, or cells per sampled
   volume when ``sampled_fraction`` < 1, the model then predicts ``sampled_fraction`` x residual);
   a count below ``detection_limit`` (same unit) is treated as censored: "below the limit".
+  A ``mouse_id`` belongs to one arm and has at most one count per day.
 * ``survival.csv``: ``mouse_id, arm, day, event`` with event 1 = relapse observed at ``day``,
   0 = relapse-free when last seen at ``day`` (right-censored).
 
+Files are UTF-8 (a byte-order mark is ignored). The study's ``body_weight_g`` must be plausible
+for its species (`units.BODY_WEIGHT_KG`) and, in a fit, within the model's body_weight bounds.
 Days count from the first treatment day (day 0 of every schedule). Every error names the file,
 the line and the column. `study_arrays` pads the per-arm rows to a common length with masks and
 maps every day onto one shared time grid, so the whole study is one compiled function whatever
@@ -49,6 +52,7 @@ from dormancy_model.errors import InputError, suggest
 from dormancy_model.pk.closed_form import DoseEvents, Dosing
 from dormancy_model.pk.presets import get_schedule
 from dormancy_model.pk.schedule import Schedule
+from dormancy_model.units import body_weight_problem
 
 BURDEN_COLUMNS = ("mouse_id", "arm", "day", "residual_cells", "detection_limit")
 BURDEN_OPTIONAL = ("sampled_fraction",)
@@ -134,11 +138,18 @@ class Study:
 # ----------------------------------------------------------------------------- reading
 
 
+def _csv_cells(src, no, line) -> list[str]:
+    try:
+        return next(csv.reader([line]))
+    except csv.Error as e:
+        raise InputError(f"{src}:{no}", "row", f"cannot be read as CSV: {e}") from None
+
+
 def _read_csv(path: Path, required, optional=()):
     """(header, [(line_number, {column: text})]) with comment lines skipped."""
     src = str(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is not part of the text
     except FileNotFoundError:
         raise InputError(src, "file", "not found") from None
     except (OSError, UnicodeDecodeError) as e:
@@ -148,7 +159,7 @@ def _read_csv(path: Path, required, optional=()):
     if not lines:
         raise InputError(src, "file", "empty (needs a header line and at least one row)")
     header_no, header_line = lines[0]
-    header = [h.strip() for h in next(csv.reader([header_line]))]
+    header = [h.strip() for h in _csv_cells(src, header_no, header_line)]
     for col in required:
         if col not in header:
             raise InputError(f"{src}:{header_no}", col, "missing column "
@@ -161,7 +172,7 @@ def _read_csv(path: Path, required, optional=()):
         raise InputError(f"{src}:{header_no}", "header", "duplicate column name")
     rows = []
     for no, ln in lines[1:]:
-        cells = [c.strip() for c in next(csv.reader([ln]))]
+        cells = [c.strip() for c in _csv_cells(src, no, ln)]
         if len(cells) != len(header):
             raise InputError(f"{src}:{no}", "row",
                              f"has {len(cells)} fields, the header has {len(header)}")
@@ -197,9 +208,19 @@ def _read_burden(path: Path, arm_names) -> BurdenRows:
     src = str(path)
     out = {k: [] for k in ("mouse_id", "arm", "day", "cells", "detection_limit",
                            "sampled_fraction")}
+    seen = {}  # mouse_id -> (line, arm, day) of its first row
     for no, r in _read_csv(path, BURDEN_COLUMNS, BURDEN_OPTIONAL):
         if not r["mouse_id"]:
             raise InputError(f"{src}:{no}", "mouse_id", "empty")
+        arm, day = r["arm"], _num(src, no, "day", r["day"], minimum=0.0)
+        first = seen.setdefault(r["mouse_id"], (no, arm, {}))
+        if first[0] != no and first[1] != arm:
+            raise InputError(f"{src}:{no}", "mouse_id", f"mouse {r['mouse_id']!r} is in arm "
+                             f"{first[1]!r} on line {first[0]}: one arm per mouse")
+        if day in first[2]:
+            raise InputError(f"{src}:{no}", "mouse_id", f"mouse {r['mouse_id']!r} already has "
+                             f"a count on day {day:g} (line {first[2][day]})")
+        first[2][day] = no
         out["mouse_id"].append(r["mouse_id"])
         out["arm"].append(_arm_index(src, no, r["arm"], arm_names))
         out["day"].append(_num(src, no, "day", r["day"], minimum=0.0))
@@ -245,7 +266,7 @@ def load_study(path: str | Path) -> Study:
     src = str(toml_path)
     try:
         raw = toml_path.read_bytes()
-        doc = tomllib.loads(raw.decode())
+        doc = tomllib.loads(raw.decode("utf-8-sig"))
     except FileNotFoundError:
         raise InputError(src, "file", "not found (a study directory needs study.toml)") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
@@ -261,8 +282,11 @@ def load_study(path: str | Path) -> Study:
             raise InputError(src, f"study.{k}", f"unknown field{suggest(k, STUDY_FIELDS)}")
     species = str(meta.get("species", "mouse"))
     bw = meta.get("body_weight_g", 25.0)
-    if isinstance(bw, bool) or not isinstance(bw, (int, float)) or not 0 < bw < 1000:
+    if isinstance(bw, bool) or not isinstance(bw, (int, float)) or not 0 < bw < 1e6:
         raise InputError(src, "study.body_weight_g", f"must be a weight in grams, got {bw!r}")
+    problem = body_weight_problem(species, bw / 1000.0)
+    if problem:
+        raise InputError(src, "study.body_weight_g", f"{bw:g} g: {problem}")
     arms_doc = doc.get("arms")
     if not isinstance(arms_doc, dict) or not arms_doc:
         raise InputError(src, "arms", "missing: define one [arms.NAME] table per arm")
@@ -278,7 +302,7 @@ def load_study(path: str | Path) -> Study:
         if ref.endswith(".toml") and not Path(ref).is_absolute():
             target = str(root / ref)
         try:
-            sched = get_schedule(target)
+            sched = get_schedule(target, species=species)
         except InputError as e:
             raise InputError(src, f"arms.{name}.schedule", e.problem) from None
         arms.append(Arm(name, sched, ref))

@@ -20,7 +20,7 @@ import numpy as np
 from dormancy_model.errors import InputError, suggest
 from dormancy_model.io import read_toml
 from dormancy_model.params.transforms import SCALES
-from dormancy_model.units import UNITS
+from dormancy_model.units import UNITS, body_weight_problem
 
 # name -> internal unit. Every parameter file must define exactly these names.
 REGISTRY: dict[str, str] = {
@@ -42,6 +42,42 @@ REGISTRY: dict[str, str] = {
     "dormant_initial": "cells", "reactivating_initial": "cells", "proliferating_initial": "cells",
     "body_weight": "kg",
 }
+
+# Physical limits, enforced whatever bounds a file declares (value and both bounds): every
+# parameter is a non-negative quantity; these are fractions in [0, 1]; these must be > 0
+# (they divide); body_weight must be plausible for the file's species (units.BODY_WEIGHT_KG).
+FRACTIONS = ("eve_f", "hcq_f", "eve_imax", "hcq_imax", "aspirate_fraction")
+STRICTLY_POSITIVE = ("eve_v1", "eve_v2", "hcq_v1", "hcq_v2", "eve_ic50", "hcq_ic50",
+                     "mtor_k", "deficit_k", "detection_size")
+
+
+def physical_problem(name: str, internal_value: float, species: str) -> str | None:
+    """Why an internal value is physically impossible for parameter `name`, or None."""
+    v = internal_value
+    if not math.isfinite(v):
+        return "not a finite number"
+    if name == "body_weight":
+        return body_weight_problem(species, v)
+    if name in FRACTIONS and not 0 <= v <= 1:
+        return "a fraction must be in [0, 1]"
+    if name in STRICTLY_POSITIVE and not v > 0:
+        return "must be > 0"
+    if v < 0:
+        unit = REGISTRY.get(name, "1")
+        what = {"1/day": "a rate", "day": "a time", "L": "a volume", "L/day": "a clearance",
+                "ng/mL": "a concentration", "cells": "a cell count"}.get(unit, "it")
+        return f"{what} must be >= 0"
+    return None
+
+
+def _check_physical(path: str, specs, species: str) -> None:
+    for s in specs:
+        for what, v in (("value", s.value), ("bounds", s.bounds[0]), ("bounds", s.bounds[1])):
+            problem = physical_problem(s.name, v, species)
+            if problem:
+                _fail(path, f"parameters.{s.name}.{what}",
+                      f"{s.in_file_unit(v):g} {s.unit}: {problem}")
+
 
 PK_SCALED = ("eve_cl", "eve_v1", "eve_q", "eve_v2", "hcq_cl", "hcq_v1", "hcq_q", "hcq_v2")
 
@@ -208,6 +244,8 @@ def load_parameters(path: str | Path, dtype=None) -> Parameters:
     path = str(path)
     doc, _ = read_toml(path)
     meta = doc.get("meta", {})
+    if not isinstance(meta, dict):
+        _fail(path, "meta", "must be a table")
     for k in doc:
         if k not in ("meta", "parameters"):
             _fail(path, k, f"unknown table{suggest(k, ['meta', 'parameters'])}")
@@ -227,6 +265,7 @@ def load_parameters(path: str | Path, dtype=None) -> Parameters:
     for s in specs:
         if s.per_kg and s.name not in PK_SCALED:
             _fail(path, f"parameters.{s.name}.unit", "only PK volumes and clearances may be per kg")
+    _check_physical(path, specs, str(meta.get("species", "unknown")))
     dtype = dtype or jnp.result_type(float)
     values = {s.name: jnp.asarray(s.value, dtype=dtype) for s in specs}
     p = Parameters(values, specs, str(meta.get("name", Path(path).stem)),

@@ -67,12 +67,14 @@ for _dur, _weeks in MOUSE_DURATIONS.items():
                                f"mouse HCQ {_h:g} + EVE {_e:g} mg/kg, {_dur}")
 
 
-def get_schedule(name_or_path: str, cycles: int | None = None) -> Schedule:
-    """A preset by name, or a schedule TOML file by path; `cycles` overrides the cycle count."""
+def get_schedule(name_or_path: str, cycles: int | None = None,
+                 species: str | None = None) -> Schedule:
+    """A preset by name, or a schedule TOML file by path; `cycles` overrides the cycle count;
+    `species` (of the model) sets a file's default dose unit and body-weight range."""
     if name_or_path in PRESETS:
         sched = PRESETS[name_or_path]
     elif name_or_path.endswith(".toml") or Path(name_or_path).exists():
-        sched = load_schedule(name_or_path)
+        sched = load_schedule(name_or_path, species)
     else:
         raise InputError("--schedule", "schedule",
                          f"unknown preset {name_or_path!r}{suggest(name_or_path, PRESETS)}; "

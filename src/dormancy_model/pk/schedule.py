@@ -17,12 +17,24 @@ import numpy as np
 
 from dormancy_model.errors import InputError, suggest
 from dormancy_model.io import read_toml
+from dormancy_model.units import body_weight_problem
 
 DRUGS = ("hcq", "eve")
 DRUG_NAMES = {"hcq": "HCQ", "eve": "EVE"}
 ROUTES = ("oral", "iv")
 FREQUENCIES = {"QD": 24.0, "BID": 12.0, "TID": 8.0, "QID": 6.0, "QW": 168.0, "Q2D": 48.0}
 DOSE_UNITS = ("mg", "mg/kg")
+# The dose unit of a line that gives none, by the species of the model it is used with: human
+# doses are prescribed in mg, mouse doses in mg/kg. With another species it must be written.
+# With no species (library calls) it is mg.
+DEFAULT_UNIT = {"human": "mg", "mouse": "mg/kg", None: "mg"}
+
+# Physical and practical limits of a schedule file.
+MIN_INTERVAL_HOURS = 1.0  # shorter only with `allow_short_intervals = true`
+MAX_DOSES = 1_000_000  # per schedule, all lines together
+MAX_CYCLES = 1000
+MAX_CYCLE_DAYS = 366
+MAX_TREATMENT_DAYS = 100 * 365.25  # start_day + cycles x cycle_days
 
 
 @dataclass(frozen=True)
@@ -107,9 +119,17 @@ class Schedule:
         return self.lines[0].cycle_days if self.lines else 28
 
     def with_cycles(self, cycles: int) -> Schedule:
-        if cycles < 1:
-            raise InputError("--cycles", "cycles", f"must be >= 1, got {cycles}")
+        if not 1 <= cycles <= MAX_CYCLES:
+            raise InputError("--cycles", "cycles", f"must be in [1, {MAX_CYCLES}], got {cycles}")
         lines = tuple(dataclasses.replace(ln, cycles=int(cycles)) for ln in self.lines)
+        for ln in lines:
+            if ln.end_day > MAX_TREATMENT_DAYS:
+                raise InputError("--cycles", "cycles", f"{cycles} cycles of {ln.cycle_days} days "
+                                 f"end after day {MAX_TREATMENT_DAYS:g} (100 years)")
+        n = sum(_dose_count_bound(ln) for ln in lines)
+        if n > MAX_DOSES:
+            raise InputError("--cycles", "cycles", f"{cycles} cycles give about {n:,} doses, "
+                             f"more than {MAX_DOSES:,}")
         return dataclasses.replace(self, lines=lines)
 
     def scaled(self, drug: str, factor: float) -> Schedule:
@@ -152,6 +172,11 @@ class Schedule:
 # ----------------------------------------------------------------------------- parsing
 
 
+def _dose_count_bound(line: DoseLine) -> int:
+    """An upper bound of the doses a line gives (before days_on), without expanding it."""
+    return int(line.cycles * line.cycle_days * 24.0 / line.interval_hours) + 1
+
+
 def _parse_days(src, field, value, cycle_days):
     if isinstance(value, str):
         days = []
@@ -161,12 +186,18 @@ def _parse_days(src, field, value, cycle_days):
             try:
                 if "-" in part:
                     a, b = part.split("-")
-                    days.extend(range(int(a), int(b) + 1))
+                    a, b = int(a), int(b)
                 else:
-                    days.append(int(part))
+                    a = b = int(part)
             except ValueError:
                 raise InputError(src, field, f"cannot read day range {value!r} "
                                  "(use e.g. \"1-21\" or [1, 2, 3])") from None
+            for d in (a, max(a, min(b, cycle_days + 1))):  # the first day outside, if any
+                if d < 1 or d > cycle_days:
+                    raise InputError(src, field, f"day {d} is outside the {cycle_days}-day cycle")
+            if b < a:
+                raise InputError(src, field, f"reversed range {part!r} (write {b}-{a})")
+            days.extend(range(a, b + 1))
     elif isinstance(value, list) and all(isinstance(d, int) and not isinstance(d, bool)
                                          for d in value):
         days = list(value)
@@ -181,8 +212,9 @@ def _parse_days(src, field, value, cycle_days):
 
 
 def _number(src, field, value, *, positive=True, integer=False, allow_zero=False):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InputError(src, field, f"must be a number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(
+            float(value) if abs(value) < 1e300 else math.inf):
+        raise InputError(src, field, f"must be a finite number, got {value!r}")
     if integer and int(value) != value:
         raise InputError(src, field, f"must be a whole number, got {value!r}")
     if positive and (value < 0 or (value == 0 and not allow_zero)):
@@ -192,10 +224,18 @@ def _number(src, field, value, *, positive=True, integer=False, allow_zero=False
 
 LINE_FIELDS = {"drug", "amount", "unit", "route", "frequency", "interval_hours", "days_on",
                "cycle_days", "cycles", "start_day", "first_dose_hour"}
-TOP_FIELDS = {"name", "description", "body_weight_kg", "defaults", "dose"}
+TOP_FIELDS = {"name", "description", "body_weight_kg", "defaults", "dose",
+              "allow_short_intervals"}
 
 
-def parse_schedule(doc: dict, src: str) -> Schedule:
+def parse_schedule(doc: dict, src: str, species: str | None = None) -> Schedule:
+    """A validated `Schedule` from a TOML document, or one-line InputError naming `src`.
+
+    `species` (of the model the schedule is used with) sets the default dose unit
+    (`DEFAULT_UNIT`) and the plausible range of `body_weight_kg` (`units.BODY_WEIGHT_KG`).
+    """
+    if not isinstance(doc, dict):
+        raise InputError(src, "file", "must be a TOML table")
     for k in doc:
         if k not in TOP_FIELDS:
             raise InputError(src, k, f"unknown field{suggest(k, TOP_FIELDS)}")
@@ -208,9 +248,17 @@ def parse_schedule(doc: dict, src: str) -> Schedule:
     doses = doc.get("dose", [])
     if not isinstance(doses, list):
         raise InputError(src, "dose", "must be an array of tables ([[dose]])")
+    allow_short = doc.get("allow_short_intervals", False)
+    if not isinstance(allow_short, bool):
+        raise InputError(src, "allow_short_intervals", f"must be true or false, got "
+                         f"{allow_short!r}")
     bw = doc.get("body_weight_kg")
     if bw is not None:
         bw = float(_number(src, "body_weight_kg", bw))
+        problem = body_weight_problem(species or "", bw)
+        if problem:
+            raise InputError(src, "body_weight_kg", problem)
+    n_doses = 0
     lines = []
     for i, raw in enumerate(doses):
         where = f"dose[{i}]"
@@ -234,7 +282,13 @@ def parse_schedule(doc: dict, src: str) -> Schedule:
         if "amount" not in entry:
             raise InputError(src, f"{where}.amount", "missing")
         amount = float(_number(src, f"{where}.amount", entry["amount"]))
-        unit = entry.get("unit", "mg")
+        if "unit" in entry:
+            unit = entry["unit"]
+        elif species in DEFAULT_UNIT:
+            unit = DEFAULT_UNIT[species]
+        else:
+            raise InputError(src, f"{where}.unit", f"missing: write mg or mg/kg (no default "
+                             f"for species {species!r})")
         if unit not in DOSE_UNITS:
             raise InputError(src, f"{where}.unit", f"must be mg or mg/kg, got {unit!r}")
         route = str(entry.get("route", "oral")).lower()
@@ -246,6 +300,10 @@ def parse_schedule(doc: dict, src: str) -> Schedule:
                              "give frequency or interval_hours, not both")
         if "interval_hours" in entry:
             interval = float(_number(src, f"{where}.interval_hours", entry["interval_hours"]))
+            if interval < MIN_INTERVAL_HOURS and not allow_short:
+                raise InputError(src, f"{where}.interval_hours", f"{interval:g} h is below "
+                                 f"{MIN_INTERVAL_HOURS:g} h (set allow_short_intervals = true "
+                                 "at the top of the file if meant)")
         else:
             freq = str(entry.get("frequency", "QD")).upper()
             if freq not in FREQUENCIES:
@@ -254,9 +312,17 @@ def parse_schedule(doc: dict, src: str) -> Schedule:
             interval = FREQUENCIES[freq]
         cycle_days = int(_number(src, f"{where}.cycle_days", entry.get("cycle_days", 28),
                                  integer=True))
+        if cycle_days > MAX_CYCLE_DAYS:
+            raise InputError(src, f"{where}.cycle_days", f"{cycle_days} is above "
+                             f"{MAX_CYCLE_DAYS}")
         cycles = int(_number(src, f"{where}.cycles", entry.get("cycles", 1), integer=True))
+        if cycles > MAX_CYCLES:
+            raise InputError(src, f"{where}.cycles", f"{cycles} is above {MAX_CYCLES}")
         start = float(_number(src, f"{where}.start_day", entry.get("start_day", 0.0),
                               allow_zero=True))
+        if start + cycles * cycle_days > MAX_TREATMENT_DAYS:
+            raise InputError(src, where, f"treatment ends after day {MAX_TREATMENT_DAYS:g} "
+                             "(100 years): check start_day, cycles and cycle_days")
         first = float(_number(src, f"{where}.first_dose_hour", entry.get("first_dose_hour", 0.0),
                               allow_zero=True))
         if first >= 24.0:
@@ -265,6 +331,10 @@ def parse_schedule(doc: dict, src: str) -> Schedule:
                            cycle_days)
         line = DoseLine(drug_l, amount, unit, route, interval, days, cycle_days, cycles, start,
                         first)
+        n_doses += _dose_count_bound(line)
+        if n_doses > MAX_DOSES:
+            raise InputError(src, f"{where}.interval_hours", f"the schedule gives about "
+                             f"{n_doses:,} doses, more than {MAX_DOSES:,}")
         if line.times().size == 0:
             raise InputError(src, where, "gives no dose (check days_on, interval_hours, cycles)")
         lines.append(line)
@@ -272,8 +342,8 @@ def parse_schedule(doc: dict, src: str) -> Schedule:
     return Schedule(name, tuple(lines), str(doc.get("description", "")), bw)
 
 
-def load_schedule(path: str | Path) -> Schedule:
+def load_schedule(path: str | Path, species: str | None = None) -> Schedule:
     path = str(path)
     doc, _ = read_toml(path)
-    return parse_schedule(doc, path)
+    return parse_schedule(doc, path, species)
 

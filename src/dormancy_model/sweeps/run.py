@@ -1,14 +1,20 @@
 """`sweep`: a sweep spec -> an xarray Dataset, streamed chunk by chunk to a Zarr store.
 
-Layout: one named dimension per swept factor (schedule, cycles, hcq_dose, eve_dose, parameter
-grids, sample, patient) plus one day dimension per output (`residual_day`, `rfs_day`,
-`assessment_day`), coordinates with units, and the spec text, its hash and the package version
-in the attributes. The store is divided into hyper-rectangular chunks of at most `chunk`
-trajectories; each chunk is one task: compute it with the lock-step engine, write its data, then
-write a completion marker (`.sweep/done/<chunk>`). A chunk without a marker is never trusted: a
-rerun with the same spec recomputes exactly the chunks without markers (after SIGKILL, say) and
-`open_sweep` reads them as missing (NaN). The computation is deterministic, so a resumed store
-ends identical to an uninterrupted one.
+Layout: one named dimension per swept factor (schedule, cycles, hcq_dose, eve_dose, parameter grids,
+sample, patient) plus one day dimension per output (`residual_day`, `rfs_day`, `assessment_day`),
+coordinates with units, and the spec text, its hash, the package version and the path and SHA-256 of
+every file the spec refers to (`input_files`) in the attributes. The store is divided into
+hyper-rectangular chunks of at most `chunk` trajectories; each chunk is one task: compute it with
+the lock-step engine, write its data, then write a completion marker (`.sweep/done/<chunk>`). A
+chunk without a marker is never trusted: a rerun with the same spec recomputes exactly the chunks
+without markers (after SIGKILL, say) and `open_sweep` reads them as missing (NaN). The computation
+is deterministic, so a resumed store ends identical to an uninterrupted one.
+
+Resume key: a store is resumed only when the spec text, the content of every file it refers
+to (parameter set, packaged or not; schedule files; fit JSON) and the package version are those
+it was written with; otherwise `sweep` refuses with one line naming what changed (resuming
+would mix chunks of two models). `fresh=True` (`dormancy sweep --fresh`) discards the store and
+starts afresh.
 
 Execution: in-process on the local devices (default); `workers=N` starts a dask.distributed
 LocalCluster; `scheduler="tcp://HOST:PORT"` uses an existing cluster. Every task computes and
@@ -47,6 +53,50 @@ OUTPUT_DOC = {
 
 def spec_hash(spec: SweepSpec) -> str:
     return hashlib.sha256(spec.text.encode()).hexdigest()[:16]
+
+
+def input_files(spec: SweepSpec) -> dict:
+    """field -> {path, sha256} of every file the spec refers to."""
+    return {fld: {"path": path, "sha256": sha} for fld, path, sha in spec.inputs}
+
+
+def resume_key(spec: SweepSpec) -> str:
+    """What a store must have been written with to be resumed: the spec text, the referenced
+    files' content and the package version (a JSON string)."""
+    from dormancy_model._version import __version__
+
+    return json.dumps({"spec_sha256": spec_hash(spec), "dormancy_model_version": __version__,
+                       "input_files": {k: v["sha256"] for k, v in input_files(spec).items()}},
+                      sort_keys=True)
+
+
+def resume_changes(spec: SweepSpec, attrs: dict) -> list[str]:
+    """What differs between `spec` (now) and the store attributes `attrs`; [] to resume."""
+    from dormancy_model._version import __version__
+
+    changes = []
+    if attrs.get("spec_sha256") != spec_hash(spec):
+        changes.append("the spec text")
+    try:
+        old = json.loads(attrs["input_files"])
+    except (KeyError, TypeError, json.JSONDecodeError):
+        old = None
+    if not isinstance(old, dict):
+        changes.append("the referenced files (the store has no record of them)")
+    else:
+        new = input_files(spec)
+        for fld in sorted(set(old) | set(new)):
+            o, n = old.get(fld), new.get(fld)
+            if n is None:
+                changes.append(f"{fld} (no longer referenced)")
+            elif not isinstance(o, dict):
+                changes.append(f"{fld} {n['path']} (newly referenced)")
+            elif o.get("sha256") != n["sha256"]:
+                changes.append(f"the content of {fld} {n['path']}")
+    ver = attrs.get("dormancy_model_version")
+    if ver != __version__:
+        changes.append(f"the package version ({ver} -> {__version__})")
+    return changes
 
 
 def chunk_shape(shape: tuple[int, ...], target: int) -> tuple[int, ...]:
@@ -145,6 +195,7 @@ def _dataset_template(spec: SweepSpec, cshape, lazy: bool = False):
     opts = spec.options
     attrs = {"sweep_name": spec.name, "spec_toml": spec.text, "spec_sha256": spec_hash(spec),
              "dormancy_model_version": __version__, "chunk_shape": list(cshape),
+             "input_files": json.dumps(input_files(spec), sort_keys=True),
              "solver": json.dumps(dict(method=opts.method, rtol=opts.rtol, atol=opts.atol,
                                        dtype=opts.dtype)),
              "parameter_set": spec.params.name, "time_unit": "day"}
@@ -165,18 +216,40 @@ def _create_store(spec: SweepSpec, out: Path, cshape) -> None:
     os.replace(tmp, out)
 
 
-def _open_or_create(spec: SweepSpec, out: Path, cshape) -> None:
+def _store_attrs(out: Path):
+    """The attributes of the sweep store at `out`, or None if it is not one."""
+    try:
+        attrs = json.loads((out / "zarr.json").read_text()).get("attributes", {})
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
+    return attrs if isinstance(attrs, dict) and "spec_sha256" in attrs else None
+
+
+def _discard_store(out: Path) -> None:
+    """Remove the sweep store at `out` (renamed first, so that an interrupted removal leaves
+    no half store under the name)."""
+    if _store_attrs(out) is None:
+        raise InputError(str(out), "--fresh", "exists and is not a sweep store: not deleted")
+    gone = out.with_name(out.name + ".discarding")
+    shutil.rmtree(gone, ignore_errors=True)
+    os.replace(out, gone)
+    shutil.rmtree(gone)
+
+
+def _open_or_create(spec: SweepSpec, out: Path, cshape, fresh: bool = False) -> None:
+    if out.exists() and fresh:
+        _discard_store(out)
     if not out.exists():
         _create_store(spec, out, cshape)
         return
-    try:
-        meta = json.loads((out / "zarr.json").read_text())
-        attrs = meta.get("attributes", {})
-    except (OSError, json.JSONDecodeError):
-        raise InputError(str(out), "--out", "exists and is not a sweep store") from None
-    if attrs.get("spec_sha256") != spec_hash(spec):
-        raise InputError(str(out), "--out", "exists with a different spec; choose a new --out "
-                         "or delete it (a store is resumed only with the same spec)")
+    attrs = _store_attrs(out)
+    if attrs is None:
+        raise InputError(str(out), "--out", "exists and is not a sweep store")
+    changes = resume_changes(spec, attrs)
+    if changes:
+        raise InputError(str(out), "--out", "cannot resume, changed since the store was "
+                         f"written: {', '.join(changes)}; rerun with --fresh to discard the "
+                         "store and start afresh, or choose a new --out")
     if list(attrs.get("chunk_shape", [])) != list(cshape):
         raise InputError(str(out), "--chunk", f"the store was written with chunk shape "
                          f"{attrs.get('chunk_shape')}; resume with the same --chunk")
@@ -199,17 +272,22 @@ def _write_chunk(out: Path, sl, data: dict) -> None:
 _RUNNERS: dict = {}
 
 
-def _runner(spec_text: str, spec_src: str, chunk: int) -> ChunkRunner:
-    key = (spec_text, spec_src, chunk)
-    if key not in _RUNNERS:
+def _runner(spec_text: str, spec_src: str, chunk: int, key: str | None = None) -> ChunkRunner:
+    cache = (spec_text, spec_src, chunk, key)
+    if cache not in _RUNNERS:
         spec = parse_sweep(tomllib.loads(spec_text), spec_src, spec_text)
-        _RUNNERS[key] = ChunkRunner(spec, chunk)
-    return _RUNNERS[key]
+        if key is not None and resume_key(spec) != key:
+            raise InputError(spec_src, "files", "a file the spec refers to (or the package) "
+                             "differs on this worker from the one the sweep started with")
+        _RUNNERS[cache] = ChunkRunner(spec, chunk)
+    return _RUNNERS[cache]
 
 
-def run_chunk_task(spec_text: str, spec_src: str, chunk: int, out: str, starts: tuple) -> str:
-    """One task: compute the chunk starting at `starts` and write it (used by Dask workers)."""
-    r = _runner(spec_text, spec_src, chunk)
+def run_chunk_task(spec_text: str, spec_src: str, chunk: int, out: str, starts: tuple,
+                   key: str | None = None) -> str:
+    """One task: compute the chunk starting at `starts` and write it (used by Dask workers).
+    `key`: the sweep's `resume_key`; a worker whose files differ refuses the task."""
+    r = _runner(spec_text, spec_src, chunk, key)
     sl = tuple(slice(s, min(s + c, n)) for s, c, n in zip(starts, r.cshape, r.spec.shape,
                                                             strict=True))
     _write_chunk(Path(out), sl, r.compute(sl))
@@ -237,11 +315,14 @@ def _progress(total: int, enabled: bool):
 
 
 def sweep(spec: SweepSpec | str | Path, out: str | Path | None = None, *, chunk: int | None = None,
-          workers: int | None = None, scheduler: str | None = None, progress: bool = False):
+          workers: int | None = None, scheduler: str | None = None, progress: bool = False,
+          fresh: bool = False):
     """Run a sweep. Returns the xarray Dataset (opened from `out` when given, else in memory).
 
     `chunk`: trajectories per chunk (default the spec's `solver.chunk`). With `out`, results
-    stream to a Zarr store chunk by chunk and an interrupted run resumes where it stopped.
+    stream to a Zarr store chunk by chunk and an interrupted run resumes where it stopped (only
+    with the same spec, referenced files and package version; `fresh=True` discards an
+    existing store instead).
     `workers` / `scheduler` run the chunks as Dask tasks (requires `out`).
     """
     if not isinstance(spec, SweepSpec):
@@ -268,7 +349,7 @@ def sweep(spec: SweepSpec | str | Path, out: str | Path | None = None, *, chunk:
                 bar.advance(task)
         return ds
     out = Path(out)
-    _open_or_create(spec, out, cshape)
+    _open_or_create(spec, out, cshape, fresh)
     todo = missing_chunks(out, spec.shape, cshape)
     with _progress(len(todo), progress) as bar:
         task = bar.add_task("sweep", total=len(todo))
@@ -293,8 +374,9 @@ def _run_dask(spec, out, chunk, todo, workers, scheduler, tick) -> None:
                                host="127.0.0.1", dashboard_address=None)
         client = Client(cluster)
     try:
+        key = resume_key(spec)
         futs = [client.submit(run_chunk_task, spec.text, spec.source, chunk, str(out.resolve()),
-                              tuple(s.start for s in sl), pure=False) for sl in todo]
+                              tuple(s.start for s in sl), key, pure=False) for sl in todo]
         for f in as_completed(futs):
             f.result()
             tick()

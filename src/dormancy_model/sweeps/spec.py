@@ -39,15 +39,22 @@
     method = "tsit5"                      # tsit5 | dopri5 | bs3 | rk4
     chunk = 4096                          # trajectories per chunk (Zarr chunk and task)
 
-Fit JSON for `method = "fit"` (assumed format): {"estimates": {name: internal value},
-"covariance": {"names": [...], "matrix": [[...]]}} with the covariance on each parameter's
-scale (log / logit / lin); draws are clipped to the bounds. Every problem raises `InputError`
-naming the file and the field.
+`method = "fit"` draws from the fit JSON that `dormancy fit` writes (read by
+`params.fitfile`; a relative path is relative to the spec): a multivariate normal on each
+parameter's scale (log / logit / lin) with the fit's estimates as the mean and its
+`covariance_scale` (checked finite, symmetric, positive semi-definite) as the covariance, over
+the fitted model parameters (or the `parameters` listed; burden_sigma is marginalised out);
+draws are clipped to the bounds. The fit must be one of the sweep's parameter set and species.
+Every problem raises `InputError` naming the file and the field.
+
+`SweepSpec.inputs` lists every file the spec refers to (the parameter file, packaged or not,
+schedule files, the fit JSON) with the SHA-256 of its content: with the spec text and the
+package version it is the resume key of a sweep store (`sweeps.run`).
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,12 +62,13 @@ from pathlib import Path
 import numpy as np
 
 from dormancy_model.engine.rk import BACKENDS, METHODS, EngineOptions
-from dormancy_model.errors import InputError, suggest
+from dormancy_model.errors import InputError, check_seed, suggest
 from dormancy_model.io import read_toml
+from dormancy_model.params.fitfile import check_fit_model, fit_covariance, read_fit
 from dormancy_model.params.table import Parameters, load_model_parameters
 from dormancy_model.params.transforms import from_scale, to_scale
 from dormancy_model.params.variability import lognormal_factors
-from dormancy_model.pk.presets import get_schedule
+from dormancy_model.pk.presets import PRESETS, get_schedule
 from dormancy_model.pk.schedule import DRUGS, Schedule
 from dormancy_model.sweeps.lanes import OutputDays
 from dormancy_model.units import DAYS_PER_YEAR
@@ -104,6 +112,7 @@ class SweepSpec:
     samples: dict  # name -> (n_samples,) internal values
     patient_factors: dict  # name -> (n_patients,) multiplicative factors
     grids: dict  # name -> (n,) internal values
+    inputs: tuple = ()  # (field, path, sha256) of every file the spec refers to
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -183,13 +192,25 @@ def _check_keys(src, table, d, allowed):
             _fail(src, f"{table}.{k}", f"unknown field{suggest(k, allowed)}")
 
 
+def _digest(src, fld, path) -> str:
+    """SHA-256 of a referenced file's content."""
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError as e:
+        _fail(src, fld, f"{path}: cannot be read: {e.strerror}")
+
+
+def _input(src, fld, path) -> tuple[str, str, str]:
+    return fld, str(Path(path).resolve()), _digest(src, fld, path)
+
+
 def _param_name(src, fld, name, params):
     if name not in params.values:
         _fail(src, fld, f"unknown parameter {name!r}{suggest(name, params.values)}")
     return name
 
 
-def _schedule_dims(src, doc, base_name):
+def _schedule_dims(src, doc, base_name, species=None):
     sch = doc.get("schedule", {})
     _check_keys(src, "schedule", sch, FIELDS["schedule"])
     presets = [base_name]
@@ -203,9 +224,16 @@ def _schedule_dims(src, doc, base_name):
         presets = v
         dims.append(Dim("schedule", np.array(v, dtype=object), "", "schedule", "schedule preset"))
     try:
-        bases = [get_schedule(p) for p in presets]
+        if not isinstance(base_name, str):
+            _fail(src, "sweep.schedule", f"must be a schedule name or path, got {base_name!r}")
+        bases = [get_schedule(p, species=species) for p in presets]
     except InputError as e:
         _fail(src, "schedule.presets" if "presets" in sch else "sweep.schedule", e.problem)
+    inputs = []
+    for i, p in enumerate(presets):
+        if p not in PRESETS:  # a schedule file
+            inputs.append(_input(src, f"schedule.presets[{i}]" if "presets" in sch
+                                 else "sweep.schedule", p))
     cycles = [None]
     if "cycles" in sch:
         cycles = [int(c) for c in _numbers(src, "schedule.cycles", sch["cycles"], positive=True,
@@ -228,12 +256,15 @@ def _schedule_dims(src, doc, base_name):
     scheds = []
     for b in bases:
         for c in cycles:
-            s = b if c is None else b.with_cycles(c)
+            try:
+                s = b if c is None else b.with_cycles(c)
+            except InputError as e:
+                _fail(src, "schedule.cycles", e.problem)
             for fh in doses.get("hcq", [None]):
                 for fe in doses.get("eve", [None]):
                     x = s if fh is None else s.scaled("hcq", fh)
                     scheds.append(x if fe is None else x.scaled("eve", fe))
-    return dims, tuple(scheds)
+    return dims, tuple(scheds), inputs
 
 
 def _grids(src, doc, params):
@@ -277,7 +308,7 @@ def _grids(src, doc, params):
     return grids, dims
 
 
-def _samples(src, doc, params, seed):
+def _samples(src, doc, params, seed, inputs):
     if "samples" not in doc:
         return {}, []
     s = doc["samples"]
@@ -286,30 +317,36 @@ def _samples(src, doc, params, seed):
     if method not in ("sobol", "lhs", "fit"):
         _fail(src, "samples.method", f"must be sobol, lhs or fit, got {method!r}")
     n = _int(src, "samples.n", s.get("n"))
-    seed = s.get("seed", seed)
+    seed = check_seed(src, "samples.seed", s.get("seed", seed))
     rng = np.random.default_rng(seed)
     out = {}
     if method == "fit":
-        if "fit" not in s:
-            _fail(src, "samples.fit", "missing: the fit JSON to draw from")
-        path = Path(src).parent / s["fit"] if not Path(s["fit"]).is_absolute() else s["fit"]
-        try:
-            fit = json.loads(Path(path).read_text())
-            est, cov = fit["estimates"], fit["covariance"]
-            names, mat = list(cov["names"]), np.asarray(cov["matrix"], float)
-        except FileNotFoundError:
-            _fail(str(path), "file", "not found")
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            _fail(str(path), "covariance", f"not a fit JSON with estimates and covariance ({e})")
-        for nm in names:
-            _param_name(str(path), "covariance.names", nm, params)
-        if mat.shape != (len(names), len(names)):
-            _fail(str(path), "covariance.matrix", f"must be {len(names)} x {len(names)}")
-        mean = np.array([to_scale(est[nm], params.spec[nm].scale) for nm in names])
-        z = rng.multivariate_normal(mean, mat, size=n, method="eigh")
+        f = s.get("fit")
+        if not isinstance(f, str) or not f:
+            _fail(src, "samples.fit", "missing: the path of the fit JSON to draw from")
+        path = f if Path(f).is_absolute() else str(Path(src).parent / f)
+        doc = read_fit(path)
+        check_fit_model(doc, params, path, "sweep.model")
+        names, scales, mean, cov = fit_covariance(doc, params, path)
+        if "parameters" in s:
+            want = s["parameters"]
+            if (not isinstance(want, list) or not want
+                    or not all(isinstance(x, str) for x in want)):
+                _fail(src, "samples.parameters", "must be a non-empty list of parameter names")
+            for nm in want:
+                if nm not in names:
+                    _fail(src, "samples.parameters",
+                          f"{nm!r} is not a fitted parameter of {path}{suggest(nm, names)}")
+            if len(set(want)) != len(want):
+                _fail(src, "samples.parameters", "contains duplicates")
+            keep = [names.index(nm) for nm in want]
+            names, scales = tuple(want), tuple(scales[j] for j in keep)
+            mean, cov = mean[keep], cov[np.ix_(keep, keep)]
+        z = rng.multivariate_normal(mean, cov, size=n, method="eigh")
         for j, nm in enumerate(names):
             lo, hi = params.spec[nm].bounds
-            out[nm] = np.clip(from_scale(z[:, j], params.spec[nm].scale), lo, hi)
+            out[nm] = np.clip(from_scale(z[:, j], scales[j]), lo, hi)
+        inputs.append(_input(src, "samples.fit", path))
     else:
         names = s.get("parameters")
         if not isinstance(names, list) or not names:
@@ -344,7 +381,9 @@ def _patients(src, doc, params, seed):
     for nm, cv in sorted(var.items()):
         if isinstance(cv, bool) or not isinstance(cv, (int, float)) or not 0 <= cv <= 10:
             _fail(src, f"patients.variability.{nm}", f"must be a CV in [0, 10], got {cv!r}")
-    rng = np.random.default_rng(pt.get("seed", seed))
+    if "seed" in pt:
+        seed = check_seed(src, "patients.seed", pt["seed"])
+    rng = np.random.default_rng(seed)
     out = lognormal_factors(rng, var, n, by="patient")
     return out, [Dim("patient", np.arange(n), "1", "patient", "virtual patient")]
 
@@ -410,16 +449,20 @@ def parse_sweep(doc: dict, src: str, text: str = "") -> SweepSpec:
             _fail(src, k, f"unknown table{suggest(k, TABLES)}")
     sw = doc.get("sweep", {})
     _check_keys(src, "sweep", sw, FIELDS["sweep"])
-    seed = sw.get("seed", 0)
-    _int(src, "sweep.seed", seed, 0)
+    seed = check_seed(src, "sweep.seed", sw.get("seed", 0))
     model = sw.get("model", "human")
+    if not isinstance(model, str) or not model:
+        _fail(src, "sweep.model", f"must be a parameter set name or file, got {model!r}")
     try:
         params = load_model_parameters(model)
     except InputError as e:
         _fail(src, "sweep.model", f"{model}: {e.field}: {e.problem}")
-    sched_dims, scheds = _schedule_dims(src, doc, sw.get("schedule", "clever-combo"))
+    inputs = [_input(src, "sweep.model", params.source)]  # packaged sets too, by content
+    sched_dims, scheds, sched_inputs = _schedule_dims(src, doc, sw.get("schedule", "clever-combo"),
+                                                      params.species)
+    inputs += sched_inputs
     grids, grid_dims = _grids(src, doc, params)
-    samples, sample_dims = _samples(src, doc, params, seed)
+    samples, sample_dims = _samples(src, doc, params, seed, inputs)
     both = set(grids) & set(samples)
     if both:
         _fail(src, f"parameters.{sorted(both)[0]}", "is both a grid and a sampled parameter")
@@ -433,7 +476,7 @@ def parse_sweep(doc: dict, src: str, text: str = "") -> SweepSpec:
     if last > 100 * DAYS_PER_YEAR:
         _fail(src, "outputs", f"horizon {last:g} days is beyond 100 years")
     return SweepSpec(src, text, str(sw.get("name", Path(src).stem)), params, scheds, dims,
-                     outputs, opts, chunk, samples, patients, grids)
+                     outputs, opts, chunk, samples, patients, grids, tuple(inputs))
 
 
 def load_sweep_spec(path: str | Path) -> SweepSpec:

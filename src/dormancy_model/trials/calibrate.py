@@ -23,6 +23,7 @@ simulated patients.
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import subprocess
 from dataclasses import dataclass, field
 from importlib import resources
@@ -227,19 +228,48 @@ def calibration_record(res: CalibrationResult, params: Parameters, seed: int) ->
     }
 
 
-def load_calibration(path=None) -> dict:
+def load_calibration(path=None, params: Parameters | None = None) -> dict:
     """Typical values (internal units) from a calibration JSON written by `calibration_record`;
-    `path=None`: the packaged default calibration (`DEFAULT_CALIBRATION`)."""
+    `path=None`: the packaged default calibration (`DEFAULT_CALIBRATION`). Every name must be a
+    parameter (of `params` if given, whose bounds the values must then respect), every value a
+    finite number >= 0; else one-line InputError naming the file and the field."""
     import json
 
     from dormancy_model.errors import InputError
 
     source = resources.files("dormancy_model.trials") / "data" / DEFAULT_CALIBRATION
     name = f"dormancy_model/trials/data/{DEFAULT_CALIBRATION}" if path is None else str(path)
+    from dormancy_model.errors import suggest
+    from dormancy_model.params.table import REGISTRY
+
     try:
         doc = json.loads(source.read_text() if path is None else Path(path).read_text())
-        return {k: float(v["internal_value"]) for k, v in doc["estimates"].items()}
+        est = doc["estimates"]
+        raw = {k: v["internal_value"] for k, v in est.items()}
     except FileNotFoundError:
         raise InputError(name, "file", "not found") from None
-    except (KeyError, TypeError, ValueError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(name, "file", f"cannot be read ({e})") from None
+    except (KeyError, TypeError, AttributeError, ValueError, json.JSONDecodeError) as e:
         raise InputError(name, "estimates", f"not a calibration file ({e})") from None
+    if not raw:
+        raise InputError(name, "estimates", "empty")
+    known = params.values if params is not None else REGISTRY
+    out = {}
+    for k, v in raw.items():
+        fld = f"estimates.{k}.internal_value"
+        if k not in known:
+            raise InputError(name, f"estimates.{k}", f"unknown parameter{suggest(k, known)}")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise InputError(name, fld, f"must be a finite number, got {v!r}")
+        if v < 0:
+            raise InputError(name, fld, f"must be >= 0, got {v!r}")
+        if params is not None:
+            sp = params.spec[k]
+            lo, hi = sp.bounds
+            if not lo * (1 - 1e-12) <= v <= hi * (1 + 1e-12):
+                raise InputError(name, fld, f"{sp.in_file_unit(v):g} {sp.unit} is outside the "
+                                 f"bounds of {params.source} [{sp.in_file_unit(lo):g}, "
+                                 f"{sp.in_file_unit(hi):g}] {sp.unit}")
+        out[k] = float(v)
+    return out

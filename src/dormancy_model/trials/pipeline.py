@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from dormancy_model.errors import InputError
+from dormancy_model.errors import InputError, check_seed
 
 
 def run_trial_report(out: Path, *, design: str = "clever", replicates: int = 100, seed: int = 1,
@@ -25,7 +25,7 @@ def run_trial_report(out: Path, *, design: str = "clever", replicates: int = 100
     import jax
     import numpy as np
 
-    from dormancy_model.io import atomic_write_csv, prepare_out_dir
+    from dormancy_model.io import atomic_write_csv, check_out_dir, output_dir
     from dormancy_model.params.table import load_model_parameters
     from dormancy_model.trials import whatif as W
     from dormancy_model.trials.calibrate import (
@@ -44,54 +44,56 @@ def run_trial_report(out: Path, *, design: str = "clever", replicates: int = 100
         raise InputError("--method", "method", f"must be fast or exact, got {method!r}")
     if not 0 <= discontinuation <= 1:
         raise InputError("--discontinuation", "discontinuation", "must be in [0, 1]")
+    check_seed("--seed", "seed", seed)
     specs = [W.parse_whatif(s) for s in (what_if or [])]  # validate before any work
     d = get_design(design).replace(discontinuation_prob=discontinuation)
     params = load_model_parameters(model)
     pop = Population()
     notes = []
     if calibration != "":
-        typical = load_calibration(calibration)
+        typical = load_calibration(calibration, params)
         pop = pop.replace(typical=typical)
         label = calibration or f"the packaged {DEFAULT_CALIBRATION}"
         notes.append(f"population typical values from {label}: " + ", ".join(
             f"{k} = {v:.4g} /day" for k, v in typical.items()))
     else:
         notes.append("no calibration file: parameter-file typical values")
-    out_dir = prepare_out_dir(out)
-    key = jax.random.key(seed)
-    tick = progress or (lambda text: None)
-    res = trial(d, params, key=key, replicates=replicates, population=pop, method=method,
-                chunk=chunk, progress=lambda i, n, t: tick(f"simulate {t}"))
-    trials = res.summary()
-    tick("analysis")
-    check = reported_vs_simulated(trials, res.patients)
-    whatifs = {}
-    wkey = jax.random.fold_in(key, 7)
-    wrep = max(2, replicates // 4)
-    for name, vals in specs:
-        if name == "cycles":
-            tab = W.compare_designs(W.cycles_designs(d, vals), params, key=wkey,
-                                    replicates=wrep, population=pop, method=method)
-        elif name == "dose":
-            tab = W.compare_designs(W.dose_designs(d, vals), params, key=wkey, replicates=wrep,
-                                    population=pop, method=method)
-        elif name == "combo":
-            tab, best = W.combo_vs_single(d, params, n_per_arm=vals[0], key=wkey,
-                                          replicates=wrep, population=pop, method=method)
-            notes.append(f"combo n={vals[0]} per arm: P(HCQ+EVE best of the three arms) = "
-                         + ", ".join(f"{k} {v:.2f}" for k, v in best.items()))
-        else:
-            tab, summ = W.sample_size(d, params, key=wkey, population=pop, sizes=vals,
-                                      method=method)
-            notes.append("confirmatory trial HCQ+EVE vs observation (3-year RFS "
-                         f"{summ['rfs_3y_treated']:.3f} vs {summ['rfs_3y_observation']:.3f}): "
-                         f"n per arm for 80% power, Schoenfeld {summ['n_per_arm_schoenfeld']:g}"
-                         f", resampled log-rank {summ['n_per_arm_resampled']}")
-        atomic_write_csv(out_dir / f"whatif_{name}.csv", tab)
-        whatifs[f"{name} ({wrep} replicates)" if name != "sample-size" else name] = tab
-        tick(f"what-if {name}")
-    head = write_report(res, trials, out_dir, check=check, whatifs=whatifs, notes=notes)
-    tick("report")
+    check_out_dir(out)  # nothing is created until the run succeeds (output_dir below)
+    with output_dir(out) as out_dir:
+        key = jax.random.key(seed)
+        tick = progress or (lambda text: None)
+        res = trial(d, params, key=key, replicates=replicates, population=pop, method=method,
+                    chunk=chunk, progress=lambda i, n, t: tick(f"simulate {t}"))
+        trials = res.summary()
+        tick("analysis")
+        check = reported_vs_simulated(trials, res.patients)
+        whatifs = {}
+        wkey = jax.random.fold_in(key, 7)
+        wrep = max(2, replicates // 4)
+        for name, vals in specs:
+            if name == "cycles":
+                tab = W.compare_designs(W.cycles_designs(d, vals), params, key=wkey,
+                                        replicates=wrep, population=pop, method=method)
+            elif name == "dose":
+                tab = W.compare_designs(W.dose_designs(d, vals), params, key=wkey, replicates=wrep,
+                                        population=pop, method=method)
+            elif name == "combo":
+                tab, best = W.combo_vs_single(d, params, n_per_arm=vals[0], key=wkey,
+                                              replicates=wrep, population=pop, method=method)
+                notes.append(f"combo n={vals[0]} per arm: P(HCQ+EVE best of the three arms) = "
+                             + ", ".join(f"{k} {v:.2f}" for k, v in best.items()))
+            else:
+                tab, summ = W.sample_size(d, params, key=wkey, population=pop, sizes=vals,
+                                          method=method)
+                notes.append("confirmatory trial HCQ+EVE vs observation (3-year RFS "
+                             f"{summ['rfs_3y_treated']:.3f} vs {summ['rfs_3y_observation']:.3f}): "
+                             f"n per arm for 80% power, Schoenfeld {summ['n_per_arm_schoenfeld']:g}"
+                             f", resampled log-rank {summ['n_per_arm_resampled']}")
+            atomic_write_csv(out_dir / f"whatif_{name}.csv", tab)
+            whatifs[f"{name} ({wrep} replicates)" if name != "sample-size" else name] = tab
+            tick(f"what-if {name}")
+        head = write_report(res, trials, out_dir, check=check, whatifs=whatifs, notes=notes)
+        tick("report")
     failed = int(np.sum(res.patients["agent_status"] != "ok"))
     return {"check": check, "trials": trials, "agent_failures": failed, **head}
 
@@ -119,6 +121,7 @@ def run_calibration(out: Path, *, model: str = "human", replicates: int = 16,
         raise InputError("--points", "points", f"must be >= 3, got {points}")
     if not span > 0:
         raise InputError("--span", "span", f"must be > 0, got {span:g}")
+    check_seed("--seed", "seed", seed)
     out = Path(out)
     if out.suffix != ".json":
         raise InputError(str(out), "--out", "must be a .json file path")

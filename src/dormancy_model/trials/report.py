@@ -25,6 +25,13 @@ SUMMARY_METRICS = [("clearance_C3", "DTC- after C3"), ("clearance_C6", "DTC- aft
                    ("rfs_3y", "3-year RFS (KM)"), ("relapses", "relapses per trial")]
 
 
+VALIDATION_NOTE = (
+    "Every published number the model should reproduce (PK, PD, these trial results, the "
+    "untreated prognosis) beside the model's value, with sources and what is outside today: "
+    "see docs/validation.md in the dormancy_model repository (regenerate it with "
+    "`python scripts/validation.py --replicates 200`).")
+
+
 def _fmt(v) -> str:
     if isinstance(v, (float, np.floating)):
         if not np.isfinite(v):
@@ -139,6 +146,7 @@ def write_report(result, trials: pd.DataFrame, out_dir, *, check: pd.DataFrame |
         f"{_fmt(pooled.upper95)}). Published: 0.21 (0.01-3.4).")))
     if check is not None:
         sections.append(("Reported vs simulated", check.drop(columns=["source"])))
+    sections.append(("Validation", VALIDATION_NOTE))
     for name, content in (whatifs or {}).items():
         sections.append((f"What if: {name}", content))
     if notes:

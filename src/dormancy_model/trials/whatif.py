@@ -140,6 +140,10 @@ def sample_size(design: TrialDesign, params, *, key, pool: int = 2000, populatio
     return table, summary
 
 
+MAX_PER_ARM = 100_000  # patients per arm of a what-if trial
+MAX_CYCLES = 100  # cycles of a what-if design (CLEVER: 6, up to 12 with the extension)
+
+
 def parse_whatif(spec: str) -> tuple[str, list]:
     """'cycles=3,6,12' -> ('cycles', [3, 6, 12]); 'dose=hcq:0.5,eve:0.5'; 'combo=100';
     'sample-size' or 'sample-size=50,100,200'."""
@@ -150,8 +154,8 @@ def parse_whatif(spec: str) -> tuple[str, list]:
     try:
         if name == "cycles":
             v = [int(x) for x in val.split(",") if x]
-            if not v or min(v) < 1:
-                raise ValueError("cycles must be >= 1")
+            if not v or min(v) < 1 or max(v) > MAX_CYCLES:
+                raise ValueError(f"cycles must be in [1, {MAX_CYCLES}]")
             return name, v
         if name == "dose":
             v = []
@@ -163,12 +167,17 @@ def parse_whatif(spec: str) -> tuple[str, list]:
             return name, v
         if name == "combo":
             n = int(val or 100)
-            if n < 2:
-                raise ValueError("n per arm must be >= 2")
+            if not 2 <= n <= MAX_PER_ARM:
+                raise ValueError(f"n per arm must be in [2, {MAX_PER_ARM}], got {n}")
             return name, [n]
         if name == "sample-size":
-            v = [int(x) for x in val.split(",") if x] or [50, 100, 200, 400]
-            return name, v
+            v = [int(x) for x in val.split(",") if x.strip()] or [50, 100, 200, 400]
+            for n in v:
+                if not 2 <= n <= MAX_PER_ARM:
+                    raise ValueError(f"n per arm must be in [2, {MAX_PER_ARM}], got {n}")
+            if len(set(v)) != len(v):
+                raise ValueError(f"duplicate sizes in {val!r}")
+            return name, sorted(v)
     except ValueError as e:
         raise InputError("--what-if", name, str(e)) from None
     raise InputError("--what-if", name or spec, "unknown what-if; known: cycles=3,6,12, "

@@ -1,0 +1,144 @@
+"""The validation document generator (scripts/validation.py, trials.validation): every published
+number gets a row with a model number, "inside" follows from the row's numbers, and the PK
+numbers are the parameter set's own (closed form)."""
+
+import importlib.util
+import math
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dormancy_model.trials import validation as V
+
+# one entry per published number (or prediction) the document must carry
+EXPECTED = [
+    "EVE tmax", "EVE terminal half-life", "EVE trough", "HCQ whole blood",
+    "HCQ terminal half-life", "HCQ time to 96%",
+    "lysosomal block after 6 cycles, 400", "lysosomal block after 6 cycles, 800",
+    "lysosomal block after 6 cycles, 1200", "HCQ 400 mg/day alone", "HCQ 1,200 mg/day alone",
+    "mTORC1 inhibition at steady state, 10 mg", "mTORC1 inhibition at steady state, 5 mg",
+    "screening positivity",
+    "3-year RFS (Kaplan-Meier), HCQ", "3-year RFS (Kaplan-Meier), EVE",
+    "3-year RFS (Kaplan-Meier), HCQ+EVE",
+    "C3 (Poisson regression), HCQ", "C3 (Poisson regression), EVE",
+    "C3 (Poisson regression), HCQ+EVE",
+    "HR of relapse, DTC- vs DTC+ after C6 (Cox), per trial", "pooled over all simulated",
+    "relapses per 51-patient trial", "last on-treatment aspirate",
+    "below observation), HCQ ", "below observation), EVE ", "below observation), HCQ+EVE ",
+    "80% reduction at C3 vs observation), HCQ", "80% reduction at C3 vs observation), EVE",
+    "80% reduction at C3 vs observation), HCQ+EVE",
+    "DTC- after 3 months without drug", "apparent DTC 'reduction'",
+    "3-year RFS (agent model)", "5-year RFS (agent model)", "relapse-rate ratio",
+]
+
+
+def own_inside(r) -> str:
+    """The rule written out again, independently of `V.inside`."""
+    if r["criterion"] == "prediction":
+        return "-"
+    vals = {k: float(r[k]) for k in ("model_value", "model_lo", "model_hi", "ref_point",
+                                     "ref_lo", "ref_hi")}
+    if r["criterion"] == "point_in_interval":
+        need, ok = ("model_lo", "model_hi", "ref_point"), (
+            vals["model_lo"] <= vals["ref_point"] <= vals["model_hi"])
+    elif r["criterion"] == "overlap":
+        need, ok = ("model_lo", "model_hi", "ref_lo", "ref_hi"), not (
+            vals["model_hi"] < vals["ref_lo"] or vals["model_lo"] > vals["ref_hi"])
+    else:
+        need, ok = ("model_value", "ref_lo", "ref_hi"), (
+            vals["ref_lo"] <= vals["model_value"] <= vals["ref_hi"])
+    if not all(math.isfinite(vals[k]) for k in need):
+        return "NA"
+    return "yes" if ok else "no"
+
+
+def test_inside_rule_on_constructed_rows():
+    base = dict(model_value=np.nan, model_lo=np.nan, model_hi=np.nan, ref_point=np.nan,
+                ref_lo=np.nan, ref_hi=np.nan)
+    assert V.inside({**base, "criterion": "point_in_interval", "model_lo": 0.1,
+                     "model_hi": 0.5, "ref_point": 0.21}) == "yes"
+    assert V.inside({**base, "criterion": "point_in_interval", "model_lo": 1.1,
+                     "model_hi": 9.0, "ref_point": 0.21}) == "no"
+    assert V.inside({**base, "criterion": "overlap", "model_lo": 0.9, "model_hi": 0.97,
+                     "ref_lo": 0.98, "ref_hi": 0.999}) == "no"
+    assert V.inside({**base, "criterion": "overlap", "model_lo": 0.9, "model_hi": 0.985,
+                     "ref_lo": 0.98, "ref_hi": 0.999}) == "yes"
+    assert V.inside({**base, "criterion": "value_in_range", "model_value": 2126.0,
+                     "ref_lo": 650.0, "ref_hi": 1300.0}) == "no"
+    assert V.inside({**base, "criterion": "value_in_range", "model_value": np.nan,
+                     "ref_lo": 650.0, "ref_hi": 1300.0}) == "NA"
+    assert V.inside({**base, "criterion": "prediction", "model_value": 0.5}) == "-"
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory, root):
+    out = tmp_path_factory.mktemp("validation")
+    spec = importlib.util.spec_from_file_location("validation_script",
+                                                  root / "scripts" / "validation.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    rc = script.main(["--replicates", "3", "--seed", "4", "--untreated", "400", "--out",
+                      str(out)])
+    assert rc == 0
+    return out
+
+
+def read_table(path):
+    """validation.csv with "NA" (the inside of a missing number) kept as text."""
+    return pd.read_csv(path, keep_default_na=False, na_values=["", "NaN", "nan"])
+
+
+def test_every_published_number_has_a_model_number(generated):
+    t = read_table(generated / "validation.csv")
+    assert len(t) == len(EXPECTED)
+    for want in EXPECTED:
+        # "..., HCQ" must not also match "..., HCQ+EVE"
+        hits = t[t["quantity"].str.contains(re.escape(want) + r"(?![+\w])", regex=True)]
+        assert len(hits) == 1, (want, list(hits["quantity"]))
+    for _, r in t.iterrows():
+        if np.isfinite(r["model_value"]):
+            continue
+        # the only numbers allowed to be missing: an HR that is not estimable (no relapse in
+        # one of the groups; with a handful of trials this happens)
+        assert r["quantity"].startswith("HR of relapse") and (
+            str(r["note"]).startswith(("estimable in 0/", "not estimable"))), r
+        assert r["inside"] == "NA", r
+    md = (generated / "validation.md").read_text()
+    lines = [ln for ln in md.splitlines() if ln.startswith("| ")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    body = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines[1:]]
+    table = [dict(zip(header, row, strict=True)) for row in body if len(row) == len(header)
+             and row[0] in {"PK", "PD", "Trial", "Prognosis"}]
+    assert len(table) == len(t)
+    for row, (_, r) in zip(table, t.iterrows(), strict=True):
+        assert row["model"] and row["model"] != "nan", row
+        assert row["inside"] == r["inside"], row
+    assert (generated / "validation.png").stat().st_size > 10_000
+    assert "python scripts/validation.py --replicates 3 --seed 4" in md
+
+
+def test_inside_column_follows_from_the_numbers(generated):
+    t = read_table(generated / "validation.csv")
+    for _, r in t.iterrows():
+        assert r["inside"] == own_inside(r), (r["quantity"], r["inside"], own_inside(r))
+    # the trial rows compare with the published value, e.g. 55/184 for screening positivity
+    s = t[t["quantity"].str.startswith("screening positivity")].iloc[0]
+    assert s["ref_point"] == pytest.approx(55 / 184)
+    assert s["model_lo"] <= s["model_value"] <= s["model_hi"]
+
+
+def test_pk_rows_are_the_parameter_sets_own(generated, human):
+    t = read_table(generated / "validation.csv").set_index("quantity")
+    # steady-state mean of a linear system: F dose / (CL tau), tau = 1 day (blood ng/mL)
+    css = float(human["hcq_f"]) * 400.0 / float(human["hcq_cl"]) * 1000.0
+    row = t.loc[[q for q in t.index if q.startswith("HCQ whole blood")][0]]
+    assert row["model_value"] == pytest.approx(css, rel=2e-3)
+    # terminal half-life of the 2-compartment disposition: ln 2 / beta (closed form)
+    cl, v1, q, v2 = (float(human[f"hcq_{k}"]) for k in ("cl", "v1", "q", "v2"))
+    k10, k12, k21 = cl / v1, q / v1, q / v2
+    s = k10 + k12 + k21
+    beta = 0.5 * (s - math.sqrt(s * s - 4 * k10 * k21))
+    row = t.loc[[q_ for q_ in t.index if q_.startswith("HCQ terminal half-life")][0]]
+    assert row["model_value"] == pytest.approx(math.log(2) / beta, rel=1e-3)
