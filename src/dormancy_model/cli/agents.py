@@ -9,6 +9,7 @@ import typer
 
 from dormancy_model.agents.pipeline import CLEVER_ASSESS_DAYS
 from dormancy_model.errors import InputError
+from dormancy_model.model.observables import SWITCH_SIZE
 
 
 def parse_days(text: str, flag: str) -> list[float]:
@@ -40,7 +41,7 @@ def agents_cmd(
                                        help="log-normal CV of autophagy dependence"),
     reactivation_cv: float = typer.Option(0.0, "--reactivation-cv",
                                           help="log-normal CV of reactivation propensity"),
-    switch_size: float = typer.Option(1e4, "--switch-size",
+    switch_size: float = typer.Option(SWITCH_SIZE, "--switch-size",
                                       help="clone size that continues deterministically"),
     leap_days: float = typer.Option(1.0, "--leap-days", help="fast method: clone leap (days)"),
     initial_count: str = typer.Option("poisson", "--initial-count", help="poisson or fixed"),
