@@ -149,3 +149,16 @@ def test_same_seed_same_trials_and_discontinuation():
     assert len(stopped) > 0 and not stopped["extension"].any()
     assert (stopped["end_treatment_day"] == stopped["discontinued_cycle"] * 28).all()
     assert set(stopped["discontinued_cycle"]) <= set(range(1, 6))
+
+
+def test_patient_table_carries_each_patients_sensitivities(run):
+    from dormancy_model.params.transforms import lognormal_sigma
+    from dormancy_model.trials.population import DEFAULT_CV
+
+    _, res, _ = run
+    p = res.patients
+    for name, cv in DEFAULT_CV.items():
+        v = np.log(p[name].to_numpy(float))
+        # ~2,600 patients: the sd of log values is within ~2% of omega (clipping to bounds
+        # aside); a column of typical values (sd 0) or of another parameter fails
+        assert abs(v.std() / lognormal_sigma(cv) - 1) < 0.1, name

@@ -13,6 +13,11 @@ they shared this code (kept so that every existing seed draws the same patients)
 
 * `by="patient"`: patient by patient, an (n, k) block (the sweep);
 * `by="parameter"`: parameter by parameter, k blocks of n (the trial).
+
+Optional correlation between the log-factors: `correlation={("k_dr", "delta_max"): -0.5}`
+(pairs of names in `cv`, coefficients in (-1, 1)) multiplies the independent normals by the
+Cholesky factor of the correlation matrix (names in sorted order), so with no correlation the
+draws are exactly the independent ones above. A matrix that is not positive definite is refused.
 """
 
 from __future__ import annotations
@@ -24,11 +29,32 @@ from dormancy_model.params.transforms import lognormal_sigma
 LAYOUTS = ("patient", "parameter")
 
 
+def correlation_matrix(names: list[str], correlation: dict | None) -> np.ndarray:
+    """The (k, k) correlation matrix of the log-factors of `names` (sorted) from pairs."""
+    k = len(names)
+    c = np.eye(k)
+    for pair, rho in (correlation or {}).items():
+        a, b = pair
+        if a not in names or b not in names or a == b:
+            raise ValueError(f"correlation pair {pair!r}: both names must be distinct "
+                             f"parameters with a CV ({', '.join(names)})")
+        rho = float(rho)
+        if not -1.0 < rho < 1.0:
+            raise ValueError(f"correlation {pair!r}: {rho:g} is not in (-1, 1)")
+        i, j = names.index(a), names.index(b)
+        c[i, j] = c[j, i] = rho
+    if k and np.linalg.eigvalsh(c)[0] <= 0:
+        raise ValueError("correlation matrix is not positive definite")
+    return c
+
+
 def lognormal_factors(rng: np.random.Generator, cv: dict, n: int, *,
-                      by: str = "patient") -> dict[str, np.ndarray]:
+                      by: str = "patient", correlation: dict | None = None
+                      ) -> dict[str, np.ndarray]:
     """name -> (n,) factors exp(omega * eta) (median 1) for every name in `cv`, drawn from
-    `rng` in the layout `by` (see the module doc). A CV of 0 still draws its normals (so the
-    other parameters' draws do not move) and gives factors of exactly 1."""
+    `rng` in the layout `by` (see the module doc), with eta correlated as `correlation` says
+    (default independent). A CV of 0 still draws its normals (so the other parameters' draws
+    do not move) and gives factors of exactly 1."""
     names = sorted(cv)
     if by == "patient":
         eta = rng.standard_normal((n, len(names))).T
@@ -36,4 +62,6 @@ def lognormal_factors(rng: np.random.Generator, cv: dict, n: int, *,
         eta = rng.standard_normal((len(names), n))
     else:
         raise ValueError(f"by must be one of {LAYOUTS}, got {by!r}")
+    if correlation:
+        eta = np.linalg.cholesky(correlation_matrix(names, correlation)) @ eta
     return {nm: np.exp(lognormal_sigma(cv[nm]) * eta[j]) for j, nm in enumerate(names)}

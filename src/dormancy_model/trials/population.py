@@ -18,6 +18,14 @@ k_dr               0.76   assumption: glioma P/Q transition IIV 76% (Ribba 2012)
 delta_max          0.50   assumption: between-patient spread of drug-induced DTC death
 =================  =====  =================================================================
 
+`delta_max` (the patient's autophagy dependence of DTC death), `eve_ic50` (mTOR dependence)
+and `hcq_ic50` are the patient-level drug sensitivities: a patient whose cells die slowly under
+the drugs stays DTC+ after cycle 6 more often, so the persistent (who get the extension cycles)
+are enriched for cells that the extension kills less well. The trial's patient table carries each
+patient's values (columns named after the parameters) so this enrichment can be measured.
+Their factors are independent by default; `Population(correlation=...)` correlates them (for
+example with `k_dr`, reactivation) as a what-if: no published data constrain such a correlation.
+
 Total DTC load (cells in the marrow pool at screening) is log-normal with median
 `load_median` and log-SD `load_sigma` (assumption: 1.0, near the Ribba 2012 P0 CV of 94% [S11]).
 One aspirate sees Poisson(f N) DTCs (f = aspirate_fraction), so the screening positivity is
@@ -69,6 +77,10 @@ def load_median_for_positivity(target: float, load_sigma: float, f: float) -> fl
 class Population:
     """Virtual-patient population: CV per parameter and the DTC load distribution.
 
+    `correlation` optionally correlates the log-normal factors, e.g.
+    `{("delta_max", "k_dr"): -0.5}` (default: independent; no data constrain it, see the
+    module doc).
+
     `load_median=None` means: solve it from `positivity` for the parameter set's aspirate
     fraction. `typical` overrides typical values (internal units) of the parameter file, which
     is how calibration moves population-level parameters.
@@ -79,6 +91,7 @@ class Population:
     load_median: float | None = None
     positivity: float = SCREENING_POSITIVITY
     typical: dict = field(default_factory=dict)
+    correlation: dict = field(default_factory=dict)
 
     def base_params(self, params: Parameters) -> Parameters:
         return params.replace(**self.typical) if self.typical else params
@@ -161,7 +174,8 @@ def sample_patients(key, n: int, pop: Population, params: Parameters, *,
     baseline = np.concatenate(counts)[:n]
     updates = {}
     spec = base.spec
-    factors = lognormal_factors(host_rng(key, 1), pop.cv, n, by="parameter")
+    factors = lognormal_factors(host_rng(key, 1), pop.cv, n, by="parameter",
+                                correlation=pop.correlation)
     for name, cv in sorted(pop.cv.items()):
         if cv <= 0:
             continue

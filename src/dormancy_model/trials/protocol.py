@@ -177,6 +177,8 @@ def trial(design: TrialDesign, params: Parameters | None = None, *, key,
                                     "screened": np.diff(np.r_[-1, last]), "enrolled": n_arm}))
         df = pd.DataFrame({"trial": trial_idx, "arm": name, "patient": np.tile(np.arange(n_arm), R),
                            "load": scr.load, "baseline_count": scr.baseline_count})
+        for pname in sorted(population.cv):  # each patient's own value (internal units)
+            df[pname] = np.asarray(scr.params[pname], float)
         kg = jax.random.fold_in(k_sim, gi)
         if arm is None:  # observation arm: one aspirate after observation_days, no RFS
             out, _ = _run_group(model, scr.params, arm_dosing(d, None), jax.random.fold_in(kg, 0),
