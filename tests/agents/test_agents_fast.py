@@ -32,8 +32,12 @@ def compare(model, params, n, t1, seed, het=None, leap_days=1.0, schedule="cleve
 
 @pytest.fixture(scope="module")
 def active(human):
-    # frequent reactivation and a small switch/detection size: many relapses within 2 years
-    return human.replace(k_dr=0.01, detection_size=1e4, delta_max=0.005)
+    # frequent reactivation and a small switch/detection size: many relapses within 2 years;
+    # a high-turnover clone (division 0.3, death 0.27 /day: founding probability 0.1, many
+    # births and deaths per clone) stresses the fast method's leaps harder than the defaults
+    # and keeps the number of live clones within the default slots
+    return human.replace(k_dr=0.01, detection_size=1e4, delta_max=0.005, lambda_p=0.3,
+                         delta_p=0.27)
 
 
 def check_agreement(ex, fa):

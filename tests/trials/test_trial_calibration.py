@@ -14,7 +14,10 @@ from dormancy_model.errors import InputError
 from dormancy_model.trials import calibrate as C
 from dormancy_model.trials.design import clever_design
 
-TRUE = np.log([0.025, 3.0e-4])
+# a known optimum inside the calibration grid (centred at the parameter file's values, half-width
+# 1 in ln units), away from the centre and from the grid points
+_FILE = load_model_parameters("human")
+TRUE = np.log([float(_FILE["delta_max"]), float(_FILE["k_dr"])]) + np.array([-0.37, 0.52])
 
 
 def fake_simulate_at(theta, design, params, population, *, key, replicates, method="fast",
@@ -43,7 +46,7 @@ def test_surrogate_calibration_recovers_known_optimum(monkeypatch):
     np.testing.assert_allclose(res.theta, TRUE, atol=1e-3)
     assert set(res.values) == {"delta_max", "k_dr"}
     rec = C.calibration_record(res, p, seed=0)
-    assert rec["estimates"]["delta_max"]["internal_value"] == pytest.approx(0.025, rel=1e-3)
+    assert rec["estimates"]["delta_max"]["internal_value"] == pytest.approx(np.exp(TRUE[0]), rel=1e-3)
     assert len(rec["grid"]) == 9 and rec["targets"]["hr_cleared"] == 0.21
 
 
