@@ -323,7 +323,9 @@ def pd_rows(pd_: dict) -> list[Row]:
             "small: < 30% (issue 14, from autophagy inhibition only at 1,200 mg/day)",
             "Rangwala 2014 [S92]",
             "hcq_ic50, hcq_hill, autophagy_reserve, deficit_k, delta_max", "value_in_range",
-            pd_["reduction_400_c6"], ref_lo=0.0, ref_hi=0.30),
+            # "at most 30%": the two adaptive solves (treated, untreated) may differ by solver
+            # error, so a reduction of -1e-6 is still "none"
+            pd_["reduction_400_c6"], ref_lo=-1e-6, ref_hi=0.30),
         Row(G, "DTC reduction vs untreated, HCQ 1,200 mg/day alone, 3 cycles (mean field, "
                "typical patient)",
             "CLEVER scale: HCQ arm 80%; tolerance 70-90% chosen here", "Nat Med 2025 [S1]",
