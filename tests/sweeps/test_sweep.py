@@ -393,7 +393,7 @@ def test_example_specs_parse(root):
     for p in specs:
         assert load_sweep_spec(p).size > 0
     opts = load_sweep_spec(root / "examples" / "sweep_dose_grid.toml").options
-    assert (opts.backend, opts.block, opts.event_step) == ("auto", 128, 1.0)
+    assert (opts.backend, opts.block, opts.event_step) == ("auto", 128, 0.5)
 
 
 def test_readme_sweep_example_runs(root, monkeypatch):

@@ -433,7 +433,7 @@ def _solver(src, doc):
     block = _int(src, "solver.block", s.get("block", 128))
     if block & (block - 1):
         _fail(src, "solver.block", f"must be a power of two, got {block}")
-    event_step = s.get("event_step", 1.0)
+    event_step = s.get("event_step", EngineOptions.event_step)
     if isinstance(event_step, bool) or not isinstance(event_step, (int, float)) or not (
             0 < event_step < float("inf")):
         _fail(src, "solver.event_step", f"must be a positive number, got {event_step!r}")
