@@ -84,3 +84,12 @@ def test_simulate_reports_the_name(model, human, case, name):
     assert not tr.ok
     assert S.name(tr.status) == name
     assert tr.message == S.BY_NAME[name].message
+
+
+def test_input_error_is_one_line_whatever_the_input():
+    from dormancy_model.errors import InputError
+
+    e = InputError("fuzz.toml", "defaults.\n", "unknown field\tx\x00")
+    assert "\n" not in str(e) and "\t" not in str(e) and "\x00" not in str(e)
+    assert str(e) == "fuzz.toml: defaults.\\n: unknown field\\tx\\x00"
+    assert str(InputError("a.csv", "dose ± 5%", "ok")) == "a.csv: dose ± 5%: ok"

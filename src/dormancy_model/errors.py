@@ -5,14 +5,21 @@ from __future__ import annotations
 import difflib
 
 
+def one_line(text) -> str:
+    """`text` with every non-printable character (newline, tab, NUL...) written as its escape,
+    so a message quoting user input (a field name, a CSV cell) stays on one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
 class InputError(ValueError):
-    """Bad user input: names the file, the field and the problem in one line."""
+    """Bad user input: names the file, the field and the problem in one line (characters that
+    would break the line, e.g. a newline inside a quoted field name, are escaped)."""
 
     def __init__(self, source: str, field: str, problem: str):
         self.source = str(source)
         self.field = field
         self.problem = problem
-        super().__init__(f"{self.source}: {field}: {problem}")
+        super().__init__(one_line(f"{self.source}: {field}: {problem}"))
 
 
 def suggest(name: str, choices) -> str:

@@ -69,7 +69,7 @@ def study_files(draw):
 _DIR = Path(tempfile.mkdtemp(prefix="study-fuzz-"))
 
 
-@settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=800, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(files=study_files())
 def test_study_files_load_or_raise_input_error(files):
     for name, data in files.items():
