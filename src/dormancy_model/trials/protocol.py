@@ -79,7 +79,7 @@ def _bucket(n: int, chunk: int) -> int:
     return min(chunk, max(32, 1 << int(np.ceil(np.log2(max(n, 1))))))
 
 
-def _agent_chunk(m: int) -> int:
+def agent_chunk(m: int) -> int:
     """Lanes per lock-step loop inside one agent call. Patients' DTC loads (and so their event
     counts) spread over two orders of magnitude; `simulate_agents` groups lanes of similar load,
     and on the CPU small groups waste little on lanes that are already done (measured 1.3x on a
@@ -102,7 +102,7 @@ def _run_group(model, params: Parameters, dosing: Dosing, key, *, t0, t1, assess
         p = params.with_values({k: jnp.asarray(np.asarray(v)[idx])
                                 for k, v in params.values.items()})
         # the cells were drawn at screening (integers), so the agents start from exactly them
-        options = AgentOptions(method=method, initial_count="fixed", chunk_size=_agent_chunk(m),
+        options = AgentOptions(method=method, initial_count="fixed", chunk_size=agent_chunk(m),
                                assess_days=assess_days)
         kw = dict(n_replicates=m, key=jax.random.fold_in(key, c), t1=float(t1), options=options)
         if initial is not None:

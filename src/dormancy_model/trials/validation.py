@@ -245,12 +245,12 @@ def untreated_cohort(params: Parameters, population, *, key, n: int,
     from dormancy_model.agents.simulate import AgentOptions, simulate_agents
     from dormancy_model.trials.design import clever_design
     from dormancy_model.trials.population import sample_patients
-    from dormancy_model.trials.protocol import _agent_chunk, arm_dosing
+    from dormancy_model.trials.protocol import agent_chunk, arm_dosing
 
     model = model or DormancyModel()
     scr = sample_patients(jax.random.fold_in(key, 0), n, population, params, screen=False)
     p = scr.params.with_values({k: jnp.asarray(v) for k, v in scr.params.values.items()})
-    opts = AgentOptions(method=method, initial_count="fixed", chunk_size=_agent_chunk(n))
+    opts = AgentOptions(method=method, initial_count="fixed", chunk_size=agent_chunk(n))
     res = simulate_agents(model, p, arm_dosing(clever_design(), None), n_replicates=n,
                           key=jax.random.fold_in(key, 1), t1=5 * DAYS_PER_YEAR, options=opts)
     return pd.DataFrame({"baseline_count": scr.baseline_count,
