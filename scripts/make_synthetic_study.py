@@ -3,13 +3,14 @@
 No real mouse residual-burden or relapse numbers are public in our reach, so the shipped study is
 simulated from the model itself: this script is the whole recipe.
 
-Ground truth: `src/dormancy_model/params/data/mouse.toml` with the values in TRUTH (internal units) and log-normal
-burden noise sd TRUTH_SIGMA. Design: vehicle + HCQ, EVE and HCQ+EVE at 3 dose levels each, every
-drug arm transient (2 weeks) and chronic (8 weeks) = 19 arms (the `mouse-*` presets). Per arm
-BURDEN_MICE mice are sacrificed for residual tumour-cell counts (half at the end of treatment, half
-4 weeks later; a fraction SAMPLED_FRACTION of the tissue is counted, detection limit
-DETECTION_LIMIT cells in the sample) and SURVIVAL_MICE mice are followed for relapse until day
-STUDY_END (right-censored). Relapse days are drawn from the model's relapse-free curve of the arm.
+Ground truth: `src/dormancy_model/params/data/mouse.toml` with the values in TRUTH (internal units)
+and log-normal burden noise sd TRUTH_SIGMA. Design: vehicle + HCQ, EVE and HCQ+EVE at 3 dose levels
+each, every drug arm transient (2 weeks) and chronic (8 weeks) = 19 arms (the `mouse-*` presets).
+Per arm BURDEN_MICE mice are sacrificed for residual tumour-cell counts (half at the end of
+treatment, half 4 weeks later; a fraction SAMPLED_FRACTION of the tissue is counted, detection
+limit DETECTION_LIMIT cells in the sample) and SURVIVAL_MICE mice are followed for relapse until
+day STUDY_END (right-censored). Relapse days are drawn from the model's relapse-free curve of the
+arm.
 
 Run: python scripts/make_synthetic_study.py [--out data/mouse_synthetic] [--seed 20240601]
      [--burden-mice 6] [--survival-mice 10] [--arms a,b,...]
@@ -25,12 +26,14 @@ import numpy as np
 
 from dormancy_model.io import atomic_write_text
 from dormancy_model.model.ode import DormancyModel
+from dormancy_model.model.simulate import simulate
 from dormancy_model.params.table import load_model_parameters
 from dormancy_model.pk.presets import MOUSE_DURATIONS, PRESETS
-from dormancy_model.model.simulate import simulate
 
 SEED = 20240601
-TRUTH = {  # internal units (cells, 1/day, ng/mL); all other values as in src/dormancy_model/params/data/mouse.toml
+# internal units (cells, 1/day, ng/mL); all other values as in
+# src/dormancy_model/params/data/mouse.toml
+TRUTH = {
     "dormant_initial": 2000.0,
     "k_dr": 4.0e-4,
     "delta_max": 0.12,
@@ -112,7 +115,8 @@ def make(out: Path, seed: int = SEED, burden_mice: int = BURDEN_MICE,
             "burden_sigma": sigma, "burden_mice_per_arm": burden_mice,
             "survival_mice_per_arm": survival_mice, "sampled_fraction": SAMPLED_FRACTION,
             "detection_limit_cells": DETECTION_LIMIT, "study_end_day": STUDY_END,
-            "other_parameters": "src/dormancy_model/params/data/mouse.toml", "body_weight_g": BODY_WEIGHT_G}
+            "other_parameters": "src/dormancy_model/params/data/mouse.toml",
+            "body_weight_g": BODY_WEIGHT_G}
     atomic_write_text(out / "truth.json", json.dumps(info, indent=2) + "\n")
     atomic_write_text(out / "README.md", README.format(seed=seed, truth=json.dumps(truth),
                                                        sigma=sigma, bm=burden_mice,
@@ -127,7 +131,8 @@ README = """# mouse_synthetic: a SYNTHETIC mouse study
 available, so this study was simulated from the model by `scripts/make_synthetic_study.py`
 (seed {seed}). Re-running the script with the same seed writes the same files.
 
-Ground truth (internal units; every other value from `src/dormancy_model/params/data/mouse.toml`, body weight 25 g):
+Ground truth (internal units; every other value from
+`src/dormancy_model/params/data/mouse.toml`, body weight 25 g):
 `{truth}`, log-normal burden noise sd {sigma} (see `truth.json`).
 
 Design: 19 arms (`study.toml`): vehicle; HCQ 30/60/120 mg/kg, EVE 1/5/10 mg/kg and the three

@@ -1,6 +1,6 @@
 """Calibration of population-level parameters to the published CLEVER results.
 
-Targets (DeMichele et al., Nat Med 2025 [S1]; ESMO 2023 244MO [S3]; ../shared/domain/clever.md):
+Targets (DeMichele et al., Nat Med 2025 [S1]; ESMO 2023 244MO [S2]; ../shared/domain/clever.md):
 3-year RFS 91.7 / 92.9 / 100% (HCQ / EVE / HCQ+EVE), estimated DTC reduction 80 / 78 / 87%,
 HR of relapse cleared vs persistent 0.21, 30% DTC+ at screening (55/184).
 
@@ -50,7 +50,7 @@ SOURCES = {
     "rfs_3y": "Nat Med 2025 abstract [S1]: landmark 3-year RFS 91.7% / 92.9% / 100%",
     "reduction_C3": "Nat Med 2025 abstract [S1]: estimated DTC reduction 80% / 78% / 87%",
     "hr_cleared": "Nat Med 2025 abstract [S1]: HR 0.21 (95% CI 0.01-3.4) cleared vs not",
-    "screen_positivity": "ESMO 2023 244MO [S3]: 184/197 had baseline BMA, 55 (30%) DTC+",
+    "screen_positivity": "ESMO 2023 244MO [S2]: 184/197 had baseline BMA, 55 (30%) DTC+",
 }
 # scale of each statistic in the loss (roughly its spread over replicated 51-patient trials)
 LOSS_SCALE = {"rfs_3y": 0.05, "reduction_C3": 0.08, "hr_cleared": 1.0}
