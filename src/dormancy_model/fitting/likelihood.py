@@ -74,23 +74,48 @@ def study_prediction(model, params, arrays: StudyArrays, options) -> ArmPredicti
         model, params, arrays.dosing, arrays.grid, options)
 
 
+# vmap axes of a `StudyArrays` over its units: the rows carry the unit axis, the dosing and the
+# grid do not need to (they are not read by the per-unit laws)
+ROW_AXES = StudyArrays(dosing=None, grid=None, **{k: 0 for k in (
+    "burden_idx", "burden_log_y", "burden_log_lod", "burden_log_fraction", "burden_censored",
+    "burden_mask", "surv_idx", "surv_event", "surv_mask")})
+
+
+def burden_loglik_unit(pred: ArmPrediction, rows, sigma):
+    """Log-likelihood of one unit's residual-burden rows (scalar): log-normal with censoring.
+
+    A unit is an arm (pooled fit: every mouse of the arm shares the prediction) or one animal
+    (population fit). `pred` holds (G,) arrays, `rows` the unit's (Nb,) rows of a `StudyArrays`
+    (`burden_idx`, `burden_log_y`, `burden_log_lod`, `burden_log_fraction`, `burden_censored`,
+    `burden_mask`)."""
+    res = pred.residual[rows.burden_idx]
+    mu = jnp.log(jnp.maximum(res, TINY)) + rows.burden_log_fraction
+    z = (rows.burden_log_y - mu) / sigma
+    dens = -rows.burden_log_y - jnp.log(sigma) - 0.5 * LOG_2PI - 0.5 * z**2
+    cens = norm.logcdf((rows.burden_log_lod - mu) / sigma)
+    ll = jnp.where(rows.burden_censored, cens, dens)
+    return jnp.sum(jnp.where(rows.burden_mask, ll, 0.0))
+
+
+def relapse_loglik_unit(pred: ArmPrediction, rows):
+    """Log-likelihood of one unit's right-censored relapse days (scalar); `rows`: the unit's
+    (Ns,) `surv_idx`, `surv_event`, `surv_mask`."""
+    lam = pred.cum_hazard[rows.surv_idx]
+    rate = pred.hazard_rate[rows.surv_idx]
+    ll = rows.surv_event * jnp.log(jnp.maximum(rate, TINY)) - lam
+    return jnp.sum(jnp.where(rows.surv_mask, ll, 0.0))
+
+
 def burden_loglik(pred: ArmPrediction, arrays: StudyArrays, sigma):
-    """Log-likelihood of the residual-burden rows (scalar): log-normal with censoring."""
-    res = jnp.take_along_axis(pred.residual, arrays.burden_idx, axis=1)
-    mu = jnp.log(jnp.maximum(res, TINY)) + arrays.burden_log_fraction
-    z = (arrays.burden_log_y - mu) / sigma
-    dens = -arrays.burden_log_y - jnp.log(sigma) - 0.5 * LOG_2PI - 0.5 * z**2
-    cens = norm.logcdf((arrays.burden_log_lod - mu) / sigma)
-    ll = jnp.where(arrays.burden_censored, cens, dens)
-    return jnp.sum(jnp.where(arrays.burden_mask, ll, 0.0))
+    """Log-likelihood of the residual-burden rows of every unit (scalar): the sum of
+    `burden_loglik_unit` over the leading (arm or animal) axis."""
+    return jnp.sum(jax.vmap(burden_loglik_unit, in_axes=(0, ROW_AXES, None))(
+        pred, arrays, sigma))
 
 
 def relapse_loglik(pred: ArmPrediction, arrays: StudyArrays):
-    """Log-likelihood of the right-censored relapse days (scalar)."""
-    lam = jnp.take_along_axis(pred.cum_hazard, arrays.surv_idx, axis=1)
-    rate = jnp.take_along_axis(pred.hazard_rate, arrays.surv_idx, axis=1)
-    ll = arrays.surv_event * jnp.log(jnp.maximum(rate, TINY)) - lam
-    return jnp.sum(jnp.where(arrays.surv_mask, ll, 0.0))
+    """Log-likelihood of the right-censored relapse days of every unit (scalar)."""
+    return jnp.sum(jax.vmap(relapse_loglik_unit, in_axes=(0, ROW_AXES))(pred, arrays))
 
 
 def joint_loglik(model, params, arrays, sigma, options, weights=(1.0, 1.0)):
