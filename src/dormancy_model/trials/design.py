@@ -58,8 +58,9 @@ class Arm:
 class TrialDesign:
     """A trial protocol as data. Days are counted from the first dose (day 0).
 
-    `regimen`: one dose line per drug (hcq and eve: amount, dosing interval, cycle length),
-    given orally every day of each cycle from day 0; the number of cycles is `cycles`.
+    `regimen`: one dose line per drug (hcq and eve: amount, dosing interval, on-days, cycle
+    length), given orally on its on-days of each cycle from day 0 (CLEVER: every day); the
+    number of cycles is `cycles`.
     """
 
     name: str
@@ -109,9 +110,9 @@ class TrialDesign:
             raise InputError(src, "regimen", "needs exactly one dose line per drug (hcq, eve)")
         for ln in lines:
             if (ln.unit != "mg" or ln.route != "oral" or ln.start_day or ln.first_dose_hour
-                    or len(ln.days_on) != ln.cycle_days or ln.cycle_days != lines[0].cycle_days):
-                raise InputError(src, f"regimen.{ln.drug}", "the trial gives oral mg doses every "
-                                 "day of equal cycles from day 0 (first dose at hour 0)")
+                    or ln.cycle_days != lines[0].cycle_days):
+                raise InputError(src, f"regimen.{ln.drug}", "the trial gives oral mg doses on "
+                                 "the on-days of equal cycles from day 0 (first dose at hour 0)")
 
     # ------------------------------------------------------------------ derived quantities
     def dose_line(self, drug: str) -> DoseLine:
