@@ -19,7 +19,8 @@ Constraints, each g(x) <= 0 as a relative margin (g = value / limit - 1):
 
 * trough: the steady-state trough of continuous dosing (every day, `cycles.hi` cycles) per mg,
   u_i for patient i (closed-form PK), is linear in the amount, so "a share `fraction` of the
-  patients below the limit" is a * Q_fraction(u) <= limit, exact and smooth. It bounds the
+  patients below the limit" is a * Q_fraction(u) <= limit (Q: the empirical quantile without
+  interpolation, so the share holds exactly on the patients), exact and smooth in a. It bounds the
   trough of any allowed regimen from above (fewer on-days or cycles lower it);
 * daily dose: a * doses per day <= limit (mg), or <= limit * Q_{1-fraction}(body weight) (mg/kg);
 * treatment days: days_on * cycles <= limit.
@@ -195,13 +196,13 @@ class Problem:
             return float(x[k] * x[k + 1] / c.limit - 1.0)
         a = x[self.drugs.index(c.drug)]
         if c.kind == "trough":
-            q = float(np.quantile(self.unit_trough(c.drug), c.fraction))
+            q = _share_at_most(self.unit_trough(c.drug), c.fraction)
             return float(a * q / c.limit - 1.0)
         per_day = 24.0 / FREQUENCIES[self.frequencies[c.drug]]
         cap = c.limit
         if c.per_kg:
-            bw = np.asarray(self.params["body_weight"], float)
-            cap = c.limit * float(np.quantile(bw, 1.0 - c.fraction))
+            bw = np.broadcast_to(np.asarray(self.params["body_weight"], float), (self.n,))
+            cap = c.limit * -_share_at_most(-bw, c.fraction)
         return float(a * per_day / cap - 1.0)
 
     def constraint_jacobian(self, x) -> np.ndarray:
@@ -221,3 +222,10 @@ class Problem:
         """Per-patient steady-state troughs (ng/mL) of each designed drug at x."""
         return {d: self.unit_trough(d) * float(np.asarray(x)[i])
                 for i, d in enumerate(self.drugs)}
+
+
+def _share_at_most(values, fraction: float) -> float:
+    """The smallest v with at least `fraction` of the values <= v (empirical quantile without
+    interpolation), so `a * v <= limit` means exactly: that share of patients within the limit."""
+    v = np.sort(np.asarray(values, float).ravel())
+    return float(v[max(int(np.ceil(fraction * v.size - 1e-9)), 1) - 1])
