@@ -34,13 +34,14 @@ def fit_cmd(
 
     from dormancy_model.errors import InputError, check_seed
     from dormancy_model.fitting.estimate import LBFGS, FitOptions
-    from dormancy_model.fitting.pipeline import run_fit
+    from dormancy_model.fitting.pipeline import parse_arms, run_fit
 
     for flag, v, low in (("--starts", starts, 1), ("--adam-steps", adam_steps, 0),
                          ("--lbfgs-steps", lbfgs_steps, 1)):
         if v < low:
             raise InputError(flag, flag[2:].replace("-", "_"), f"must be >= {low}, got {v}")
     check_seed("--seed", "seed", seed)
+    arm_names = parse_arms(arms)
     options = FitOptions(starts=starts, seed=seed, adam_steps=adam_steps,
                          optimizer=LBFGS(steps=lbfgs_steps), prior=prior, profile=profile)
     with Progress(TextColumn("fit"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
@@ -54,7 +55,7 @@ def fit_cmd(
 
         result, st, fig_dir, names = run_fit(
             study, model, free, options, out=out, figures=figures,
-            arms=[a for a in arms.split(",") if a], progress=progress)
+            arms=arm_names, progress=progress)
     typer.echo(result.summary())
     typer.echo(f"wrote {out} and {len(names)} figures in {fig_dir}/ "
                f"({result.wall_time_s:.1f} s{', SYNTHETIC study' if st.synthetic else ''})")

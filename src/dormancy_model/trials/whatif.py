@@ -144,6 +144,11 @@ MAX_PER_ARM = 100_000  # patients per arm of a what-if trial
 MAX_CYCLES = 100  # cycles of a what-if design (CLEVER: 6, up to 12 with the extension)
 
 
+def _no_duplicates(values: list, text: str, what: str = "values") -> None:
+    if len(set(values)) != len(values):
+        raise ValueError(f"duplicate {what} in {text!r}")
+
+
 def parse_whatif(spec: str) -> tuple[str, list]:
     """'cycles=3,6,12' -> ('cycles', [3, 6, 12]); 'dose=hcq:0.5,eve:0.5'; 'combo=100';
     'sample-size' or 'sample-size=50,100,200'."""
@@ -156,6 +161,7 @@ def parse_whatif(spec: str) -> tuple[str, list]:
             v = [int(x) for x in val.split(",") if x]
             if not v or min(v) < 1 or max(v) > MAX_CYCLES:
                 raise ValueError(f"cycles must be in [1, {MAX_CYCLES}]")
+            _no_duplicates(v, val)
             return name, v
         if name == "dose":
             v = []
@@ -164,6 +170,7 @@ def parse_whatif(spec: str) -> tuple[str, list]:
                 if drug.lower() not in ("hcq", "eve") or not 0 < float(f) <= 2:
                     raise ValueError(f"{part!r}: use hcq:FACTOR or eve:FACTOR, 0 < FACTOR <= 2")
                 v.append((drug.lower(), float(f)))
+            _no_duplicates(v, val)
             return name, v
         if name == "combo":
             n = int(val or 100)
@@ -175,8 +182,7 @@ def parse_whatif(spec: str) -> tuple[str, list]:
             for n in v:
                 if not 2 <= n <= MAX_PER_ARM:
                     raise ValueError(f"n per arm must be in [2, {MAX_PER_ARM}], got {n}")
-            if len(set(v)) != len(v):
-                raise ValueError(f"duplicate sizes in {val!r}")
+            _no_duplicates(v, val, "sizes")
             return name, sorted(v)
     except ValueError as e:
         raise InputError("--what-if", name, str(e)) from None
