@@ -155,9 +155,11 @@ def outer_hessian(ev: _Evaluator, theta, h: float) -> np.ndarray:
 
 
 def fit_laplace(problem: PopulationProblem, *, options: LaplaceOptions = LaplaceOptions(),
-                theta0=None, progress=None, method_name: str = "laplace") -> PopulationResult:
+                theta0=None, progress=None, method_name: str = "laplace",
+                on_iteration=None) -> PopulationResult:
     """Fit `problem` by the Laplace marginal likelihood. `theta0`: start rows (n, n_theta)
-    replacing the Sobol starts. `progress(i, n, best)`: after every start."""
+    replacing the Sobol starts. `progress(i, n, best)`: after every start;
+    `on_iteration(start, iteration, objective)`: after every L-BFGS iteration."""
     t_start = time.perf_counter()
     ev = _Evaluator(problem, options.inner)
     coords = BoundedCoordinates(problem.theta_bounds())
@@ -169,8 +171,9 @@ def fit_laplace(problem: PopulationProblem, *, options: LaplaceOptions = Laplace
     for i, t0 in enumerate(T0):
         ev.eta = np.zeros((problem.n_animals, problem.q))
         z0 = coords.z(np.asarray(t0, float))[None]
-        Z, f, _, conv, iters = opt.minimise(zobj, z0, np.ones_like(z0, bool),
-                                            lambda *a: None)
+        tick = ((lambda it, total, fz, i=i: on_iteration(i, it, float(fz[0])))
+                if on_iteration else (lambda *a: None))
+        Z, f, _, conv, iters = opt.minimise(zobj, z0, np.ones_like(z0, bool), tick)
         theta, f = coords.theta(Z[0]), float(f[0])
         ok = bool(conv[0] and np.isfinite(f))
         msg = "converged" if ok else ("objective not finite" if not np.isfinite(f)
