@@ -71,6 +71,21 @@ CASES = {
         (["--arms", ","], "--arms: arms: empty arm name in ','"),
         (["--arms", "vehicle,,eve1-transient"], "--arms: arms: empty arm name"),
         (["--arms", "vehicle,vehicle"], "--arms: arms: duplicate arm 'vehicle'"),
+        (["--method", "laplace", "--random", "k_drr"],
+         "--random: random: unknown parameter 'k_drr' (did you mean 'k_dr'"),
+        (["--method", "laplace", "--free", "dormant_initial,k_dr", "--random", "hcq_ic50"],
+         "--random: random: hcq_ic50 is fixed (not among --free dormant_initial,k_dr)"),
+        (["--method", "laplace", "--random", "burden_sigma"],
+         "--random: random: burden_sigma is the noise sd of the counts"),
+        (["--method", "laplace", "--random", "k_dr,k_dr"], "--random: random: a random effect "
+         "is named twice"),
+        (["--method", "laplace"], "--random: random: --method laplace needs random effects"),
+        (["--random", "k_dr"], "--random: random: random effects need --method laplace"),
+        (["--method", "foce"], "--method: method: unknown method 'foce' (one of: pooled, "
+         "laplace)"),
+        (["--method", "laplace", "--random", "k_dr", "--covariance", "block"],
+         "--covariance: covariance: unknown covariance 'block'"),
+        (["--laplace-starts", "0"], "--laplace-starts: laplace_starts: must be >= 1"),
     ],
     "sweep": [
         (["samples_seed.toml"], "samples_seed.toml: samples.seed: must be a whole number"),

@@ -112,6 +112,8 @@ class FitResult:
     seed: int = 0
     wall_time_s: float = 0.0
     n_evaluations: int = 0
+    # population fit (`population.study_fit`): the fit file's population block; empty: pooled
+    population: dict = field(default_factory=dict)
 
     @property
     def n_converged(self) -> int:
@@ -135,11 +137,21 @@ class FitResult:
         return d
 
     def summary(self) -> str:
-        rows = [f"nll {self.objective:.3f}  AIC {self.aic:.2f}  "
-                f"{self.n_converged}/{len(self.starts)} starts converged"]
+        pop = self.population
+        head = f"nll {self.objective:.3f}  AIC {self.aic:.2f}  "
+        if pop:
+            o = pop["objective"]
+            head = (f"{pop['method']}: -loglik {self.objective:.3f}  AIC {self.aic:.2f}  BIC "
+                    f"{o['bic']:.2f}  {o['n_animals']} animals  "
+                    f"{'converged' if pop['converged'] else 'NOT CONVERGED'}  ")
+        rows = [head + f"{self.n_converged}/{len(self.starts)} starts converged"]
         for n in self.names:
             rows.append(f"  {n:<20} {self.estimate[n]:.4g}  95% CI [{self.ci_low[n]:.4g}, "
                         f"{self.ci_high[n]:.4g}]")
+        for r, v in (pop.get("random") or {}).items():
+            pct = lambda x: "nan" if x is None else f"{100 * x:.1f}"  # noqa: E731
+            rows.append(f"  omega({r}) CV {pct(v['cv'])}% [{pct(v['cv_ci95_low'])}, "
+                        f"{pct(v['cv_ci95_high'])}]  shrinkage {pct(v['shrinkage'])}%")
         return "\n".join(rows)
 
 

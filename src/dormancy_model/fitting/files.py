@@ -9,6 +9,10 @@ its objective is finite); `read_fit` reads files written before it as "ok".
 another model. The reader (`read_fit`, `apply_fit`) is `params.fitfile`, below this package,
 so that sweeps can draw from a fit too; `apply_fit(params, path)` is what
 `dormancy simulate --params fits/NAME.json` uses.
+
+A population fit (`dormancy fit --random ... --method laplace`) writes the typical values as
+`estimates` (so every reader above keeps working), its objective (Laplace -log-likelihood, AIC,
+BIC), `method`, and a `population` block (`population.study_fit.population_block`).
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ def fit_to_json(result, study, model_path: str, params=None) -> dict:
     profiles = {k: dict(values=p.values, scale_values=p.scale_values,
                         objective=[_num(x) for x in p.objective], lr_ci95_low=p.ci_low,
                         lr_ci95_high=p.ci_high) for k, p in result.profiles.items()}
-    return {
+    doc = {
         "format": FORMAT,
         "package_version": __version__,
         "created_utc": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -76,6 +80,13 @@ def fit_to_json(result, study, model_path: str, params=None) -> dict:
         "wall_time_s": result.wall_time_s,
         "n_evaluations": result.n_evaluations,
     }
+    pop = getattr(result, "population", None)
+    if pop:  # a population fit: estimates are the typical values, the rest is here
+        doc["method"] = pop["method"]
+        doc["objective"].update(bic=pop["objective"]["bic"],
+                                n_params=pop["objective"]["n_params"])
+        doc["population"] = pop
+    return doc
 
 
 def _num(x):

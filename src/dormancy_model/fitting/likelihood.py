@@ -45,15 +45,17 @@ class ArmPrediction(eqx.Module):
 
 
 def arm_prediction(model: DormancyModel, params: Parameters, dosing: Dosing, grid,
-                   options: SolverOptions | FixedSteps) -> ArmPrediction:
+                   options: SolverOptions | FixedSteps, t1=None) -> ArmPrediction:
     """Solve one arm once and read it at the grid days and at the grid days minus each node of
     the relapse-lag law, with the step strategy `options` (`integrate.SolverOptions`: adaptive,
     dense output, the same equations, controller and initial state as `simulate`; dense output
     instead of `SaveAt(ts)` because reading a few thousand days from the interpolant is much
     cheaper than saving them inside the solver loop. `integrate.FixedSteps`: the fixed step
-    grid)."""
+    grid). The solve runs from grid[0] to `t1` (default grid[-1]): one animal of the
+    population fit reads its own few days (non-decreasing, `grid[0]` = 0) from a solve to the
+    end of the study, the same solve as its arm's in the pooled fit."""
     course = model.drug_course(params, dosing)
-    t0, t1 = grid[0], grid[-1]
+    t0, t1 = grid[0], (grid[-1] if t1 is None else t1)
     at, status = options.dense(model, params, course, dosing, t0, t1)
     p_found = O.founding_probability(params)
     reads = O.lag_reads(grid, params, t0)  # (G, K) lagged times of the relapse-lag law
@@ -100,9 +102,12 @@ def burden_loglik_unit(pred: ArmPrediction, rows, sigma):
 def relapse_loglik_unit(pred: ArmPrediction, rows):
     """Log-likelihood of one unit's right-censored relapse days (scalar); `rows`: the unit's
     (Ns,) `surv_idx`, `surv_event`, `surv_mask`."""
-    lam = pred.cum_hazard[rows.surv_idx]
-    rate = pred.hazard_rate[rows.surv_idx]
-    ll = rows.surv_event * jnp.log(jnp.maximum(rate, TINY)) - lam
+    # padded rows and censored mice read a safe rate of 1 (a padded row points at day 0, where
+    # the rate is 0: its log would make second derivatives NaN even though it is masked)
+    used = rows.surv_mask & (rows.surv_event > 0)
+    lam = jnp.where(rows.surv_mask, pred.cum_hazard[rows.surv_idx], 0.0)
+    rate = jnp.where(used, pred.hazard_rate[rows.surv_idx], 1.0)
+    ll = jnp.where(used, jnp.log(jnp.maximum(rate, TINY)), 0.0) - lam
     return jnp.sum(jnp.where(rows.surv_mask, ll, 0.0))
 
 

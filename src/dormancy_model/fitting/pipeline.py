@@ -64,13 +64,26 @@ def parse_arms(text: str) -> list[str]:
     return names
 
 
+METHODS = ("pooled", "laplace")
+
+
+def _names(v) -> tuple:
+    if isinstance(v, str):
+        v = v.split(",")
+    return tuple(n.strip() for n in v if n.strip())
+
+
 def run_fit(study_path, model_path, free, options=None, *, out, figures=None, arms=None,
-            progress=None):
+            progress=None, method="pooled", random=(), covariance="diagonal", laplace=None,
+            on_iteration=None):
     """Load, validate, fit, write `out` (JSON) and figures (default directory: `out` without
     .json). `study_path`: a study directory; `model_path`: a parameter set name or file; `free`:
     names (a list or a comma-separated string); `options`: the search (`FitOptions`: starts,
     seed, Adam and L-BFGS steps, prior, profiles, solver; default `FitOptions()`); `arms`: fit
-    only these arms. Returns (result, study, fig_dir, fig names)."""
+    only these arms. `method`: "pooled" (one parameter set for all mice) or "laplace" (random
+    effects per animal on `random`, a subset of `free`, `covariance` "diagonal" or "full";
+    `laplace`: its `LaplaceOptions`; `population.study_fit`). Returns (result, study, fig_dir,
+    fig names)."""
     from dormancy_model.fitting.estimate import FitOptions, fit, fit_batch
     from dormancy_model.fitting.files import write_fit
     from dormancy_model.fitting.objective import Objective
@@ -95,6 +108,28 @@ def run_fit(study_path, model_path, free, options=None, *, out, figures=None, ar
                          f"{bw_spec.in_file_unit(hi):g}] {bw_spec.unit}")
     free = tuple(n.strip() for n in free) if not isinstance(free, str) else tuple(
         n.strip() for n in free.split(",") if n.strip())
+    random = _names(random)
+    if method not in METHODS:
+        raise InputError("--method", "method", f"unknown method {method!r} "
+                         f"(one of: {', '.join(METHODS)})")
+    if method == "pooled" and random:
+        raise InputError("--random", "random", "random effects need --method laplace")
+    if method == "laplace":
+        from dormancy_model.fitting.objective import free_parameters
+        from dormancy_model.fitting.population.animals import animal_table, check_random
+        from dormancy_model.fitting.population.problem import COVARIANCES
+
+        if not random:
+            raise InputError("--random", "random", "--method laplace needs random effects "
+                             "(e.g. --random dormant_initial,k_dr)")
+        if covariance not in COVARIANCES:
+            raise InputError("--covariance", "covariance", f"unknown covariance "
+                             f"{covariance!r} (one of: {', '.join(COVARIANCES)})")
+        free_parameters(params, free)
+        check_random(random, free, params)
+        animal_table(study)
+        if options.profile:
+            raise InputError("--profile", "profile", "profiles are for --method pooled")
     for n in options.profile:
         if n not in free:
             raise InputError("--profile", "profile", f"{n!r} is not among --free")
@@ -109,7 +144,16 @@ def run_fit(study_path, model_path, free, options=None, *, out, figures=None, ar
 
     obj = Objective(study, params, free, batch=fit_batch(options.starts), options=options.solver,
                     prior=options.prior)  # validates the free names before any work or output
-    result = fit(study, params, free, options=options, objective=obj, progress=progress)
+    if method == "laplace":
+        from dormancy_model.fitting.population.study_fit import fit_study_laplace
+
+        pooled = fit(study, params, free, options=options, objective=obj, progress=progress)
+        kw = {} if laplace is None else dict(laplace=laplace)
+        result = fit_study_laplace(study, params, free, random, options=options,
+                                   covariance=covariance, pooled=pooled,
+                                   on_iteration=on_iteration, **kw)
+    else:
+        result = fit(study, params, free, options=options, objective=obj, progress=progress)
     # nothing is written before the fit succeeds; the figures appear all at once, then the JSON
     with output_dir(fig_dir, "--figures") as tmp:
         names = write_fit_figures(result, study, params, tmp)

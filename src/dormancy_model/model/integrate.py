@@ -143,6 +143,10 @@ class FixedSteps(eqx.Module):
     fine: int = eqx.field(static=True, default=256)
     coarse: int = eqx.field(static=True, default=96)
     washout: float = eqx.field(static=True, default=14.0)
+    # how Tsit5 loops over its stages: None (diffrax's checkpointed while loop, reverse mode
+    # only) or "bounded" (nested scans: any order and mix of forward and reverse mode, which the
+    # population fit's Laplace gradient needs: reverse over forward over reverse)
+    scan_kind: str | None = eqx.field(static=True, default=None)
 
     def step_times(self, course, dosing, t0, t1):
         """The sorted step grid (fine + coarse + 1 + number of doses,)."""
@@ -159,7 +163,7 @@ class FixedSteps(eqx.Module):
         ts = self.step_times(course, dosing, t0, t1)
         y0 = model.initial_state(params)
         term = dfx.ODETerm(model.vector_field)
-        solver = dfx.Tsit5()
+        solver = dfx.Tsit5(scan_kind=self.scan_kind)
         args = (params, course)
 
         def step(carry, tt):

@@ -4,10 +4,13 @@
 
 1. starts: scrambled Sobol typical values inside the bounds (10%-90% of each range) or the
    given `theta0`, random-effect sds at `sd0`, no correlation;
-2. from each start, L-BFGS-B (scipy) on the outer vector (typical values on the transform
-   scale, log sds, correlation factors) with the exact gradient (implicit differentiation
-   through the inner modes, `laplace.laplace_value_and_grad`); the inner modes are warm-started
-   from the previous evaluation's;
+2. from each start, the pooled fit's optimiser (`fitting.estimate.LBFGS`: two-loop recursion,
+   backtracking Armijo line search) on the outer vector in bounded coordinates: each bounded
+   component (typical values, log sds) is ``lo + (hi - lo) sigmoid(z)``, the correlation
+   factors are unbounded (z itself), so no iterate leaves the bounds or is clipped onto them;
+   the gradient is exact (implicit differentiation through the inner modes,
+   `laplace.laplace_value_and_grad`) and the inner modes are warm-started from the previous
+   evaluation's;
 3. at the best start: the outer Hessian by central differences of the exact gradient, its
    inverse as the covariance (RSE%, Wald CIs), the EBEs and their conditional sds, shrinkage.
 
@@ -21,8 +24,8 @@ import time
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
-from scipy.optimize import minimize
 
+from dormancy_model.fitting.estimate import LBFGS
 from dormancy_model.fitting.population.laplace import (
     InnerOptions,
     laplace_value_and_grad,
@@ -40,9 +43,10 @@ from dormancy_model.params.transforms import SCALE_CODE, from_scale_codes
 
 class LaplaceOptions(eqx.Module):
     """How `fit_laplace` searches: `starts` from `seed` (or the rows of `theta0`), random-effect
-    sds starting at `sd0`, at most `iterations` L-BFGS-B iterations with gradient tolerance
-    `gtol`; `inner`: the per-animal Newton settings; `hessian_step`: central-difference step of
-    the outer Hessian."""
+    sds starting at `sd0`, at most `iterations` L-BFGS iterations (`fitting.estimate.LBFGS`)
+    with gradient tolerance `gtol` (max |d nll / d z| in the bounded coordinates); `inner`: the
+    per-animal Newton settings; `hessian_step`: central-difference step of the outer
+    Hessian."""
 
     starts: int = eqx.field(static=True, default=4)
     seed: int = eqx.field(static=True, default=0)
@@ -59,11 +63,12 @@ class LaplaceOptions(eqx.Module):
 
 
 class _Evaluator:
-    """The compiled objective with warm-started modes (host side)."""
+    """The compiled objective with warm-started modes (host side), at outer vectors theta."""
 
     def __init__(self, problem, inner):
         self.problem, self.inner = problem, inner
         self.eta = np.zeros((problem.n_animals, problem.q))
+        self.last_conv = np.ones(problem.n_animals, bool)
         self.n = 0
 
     def __call__(self, theta):
@@ -77,8 +82,51 @@ class _Evaluator:
             self.eta = np.zeros_like(self.eta)
         self.last_conv = np.asarray(conv)
         if not np.isfinite(f) or not np.all(np.isfinite(g)):
-            return 1e300, np.zeros_like(g)
+            return float("inf"), np.zeros_like(g)
         return f, g
+
+
+class BoundedCoordinates:
+    """theta <-> z: ``theta = lo + (hi - lo) sigmoid(z)`` on bounded components, theta = z on
+    unbounded ones (`PopulationProblem.theta_bounds`)."""
+
+    def __init__(self, bounds):
+        self.bounded = np.array([lo is not None and hi is not None for lo, hi in bounds])
+        self.lo = np.array([lo if b else 0.0 for (lo, _), b in zip(bounds, self.bounded,
+                                                                   strict=True)], float)
+        self.hi = np.array([hi if b else 1.0 for (_, hi), b in zip(bounds, self.bounded,
+                                                                   strict=True)], float)
+
+    def theta(self, z):
+        z = np.asarray(z, float)
+        return np.where(self.bounded, self.lo + (self.hi - self.lo) / (1.0 + np.exp(-z)), z)
+
+    def z(self, theta):
+        theta = np.asarray(theta, float)
+        u = np.clip((theta - self.lo) / (self.hi - self.lo), 1e-12, 1 - 1e-12)
+        return np.where(self.bounded, np.log(u / (1.0 - u)), theta)
+
+    def dtheta_dz(self, z):
+        u = 1.0 / (1.0 + np.exp(-np.asarray(z, float)))
+        return np.where(self.bounded, (self.hi - self.lo) * u * (1.0 - u), 1.0)
+
+
+class _ZObjective:
+    """The Laplace objective in bounded coordinates, in the interface `LBFGS.minimise` expects
+    (`evaluate(Z) -> (f, grad z, _, _)` over rows; one start at a time, so the warm-started
+    modes are that start's)."""
+
+    def __init__(self, ev: _Evaluator, coords: BoundedCoordinates):
+        self.ev, self.coords = ev, coords
+
+    def evaluate(self, Z):
+        Z = np.atleast_2d(np.asarray(Z, float))
+        f, g = np.empty(Z.shape[0]), np.empty_like(Z)
+        for i, z in enumerate(Z):
+            fi, gi = self.ev(self.coords.theta(z))
+            f[i], g[i] = fi, gi * self.coords.dtheta_dz(z)
+        nan = np.full(Z.shape[0], np.nan)
+        return f, np.where(np.isfinite(g), g, 0.0), nan, nan
 
 
 def start_thetas(problem: PopulationProblem, options: LaplaceOptions) -> np.ndarray:
@@ -107,28 +155,36 @@ def outer_hessian(ev: _Evaluator, theta, h: float) -> np.ndarray:
 
 
 def fit_laplace(problem: PopulationProblem, *, options: LaplaceOptions = LaplaceOptions(),
-                theta0=None, progress=None, method_name: str = "laplace") -> PopulationResult:
+                theta0=None, progress=None, method_name: str = "laplace",
+                on_iteration=None) -> PopulationResult:
     """Fit `problem` by the Laplace marginal likelihood. `theta0`: start rows (n, n_theta)
-    replacing the Sobol starts. `progress(i, n, best)`: after every start."""
+    replacing the Sobol starts. `progress(i, n, best)`: after every start;
+    `on_iteration(start, iteration, objective)`: after every L-BFGS iteration."""
     t_start = time.perf_counter()
     ev = _Evaluator(problem, options.inner)
+    coords = BoundedCoordinates(problem.theta_bounds())
+    zobj = _ZObjective(ev, coords)
+    opt = LBFGS(steps=options.iterations, gtol=options.gtol)
     T0 = np.atleast_2d(theta0) if theta0 is not None else start_thetas(problem, options)
-    bounds = problem.theta_bounds()
     starts = []
     best = None
     for i, t0 in enumerate(T0):
         ev.eta = np.zeros((problem.n_animals, problem.q))
-        res = minimize(ev, np.asarray(t0, float), jac=True, method="L-BFGS-B", bounds=bounds,
-                       options=dict(maxiter=options.iterations, gtol=options.gtol))
-        f = float(res.fun) if res.fun < 1e299 else float("inf")
-        starts.append((PopulationStart(i, list(map(float, t0)), list(map(float, res.x)), f,
-                                       bool(res.success and np.isfinite(f)), int(res.nit),
-                                       str(res.message)), ev.eta.copy()))
+        z0 = coords.z(np.asarray(t0, float))[None]
+        tick = ((lambda it, total, fz, i=i: on_iteration(i, it, float(fz[0])))
+                if on_iteration else (lambda *a: None))
+        Z, f, _, conv, iters = opt.minimise(zobj, z0, np.ones_like(z0, bool), tick)
+        theta, f = coords.theta(Z[0]), float(f[0])
+        ok = bool(conv[0] and np.isfinite(f))
+        msg = "converged" if ok else ("objective not finite" if not np.isfinite(f)
+                                      else "line search stalled or iteration limit")
+        starts.append(PopulationStart(i, list(map(float, t0)), list(map(float, theta)), f, ok,
+                                      int(iters[0]), msg))
         if best is None or f < best[0]:
-            best = (f, res.x.copy(), ev.eta.copy())
+            best = (f, theta.copy(), ev.eta.copy())
         if progress:
             progress(i + 1, len(T0), best[0])
-    starts.sort(key=lambda s: (not np.isfinite(s[0].objective), s[0].objective))
+    starts.sort(key=lambda s: (not np.isfinite(s.objective), s.objective))
     f_best, theta, eta0 = best
     ev.eta = eta0
     f_best, _ = ev(theta)
@@ -141,10 +197,8 @@ def fit_laplace(problem: PopulationProblem, *, options: LaplaceOptions = Laplace
         cov, hessian_pd = np.full_like(H, np.nan), False
     var = np.diag(cov)
     se = np.sqrt(np.where(var > 0, var, np.nan))
-    if not hessian_pd:
-        se = np.where(var > 0, se, np.nan)
     return _result(problem, options, method_name, theta, se, cov, f_best, eta, conv,
-                   hessian_pd, [s for s, _ in starts], time.perf_counter() - t_start)
+                   hessian_pd, starts, time.perf_counter() - t_start)
 
 
 def _result(problem, options, method, theta, se, cov, f_best, eta, conv, hessian_pd, starts,
@@ -195,7 +249,8 @@ def _result(problem, options, method, theta, se, cov, f_best, eta, conv, hessian
         n_animals=problem.n_animals,
         converged=outer_ok and hessian_pd and bool(np.all(conv)),
         inner_converged=int(np.sum(conv)), hessian_pd=hessian_pd, starts=starts,
-        settings=dict(method=method, starts=len(starts), seed=options.seed, sd0=options.sd0,
+        settings=dict(method=method, optimizer="lbfgs (sigmoid-bounded coordinates)",
+                      starts=len(starts), seed=options.seed, sd0=options.sd0,
                       iterations=options.iterations, gtol=options.gtol,
                       inner_iterations=options.inner.iterations,
                       covariance=problem.covariance, random=list(problem.random)),

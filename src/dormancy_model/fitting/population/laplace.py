@@ -16,8 +16,8 @@ in eta (checked against statsmodels MixedLM in the tests).
 
 Inner problems: a damped Newton method for all animals at once (`jax.vmap`), the Hessian made
 positive definite by raising its eigenvalues to at least `1e-8 * max(1, |largest|)`, a step
-halved up to `halvings` times until g decreases, stopped when the Newton decrement is below
-`tol` or after `iterations` steps.
+halved up to `halvings` times until g does not increase (one trial at a time), stopped when
+the Newton decrement is below `tol` or after `iterations` steps.
 
 Outer gradient by implicit differentiation: at the converged mode eta*, the implicit function
 theorem gives d eta*/d theta = -H^{-1} d(grad_eta g)/d theta. `mode_implicit` returns
@@ -87,13 +87,20 @@ def find_mode(problem: PopulationProblem, theta, eta0, animal, options: InnerOpt
         def trial(k):
             return g(eta + step * 0.5**k)
 
-        alphas = jnp.arange(options.halvings + 1)
-        ft = jax.vmap(trial)(alphas)
-        better = jnp.isfinite(ft) & (ft <= f)
-        k = jnp.argmax(better)  # the first (largest) step that does not increase g
-        moved = better[k]
-        new_eta = jnp.where(moved, eta + step * 0.5 ** alphas[k], eta)
-        new_f = jnp.where(moved, ft[k], f)
+        # backtracking, one trial at a time: the first (largest) step 0.5^k that does not
+        # increase g (most Newton steps take k = 0, so one solve instead of halvings + 1)
+        def search_cond(s):
+            k, ft = s
+            return (k <= options.halvings) & ~(jnp.isfinite(ft) & (ft <= f))
+
+        def search_body(s):
+            k, _ = s
+            return k + 1, trial(k + 1)
+
+        k, ft = jax.lax.while_loop(search_cond, search_body, (0, trial(0)))
+        moved = (k <= options.halvings) & jnp.isfinite(ft) & (ft <= f)
+        new_eta = jnp.where(moved, eta + step * 0.5**k, eta)
+        new_f = jnp.where(moved, ft, f)
         done = (dec < options.tol) | ~moved
         return new_eta, new_f, done, it + 1
 

@@ -105,7 +105,8 @@ class PopulationProblem(eqx.Module):
         return (*self.names, *(f"log_sd({r})" for r in self.random), *off[:self.n_offdiag])
 
     def theta_bounds(self) -> list:
-        """(low, high) of each outer parameter (None: unbounded), for L-BFGS-B."""
+        """(low, high) of each outer parameter (None: unbounded): the sigmoid-bounded coordinates of
+        `fit_laplace`."""
         lo, hi = np.asarray(self.lower), np.asarray(self.upper)
         b = [(float(a), float(c)) for a, c in zip(lo, hi, strict=True)]
         b += [(float(np.log(self.sd_bounds[0])), float(np.log(self.sd_bounds[1])))] * self.q

@@ -1,0 +1,211 @@
+"""The mouse study as a population problem: one animal likelihood per mouse.
+
+    problem = study_problem(study, params, free=("dormant_initial", "k_dr", "delta_max",
+                            "burden_sigma"), random=("dormant_initial", "k_dr"))
+
+An animal is a `mouse_id` of the study: a burden mouse (its residual counts, usually one at
+sacrifice), a survival mouse (its relapse or censoring day), or both when the same id is in
+both files (the study's sacrifice design keeps them separate animals; both are supported). Its
+likelihood is the pooled fit's, per unit (`likelihood.burden_loglik_unit`,
+`likelihood.relapse_loglik_unit`): the ODE of its arm's schedule solved with its own parameters
+``phi_i = theta + E eta_i`` (transform scale, so a random effect on a log-scale parameter is
+log-normal between animals) by the fit's fixed-step solver (`integrate.FixedSteps`, smooth in
+the parameters, cheap under the forward-over-reverse Hessians of the inner problems) from day 0
+to the last day of the study, read at the animal's own days only. With every eta = 0 the sum
+over animals is the pooled fit's log-likelihood (the same solve per arm; tested).
+
+Bad input (`errors.InputError`, one line): a random effect on an unknown parameter, on a
+parameter that is not free (fixed), on the noise sd, named twice; an animal id in two arms.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dormancy_model.errors import InputError, suggest
+from dormancy_model.fitting.likelihood import (
+    arm_prediction,
+    burden_loglik_unit,
+    relapse_loglik_unit,
+)
+from dormancy_model.fitting.objective import NUISANCE, free_parameters
+from dormancy_model.fitting.population.problem import (
+    AbstractAnimalLikelihood,
+    PopulationProblem,
+)
+from dormancy_model.fitting.study import Study, StudyArrays, stacked_dosing
+from dormancy_model.model.integrate import FixedSteps
+from dormancy_model.model.ode import DormancyModel
+from dormancy_model.params.table import Parameters
+from dormancy_model.params.transforms import SCALE_CODE, from_scale_codes_jnp, to_scale
+
+
+class StudyAnimalLikelihood(AbstractAnimalLikelihood):
+    """Burden + relapse log-likelihood of one mouse; `phi` holds the free parameters (`names`)
+    on their scales (`codes`), `burden_sigma` among them or fixed at `sigma_fixed`."""
+
+    base: Parameters
+    codes: jax.Array
+    sigma_fixed: jax.Array
+    t_end: jax.Array
+    names: tuple = eqx.field(static=True)
+    model_names: tuple = eqx.field(static=True)
+    options: FixedSteps = eqx.field(static=True)
+    model: DormancyModel = eqx.field(static=True)
+
+    def parts(self, phi, animal: StudyArrays):
+        """(burden log-likelihood, relapse log-likelihood, solver status) of one animal."""
+        x = from_scale_codes_jnp(phi, self.codes)
+        vals = dict(zip(self.names, list(x), strict=True))
+        p = self.base.replace(**{n: vals[n] for n in self.model_names})
+        sigma = vals.get("burden_sigma", self.sigma_fixed)
+        pred = arm_prediction(self.model, p, animal.dosing, animal.grid, self.options,
+                              t1=self.t_end)
+        return (burden_loglik_unit(pred, animal, sigma), relapse_loglik_unit(pred, animal),
+                pred.status)
+
+    def __call__(self, phi, animal):
+        lb, lr, status = self.parts(phi, animal)
+        return lb + lr, status
+
+
+def check_random(random, free, params: Parameters, source: str = "--random") -> tuple:
+    """The random-effect names, validated against the free parameters (InputError)."""
+    random = tuple(random)
+    if not random:
+        raise InputError(source, "random", "no random effect given")
+    if len(set(random)) != len(random):
+        raise InputError(source, "random", "a random effect is named twice")
+    for r in random:
+        if r in NUISANCE:
+            raise InputError(source, "random", f"{r} is the noise sd of the counts, not an "
+                             "animal parameter; it cannot carry a random effect")
+        if r not in params.spec:
+            raise InputError(source, "random", f"unknown parameter {r!r}"
+                             f"{suggest(r, list(free) + list(params.spec))}")
+        if r not in free:
+            raise InputError(source, "random", f"{r} is fixed (not among --free "
+                             f"{','.join(free)}); a random effect needs a free typical value")
+    return random
+
+
+def animal_table(study: Study):
+    """(ids, arm index per animal, burden row -> animal, survival row -> animal); an id in two
+    arms raises InputError."""
+    ids, arm = [], []
+    index = {}
+    for src, rows in (("burden", study.burden), ("survival", study.survival)):
+        for mid, a in zip(rows.mouse_id, rows.arm, strict=True):
+            mid = str(mid)
+            if mid in index:
+                k = index[mid]
+                if arm[k] != int(a):
+                    raise InputError(f"{study.path}/{src}.csv", "mouse_id",
+                                     f"mouse {mid!r} is in arm {study.arm_names[int(a)]!r} "
+                                     f"and in arm {study.arm_names[arm[k]]!r}: one arm per "
+                                     "animal")
+                continue
+            index[mid] = len(ids)
+            ids.append(mid)
+            arm.append(int(a))
+    b_of = np.array([index[str(m)] for m in study.burden.mouse_id], int)
+    s_of = np.array([index[str(m)] for m in study.survival.mouse_id], int)
+    return tuple(ids), np.array(arm, int), b_of, s_of
+
+
+def _group(owner, values, n, fill):
+    counts = np.bincount(owner, minlength=n)
+    width = max(int(counts.max()) if counts.size else 0, 1)
+    out = np.full((n, width), fill, dtype=np.asarray(values).dtype)
+    mask = np.zeros((n, width), bool)
+    for i in range(n):
+        sel = np.flatnonzero(owner == i)
+        out[i, :sel.size] = np.asarray(values)[sel]
+        mask[i, :sel.size] = True
+    return out, mask
+
+
+def animal_arrays(study: Study, dtype=jnp.float64):
+    """(ids, per-animal `StudyArrays` with a leading animal axis on every leaf, last study day).
+
+    Each animal's `grid` is 0, its own days (sorted) and padding with its last day; `*_idx`
+    index into it; `dosing` is its arm's schedule."""
+    ids, arm, b_of, s_of = animal_table(study)
+    n = len(ids)
+    b, s = study.burden, study.survival
+    days = [np.unique(np.concatenate([[0.0], b.day[b_of == i], s.day[s_of == i]]))
+            for i in range(n)]
+    G = max(d.size for d in days)
+    grid = np.stack([np.concatenate([d, np.full(G - d.size, d[-1])]) for d in days])
+    bidx = np.array([np.searchsorted(days[i], t) for i, t in zip(b_of, b.day, strict=True)], int)
+    sidx = np.array([np.searchsorted(days[i], t) for i, t in zip(s_of, s.day, strict=True)], int)
+    cens = b.censored
+    log_y = np.log(np.where(cens, 1.0, np.maximum(b.cells, 1e-300)))
+    cols = {}
+    for key, vals, fill in (("bidx", bidx, 0), ("log_y", log_y, 0.0),
+                            ("log_lod", np.log(b.detection_limit), 0.0),
+                            ("log_f", np.log(b.sampled_fraction), 0.0), ("cens", cens, False)):
+        cols[key], bmask = _group(b_of, vals, n, fill)
+    sidx_p, smask = _group(s_of, sidx, n, 0)
+    sev, _ = _group(s_of, s.event.astype(float), n, 0.0)
+    arm_dosing = stacked_dosing([a.schedule for a in study.arms], dtype)
+    dosing = jax.tree.map(lambda x: x[jnp.asarray(arm)], arm_dosing)
+    f = lambda x: jnp.asarray(x, dtype)  # noqa: E731
+    arrays = StudyArrays(
+        dosing=dosing, grid=f(grid), burden_idx=jnp.asarray(cols["bidx"]),
+        burden_log_y=f(cols["log_y"]), burden_log_lod=f(cols["log_lod"]),
+        burden_log_fraction=f(cols["log_f"]), burden_censored=jnp.asarray(cols["cens"]),
+        burden_mask=jnp.asarray(bmask), surv_idx=jnp.asarray(sidx_p), surv_event=f(sev),
+        surv_mask=jnp.asarray(smask))
+    t_end = float(max(np.max(b.day, initial=0.0), np.max(s.day, initial=0.0)))
+    return ids, arrays, t_end
+
+
+def study_problem(study: Study, params: Parameters, free, random, *, covariance="diagonal",
+                  sigma: float = 0.5, solver: FixedSteps | None = None,
+                  model: DormancyModel | None = None,
+                  sd_bounds=(0.01, 3.0)) -> PopulationProblem:
+    """The population problem of a mouse study: typical values of `free` (model parameters
+    and/or `burden_sigma`, bounds and scales from the parameter table), random effects on
+    `random` (a subset of the free model parameters), `covariance` "diagonal" or "full";
+    `sigma`: the noise sd when `burden_sigma` is not free; `solver`: the fixed-step solver
+    (default the pooled fit's step grid, `estimate.fit_solver_options()`, with its stages in
+    bounded (scan) loops so that the third derivatives of the Laplace gradient can be taken)."""
+    from dormancy_model.fitting.estimate import fit_solver_options
+
+    fp = free_parameters(params, tuple(free))
+    names = tuple(f.name for f in fp)
+    random = check_random(random, names, params)
+    ids, arrays, t_end = animal_arrays(study)
+    base = params.replace(body_weight=study.body_weight_kg)
+    codes = np.array([SCALE_CODE[f.scale] for f in fp])
+    lik = StudyAnimalLikelihood(
+        base=base, codes=jnp.asarray(codes), sigma_fixed=jnp.asarray(float(sigma)),
+        t_end=jnp.asarray(t_end), names=names,
+        model_names=tuple(f.name for f in fp if not f.nuisance),
+        options=solver or dataclasses.replace(fit_solver_options(), scan_kind="bounded"),
+        model=model or DormancyModel())
+    lo = np.array([to_scale(f.lower, f.scale) for f in fp])
+    hi = np.array([to_scale(f.upper, f.scale) for f in fp])
+    n_obs = int(np.asarray(arrays.burden_mask).sum() + np.asarray(arrays.surv_mask).sum())
+    # the problem orders random effects as the typical values
+    random = tuple(n for n in names if n in random)
+    return PopulationProblem(likelihood=lik, animals=arrays, lower=jnp.asarray(lo),
+                             upper=jnp.asarray(hi), names=names,
+                             scales=tuple(f.scale for f in fp), random=random,
+                             covariance=covariance, sd_bounds=tuple(sd_bounds), n_obs=n_obs,
+                             animal_ids=ids)
+
+
+@eqx.filter_jit
+def animal_parts(problem: PopulationProblem, theta, eta):
+    """Per-animal (burden log-likelihood, relapse log-likelihood, status) at the outer vector
+    `theta` and random effects `eta` (n_animals, q)."""
+    def one(e, a):
+        return problem.likelihood.parts(problem.phi(theta, e), a)
+    return jax.vmap(one)(eta, problem.animals)
