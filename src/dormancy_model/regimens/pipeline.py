@@ -110,14 +110,38 @@ def _figures(res, scan, out: Path) -> list[str]:
         ax.set_xlabel(f"{d.upper()} steady-state trough (ng/mL)")
         ax.set_ylabel("patients")
     v = np.asarray(best.per_patient, float)
-    axes[-1].hist(v, bins=40, color="C2", alpha=0.8)
-    axes[-1].set_xlabel(_objective_label(res.spec, per_patient=True))
+    axes[-1].hist(v, bins=40, color="C2", alpha=0.8, label=_objective_label(res.spec, True))
+    eot = best.regimen.cycles * best.regimen.cycle_days
+    clear = _clearance_at(res, best, eot)
+    axes[-1].hist(clear, bins=40, color="C1", alpha=0.6,
+                  label=f"P(no DTC left) at the end of treatment (day {eot:g})")
+    axes[-1].set_xlabel("probability per patient")
+    axes[-1].legend(fontsize=7)
     fig.suptitle(f"best regimen: {best.regimen.describe()}", fontsize=9)
     fig.tight_layout()
     atomic_savefig(fig, out / "exposure.png", dpi=110)
     plt.close(fig)
     written.append("exposure.png")
     return written
+
+
+def _clearance_at(res, best, day) -> np.ndarray:
+    """Per-patient probability that no DTC is left at `day` under the best regimen (the
+    clearance objective's law, exp(-N(day)))."""
+    import jax.numpy as jnp
+
+    from dormancy_model.regimens.optimise import _check_status, _evaluate_many
+    from dormancy_model.regimens.problem import FINAL_OPTIONS, Problem
+
+    key = tuple(sorted(best.regimen.frequencies.items()))
+    prob = res.problems[key]
+    spec = dataclasses.replace(res.spec, objective="clearance", day=float(day))
+    clear = Problem(spec, prob.params, prob.frequencies, model=prob.model)
+    x = [best.regimen.amounts[d] for d in clear.drugs] + [best.regimen.days_on,
+                                                          best.regimen.cycles]
+    vals, status = _evaluate_many(clear, [jnp.asarray(x)], clear.params, FINAL_OPTIONS)
+    _check_status(status)
+    return vals[0]
 
 
 def _objective_label(spec, per_patient=False) -> str:
