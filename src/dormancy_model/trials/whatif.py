@@ -22,7 +22,7 @@ from scipy import stats
 
 from dormancy_model.model.survival import survival_at
 from dormancy_model.trials import analysis as TA
-from dormancy_model.trials.design import Arm, TrialDesign
+from dormancy_model.trials.design import MAX_ARM_N, MAX_DESIGN_CYCLES, Arm, TrialDesign
 from dormancy_model.trials.protocol import trial
 
 METRICS = ("clearance_C3", "clearance_C6", "clearance_eot", "cleared_true_eot", "reduction_C3",
@@ -140,8 +140,8 @@ def sample_size(design: TrialDesign, params, *, key, pool: int = 2000, populatio
     return table, summary
 
 
-MAX_PER_ARM = 100_000  # patients per arm of a what-if trial
-MAX_CYCLES = 100  # cycles of a what-if design (CLEVER: 6, up to 12 with the extension)
+MAX_PER_ARM = MAX_ARM_N  # patients per arm of a what-if trial
+MAX_CYCLES = MAX_DESIGN_CYCLES  # cycles of a what-if design (CLEVER: 6, 12 with the extension)
 
 
 def _no_duplicates(values: list, text: str, what: str = "values") -> None:
