@@ -171,5 +171,6 @@ def test_cli_laplace_fit_writes_population_block_and_simulate_reads_it(tmp_path,
     o = pop["objective"]
     assert o["aic"] == pytest.approx(2 * 4 + 2 * o["nll"])
     assert o["bic"] == pytest.approx(4 * np.log(o["n_obs"]) + 2 * o["nll"])
-    code, _, err = run(["simulate", "--params", "fits/pop.json", "--out", "sim"], capsys)
+    code, _, err = run(["simulate", "--model", "mouse", "--schedule", "mouse-vehicle", "--years",
+                        "0.1", "--params", "fits/pop.json", "--out", "sim"], capsys)
     assert code == 0, err

@@ -20,7 +20,7 @@ Z95 = 1.959963984540054
 def cv_of(sd, scale: str):
     """Between-animal coefficient of variation of a parameter with sd `sd` on `scale`."""
     sd = np.asarray(sd, float)
-    return np.sqrt(np.expm1(sd**2)) if scale == "log" else sd
+    return np.sqrt(np.expm1(np.minimum(sd**2, 700.0))) if scale == "log" else sd
 
 
 @dataclass
