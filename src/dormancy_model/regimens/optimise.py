@@ -15,8 +15,10 @@ Method (for each combination of the drugs' frequency choices):
    `starts` starting points (the box centre, then a scrambled Sobol sequence from `seed`).
 2. **Projection** of the best continuous point of each start to the feasible sets: each amount
    to the nearest allowed tablet sums below and above, days_on and cycles to the whole numbers
-   below and above (up to 2^k neighbours); every neighbour's constraints are re-checked exactly
-   and the feasible ones ranked on the search patients with the accurate solver options.
+   below and above (up to 2^k neighbours), and, with a cap on days on drug, every whole split of
+   that budget into days_on x cycles at those amounts; every candidate's constraints are
+   re-checked exactly and the feasible ones ranked on the search patients with the accurate
+   solver options.
 3. **Final evaluation** of the best `keep` regimens (and the reference regimen, CLEVER's, when
    it lies in the design's variables) on the whole population, accurate solver options.
 
@@ -150,7 +152,18 @@ def _neighbours(problem: Problem, x) -> list[np.ndarray]:
         v = float(x[j])
         options.append(sorted({float(np.clip(np.floor(v + 1e-9), b.lo, b.hi)),
                                float(np.clip(np.ceil(v - 1e-9), b.lo, b.hi))}))
-    return [np.asarray(c, float) for c in itertools.product(*options)]
+    out = [np.asarray(c, float) for c in itertools.product(*options)]
+    # with a cap on days on drug (days_on x cycles), the other whole splits of the same budget
+    # (e.g. 28 x 6, 24 x 7, 21 x 8 days): the continuous optimum lies on the cap's hyperbola,
+    # whose whole points are not all neighbours of it
+    caps = [c.limit for c in spec.constraints if c.kind == "treatment_days"]
+    if caps:
+        for amounts in itertools.product(*options[:k]):
+            for cyc in range(int(spec.cycles.lo), int(spec.cycles.hi) + 1):
+                days = min(float(np.floor(min(caps) / cyc + 1e-9)), spec.days_on.hi)
+                if days >= spec.days_on.lo:
+                    out.append(np.asarray([*amounts, days, float(cyc)], float))
+    return out
 
 
 def _evaluate_many(problem: Problem, xs, params: Parameters, options) -> tuple[np.ndarray, ...]:
