@@ -24,7 +24,10 @@ Method (for each combination of the drugs' frequency choices):
 
 A regimen is feasible only if every constraint holds exactly after projection (the final
 feasibility check). If none is, the result says so and names the binding constraint: the one
-with the largest violation at the least infeasible continuous point.
+with the largest violation at the least infeasible continuous point. Every constraint kind is
+non-decreasing in every variable, so when the smallest regimen of the box (all lower bounds)
+already breaks a constraint the problem is infeasible without a search, and that constraint is
+named.
 """
 
 from __future__ import annotations
@@ -210,6 +213,14 @@ def design(spec: DesignSpec, params: Parameters, *, key, population=None,
         full_prob = Problem(spec, full, freqs, model=model)
         prob._unit_trough = {d: full_prob.unit_trough(d) for d in prob.drugs}  # whole population
         problems[tuple(sorted(freqs.items()))] = full_prob
+        # every constraint kind grows with every variable (amounts, days, cycles), so if the
+        # smallest regimen of the box breaks one, no regimen meets it: no search
+        g_lo = prob.constraint_values(prob.lo)
+        if np.any(g_lo > FEAS_TOL):
+            if least_infeasible is None or np.max(g_lo) < least_infeasible[0]:
+                least_infeasible = (float(np.max(g_lo)), g_lo)
+            tick(f"infeasible at the smallest regimen ({','.join(freqs.values())})")
+            continue
         span = prob.hi - prob.lo
         free = span > 0
         to_x = lambda z, prob=prob, span=span: prob.lo + span * np.asarray(z)  # noqa: E731
