@@ -45,17 +45,27 @@ def _schedule_toml(regimen, name: str, provenance: str) -> str:
 
 
 def _scan(res, best):
-    """Objective and constraint margins along each drug's allowed amounts (others at best)."""
-    from dormancy_model.regimens.optimise import evaluate
+    """Objective and constraint margins along each drug's allowed amounts (others at best),
+    all in one batched evaluation."""
+    import jax.numpy as jnp
 
-    rows = []
-    for d, amount in best.regimen.amounts.items():
+    from dormancy_model.regimens.optimise import _check_status, _evaluate_many
+    from dormancy_model.regimens.problem import FINAL_OPTIONS
+
+    prob = res.problems[tuple(sorted(best.regimen.frequencies.items()))]
+    reg = best.regimen
+    rows, xs = [], []
+    for d, amount in reg.amounts.items():
         for a in res.spec.drug(d).allowed_amounts():
-            reg = dataclasses.replace(best.regimen, amounts={**best.regimen.amounts, d: a})
-            c = evaluate(res.spec, res.problems, reg)
-            rows.append({"drug": d, "amount_mg": a, "objective": c.objective,
-                         "feasible": c.feasible, "best": a == amount,
-                         **{n: g for n, g in zip(res.constraint_names, c.margins, strict=True)}})
+            amounts = {**reg.amounts, d: a}
+            xs.append(np.asarray([amounts[k] for k in prob.drugs] + [reg.days_on, reg.cycles]))
+            rows.append({"drug": d, "amount_mg": a, "best": a == amount})
+    vals, status = _evaluate_many(prob, xs, prob.params, FINAL_OPTIONS)
+    _check_status(status)
+    for row, x, v in zip(rows, xs, vals, strict=True):
+        g = prob.constraint_values(x)
+        row.update(objective=float(prob.score(jnp.asarray(v))), feasible=bool(np.all(g <= 1e-6)),
+                   **{n: gi for n, gi in zip(res.constraint_names, g, strict=True)})
     return pd.DataFrame(rows)
 
 
