@@ -139,7 +139,13 @@ class FitResult:
     def summary(self) -> str:
         pop = self.population
         head = f"nll {self.objective:.3f}  AIC {self.aic:.2f}  "
-        if pop:
+        if pop and pop["method"] == "nuts":
+            dg = pop["diagnostics"]
+            head = (f"nuts: R-hat max {dg['rhat_max']:.3f}, bulk ESS min "
+                    f"{dg['ess_bulk_min']:.0f}, {dg['divergences']} divergences: "
+                    + ("diagnostics ok" if dg["ok"] else "FAILED " + "; ".join(dg["failed"]))
+                    + f" (pooled start nll {self.objective:.3f})  ")
+        elif pop:
             o = pop["objective"]
             head = (f"{pop['method']}: -loglik {self.objective:.3f}  AIC {self.aic:.2f}  BIC "
                     f"{o['bic']:.2f}  {o['n_animals']} animals  "
