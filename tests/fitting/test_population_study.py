@@ -174,3 +174,26 @@ def test_cli_laplace_fit_writes_population_block_and_simulate_reads_it(tmp_path,
     code, _, err = run(["simulate", "--model", "mouse", "--schedule", "mouse-vehicle", "--years",
                         "0.1", "--params", "fits/pop.json", "--out", "sim"], capsys)
     assert code == 0, err
+
+
+@pytest.mark.slow
+def test_cli_nuts_fit_writes_netcdf_and_flags_failed_diagnostics(tmp_path, capsys,
+                                                                 monkeypatch):
+    """`dormancy fit --method nuts` with far too few draws: the posterior NetCDF is written next
+    to the fit JSON and reads back with a draw per chain and iteration, and the failed
+    diagnostics (R-hat / ESS) are named in the summary and in the file, not hidden."""
+    import arviz as az
+
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(["fit", "--study", str(SHIPPED), "--arms", ",".join(ARMS), "--free",
+                          "dormant_initial,k_dr,burden_sigma", "--random", "dormant_initial",
+                          "--method", "nuts", "--starts", "2", "--adam-steps", "5",
+                          "--lbfgs-steps", "20", "--chains", "2", "--warmup", "10", "--draws",
+                          "10", "--max-tree-depth", "3", "--out", "fits/nuts.json"], capsys)
+    assert code == 0, err
+    doc = json.loads((tmp_path / "fits" / "nuts.json").read_text())
+    dg = doc["population"]["diagnostics"]
+    assert not dg["ok"] and dg["failed"] and "FAILED" in out
+    idata = az.from_netcdf(tmp_path / "fits" / doc["population"]["posterior_netcdf"])
+    assert np.asarray(idata.posterior["dormant_initial"]).shape == (2, 10)
+    assert np.asarray(idata.posterior["eta"]).shape[2] == len(doc["population"]["ebe"])

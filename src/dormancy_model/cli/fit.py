@@ -40,6 +40,8 @@ def fit_cmd(
     chains: int = typer.Option(4, "--chains", help="NUTS chains (--method nuts)"),
     warmup: int = typer.Option(500, "--warmup", help="NUTS warm-up iterations per chain"),
     draws: int = typer.Option(500, "--draws", help="NUTS draws per chain"),
+    max_tree_depth: int = typer.Option(8, "--max-tree-depth", help="NUTS: at most "
+                                       "2^depth leapfrog steps per draw"),
 ):
     """Fit free parameters to a mouse study (residual burden + relapse) by multistart
     gradient descent; writes the fit JSON and figures. With --method laplace and --random:
@@ -53,7 +55,8 @@ def fit_cmd(
     for flag, v, low in (("--starts", starts, 1), ("--adam-steps", adam_steps, 0),
                          ("--lbfgs-steps", lbfgs_steps, 1),
                          ("--laplace-starts", laplace_starts, 1), ("--chains", chains, 1),
-                         ("--warmup", warmup, 1), ("--draws", draws, 2)):
+                         ("--warmup", warmup, 1), ("--draws", draws, 2),
+                         ("--max-tree-depth", max_tree_depth, 1)):
         if v < low:
             raise InputError(flag, flag[2:].replace("-", "_"), f"must be >= {low}, got {v}")
     check_seed("--seed", "seed", seed)
@@ -85,7 +88,8 @@ def fit_cmd(
             study, model, free, options, out=out, figures=figures,
             arms=[a for a in arms.split(",") if a], progress=progress, method=method,
             random=random, covariance=covariance, laplace=laplace, on_iteration=on_iteration,
-            nuts=NutsOptions(chains=chains, warmup=warmup, draws=draws, seed=seed))
+            nuts=NutsOptions(chains=chains, warmup=warmup, draws=draws, seed=seed,
+                             max_tree_depth=max_tree_depth))
     typer.echo(result.summary())
     typer.echo(f"wrote {out} and {len(names)} figures in {fig_dir}/ "
                f"({result.wall_time_s:.1f} s{', SYNTHETIC study' if st.synthetic else ''})")

@@ -157,7 +157,8 @@ class FitResult:
         for r, v in (pop.get("random") or {}).items():
             pct = lambda x: "nan" if x is None else f"{100 * x:.1f}"  # noqa: E731
             rows.append(f"  omega({r}) CV {pct(v['cv'])}% [{pct(v['cv_ci95_low'])}, "
-                        f"{pct(v['cv_ci95_high'])}]  shrinkage {pct(v['shrinkage'])}%"
+                        f"{pct(v['cv_ci95_high'])}]"
+                        + (f"  shrinkage {pct(v['shrinkage'])}%" if "shrinkage" in v else "")
                         + ("  (sd at its bound)" if v.get("sd_at_bound") else ""))
         return "\n".join(rows)
 
