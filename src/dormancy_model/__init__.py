@@ -54,6 +54,8 @@ _ON_FIRST_USE = {
     "trial": "dormancy_model.trials.protocol",
     "calibrate": "dormancy_model.trials.calibrate",
     "load_study": "dormancy_model.fitting.study",
+    "design": "dormancy_model.regimens.optimise",
+    "load_design_spec": "dormancy_model.regimens.spec",
 }
 
 
@@ -70,8 +72,9 @@ def __dir__():
 
 
 __all__ = [
-    "simulate", "simulate_agents", "sweep", "fit", "trial", "calibrate",
-    "load_parameters", "load_model_parameters", "get_schedule", "load_schedule", "load_study",
+    "simulate", "simulate_agents", "sweep", "fit", "trial", "calibrate", "design",
+    "load_design_spec", "load_parameters", "load_model_parameters", "get_schedule",
+    "load_schedule", "load_study",
     "AgentOptions", "AgentResult", "AgentState", "FitOptions", "DormancyModel", "DoseLine",
     "Heterogeneity", "InputError",
     "PRESETS", "Parameters", "Schedule", "SolveError", "SolverOptions", "Trajectory",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 
 
 def one_line(text) -> str:
@@ -38,3 +39,21 @@ def check_seed(source: str, field: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
         raise InputError(source, field, f"must be a whole number in [0, 2**63 - 1], got {value!r}")
     return value
+
+
+def check_range(source: str, field: str, value, lo: float, hi: float, *, lo_open: bool = False,
+                hi_open: bool = False, note: str = "") -> float:
+    """A finite real number in the interval from `lo` to `hi` (open at an end where `lo_open` /
+    `hi_open`), else InputError naming `source` and `field`: "must be in (0, 100], got inf".
+    `note` (e.g. "(the horizon)") follows the interval in the message."""
+    ok = not isinstance(value, bool) and isinstance(value, (int, float))
+    if ok:
+        v = float(value)
+        ok = (math.isfinite(v) and (lo < v if lo_open else lo <= v)
+              and (v < hi if hi_open else v <= hi))
+    if not ok:
+        interval = f"{'(' if lo_open else '['}{lo:.6g}, {hi:.6g}{')' if hi_open else ']'}"
+        got = f"{value:g}" if isinstance(value, float) else repr(value)
+        raise InputError(source, field,
+                         f"must be in {interval}{' ' + note if note else ''}, got {got}")
+    return float(value)

@@ -45,6 +45,23 @@ def check_out_dir(path: str | Path, flag: str = "--out") -> Path:
     return p
 
 
+def check_out_file(path: str | Path, flag: str = "--out") -> Path:
+    """Fail early (before any work) if `path` cannot become a file: an existing directory or
+    symlink to one, or a parent that cannot be a writable directory; creates nothing."""
+    p = Path(path)
+    if p.is_dir():
+        raise InputError(str(p), flag, "is a directory, not a file")
+    if p.exists() and not p.is_file():
+        raise InputError(str(p), flag, "exists and is not a regular file")
+    if p.exists() and not os.access(p, os.W_OK):
+        raise InputError(str(p), flag, "cannot be written (read-only)")
+    try:
+        check_out_dir(p.parent, flag)
+    except InputError as e:  # name the file asked for, not its parent
+        raise InputError(str(p), flag, e.problem) from None
+    return p
+
+
 def prepare_out_dir(path: str | Path, flag: str = "--out") -> Path:
     """Create (if needed) and check that an output directory is writable."""
     p = Path(path)

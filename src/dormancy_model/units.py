@@ -9,6 +9,7 @@ from __future__ import annotations
 
 HOURS_PER_DAY = 24.0
 DAYS_PER_YEAR = 365.25
+MAX_YEARS = 100.0  # the longest horizon a command or sweep simulates
 
 UNITS: dict[str, tuple[str, float, bool]] = {
     "1": ("1", 1.0, False),

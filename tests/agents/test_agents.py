@@ -162,6 +162,25 @@ def test_replicate_mean_equals_ode_under_dosing(model, dosed):
     assert mean[-1, 0] < 0.01 * mean[0, 0] and mean[1, 1] > 0.3 and mean[1, 2] > 0.01
 
 
+def _require_gillespy2():
+    """GillesPy2 (a dev dependency): its absence fails the independent SSA check, never skips
+    it."""
+    try:
+        import gillespy2
+    except ImportError as e:
+        pytest.fail(f"GillesPy2 is a dev dependency (pip install -e '.[dev]'): {e}; the "
+                    "independent SSA check must run, not skip")
+    return gillespy2
+
+
+def test_missing_gillespy2_fails_not_skips(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "gillespy2", None)  # import now raises ImportError
+    with pytest.raises(pytest.fail.Exception, match="GillesPy2 is a dev dependency"):
+        _require_gillespy2()
+
+
 def test_extinction_times_match_gillespy2_ssa(model, human, tmp_path, monkeypatch):
     """Independent check: constant-rate birth-death (N0 = 5, b = 0.10, d = 0.12 /day) against
     GillesPy2's C++ SSA. Extinction days (ceil, censored at day 100) have the same distribution
@@ -169,7 +188,7 @@ def test_extinction_times_match_gillespy2_ssa(model, human, tmp_path, monkeypatc
     form P0(t)^5 (4 standard errors)."""
     import os
 
-    gillespy2 = pytest.importorskip("gillespy2", reason="GillesPy2 is a dev dependency")
+    gillespy2 = _require_gillespy2()
     monkeypatch.setenv("PATH", os.path.dirname(os.sys.executable) + os.pathsep
                        + os.environ.get("PATH", ""))
     b, d, n0 = 0.10, 0.12, 5

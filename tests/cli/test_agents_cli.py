@@ -38,7 +38,7 @@ def test_agents_writes_outputs(tmp_path, capsys, root):
 
 BAD = [
     (["--replicates", "0"], "--replicates: replicates: must be >= 1"),
-    (["--years", "0"], "--years: years: must be > 0"),
+    (["--years", "0"], "--years: years: must be in (0, 100], got 0"),
     (["--seed", "-1"], "--seed: seed: must be a whole number in [0, 2**63 - 1], got -1"),
     (["--method", "slow"], "--method: method: must be 'fast' or 'exact'"),
     (["--assess-days", "84,x"], "--assess-days: assess_days: expected comma-separated days"),

@@ -49,7 +49,11 @@ FILES = {
     "nan.json": '{"estimates": {"k_dr": {"internal_value": NaN}}}',
     "unknown.json": '{"estimates": {"k_drr": {"internal_value": 3e-4}}}',
     "a_file": "",
+    "ok_spec.toml": SPEC.format(sweep="", rest=""),  # a valid one-case sweep spec
+    # a Zarr group without the sweep attributes
+    "plain.zarr/zarr.json": '{"zarr_format": 3, "node_type": "group", "attributes": {}}',
 }
+DIRS = ("taken.json",)  # a directory where an output file would go
 FILES["heavy.toml"] = "body_weight_kg = 7000\n" + SCHEDULE.format(extra="")  # top-level key
 
 CASES = {
@@ -63,6 +67,10 @@ CASES = {
         (["--arms", "vehicle,nope"], "--arms: arms: unknown arm 'nope'"),
         (["--figures", "a_file/figs"], "--figures: output directory cannot be written"),
         (["--study", "nowhere"], "nowhere: file: not found (a study directory needs study.toml)"),
+        (["--out", "taken.json"], "taken.json: --out: is a directory, not a file"),
+        (["--arms", ","], "--arms: arms: empty arm name in ','"),
+        (["--arms", "vehicle,,eve1-transient"], "--arms: arms: empty arm name"),
+        (["--arms", "vehicle,vehicle"], "--arms: arms: duplicate arm 'vehicle'"),
         (["--method", "laplace", "--random", "k_drr"],
          "--random: random: unknown parameter 'k_drr' (did you mean 'k_dr'"),
         (["--method", "laplace", "--free", "dormant_initial,k_dr", "--random", "hcq_ic50"],
@@ -92,18 +100,29 @@ CASES = {
         (["sweep_schedule.toml"], "sweep.schedule: reversed range '12-8'"),
         (["cycles.toml", "--chunk", "0"], "cycles.toml: schedule.cycles"),  # spec first
         (["missing.toml"], "missing.toml: file: not found"),
+        (["ok_spec.toml", "--scheduler", "junk"], "--scheduler: scheduler: expected a Dask "
+         "scheduler address such as tcp://HOST:PORT, got 'junk'"),
+        (["ok_spec.toml", "--scheduler", "tcp://host:99999"], "--scheduler: scheduler: "
+         "expected a Dask scheduler address"),
+        (["ok_spec.toml", "--out", "a_file/x.zarr"], "a_file/x.zarr: --out: output directory "
+         "cannot be written (a_file is a file)"),
+        (["ok_spec.toml", "--out", "a_file"], "a_file: --out: exists and is not a sweep store"),
     ],
     "sensitivity": [
         (["samples_seed.toml"], "samples_seed.toml: samples.seed: must be a whole number"),
     ],
     "plot-sweep": [
         (["nostore.zarr"], "nostore.zarr: store: not a sweep store"),
+        (["plain.zarr"], "plain.zarr: store: not a sweep store (no sweep attributes)"),
     ],
     "agents": [
         (["--seed", "-1"], "--seed: seed: must be a whole number"),
         (["--replicates", "0"], "--replicates: replicates: must be >= 1"),
         (["--schedule", "reversed.toml"], "reversed.toml: dose[0].days_on: reversed range "
          "'12-8' (write 8-12)"),
+        (["--years", "inf"], "--years: years: must be in (0, 100], got inf"),
+        (["--years", "1e308"], "--years: years: must be in (0, 100], got 1e+308"),
+        (["--years", "nan"], "--years: years: must be in (0, 100], got nan"),
         (["--schedule", "short.toml"], "short.toml: dose[0].interval_hours: 0.5 h is below 1 h"),
         (["--schedule", "heavy.toml"], "heavy.toml: body_weight_kg: 7000 kg is not a plausible "
          "body weight for human"),
@@ -123,15 +142,33 @@ CASES = {
         (["--calibration", "unknown.json"], "unknown.json: estimates.k_drr: unknown parameter"),
         (["--discontinuation", "2"], "--discontinuation: discontinuation: must be in [0, 1]"),
         (["--model", "fraction.toml"], "fraction.toml: parameters.eve_f.bounds"),
+        (["--what-if", "cycles=3,3"], "--what-if: cycles: duplicate values in '3,3'"),
+        (["--what-if", "cycles=,"], "--what-if: cycles: cycles must be in [1, 100]"),
+        (["--what-if", "dose=hcq:0.5,hcq:0.5"], "--what-if: dose: duplicate values"),
     ],
     "calibrate": [
         (["--seed", "-1"], "--seed: seed: must be a whole number"),
         (["--out", "c.txt"], "c.txt: --out: must be a .json file path"),
+        (["--span", "inf"], "--span: span: must be in (0, 5], got inf"),
+        (["--span", "nan"], "--span: span: must be in (0, 5], got nan"),
+        (["--out", "taken.json"], "taken.json: --out: is a directory, not a file"),
+        (["--out", "a_file/c.json"], "a_file/c.json: --out: output directory cannot be "
+         "written (a_file is a file)"),
     ],
     "simulate": [
         (["--schedule", "heavy.toml"], "heavy.toml: body_weight_kg: 7000 kg is not a plausible"),
         (["--schedule", "reversed.toml"], "reversed.toml: dose[0].days_on: reversed range"),
         (["--cycles", "0"], "--cycles: cycles: must be in [1, 1000], got 0"),
+        (["--years", "inf"], "--years: years: must be in (0, 100], got inf"),
+        (["--years", "1e308"], "--years: years: must be in (0, 100], got 1e+308"),
+        (["--years", "0"], "--years: years: must be in (0, 100], got 0"),
+        (["--atol", "inf"], "--atol: atol: must be in (0, 1], got inf"),
+        (["--atol", "0"], "--atol: atol: must be in (0, 1], got 0"),
+        (["--rtol", "nan"], "--rtol: rtol: must be in (0, 0.1], got nan"),
+        (["--save-every-hours", "1e308"], "--save-every-hours: save_every_hours: must be in "
+         "[0.04383, 43830] (at most 1000000 saved points and the horizon), got 1e+308"),
+        (["--save-every-hours", "inf"], "--save-every-hours: save_every_hours: must be in"),
+        (["--save-every-hours", "1e-9"], "--save-every-hours: save_every_hours: must be in"),
         (["--model", "fraction.toml"], "fraction.toml: parameters.eve_f.bounds"),
     ],
 }
@@ -146,7 +183,10 @@ def _tree(d: Path) -> list[str]:
 @pytest.fixture()
 def workdir(tmp_path, monkeypatch):
     for name, text in FILES.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
+    for name in DIRS:
+        (tmp_path / name).mkdir()
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
@@ -166,6 +206,21 @@ def test_bad_input_one_line_exit_2_nothing_created(workdir, capsys, cmd, argv, e
     assert len(lines) == 1, err
     assert lines[0].startswith("dormancy: error: ") and expected in lines[0], lines[0]
     assert _tree(workdir) == before  # no fits/, out/, store or temporary left
+
+
+def test_unreachable_scheduler_refused_before_the_store_is_created(workdir, capsys,
+                                                                     monkeypatch):
+    import dormancy_model.sweeps.run as R
+
+    monkeypatch.setattr(R, "SCHEDULER_TIMEOUT_S", 0.5)
+    before = _tree(workdir)
+    code, _, err = run(["sweep", "ok_spec.toml", "--out", "s.zarr", "--scheduler",
+                        "tcp://127.0.0.1:1"], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err
+    assert lines[0].startswith("dormancy: error: --scheduler: scheduler: cannot reach "
+                               "tcp://127.0.0.1:1"), lines[0]
+    assert _tree(workdir) == before
 
 
 # ------------------------------------------------------------ failures after validation

@@ -46,8 +46,8 @@ def test_schedules_lists_presets(capsys):
 
 
 BAD = [
-    (["--years", "0"], "--years: years: must be > 0"),
-    (["--years", "-2"], "must be > 0"),
+    (["--years", "0"], "--years: years: must be in (0, 100], got 0"),
+    (["--years", "-2"], "must be in (0, 100], got -2"),
     (["--schedule", "clever-comb"], "unknown preset 'clever-comb'"),
     (["--schedule", "MISSING.toml"], "MISSING.toml: file: not found"),
 ]

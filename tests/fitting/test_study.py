@@ -48,6 +48,11 @@ def test_shipped_study_loads_and_is_labelled_synthetic():
     assert st.survival.event.any() and not st.survival.event.all()
 
 
+def test_subset_refuses_a_repeated_arm():
+    with pytest.raises(InputError, match="arms: duplicate arm 'vehicle'"):
+        load_study(SHIPPED).subset(["vehicle", "hcq60-transient", "vehicle"])
+
+
 def test_pad_and_mask_maps_every_row():
     st = load_study(SHIPPED).subset(["vehicle", "hcq60-transient", "eve5-chronic"])
     a = study_arrays(st)

@@ -49,7 +49,8 @@ def test_params_replace_the_parameter_file(model, human, tmp_path):
 @pytest.mark.parametrize("kw, field", [
     (dict(years=0.0), "--years"),
     (dict(save_every_hours=-1.0), "--save-every-hours"),
-    (dict(options=dm.SolverOptions(rtol=2.0)), "--rtol/--atol"),
+    (dict(options=dm.SolverOptions(rtol=2.0)), "--rtol"),
+    (dict(options=dm.SolverOptions(atol=float("inf"))), "--atol"),
     (dict(schedule="clever-comb"), "unknown preset"),
 ])
 def test_bad_input_writes_nothing(tmp_path, kw, field):

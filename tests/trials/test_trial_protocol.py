@@ -111,9 +111,16 @@ def test_extension_for_dtc_positive_after_cycle_6(run):
         for drug in ("hcq", "eve"):
             t, a = c[drug]
             assert np.all(a[t >= 168] == 0)
-    # continuation carries each patient's own state: the ids match the extension subset
-    n_ext = sum(int(np.sum(c["pid"][: c["n"]] >= 0)) for c in ext_calls)
-    assert n_ext >= tr["extension"].sum()
+    # continuation carries each patient's own state: the ids (initial loads) that phase B
+    # starts from are, in order, those of the arm's extended (or not extended) patients, and
+    # the padding lanes repeat the group's first patient
+    for calls, extended in ((ext_calls, True), (plain, False)):
+        for c, arm in zip(calls, [a.name for a in design.arms], strict=True):
+            want = tr.loc[(tr["arm"] == arm) & (tr["extension"] == extended), "load"]
+            want = want.to_numpy(float)
+            assert want.size and c["n"] >= want.size, (arm, extended)
+            np.testing.assert_array_equal(c["pid"][: want.size].astype(float), want)
+            assert np.all(c["pid"][want.size:] == c["pid"][0]), (arm, extended)
 
 
 def test_censoring_and_rfs(run):

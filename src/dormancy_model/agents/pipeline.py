@@ -51,6 +51,7 @@ def run_agents(out, *, model: str = "human", schedule: str = "clever-combo",
         output_dir,
     )
     from dormancy_model.model.ode import DormancyModel
+    from dormancy_model.model.pipeline import check_years
     from dormancy_model.model.simulate import SolveError
     from dormancy_model.params.table import load_model_parameters
     from dormancy_model.pk.presets import get_schedule
@@ -61,8 +62,7 @@ def run_agents(out, *, model: str = "human", schedule: str = "clever-combo",
     if replicates < 1:
         raise InputError("--replicates", "replicates", f"must be >= 1, got {replicates}")
     check_seed("--seed", "seed", seed)
-    if not years > 0:
-        raise InputError("--years", "years", f"must be > 0, got {years:g}")
+    years = check_years(years)
     for flag, v in (("--autophagy-cv", het.autophagy_cv),
                     ("--reactivation-cv", het.reactivation_cv)):
         if not v >= 0:

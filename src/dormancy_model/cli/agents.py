@@ -30,7 +30,7 @@ def agents_cmd(
     schedule: str = typer.Option("clever-combo", "--schedule", help="preset name or TOML path"),
     replicates: int = typer.Option(1000, "--replicates", help="number of virtual patients"),
     seed: int = typer.Option(0, "--seed", help="random seed (same seed, same result)"),
-    years: float = typer.Option(5.0, "--years", help="horizon in years (> 0)"),
+    years: float = typer.Option(5.0, "--years", help="horizon in years, in (0, 100]"),
     out: Path = typer.Option(Path("out/agents"), "--out", help="output directory"),
     method: str = typer.Option("fast", "--method", help="fast (pooled + leaps) or exact"),
     cycles: int = typer.Option(None, "--cycles", help="override the number of cycles"),

@@ -179,6 +179,32 @@ def stage_trial(out: Path) -> str:
             f"DTC reduction {red} (reported 0.80/0.78/0.87){warn}")
 
 
+def stage_design(out: Path) -> str:
+    """A short regimen design on the virtual CLEVER population (design/): the packaged spec
+    with fewer patients and one start, so it fits the demo's time."""
+    from importlib import resources
+
+    from dormancy_model.regimens.pipeline import run_design
+
+    text = (resources.files("dormancy_model.regimens") / "data" / "clever.toml").read_text()
+    text = (text.replace("patients = 1000", "patients = 200")
+            .replace("search_patients = 128", "search_patients = 32")
+            .replace("starts = 2", "starts = 1"))
+    spec = Path(out) / "design_spec.toml"
+    spec.write_text("# the demo's copy of regimens/data/clever.toml (200 patients, 1 start)\n"
+                    + text)
+    res = run_design(spec, Path(out) / "design", trial_replicates=4)
+    r = res["result"]
+    if not r.feasible:
+        return f"{out}/design/report.md: infeasible (binding: {r.binding})"
+    d = res["trial"]["rfs_3y_difference"] if res["trial"] is not None else None
+    tail = (f"; virtual trials (4): 3-year RFS difference vs CLEVER median {d.median():+.3f}"
+            if d is not None else "")
+    return (f"{out}/design/report.md: best {r.best.regimen.describe()} (mean 3-year RFS "
+            f"{r.best.objective:.2f}% vs CLEVER {r.reference.objective:.2f}%, which breaks "
+            f"{sum(g > 1e-6 for g in r.reference.margins)} constraint(s)){tail}")
+
+
 # (name, title, stage); --only picks the stages whose name or title contains its text
 STAGES = [
     ("simulate", "CLEVER arms, deterministic model", stage_simulate),
@@ -186,16 +212,18 @@ STAGES = [
     ("fit", "Fit the synthetic mouse study", stage_fit),
     ("agents", "CLEVER arms, stochastic agents", stage_agents),
     ("trial", "Virtual CLEVER trial and report", stage_trial),
+    ("design", "Regimen design within toxicity limits", stage_design),
 ]
 
 
 def demo_cmd(
     out: Path = typer.Option(Path("out/demo"), "--out", help="output directory"),
     only: str = typer.Option(None, "--only", help="run only the stages whose name (simulate, "
-                             "sweep, fit, agents, trial) or title contains this"),
+                             "sweep, fit, agents, trial, design) or title contains this"),
 ):
     """The main job end to end: deterministic arms, a dose-grid sweep, a fit of the synthetic
-    mouse study, the agent model and a virtual CLEVER trial (results and plots in --out)."""
+    mouse study, the agent model, a virtual CLEVER trial and a regimen design (results and
+    plots in --out)."""
     stages = [(t, f) for n, t, f in STAGES if not only or only.lower() in f"{n} {t}".lower()]
     if not stages:
         raise InputError("--only", "only", f"no stage matches {only!r} (stages: "

@@ -50,7 +50,7 @@ def fit_cmd(
 
     from dormancy_model.errors import InputError, check_seed
     from dormancy_model.fitting.estimate import LBFGS, FitOptions
-    from dormancy_model.fitting.pipeline import run_fit
+    from dormancy_model.fitting.pipeline import parse_arms, run_fit
 
     for flag, v, low in (("--starts", starts, 1), ("--adam-steps", adam_steps, 0),
                          ("--lbfgs-steps", lbfgs_steps, 1),
@@ -60,6 +60,7 @@ def fit_cmd(
         if v < low:
             raise InputError(flag, flag[2:].replace("-", "_"), f"must be >= {low}, got {v}")
     check_seed("--seed", "seed", seed)
+    arm_names = parse_arms(arms)
     options = FitOptions(starts=starts, seed=seed, adam_steps=adam_steps,
                          optimizer=LBFGS(steps=lbfgs_steps), prior=prior, profile=profile)
     from dormancy_model.fitting.population.estimate import LaplaceOptions
@@ -86,7 +87,7 @@ def fit_cmd(
 
         result, st, fig_dir, names = run_fit(
             study, model, free, options, out=out, figures=figures,
-            arms=[a for a in arms.split(",") if a], progress=progress, method=method,
+            arms=arm_names, progress=progress, method=method,
             random=random, covariance=covariance, laplace=laplace, on_iteration=on_iteration,
             nuts=NutsOptions(chains=chains, warmup=warmup, draws=draws, seed=seed,
                              max_tree_depth=max_tree_depth))

@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "dormancy_model.cli.fit",
     "dormancy_model.cli.agents",
     "dormancy_model.cli.trial",
+    "dormancy_model.cli.design",
     "dormancy_model.cli.demo",
 )
 

@@ -10,7 +10,7 @@ import typer
 def simulate_cmd(
     model: str = typer.Option("human", "--model", help="parameter set name or TOML file"),
     schedule: str = typer.Option("clever-combo", "--schedule", help="preset name or TOML path"),
-    years: float = typer.Option(5.0, "--years", help="horizon in years (> 0)"),
+    years: float = typer.Option(5.0, "--years", help="horizon in years, in (0, 100]"),
     out: Path = typer.Option(Path("out/simulate"), "--out", help="output directory"),
     cycles: int = typer.Option(None, "--cycles", help="override the number of cycles"),
     save_every_hours: float = typer.Option(24.0, "--save-every-hours", help="output grid (h)"),

@@ -58,7 +58,7 @@ def calibrate_cmd(
     check_replicates: int = typer.Option(32, "--check-replicates",
                                          help="trials of the check at the optimum (>= 1)"),
     points: int = typer.Option(3, "--points", help="grid points per axis (>= 3)"),
-    span: float = typer.Option(1.0, "--span", help="grid half-width in ln units (> 0)"),
+    span: float = typer.Option(1.0, "--span", help="grid half-width in ln units, in (0, 5]"),
     seed: int = typer.Option(2026, "--seed", help="random seed"),
     out: Path = typer.Option(Path("out/clever_calibration.json"), "--out",
                              help="calibration JSON path (use it with trial --calibration)"),

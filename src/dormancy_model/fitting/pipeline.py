@@ -50,6 +50,20 @@ def write_fit_figures(result, study, params, fig_dir: Path) -> list[str]:
     return list(figs)
 
 
+def parse_arms(text: str) -> list[str]:
+    """`--arms a,b` as a list of arm names ("" for all arms: []); an empty name (`a,,b`, `,`)
+    or a repeated one is an InputError."""
+    if not text.strip():
+        return []
+    names = [a.strip() for a in text.split(",")]
+    if "" in names:
+        raise InputError("--arms", "arms", f"empty arm name in {text!r}")
+    for i, a in enumerate(names):
+        if a in names[:i]:
+            raise InputError("--arms", "arms", f"duplicate arm {a!r} in {text!r}")
+    return names
+
+
 METHODS = ("pooled", "laplace", "nuts")
 
 
@@ -124,9 +138,9 @@ def run_fit(study_path, model_path, free, options=None, *, out, figures=None, ar
     if out.suffix != ".json":
         raise InputError(str(out), "--out", "must be a .json file path")
     fig_dir = Path(figures) if figures else out.with_suffix("")
-    from dormancy_model.io import check_out_dir, output_dir
+    from dormancy_model.io import check_out_dir, check_out_file, output_dir
 
-    check_out_dir(out.parent)
+    check_out_file(out)
     check_out_dir(fig_dir, "--figures")
 
     obj = Objective(study, params, free, batch=fit_batch(options.starts), options=options.solver,

@@ -113,8 +113,10 @@ class Study:
 
     def subset(self, arms, source: str = "arms") -> Study:
         """The same study restricted to some arms (by name), e.g. for quick tests. An unknown
-        name raises `InputError` naming `source`."""
-        for a in arms:
+        name or a repeated one raises `InputError` naming `source`."""
+        for i, a in enumerate(arms):
+            if a in arms[:i]:
+                raise InputError(source, "arms", f"duplicate arm {a!r}")
             if a not in self.arm_names:
                 raise InputError(source, "arms", f"unknown arm {a!r}"
                                  f"{suggest(a, self.arm_names)}; the study has: "

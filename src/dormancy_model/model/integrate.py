@@ -71,6 +71,10 @@ class SolverOptions(eqx.Module):
     # (ka 0.65-1.15 /h, so the first ~2 h) is resolved instead of being spanned by the long step
     # the controller proposes after a jump, where its error estimate is fooled
     settle_hours: tuple = eqx.field(static=True, default=(0.5, 2.0))
+    # differentiation through the solve: "reverse" (diffrax's checkpointed adjoint, for
+    # gradients of a scalar in many parameters) or "forward" (`diffrax.ForwardMode`, for
+    # `jax.jvp` / `jax.jacfwd` in a few directions, e.g. regimen design's decision variables)
+    adjoint: str = eqx.field(static=True, default="reverse")
 
     def controller(self, course, t0, t1) -> Controls:
         """PID controller with the dose times inside (t0, t1) as jumps (others moved to t1) and
@@ -91,6 +95,11 @@ class SolverOptions(eqx.Module):
         return Controls(dfx.PIDController(rtol=self.rtol, atol=self.atol, jump_ts=jumps,
                                           step_ts=steps), None, self.max_steps)
 
+    def diffrax_adjoint(self) -> dfx.AbstractAdjoint:
+        if self.adjoint not in ("reverse", "forward"):
+            raise ValueError(f"adjoint must be 'reverse' or 'forward', got {self.adjoint!r}")
+        return dfx.ForwardMode() if self.adjoint == "forward" else dfx.RecursiveCheckpointAdjoint()
+
     def dense(self, model, params, course, dosing, t0, t1):
         sol = integrate(model, params, course, t0, t1, self, dfx.SaveAt(dense=True))
         return sol.evaluate, solver_status(sol.result)
@@ -109,7 +118,8 @@ def integrate(model, params, course, t0, t1, options: SolverOptions,
     return dfx.diffeqsolve(
         dfx.ODETerm(model.vector_field), options.solver, t0, t1, ctl.dt0,
         model.initial_state(params), args=(params, course), saveat=saveat,
-        stepsize_controller=ctl.stepsize_controller, max_steps=ctl.max_steps, throw=False)
+        stepsize_controller=ctl.stepsize_controller, max_steps=ctl.max_steps, throw=False,
+        adjoint=options.diffrax_adjoint())
 
 
 class FixedSteps(eqx.Module):

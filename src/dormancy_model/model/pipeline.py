@@ -6,11 +6,35 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dormancy_model.errors import InputError
+from dormancy_model.errors import check_range
 from dormancy_model.model.integrate import SolverOptions
 from dormancy_model.params.table import Parameters
 
 FILES = ("trajectory.csv", "summary.json", "trajectory.png")
+
+
+MAX_SAVED_POINTS = 1_000_000  # of the output grid (--save-every-hours)
+
+
+def check_years(years) -> float:
+    """`--years` as a horizon in (0, MAX_YEARS], else InputError."""
+    from dormancy_model.units import MAX_YEARS
+
+    return check_range("--years", "years", years, 0, MAX_YEARS, lo_open=True)
+
+
+def check_options(years, save_every_hours, options: SolverOptions) -> None:
+    """The horizon, output grid and tolerances of a run, each a finite number in a sensible
+    range (InputError naming the option otherwise)."""
+    from dormancy_model.units import DAYS_PER_YEAR, HOURS_PER_DAY
+
+    years = check_years(years)
+    horizon_h = years * DAYS_PER_YEAR * HOURS_PER_DAY
+    check_range("--save-every-hours", "save_every_hours", save_every_hours,
+                float(f"{horizon_h / MAX_SAVED_POINTS:.4g}"), horizon_h,
+                note=f"(at most {MAX_SAVED_POINTS} saved points and the horizon)")
+    check_range("--rtol", "rtol", options.rtol, 0, 0.1, lo_open=True)
+    check_range("--atol", "atol", options.atol, 0, 1, lo_open=True)
 
 
 def run_simulation(out, *, model: str = "human", params: Parameters | None = None,
@@ -38,13 +62,7 @@ def run_simulation(out, *, model: str = "human", params: Parameters | None = Non
     from dormancy_model.params.table import load_model_parameters
     from dormancy_model.pk.presets import get_schedule
 
-    if not years > 0:
-        raise InputError("--years", "years", f"must be > 0, got {years:g}")
-    if not save_every_hours > 0:
-        raise InputError("--save-every-hours", "save_every_hours",
-                         f"must be > 0, got {save_every_hours:g}")
-    if not (0 < options.rtol < 1 and options.atol > 0):
-        raise InputError("--rtol/--atol", "tolerance", "rtol must be in (0, 1) and atol > 0")
+    check_options(years, save_every_hours, options)
     check_out_dir(out)
     p = load_model_parameters(model) if params is None else params
     sched = get_schedule(schedule, cycles, species=p.species)

@@ -23,10 +23,12 @@ writes its own chunk (the workers need the package and the output path).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
 import os
+import re
 import shutil
 import tomllib
 import warnings
@@ -35,7 +37,8 @@ from pathlib import Path
 import numpy as np
 
 from dormancy_model import status as S
-from dormancy_model.errors import InputError
+from dormancy_model.errors import InputError, one_line
+from dormancy_model.io import check_out_dir
 from dormancy_model.sweeps.spec import SweepSpec, load_sweep_spec, parse_sweep
 
 DONE_DIR = ".sweep/done"
@@ -334,6 +337,8 @@ def sweep(spec: SweepSpec | str | Path, out: str | Path | None = None, *, chunk:
         raise InputError("--workers/--scheduler", "cluster", "give --workers or --scheduler")
     if workers is not None and workers < 1:
         raise InputError("--workers", "workers", f"must be >= 1, got {workers}")
+    if scheduler is not None:
+        scheduler = check_scheduler(scheduler)
     cshape = chunk_shape(spec.shape, chunk)
     if out is None:
         if workers or scheduler:
@@ -349,41 +354,81 @@ def sweep(spec: SweepSpec | str | Path, out: str | Path | None = None, *, chunk:
                 bar.advance(task)
         return ds
     out = Path(out)
-    _open_or_create(spec, out, cshape, fresh)
-    todo = missing_chunks(out, spec.shape, cshape)
-    with _progress(len(todo), progress) as bar:
-        task = bar.add_task("sweep", total=len(todo))
-        if workers or scheduler:
-            _run_dask(spec, out, chunk, todo, workers, scheduler, lambda: bar.advance(task))
-        else:
-            runner = ChunkRunner(spec, chunk)
-            for sl in todo:
-                _write_chunk(out, sl, runner.compute(sl))
-                bar.advance(task)
+    if out.exists() and not out.is_dir():
+        raise InputError(str(out), "--out", "exists and is not a sweep store")
+    check_out_dir(out)  # e.g. a parent that is a file: refused before anything is created
+    with contextlib.ExitStack() as stack:
+        # the cluster is reached before the store is created: a scheduler that cannot be
+        # reached leaves nothing behind
+        client = stack.enter_context(_dask_client(workers, scheduler)) if (
+            workers or scheduler) else None
+        _open_or_create(spec, out, cshape, fresh)
+        todo = missing_chunks(out, spec.shape, cshape)
+        with _progress(len(todo), progress) as bar:
+            task = bar.add_task("sweep", total=len(todo))
+            if client is not None:
+                _run_dask(client, spec, out, chunk, todo, lambda: bar.advance(task))
+            else:
+                runner = ChunkRunner(spec, chunk)
+                for sl in todo:
+                    _write_chunk(out, sl, runner.compute(sl))
+                    bar.advance(task)
     return open_sweep(out)
 
 
-def _run_dask(spec, out, chunk, todo, workers, scheduler, tick) -> None:
-    from distributed import Client, LocalCluster, as_completed
+SCHEDULER_TIMEOUT_S = 30.0  # to connect to a --scheduler
+SCHEDULER_SCHEMES = ("tcp", "tls", "ws", "wss", "ucx", "inproc")
+_ADDRESS = re.compile(r"(?P<scheme>[a-z]+)://(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)"
+                      r"(?::(?P<port>[0-9]{1,5}))?")
 
+
+def check_scheduler(address) -> str:
+    """`--scheduler` as a Dask scheduler address SCHEME://HOST[:PORT] (SCHEME one of
+    `SCHEDULER_SCHEMES`, PORT in [1, 65535]), else InputError; checked before any work."""
+    m = _ADDRESS.fullmatch(address) if isinstance(address, str) else None
+    if m is None or m["scheme"] not in SCHEDULER_SCHEMES or (
+            m["port"] is not None and not 1 <= int(m["port"]) <= 65535):
+        raise InputError("--scheduler", "scheduler", "expected a Dask scheduler address such as "
+                         f"tcp://HOST:PORT, got {address!r}")
+    return address
+
+
+@contextlib.contextmanager
+def _dask_client(workers, scheduler):
+    """A dask.distributed Client of the scheduler at `scheduler`, or of a LocalCluster of
+    `workers` processes; a scheduler that cannot be reached within `SCHEDULER_TIMEOUT_S` is an
+    InputError naming --scheduler."""
+    from distributed import Client, LocalCluster
+
+    timeout = SCHEDULER_TIMEOUT_S
     cluster = None
     if scheduler:
-        client = Client(scheduler)
+        try:
+            client = Client(scheduler, timeout=timeout)
+        except (OSError, TimeoutError) as e:
+            raise InputError("--scheduler", "scheduler", f"cannot reach {scheduler}: "
+                             f"{one_line(e) or type(e).__name__}") from None
     else:
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                host="127.0.0.1", dashboard_address=None)
         client = Client(cluster)
     try:
-        key = resume_key(spec)
-        futs = [client.submit(run_chunk_task, spec.text, spec.source, chunk, str(out.resolve()),
-                              tuple(s.start for s in sl), key, pure=False) for sl in todo]
-        for f in as_completed(futs):
-            f.result()
-            tick()
+        yield client
     finally:
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+def _run_dask(client, spec, out, chunk, todo, tick) -> None:
+    from distributed import as_completed
+
+    key = resume_key(spec)
+    futs = [client.submit(run_chunk_task, spec.text, spec.source, chunk, str(out.resolve()),
+                          tuple(s.start for s in sl), key, pure=False) for sl in todo]
+    for f in as_completed(futs):
+        f.result()
+        tick()
 
 
 def open_sweep(path: str | Path):
@@ -397,8 +442,18 @@ def open_sweep(path: str | Path):
         raise InputError(str(path), "store", "not a sweep store (no zarr.json)")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the .sweep marker folder is not a Zarr node
-        ds = xr.open_zarr(path, consolidated=False, mask_and_scale=False)
-    cshape = tuple(ds.attrs["chunk_shape"])
+        try:
+            ds = xr.open_zarr(path, consolidated=False, mask_and_scale=False)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise InputError(str(path), "store", f"not a readable Zarr store: {e}") from None
+    cshape = ds.attrs.get("chunk_shape")
+    if (_store_attrs(path) is None or "status" not in ds.data_vars
+            or not isinstance(cshape, list) or len(cshape) != ds["status"].ndim
+            or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 1
+                       for c in cshape)):
+        raise InputError(str(path), "store", "not a sweep store (no sweep attributes): "
+                         "`dormancy sweep` writes one")
+    cshape = tuple(cshape)
     dims = [d for d in ds["status"].dims]
     shape = tuple(ds.sizes[d] for d in dims)
     todo = missing_chunks(path, shape, cshape)

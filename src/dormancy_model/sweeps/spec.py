@@ -69,7 +69,7 @@ from dormancy_model.params.table import Parameters, load_model_parameters
 from dormancy_model.params.transforms import from_scale, to_scale
 from dormancy_model.params.variability import lognormal_factors
 from dormancy_model.pk.presets import PRESETS, get_schedule
-from dormancy_model.pk.schedule import DRUGS, Schedule
+from dormancy_model.pk.schedule import DRUGS, MAX_CYCLES, Schedule
 from dormancy_model.sweeps.lanes import OutputDays
 from dormancy_model.units import DAYS_PER_YEAR
 
@@ -84,6 +84,9 @@ FIELDS = {
                "block", "event_step"},
 }
 GRID_FIELDS = {"grid", "range", "n", "values"}
+MAX_SWEEP_SIZE = 10**9  # trajectories of one sweep (the product of its dimensions)
+MAX_DOSE_FACTOR = 10.0  # schedule.hcq_dose / eve_dose: factors on the schedule's amounts
+MAX_DIM = 10**6  # points of one dimension (grid n, samples.n, patients.n)
 
 
 @dataclass(frozen=True)
@@ -178,9 +181,10 @@ def _numbers(src, fld, v, *, positive=False, integer=False, nonneg=False, nonemp
     return [float(x) for x in v]
 
 
-def _int(src, fld, v, lo=1):
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-        _fail(src, fld, f"must be a whole number >= {lo}, got {v!r}")
+def _int(src, fld, v, lo=1, hi=None):
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
+        _fail(src, fld, (f"must be a whole number >= {lo}" if hi is None else
+                         f"must be a whole number in [{lo}, {hi}]") + f", got {v!r}")
     return v
 
 
@@ -205,6 +209,8 @@ def _input(src, fld, path) -> tuple[str, str, str]:
 
 
 def _param_name(src, fld, name, params):
+    if not isinstance(name, str):
+        _fail(src, fld, f"must be a parameter name, got {name!r}")
     if name not in params.values:
         _fail(src, fld, f"unknown parameter {name!r}{suggest(name, params.values)}")
     return name
@@ -238,12 +244,19 @@ def _schedule_dims(src, doc, base_name, species=None):
     if "cycles" in sch:
         cycles = [int(c) for c in _numbers(src, "schedule.cycles", sch["cycles"], positive=True,
                                            integer=True)]
+        for c in cycles:
+            if c > MAX_CYCLES:
+                _fail(src, "schedule.cycles", f"must be in [1, {MAX_CYCLES}], got {c}")
         dims.append(Dim("cycles", np.array(cycles, np.int64), "1", "cycles", "treatment cycles"))
     doses = {}
     for drug in DRUGS:
         key = f"{drug}_dose"
         if key in sch:
             doses[drug] = _numbers(src, f"schedule.{key}", sch[key], nonneg=True)
+            for f in doses[drug]:
+                if f > MAX_DOSE_FACTOR:
+                    _fail(src, f"schedule.{key}", f"must be in [0, {MAX_DOSE_FACTOR:g}] (a factor "
+                          f"on the schedule's amount), got {f:g}")
             if not any(any(ln.drug == drug for ln in b.lines) for b in bases):
                 _fail(src, f"schedule.{key}", f"no schedule in the sweep gives {drug.upper()}")
             amounts = sorted({ln.amount for b in bases for ln in b.lines if ln.drug == drug})
@@ -290,7 +303,7 @@ def _grids(src, doc, params):
             r = _numbers(src, f"{fld}.range", g["range"])
             if len(r) != 2 or not r[0] < r[1]:
                 _fail(src, f"{fld}.range", "must be [low, high] with low < high")
-            n = _int(src, f"{fld}.n", g["n"], 2)
+            n = _int(src, f"{fld}.n", g["n"], 2, MAX_DIM)
             if g["grid"] == "log":
                 if r[0] <= 0:
                     _fail(src, f"{fld}.range", "a log grid needs a positive low end")
@@ -316,7 +329,7 @@ def _samples(src, doc, params, seed, inputs):
     method = s.get("method", "sobol")
     if method not in ("sobol", "lhs", "fit"):
         _fail(src, "samples.method", f"must be sobol, lhs or fit, got {method!r}")
-    n = _int(src, "samples.n", s.get("n"))
+    n = _int(src, "samples.n", s.get("n"), 1, MAX_DIM)
     seed = check_seed(src, "samples.seed", s.get("seed", seed))
     rng = np.random.default_rng(seed)
     out = {}
@@ -353,6 +366,8 @@ def _samples(src, doc, params, seed, inputs):
             _fail(src, "samples.parameters", "must be a non-empty list of parameter names")
         for nm in names:
             _param_name(src, "samples.parameters", nm, params)
+        if len(set(names)) != len(names):
+            _fail(src, "samples.parameters", "contains duplicates")
         from scipy.stats import qmc
 
         eng = (qmc.Sobol(len(names), scramble=True, seed=rng) if method == "sobol"
@@ -375,7 +390,7 @@ def _patients(src, doc, params, seed):
     _check_keys(src, "patients", pt, FIELDS["patients"])
     if not pt:
         return {}, []
-    n = _int(src, "patients.n", pt.get("n", 1))
+    n = _int(src, "patients.n", pt.get("n", 1), 1, MAX_DIM)
     var = pt.get("variability", {})
     _check_keys(src, "patients.variability", var, set(params.values))
     for nm, cv in sorted(var.items()):
@@ -472,6 +487,10 @@ def parse_sweep(doc: dict, src: str, text: str = "") -> SweepSpec:
     dims = tuple(sched_dims + grid_dims + sample_dims + patient_dims)
     if not dims:
         dims = (Dim("case", np.arange(1), "1", "case", "single case"),)
+    size = math.prod(d.values.size for d in dims)
+    if size > MAX_SWEEP_SIZE:
+        sizes = " x ".join(str(d.values.size) for d in dims)
+        _fail(src, "sweep", f"{size:,} trajectories ({sizes}) is more than {MAX_SWEEP_SIZE:,}")
     last = max(outputs.residual_days + outputs.rfs_days + outputs.assessment_days)
     if last > 100 * DAYS_PER_YEAR:
         _fail(src, "outputs", f"horizon {last:g} days is beyond 100 years")

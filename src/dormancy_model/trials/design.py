@@ -27,11 +27,23 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from dormancy_model.errors import InputError
+from dormancy_model.errors import InputError, check_range, one_line
 from dormancy_model.pk.presets import CLEVER_CYCLES, PRESETS
 from dormancy_model.pk.schedule import DoseLine, Schedule
 
 MONTH_DAYS = 365.25 / 12
+DRUGS = ("hcq", "eve")
+MAX_ARM_N = 100_000  # patients per arm (and in the observation arm)
+MAX_DESIGN_CYCLES = 100  # planned cycles, and extension cycles
+MAX_DOSE_FACTOR = 10.0  # an arm's dose factor on the regimen
+MAX_DAYS = 3650.0  # post-treatment aspirate and observation period
+MAX_FOLLOWUP_MONTHS = 1200.0  # 100 years
+
+
+def _whole(src: str, field: str, v, lo: int, hi: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise InputError(src, field, f"must be a whole number in [{lo}, {hi}], got {v!r}")
+    return v
 
 
 @dataclass(frozen=True)
@@ -58,8 +70,9 @@ class Arm:
 class TrialDesign:
     """A trial protocol as data. Days are counted from the first dose (day 0).
 
-    `regimen`: one dose line per drug (hcq and eve: amount, dosing interval, cycle length),
-    given orally every day of each cycle from day 0; the number of cycles is `cycles`.
+    `regimen`: one dose line per drug (hcq and eve: amount, dosing interval, on-days, cycle
+    length), given orally on its on-days of each cycle from day 0 (CLEVER: every day); the
+    number of cycles is `cycles`.
     """
 
     name: str
@@ -78,40 +91,55 @@ class TrialDesign:
     discontinuation_prob: float = 0.0
 
     def __post_init__(self):
-        src = f"design {self.name}"
-        if not self.arms:
+        src = f"design {one_line(self.name)}"
+        if not isinstance(self.name, str) or not self.name:
+            raise InputError(src, "name", f"must be a non-empty string, got {self.name!r}")
+        if not isinstance(self.arms, tuple) or not self.arms:
             raise InputError(src, "arms", "at least one treated arm is needed")
         for a in self.arms:
-            if a.n < 1:
-                raise InputError(src, f"arms.{a.name}.n", f"must be >= 1, got {a.n}")
-            if any(d not in ("hcq", "eve") for d in a.drugs):
+            if not isinstance(a, Arm):
+                raise InputError(src, "arms", f"must be Arm records, got {a!r}")
+            if not isinstance(a.name, str) or not a.name:
+                raise InputError(src, "arms.name", f"must be a non-empty string, got {a.name!r}")
+            _whole(src, f"arms.{a.name}.n", a.n, 1, MAX_ARM_N)
+            if (not isinstance(a.drugs, tuple) or any(d not in DRUGS for d in a.drugs)
+                    or len(set(a.drugs)) != len(a.drugs)):
                 raise InputError(src, f"arms.{a.name}.drugs",
                                  "must be a subset of hcq, eve (empty: untreated control)")
-            if a.hcq_factor < 0 or a.eve_factor < 0:
-                raise InputError(src, f"arms.{a.name}", "dose factors must be >= 0")
+            for drug in DRUGS:
+                check_range(src, f"arms.{a.name}.{drug}_factor", getattr(a, f"{drug}_factor"),
+                            0, MAX_DOSE_FACTOR, note="(a factor on the regimen's dose)")
         if len({a.name for a in self.arms}) != len(self.arms):
             raise InputError(src, "arms", "arm names must be unique")
-        if self.cycles < 1:
-            raise InputError(src, "cycles", f"must be >= 1, got {self.cycles}")
-        if any(c < 1 or c > self.cycles for c in self.assess_after_cycles):
-            raise InputError(src, "assess_after_cycles", "must be within 1..cycles")
-        if self.extension_cycles < 0:
-            raise InputError(src, "extension_cycles", "must be >= 0")
-        if not (0 < self.followup_min_months < self.followup_median_months
-                < self.followup_max_months):
-            raise InputError(src, "followup", "need 0 < min < median < max months")
-        if not 0 <= self.discontinuation_prob <= 1:
-            raise InputError(src, "discontinuation_prob", "must be in [0, 1]")
-        if self.observation_n < 0:
-            raise InputError(src, "observation_n", "must be >= 0")
+        _whole(src, "cycles", self.cycles, 1, MAX_DESIGN_CYCLES)
+        if (not isinstance(self.assess_after_cycles, tuple)
+                or any(isinstance(c, bool) or not isinstance(c, int) or not 1 <= c <= self.cycles
+                       for c in self.assess_after_cycles)):
+            raise InputError(src, "assess_after_cycles", "must be whole numbers within "
+                             f"1..cycles ({self.cycles}), got {self.assess_after_cycles!r}")
+        _whole(src, "extension_cycles", self.extension_cycles, 0, MAX_DESIGN_CYCLES)
+        if (not isinstance(self.extension_drugs, tuple)
+                or any(d not in DRUGS for d in self.extension_drugs)):
+            raise InputError(src, "extension_drugs", "must be a subset of hcq, eve")
+        check_range(src, "post_treatment_days", self.post_treatment_days, 0, MAX_DAYS)
+        _whole(src, "observation_n", self.observation_n, 0, MAX_ARM_N)
+        check_range(src, "observation_days", self.observation_days, 0, MAX_DAYS, lo_open=True)
+        f = (self.followup_min_months, self.followup_median_months, self.followup_max_months)
+        if not (all(not isinstance(x, bool) and isinstance(x, (int, float)) for x in f)
+                and 0 < f[0] < f[1] < f[2] <= MAX_FOLLOWUP_MONTHS):
+            raise InputError(src, "followup", "need 0 < min < median < max <= "
+                             f"{MAX_FOLLOWUP_MONTHS:g} months, got {f!r}")
+        check_range(src, "discontinuation_prob", self.discontinuation_prob, 0, 1)
+        if not isinstance(self.regimen, Schedule):
+            raise InputError(src, "regimen", f"must be a Schedule, got {self.regimen!r}")
         lines = self.regimen.lines
         if sorted(ln.drug for ln in lines) != ["eve", "hcq"]:
             raise InputError(src, "regimen", "needs exactly one dose line per drug (hcq, eve)")
         for ln in lines:
             if (ln.unit != "mg" or ln.route != "oral" or ln.start_day or ln.first_dose_hour
-                    or len(ln.days_on) != ln.cycle_days or ln.cycle_days != lines[0].cycle_days):
-                raise InputError(src, f"regimen.{ln.drug}", "the trial gives oral mg doses every "
-                                 "day of equal cycles from day 0 (first dose at hour 0)")
+                    or ln.cycle_days != lines[0].cycle_days):
+                raise InputError(src, f"regimen.{ln.drug}", "the trial gives oral mg doses on "
+                                 "the on-days of equal cycles from day 0 (first dose at hour 0)")
 
     # ------------------------------------------------------------------ derived quantities
     def dose_line(self, drug: str) -> DoseLine:

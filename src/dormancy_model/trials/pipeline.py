@@ -7,7 +7,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from dormancy_model.errors import InputError, check_seed
+from dormancy_model.errors import InputError, check_range, check_seed
+
+MAX_SPAN = 5.0  # calibration grid half-width in ln units (a factor e**5 ~ 150 either way)
 
 
 def run_trial_report(out: Path, *, design: str = "clever", replicates: int = 100, seed: int = 1,
@@ -109,7 +111,7 @@ def run_calibration(out: Path, *, model: str = "human", replicates: int = 16,
     """
     import jax
 
-    from dormancy_model.io import atomic_write_json, check_out_dir, prepare_out_dir
+    from dormancy_model.io import atomic_write_json, check_out_file, prepare_out_dir
     from dormancy_model.params.table import load_model_parameters
     from dormancy_model.trials.calibrate import calibrate, calibration_record
     from dormancy_model.trials.design import clever_design
@@ -119,13 +121,12 @@ def run_calibration(out: Path, *, model: str = "human", replicates: int = 16,
             raise InputError(flag, flag[2:].replace("-", "_"), f"must be >= 1, got {v}")
     if points < 3:  # the quadratic response surface has 6 coefficients: >= 3 x 3 points
         raise InputError("--points", "points", f"must be >= 3, got {points}")
-    if not span > 0:
-        raise InputError("--span", "span", f"must be > 0, got {span:g}")
+    check_range("--span", "span", span, 0, MAX_SPAN, lo_open=True)
     check_seed("--seed", "seed", seed)
     out = Path(out)
     if out.suffix != ".json":
         raise InputError(str(out), "--out", "must be a .json file path")
-    check_out_dir(out.parent)
+    check_out_file(out)  # before the expensive run
     params = load_model_parameters(model)
     t = time.perf_counter()
     tick = progress or (lambda text: None)

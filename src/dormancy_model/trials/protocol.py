@@ -42,7 +42,8 @@ OBSERVATION = "observation"
 def arm_dosing(design: TrialDesign, arm: Arm | None, *, extension: bool = False,
                stop_day: float | None = None, dtype=jnp.float64) -> Dosing:
     """Dose events on the master grid (every dosing interval of the design's regimen, e.g.
-    HCQ every 12 h and EVE every 24 h, over `max_cycles`).
+    HCQ every 12 h and EVE every 24 h, over `max_cycles`; zero amounts off the regimen's
+    on-days).
 
     `arm=None` is the untreated observation arm. Planned cycles use the arm's drugs and dose
     factors; extension cycles give the design's extension drugs at full dose; nothing is given
@@ -54,10 +55,14 @@ def arm_dosing(design: TrialDesign, arm: Arm | None, *, extension: bool = False,
     def events(drug, interval, mg):
         t = np.arange(0.0, max(end_ext, end_plan), interval)
         a = np.zeros_like(t)
+        cd = design.cycle_days
+        on = np.isin(np.floor(np.mod(t, cd) + 1e-9).astype(int) + 1,
+                     design.dose_line(drug).days_on or range(1, cd + 1))
         if arm is not None and drug in arm.drugs:
             a[t < end_plan] = mg * (arm.hcq_factor if drug == "hcq" else arm.eve_factor)
         if extension and drug in design.extension_drugs:
             a[(t >= end_plan) & (t < end_ext)] = mg
+        a[~on] = 0.0
         a[t >= stop] = 0.0
         return DoseEvents(jnp.asarray(t, dtype), jnp.asarray(a, dtype),
                           jnp.zeros(t.shape, bool), jnp.ones(t.shape, bool))

@@ -22,7 +22,7 @@ from scipy import stats
 
 from dormancy_model.model.survival import survival_at
 from dormancy_model.trials import analysis as TA
-from dormancy_model.trials.design import Arm, TrialDesign
+from dormancy_model.trials.design import MAX_ARM_N, MAX_DESIGN_CYCLES, Arm, TrialDesign
 from dormancy_model.trials.protocol import trial
 
 METRICS = ("clearance_C3", "clearance_C6", "clearance_eot", "cleared_true_eot", "reduction_C3",
@@ -140,8 +140,13 @@ def sample_size(design: TrialDesign, params, *, key, pool: int = 2000, populatio
     return table, summary
 
 
-MAX_PER_ARM = 100_000  # patients per arm of a what-if trial
-MAX_CYCLES = 100  # cycles of a what-if design (CLEVER: 6, up to 12 with the extension)
+MAX_PER_ARM = MAX_ARM_N  # patients per arm of a what-if trial
+MAX_CYCLES = MAX_DESIGN_CYCLES  # cycles of a what-if design (CLEVER: 6, 12 with the extension)
+
+
+def _no_duplicates(values: list, text: str, what: str = "values") -> None:
+    if len(set(values)) != len(values):
+        raise ValueError(f"duplicate {what} in {text!r}")
 
 
 def parse_whatif(spec: str) -> tuple[str, list]:
@@ -156,6 +161,7 @@ def parse_whatif(spec: str) -> tuple[str, list]:
             v = [int(x) for x in val.split(",") if x]
             if not v or min(v) < 1 or max(v) > MAX_CYCLES:
                 raise ValueError(f"cycles must be in [1, {MAX_CYCLES}]")
+            _no_duplicates(v, val)
             return name, v
         if name == "dose":
             v = []
@@ -164,6 +170,7 @@ def parse_whatif(spec: str) -> tuple[str, list]:
                 if drug.lower() not in ("hcq", "eve") or not 0 < float(f) <= 2:
                     raise ValueError(f"{part!r}: use hcq:FACTOR or eve:FACTOR, 0 < FACTOR <= 2")
                 v.append((drug.lower(), float(f)))
+            _no_duplicates(v, val)
             return name, v
         if name == "combo":
             n = int(val or 100)
@@ -175,8 +182,7 @@ def parse_whatif(spec: str) -> tuple[str, list]:
             for n in v:
                 if not 2 <= n <= MAX_PER_ARM:
                     raise ValueError(f"n per arm must be in [2, {MAX_PER_ARM}], got {n}")
-            if len(set(v)) != len(v):
-                raise ValueError(f"duplicate sizes in {val!r}")
+            _no_duplicates(v, val, "sizes")
             return name, sorted(v)
     except ValueError as e:
         raise InputError("--what-if", name, str(e)) from None
