@@ -82,10 +82,13 @@ CASES = {
         (["--method", "laplace"], "--random: random: --method laplace needs random effects"),
         (["--random", "k_dr"], "--random: random: random effects need --method laplace"),
         (["--method", "foce"], "--method: method: unknown method 'foce' (one of: pooled, "
-         "laplace)"),
+         "laplace, nuts)"),
         (["--method", "laplace", "--random", "k_dr", "--covariance", "block"],
          "--covariance: covariance: unknown covariance 'block'"),
         (["--laplace-starts", "0"], "--laplace-starts: laplace_starts: must be >= 1"),
+        (["--method", "nuts", "--draws", "1"], "--draws: draws: must be >= 2"),
+        (["--method", "nuts"], "--random: random: --method nuts needs random effects"),
+        (["--method", "nuts", "--random", "k_drr"], "--random: random: unknown parameter"),
     ],
     "sweep": [
         (["samples_seed.toml"], "samples_seed.toml: samples.seed: must be a whole number"),

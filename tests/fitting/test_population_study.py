@@ -69,6 +69,33 @@ def test_animals_at_zero_random_effects_sum_to_the_pooled_likelihood():
     assert changed.tolist() == [3]
 
 
+@pytest.mark.slow
+def test_laplace_marginal_tends_to_the_pooled_likelihood_as_omega_shrinks():
+    """The Laplace marginal -log-likelihood of the study at random-effect sds s: at s = 1e-4 it
+    equals the pooled fit's nll to 1e-5 (the log-determinant term is s^2 tr J / 2 there), at
+    s = 0.3 it differs by more than 0.1 (the test sees the random effects)."""
+    from dormancy_model.fitting.population.laplace import laplace_value
+
+    study = load_study(SHIPPED).subset(ARMS)
+    params = load_model_parameters("mouse")
+    prob = study_problem(study, params, FREE, ("dormant_initial", "k_dr"),
+                         solver=FixedSteps(fine=32, coarse=48, scan_kind="bounded"))
+    fp = free_parameters(params, FREE)
+    s = np.array([to_scale(f.table_value, f.scale) for f in fp])
+    nat = dict(zip(FREE, from_scale_codes(s, np.array([SCALE_CODE[f.scale] for f in fp])),
+                   strict=True))
+    sigma = nat.pop("burden_sigma")
+    p = params.replace(body_weight=study.body_weight_kg, **nat)
+    ll = float(eqx.filter_jit(joint_loglik)(DormancyModel(), p, study_arrays(study), sigma,
+                                            FixedSteps(fine=32, coarse=48))[0])
+    eta0 = jnp.zeros((prob.n_animals, 2))
+    tiny, _, conv = laplace_value(prob, jnp.asarray(prob.theta0(s, [1e-4, 1e-4])), eta0)
+    assert np.all(np.asarray(conv))
+    assert abs(float(tiny) + ll) < 1e-5, (float(tiny), -ll)
+    wide, _, _ = laplace_value(prob, jnp.asarray(prob.theta0(s, [0.3, 0.3])), eta0)
+    assert abs(float(wide) + ll) > 0.1
+
+
 def test_an_animal_in_two_arms_is_refused(tmp_path, capsys, monkeypatch):
     study = tmp_path / "study"
     shutil.copytree(SHIPPED, study)
@@ -174,3 +201,26 @@ def test_cli_laplace_fit_writes_population_block_and_simulate_reads_it(tmp_path,
     code, _, err = run(["simulate", "--model", "mouse", "--schedule", "mouse-vehicle", "--years",
                         "0.1", "--params", "fits/pop.json", "--out", "sim"], capsys)
     assert code == 0, err
+
+
+@pytest.mark.slow
+def test_cli_nuts_fit_writes_netcdf_and_flags_failed_diagnostics(tmp_path, capsys,
+                                                                 monkeypatch):
+    """`dormancy fit --method nuts` with far too few draws: the posterior NetCDF is written next
+    to the fit JSON and reads back with a draw per chain and iteration, and the failed
+    diagnostics (R-hat / ESS) are named in the summary and in the file, not hidden."""
+    import arviz as az
+
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(["fit", "--study", str(SHIPPED), "--arms", ",".join(ARMS), "--free",
+                          "dormant_initial,k_dr,burden_sigma", "--random", "dormant_initial",
+                          "--method", "nuts", "--starts", "2", "--adam-steps", "5",
+                          "--lbfgs-steps", "20", "--chains", "2", "--warmup", "10", "--draws",
+                          "10", "--max-tree-depth", "3", "--out", "fits/nuts.json"], capsys)
+    assert code == 0, err
+    doc = json.loads((tmp_path / "fits" / "nuts.json").read_text())
+    dg = doc["population"]["diagnostics"]
+    assert not dg["ok"] and dg["failed"] and "FAILED" in out
+    idata = az.from_netcdf(tmp_path / "fits" / doc["population"]["posterior_netcdf"])
+    assert np.asarray(idata.posterior["dormant_initial"]).shape == (2, 10)
+    assert np.asarray(idata.posterior["eta"]).shape[2] == len(doc["population"]["ebe"])

@@ -28,14 +28,20 @@ def fit_cmd(
     prior: bool = typer.Option(False, "--prior/--no-prior", help="add priors from the table"),
     arms: str = typer.Option("", "--arms", help="fit only these arms (comma-separated)"),
     method: str = typer.Option("pooled", "--method", help="pooled (one parameter set for all "
-                               "mice) or laplace (random effects per animal, Laplace marginal "
-                               "likelihood; starts from the pooled fit)"),
+                               "mice), laplace (random effects per animal, Laplace marginal "
+                               "likelihood; starts from the pooled fit) or nuts (the same "
+                               "model sampled by NUTS; posterior saved as NetCDF)"),
     random: str = typer.Option("", "--random", help="free parameters with a log-normal random "
                                "effect per animal (comma-separated; --method laplace)"),
     covariance: str = typer.Option("diagonal", "--covariance", help="random-effect covariance: "
                                    "diagonal or full"),
     laplace_starts: int = typer.Option(2, "--laplace-starts", help="Laplace starts (the best "
                                        "distinct pooled estimates)"),
+    chains: int = typer.Option(4, "--chains", help="NUTS chains (--method nuts)"),
+    warmup: int = typer.Option(500, "--warmup", help="NUTS warm-up iterations per chain"),
+    draws: int = typer.Option(500, "--draws", help="NUTS draws per chain"),
+    max_tree_depth: int = typer.Option(8, "--max-tree-depth", help="NUTS: at most "
+                                       "2^depth leapfrog steps per draw"),
 ):
     """Fit free parameters to a mouse study (residual burden + relapse) by multistart
     gradient descent; writes the fit JSON and figures. With --method laplace and --random:
@@ -48,7 +54,9 @@ def fit_cmd(
 
     for flag, v, low in (("--starts", starts, 1), ("--adam-steps", adam_steps, 0),
                          ("--lbfgs-steps", lbfgs_steps, 1),
-                         ("--laplace-starts", laplace_starts, 1)):
+                         ("--laplace-starts", laplace_starts, 1), ("--chains", chains, 1),
+                         ("--warmup", warmup, 1), ("--draws", draws, 2),
+                         ("--max-tree-depth", max_tree_depth, 1)):
         if v < low:
             raise InputError(flag, flag[2:].replace("-", "_"), f"must be >= {low}, got {v}")
     check_seed("--seed", "seed", seed)
@@ -56,6 +64,7 @@ def fit_cmd(
     options = FitOptions(starts=starts, seed=seed, adam_steps=adam_steps,
                          optimizer=LBFGS(steps=lbfgs_steps), prior=prior, profile=profile)
     from dormancy_model.fitting.population.estimate import LaplaceOptions
+    from dormancy_model.fitting.population.nuts import NutsOptions
 
     laplace = LaplaceOptions(starts=laplace_starts, seed=seed, iterations=lbfgs_steps, gtol=1e-3)
     with Progress(TextColumn("{task.description}"), BarColumn(),
@@ -79,7 +88,9 @@ def fit_cmd(
         result, st, fig_dir, names = run_fit(
             study, model, free, options, out=out, figures=figures,
             arms=arm_names, progress=progress, method=method,
-            random=random, covariance=covariance, laplace=laplace, on_iteration=on_iteration)
+            random=random, covariance=covariance, laplace=laplace, on_iteration=on_iteration,
+            nuts=NutsOptions(chains=chains, warmup=warmup, draws=draws, seed=seed,
+                             max_tree_depth=max_tree_depth))
     typer.echo(result.summary())
     typer.echo(f"wrote {out} and {len(names)} figures in {fig_dir}/ "
                f"({result.wall_time_s:.1f} s{', SYNTHETIC study' if st.synthetic else ''})")

@@ -139,7 +139,13 @@ class FitResult:
     def summary(self) -> str:
         pop = self.population
         head = f"nll {self.objective:.3f}  AIC {self.aic:.2f}  "
-        if pop:
+        if pop and pop["method"] == "nuts":
+            dg = pop["diagnostics"]
+            head = (f"nuts: R-hat max {dg['rhat_max']:.3f}, bulk ESS min "
+                    f"{dg['ess_bulk_min']:.0f}, {dg['divergences']} divergences: "
+                    + ("diagnostics ok" if dg["ok"] else "FAILED " + "; ".join(dg["failed"]))
+                    + f" (pooled start nll {self.objective:.3f})  ")
+        elif pop:
             o = pop["objective"]
             head = (f"{pop['method']}: -loglik {self.objective:.3f}  AIC {self.aic:.2f}  BIC "
                     f"{o['bic']:.2f}  {o['n_animals']} animals  "
@@ -151,7 +157,8 @@ class FitResult:
         for r, v in (pop.get("random") or {}).items():
             pct = lambda x: "nan" if x is None else f"{100 * x:.1f}"  # noqa: E731
             rows.append(f"  omega({r}) CV {pct(v['cv'])}% [{pct(v['cv_ci95_low'])}, "
-                        f"{pct(v['cv_ci95_high'])}]  shrinkage {pct(v['shrinkage'])}%"
+                        f"{pct(v['cv_ci95_high'])}]"
+                        + (f"  shrinkage {pct(v['shrinkage'])}%" if "shrinkage" in v else "")
                         + ("  (sd at its bound)" if v.get("sd_at_bound") else ""))
         return "\n".join(rows)
 

@@ -83,8 +83,10 @@ def fit_to_json(result, study, model_path: str, params=None) -> dict:
     pop = getattr(result, "population", None)
     if pop:  # a population fit: estimates are the typical values, the rest is here
         doc["method"] = pop["method"]
-        doc["objective"].update(bic=pop["objective"]["bic"],
-                                n_params=pop["objective"]["n_params"])
+        doc["objective"].update({k: pop["objective"][k] for k in ("bic", "n_params")
+                                 if k in pop["objective"]})
+        if pop["method"] == "nuts":  # no marginal likelihood: the objective is the pooled fit's
+            doc["objective"]["of"] = "pooled fit (starting point of the NUTS chains)"
         doc["population"] = pop
     return doc
 

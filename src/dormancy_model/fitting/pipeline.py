@@ -64,7 +64,7 @@ def parse_arms(text: str) -> list[str]:
     return names
 
 
-METHODS = ("pooled", "laplace")
+METHODS = ("pooled", "laplace", "nuts")
 
 
 def _names(v) -> tuple:
@@ -75,15 +75,16 @@ def _names(v) -> tuple:
 
 def run_fit(study_path, model_path, free, options=None, *, out, figures=None, arms=None,
             progress=None, method="pooled", random=(), covariance="diagonal", laplace=None,
-            on_iteration=None):
+            on_iteration=None, nuts=None):
     """Load, validate, fit, write `out` (JSON) and figures (default directory: `out` without
     .json). `study_path`: a study directory; `model_path`: a parameter set name or file; `free`:
     names (a list or a comma-separated string); `options`: the search (`FitOptions`: starts,
     seed, Adam and L-BFGS steps, prior, profiles, solver; default `FitOptions()`); `arms`: fit
     only these arms. `method`: "pooled" (one parameter set for all mice) or "laplace" (random
     effects per animal on `random`, a subset of `free`, `covariance` "diagonal" or "full";
-    `laplace`: its `LaplaceOptions`; `population.study_fit`). Returns (result, study, fig_dir,
-    fig names)."""
+    `laplace`: its `LaplaceOptions`; `population.study_fit`) or "nuts" (the same model sampled
+    by numpyro NUTS, `nuts`: its `NutsOptions`; the posterior is written next to `out` as
+    NetCDF, `out` with .nc). Returns (result, study, fig_dir, fig names)."""
     from dormancy_model.fitting.estimate import FitOptions, fit, fit_batch
     from dormancy_model.fitting.files import write_fit
     from dormancy_model.fitting.objective import Objective
@@ -113,14 +114,14 @@ def run_fit(study_path, model_path, free, options=None, *, out, figures=None, ar
         raise InputError("--method", "method", f"unknown method {method!r} "
                          f"(one of: {', '.join(METHODS)})")
     if method == "pooled" and random:
-        raise InputError("--random", "random", "random effects need --method laplace")
-    if method == "laplace":
+        raise InputError("--random", "random", "random effects need --method laplace or nuts")
+    if method in ("laplace", "nuts"):
         from dormancy_model.fitting.objective import free_parameters
         from dormancy_model.fitting.population.animals import animal_table, check_random
         from dormancy_model.fitting.population.problem import COVARIANCES
 
         if not random:
-            raise InputError("--random", "random", "--method laplace needs random effects "
+            raise InputError("--random", "random", f"--method {method} needs random effects "
                              "(e.g. --random dormant_initial,k_dr)")
         if covariance not in COVARIANCES:
             raise InputError("--covariance", "covariance", f"unknown covariance "
@@ -152,11 +153,22 @@ def run_fit(study_path, model_path, free, options=None, *, out, figures=None, ar
         result = fit_study_laplace(study, params, free, random, options=options,
                                    covariance=covariance, pooled=pooled,
                                    on_iteration=on_iteration, **kw)
+    elif method == "nuts":
+        from dormancy_model.fitting.population.nuts import save_netcdf
+        from dormancy_model.fitting.population.study_fit import fit_study_nuts
+
+        pooled = fit(study, params, free, options=options, objective=obj, progress=progress)
+        result, idata = fit_study_nuts(study, params, free, random, options=options, nuts=nuts,
+                                       covariance=covariance, pooled=pooled)
+        nc = out.with_suffix(".nc")
+        result.population["posterior_netcdf"] = nc.name
     else:
         result = fit(study, params, free, options=options, objective=obj, progress=progress)
     # nothing is written before the fit succeeds; the figures appear all at once, then the JSON
     with output_dir(fig_dir, "--figures") as tmp:
         names = write_fit_figures(result, study, params, tmp)
         out.parent.mkdir(parents=True, exist_ok=True)
+    if method == "nuts":
+        save_netcdf(idata, nc)
     write_fit(out, result, study, str(model_path), params)
     return result, study, fig_dir, names

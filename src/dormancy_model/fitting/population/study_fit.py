@@ -170,3 +170,86 @@ def population_block(pop, problem, fp, eta, pooled: FitResult, lb, lr) -> dict:
         pooled=dict(nll=_num(pooled.objective), aic=_num(pooled.aic),
                     estimates={n: _num(v / factor[n]) for n, v in pooled.estimate.items()}),
         wall_time_s=pop.wall_time_s)
+
+
+def fit_study_nuts(study, params, free, random, *, options: FitOptions = FitOptions(),
+                   nuts=None, covariance: str = "diagonal", sigma: float = 0.5,
+                   solver: FixedSteps | None = None, pooled: FitResult | None = None,
+                   progress=None):
+    """Bayesian population fit of `study` (numpyro NUTS, `population.nuts`): chains start near
+    the pooled fit's best estimate, typical-value priors centred on the parameter table's
+    values. Returns (`FitResult`: estimates = posterior means on each parameter's scale,
+    standard errors = posterior sds there, CIs = the 2.5% and 97.5% posterior quantiles,
+    `population` = `nuts_block`; the InferenceData)."""
+    from dormancy_model.fitting.population.nuts import NutsOptions, fit_nuts
+
+    nuts = nuts or NutsOptions()
+    t0 = time.perf_counter()
+    fp = free_parameters(params, tuple(free))
+    problem = study_problem(study, params, free, random, covariance=covariance, sigma=sigma,
+                            solver=solver or population_solver())
+    if pooled is None:
+        pooled = fit(study, params, free, options=options, sigma=sigma, progress=progress)
+    lo, hi = np.asarray(problem.lower), np.asarray(problem.upper)
+    start = np.array([to_scale(pooled.estimate[f.name], f.scale) for f in fp])
+    start = np.clip(start, lo + 1e-3 * (hi - lo), hi - 1e-3 * (hi - lo))
+    centre = np.array([to_scale(f.table_value, f.scale) for f in fp])
+    idata, summ = fit_nuts(problem, options=nuts, prior_centre=centre,
+                           theta0=problem.theta0(start, np.full(problem.q, nuts.sd0)))
+    names = problem.names
+    codes = np.array([SCALE_CODE[f.scale] for f in fp])
+    draws = np.stack([np.asarray(idata.posterior[n]).ravel() for n in names], axis=1)
+    s_draws = np.stack([to_scale(draws[:, j], f.scale) for j, f in enumerate(fp)], axis=1)
+    mean_s = s_draws.mean(axis=0)
+    cov = np.atleast_2d(np.cov(s_draws, rowvar=False))
+    sd_s = np.sqrt(np.diag(cov))
+    q_lo, q_hi = np.quantile(draws, 0.025, axis=0), np.quantile(draws, 0.975, axis=0)
+    dct = lambda v: dict(zip(names, map(float, v), strict=True))  # noqa: E731
+    est = dct(from_scale_codes(mean_s, codes))
+    settings = dict(pooled.settings)
+    settings.update(method="nuts", nuts=dict(chains=nuts.chains, warmup=nuts.warmup,
+                                             draws=nuts.draws, seed=nuts.seed,
+                                             target_accept=nuts.target_accept,
+                                             max_tree_depth=nuts.max_tree_depth,
+                                             dense_mass=nuts.dense_mass),
+                    random=list(problem.random), covariance=covariance,
+                    population_solver=problem.likelihood.options.describe())
+    k = problem.n_theta
+    factor = {f.name: f.factor for f in fp}
+    unit = {f.name: f.unit for f in fp}
+    block = dict(
+        method="nuts", covariance=covariance, random_effects=list(problem.random),
+        typical={n: dict(value=est[n] / factor[n], unit=unit[n], internal_value=est[n],
+                         scale=f.scale, posterior_sd_scale=_num(sd_s[j]),
+                         ci95_low=_num(q_lo[j] / factor[n]),
+                         ci95_high=_num(q_hi[j] / factor[n]))
+                 for j, (n, f) in enumerate(zip(names, fp, strict=True))},
+        random={r: dict(sd=_num(np.mean(idata.posterior[f"sd({r})"])),
+                        cv=_num(np.mean(idata.posterior[f"cv({r})"])),
+                        cv_ci95_low=_num(np.quantile(idata.posterior[f"cv({r})"], 0.025)),
+                        cv_ci95_high=_num(np.quantile(idata.posterior[f"cv({r})"], 0.975)))
+                for r in problem.random},
+        ebe={a: dict(eta=[_num(x) for x in np.asarray(
+            idata.posterior["eta"]).mean(axis=(0, 1))[i]]) for i, a in
+            enumerate(problem.animal_ids)},
+        diagnostics=dict(ok=summ.ok, failed=summ.failed, rhat_max=_num(summ.rhat_max),
+                         ess_bulk_min=_num(summ.ess_bulk_min),
+                         ess_tail_min=_num(summ.ess_tail_min),
+                         divergences=summ.divergences, table=summ.table),
+        converged=bool(summ.ok), objective=dict(n_params=k, n_obs=problem.n_obs,
+                                                n_animals=problem.n_animals),
+        pooled=dict(nll=_num(pooled.objective), aic=_num(pooled.aic)),
+        wall_time_s=summ.wall_time_s)
+    result = FitResult(
+        names=names, scales=tuple(f.scale for f in fp), units=tuple(f.unit for f in fp),
+        unit_factors=tuple(f.factor for f in fp), estimate=est, scale_estimate=dct(mean_s),
+        se=dct(sd_s), ci_low=dct(q_lo), ci_high=dct(q_hi),
+        identifiable={n: bool(np.isfinite(sd_s[j]) and 4 * sd_s[j] < hi[j] - lo[j])
+                      for j, n in enumerate(names)},
+        objective=float(pooled.objective), loglik_burden=float(pooled.loglik_burden),
+        loglik_relapse=float(pooled.loglik_relapse), aic=float(pooled.aic),
+        n_obs=int(problem.n_obs), starts=list(pooled.starts),
+        hessian=np.linalg.pinv(cov).tolist(), covariance=cov.tolist(), settings=settings,
+        seed=pooled.seed, wall_time_s=time.perf_counter() - t0 + pooled.wall_time_s,
+        n_evaluations=pooled.n_evaluations, population=block)
+    return result, idata
