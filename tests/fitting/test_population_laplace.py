@@ -193,3 +193,24 @@ def test_nuts_agrees_with_laplace_on_a_near_gaussian_model(tmp_path):
 
     strict = summarise(idata, NutsOptions(ess_min=1e9))
     assert not strict.ok and any("ESS" in f for f in strict.failed)
+
+
+def test_starts_near_the_bounds_reach_the_interior_optimum():
+    """The optimiser works in sigmoid-bounded coordinates: a start with its typical values 0.5%
+    inside a corner of their bounds and one in the middle reach the same interior optimum; no
+    start is clipped onto a bound (the failure of the L-BFGS-B version it replaced). (Both
+    start at sd 0.3: near sd = 0 the marginal likelihood is flat in log sd, so a start there
+    barely moves in any coordinates; `LaplaceOptions.sd0`.)"""
+    x, k, m = poisson_data(30, 8, 1.0, 0.4, [0.4], seed=7)
+    prob = problem(PoissonLogLinear(), (x, k, m), ("a", "b"), ("lin", "lin"), ("a",),
+                   [-3, -3], [3, 3])
+    lo, hi = np.log(0.01), np.log(3.0)
+    corner = np.array([-3 + 0.03, 3 - 0.03, np.log(0.3)])
+    middle = prob.theta0([0.0, 0.0], [0.3])
+    res = fit_laplace(prob, options=LaplaceOptions(gtol=1e-6), theta0=np.stack([corner, middle]))
+    t = np.array([s.theta for s in res.starts])
+    assert all(s.converged for s in res.starts), [s.message for s in res.starts]
+    np.testing.assert_allclose(t[0], t[1], atol=1e-3)
+    bounds = np.array([[-3, 3], [-3, 3], [lo, hi]])
+    assert np.all(np.abs(t[:, :, None] - bounds[None]) > 0.05)
+    assert abs(res.starts[0].objective - res.starts[1].objective) < 1e-6

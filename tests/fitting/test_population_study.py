@@ -193,6 +193,7 @@ def test_cli_laplace_fit_writes_population_block_and_simulate_reads_it(tmp_path,
     assert set(pop["ebe"]) == ids
     assert pop["random_effects"] == ["dormant_initial"]
     assert doc["method"] == "laplace" and doc["objective"]["nll"] == pop["objective"]["nll"]
+    assert (tmp_path / "fits" / "pop" / "eta_distributions.png").stat().st_size > 0
     for n in ("dormant_initial", "k_dr", "burden_sigma"):
         assert doc["estimates"][n]["internal_value"] == pop["typical"][n]["internal_value"]
     o = pop["objective"]

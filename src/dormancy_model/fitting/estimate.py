@@ -156,10 +156,11 @@ class FitResult:
                         f"{self.ci_high[n]:.4g}]")
         for r, v in (pop.get("random") or {}).items():
             pct = lambda x: "nan" if x is None else f"{100 * x:.1f}"  # noqa: E731
-            rows.append(f"  omega({r}) CV {pct(v['cv'])}% [{pct(v['cv_ci95_low'])}, "
-                        f"{pct(v['cv_ci95_high'])}]"
+            ci = ("" if v.get("cv_ci95_low") is None else
+                  f" [{pct(v['cv_ci95_low'])}, {pct(v['cv_ci95_high'])}]")
+            rows.append(f"  omega({r}) CV {pct(v['cv'])}%{ci}"
                         + (f"  shrinkage {pct(v['shrinkage'])}%" if "shrinkage" in v else "")
-                        + ("  (sd at its bound)" if v.get("sd_at_bound") else ""))
+                        + ("  (sd at its bound: no CI)" if v.get("sd_at_bound") else ""))
         return "\n".join(rows)
 
 

@@ -38,6 +38,10 @@ def write_fit_figures(result, study, params, fig_dir: Path) -> list[str]:
         "waterfall.png": plot_waterfall([s.objective for s in result.starts],
                                         [s.converged for s in result.starts]),
     }
+    if getattr(result, "population", None):
+        from dormancy_model.fitting.plots import plot_eta_distributions
+
+        figs["eta_distributions.png"] = plot_eta_distributions(result.population)
     if result.profiles:
         figs["profiles.png"] = plot_profiles(result.profiles, result.estimate, result.objective,
                                              PROFILE_DROP)

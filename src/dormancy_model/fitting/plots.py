@@ -3,7 +3,8 @@
 * burden vs dose per duration (data, fitted residual and the 95% predictive band of one mouse);
 * Kaplan-Meier per arm with the fitted relapse-free curves;
 * residual burden vs relapse-free survival across arms;
-* waterfall of the starts; profile likelihoods.
+* waterfall of the starts; profile likelihoods;
+* population fits: the per-animal random effects against the fitted between-animal law.
 """
 
 from __future__ import annotations
@@ -156,5 +157,31 @@ def plot_profiles(profiles, estimate, f_best, threshold):
         ax.set_ylabel("nll - best")
         ax.legend(fontsize=7)
     fig.suptitle("Profile likelihoods")
+    fig.tight_layout()
+    return fig
+
+
+def plot_eta_distributions(population: dict):
+    """Histogram of the per-animal random effects (EBEs for a Laplace fit, posterior means for
+    NUTS) of every random effect, with the fitted between-animal law Normal(0, omega^2) on the
+    transform scale; the shrinkage (Laplace) in the title."""
+    names = population["random_effects"]
+    eta = np.array([a["eta"] for a in population["ebe"].values()], float)
+    fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.6), squeeze=False)
+    for k, (ax, r) in enumerate(zip(axes[0], names, strict=True)):
+        v = population["random"][r]
+        e = eta[:, k][np.isfinite(eta[:, k])]
+        sd = v.get("sd") or 0.0
+        span = max(3 * sd, np.max(np.abs(e), initial=0.0) * 1.1, 1e-6)
+        ax.hist(e, bins=20, range=(-span, span), density=True, color="0.7",
+                label=f"{e.size} animals")
+        if sd > 0:
+            x = np.linspace(-span, span, 200)
+            ax.plot(x, np.exp(-0.5 * (x / sd) ** 2) / (sd * np.sqrt(2 * np.pi)), "k-",
+                    label=f"Normal(0, {sd:.3g}$^2$)")
+        sh = v.get("shrinkage")
+        ax.set_title(f"eta({r})" + ("" if sh is None else f"  shrinkage {100 * sh:.0f}%"))
+        ax.set_xlabel("random effect (transform scale)")
+        ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

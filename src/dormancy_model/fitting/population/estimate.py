@@ -43,10 +43,11 @@ from dormancy_model.params.transforms import SCALE_CODE, from_scale_codes
 
 class LaplaceOptions(eqx.Module):
     """How `fit_laplace` searches: `starts` from `seed` (or the rows of `theta0`), random-effect
-    sds starting at `sd0`, at most `iterations` L-BFGS iterations (`fitting.estimate.LBFGS`)
-    with gradient tolerance `gtol` (max |d nll / d z| in the bounded coordinates); `inner`: the
-    per-animal Newton settings; `hessian_step`: central-difference step of the outer
-    Hessian."""
+    sds starting at `sd0` (not much below 0.1: near sd = 0 the marginal likelihood is flat in
+    log sd, so a start there stays there and reports convergence), at most `iterations` L-BFGS
+    iterations (`fitting.estimate.LBFGS`) with gradient tolerance `gtol` (max |d nll / d z| in
+    the bounded coordinates); `inner`: the per-animal Newton settings; `hessian_step`:
+    central-difference step of the outer Hessian."""
 
     starts: int = eqx.field(static=True, default=4)
     seed: int = eqx.field(static=True, default=0)

@@ -134,14 +134,16 @@ def population_block(pop, problem, fp, eta, pooled: FitResult, lb, lr) -> dict:
                        ci95_high=_num(pop.typical_ci_high[n] / factor[n]),
                        rse_percent=_num(pop.typical_rse[n]))
                for n, s in zip(pop.names, pop.scales, strict=True)}
-    random = {r: dict(sd=_num(pop.sd[r]), cv=_num(pop.cv[r]), cv_ci95_low=_num(pop.cv_ci_low[r]),
-                      cv_ci95_high=_num(pop.cv_ci_high[r]),
-                      variance_rse_percent=_num(pop.omega_rse[r]),
-                      shrinkage=_num(pop.shrinkage[r]),
-                      # within 1% of a bound of the sd: its CI and RSE mean nothing
-                      sd_at_bound=bool(min(abs(np.log(pop.sd[r] / b))
-                                           for b in problem.sd_bounds) < 0.01))
-              for r in pop.random}
+    random = {}
+    for r in pop.random:
+        # within 1% of a bound of the sd: a Wald CI and RSE mean nothing there (None)
+        at_bound = bool(min(abs(np.log(pop.sd[r] / b)) for b in problem.sd_bounds) < 0.01)
+        wald = (lambda v: None) if at_bound else _num  # noqa: E731
+        random[r] = dict(sd=_num(pop.sd[r]), cv=_num(pop.cv[r]),
+                         cv_ci95_low=wald(pop.cv_ci_low[r]), cv_ci95_high=wald(pop.cv_ci_high[r]),
+                         variance_rse_percent=wald(pop.omega_rse[r]),
+                         shrinkage=_num(pop.shrinkage[r]), sd_at_bound=at_bound,
+                         sd_bounds=list(problem.sd_bounds))
     codes = np.array([SCALE_CODE[s] for s in pop.scales])
     ebe = {}
     for i, a in enumerate(pop.eta):
