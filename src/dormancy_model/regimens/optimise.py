@@ -171,8 +171,12 @@ def _neighbours(problem: Problem, x) -> list[np.ndarray]:
 
 def _evaluate_many(problem: Problem, xs, params: Parameters, options) -> tuple[np.ndarray, ...]:
     """Per-patient values (len(xs), n) and statuses of several regimens (one compiled call)."""
-    f = jax.jit(jax.vmap(lambda x: problem.per_patient(x, params, options, exact=True)))
-    vals, status = f(jnp.asarray(np.stack(xs)))
+    cache = problem.__dict__.setdefault("_evaluators", {})
+    key = (id(params), options)
+    if key not in cache:  # one compile per problem, population and solver options
+        cache[key] = (params, jax.jit(jax.vmap(
+            lambda x: problem.per_patient(x, params, options, exact=True))))
+    vals, status = cache[key][1](jnp.asarray(np.stack(xs)))
     return np.asarray(vals, float), np.asarray(status)
 
 
@@ -209,9 +213,12 @@ def design(spec: DesignSpec, params: Parameters, *, key, population=None,
     problems = {}
     least_infeasible = None
     for fi, freqs in enumerate(spec.frequency_options()):
-        prob = Problem(spec, search, freqs, model=model)
         full_prob = Problem(spec, full, freqs, model=model)
-        prob._unit_trough = {d: full_prob.unit_trough(d) for d in prob.drugs}  # whole population
+        if spec.search_patients < spec.patients:
+            prob = Problem(spec, search, freqs, model=model)
+            prob._unit_trough = {d: full_prob.unit_trough(d) for d in prob.drugs}  # everyone
+        else:
+            prob = full_prob
         problems[tuple(sorted(freqs.items()))] = full_prob
         # every constraint kind grows with every variable (amounts, days, cycles), so if the
         # smallest regimen of the box breaks one, no regimen meets it: no search
@@ -229,15 +236,15 @@ def design(spec: DesignSpec, params: Parameters, *, key, population=None,
             vals, status = prob.per_patient(x)
             return prob.score(vals), status
 
-        value = jax.jit(lambda x, obj=obj: obj(x)[0])
-        jac = jax.jit(jax.jacfwd(lambda x, obj=obj: obj(x)[0]))
+        # value and forward-mode gradient in one compiled function
+        jac_value = jax.jit(jax.jacfwd(lambda x, obj=obj: (obj(x)[0],) * 2, has_aux=True))
         cache = {}
 
-        def fun_grad(z, value=value, jac=jac, to_x=to_x, span=span, free=free, cache=cache):
+        def fun_grad(z, jac_value=jac_value, to_x=to_x, span=span, free=free, cache=cache):
             key_ = tuple(np.round(z, 12))
             if key_ not in cache:
-                x = jnp.asarray(to_x(z))
-                f, g = float(value(x)), np.asarray(jac(x), float)
+                g, f = jac_value(jnp.asarray(to_x(z)))
+                f, g = float(f), np.asarray(g, float)
                 cache[key_] = (-f, -(g * span) * free)
             return cache[key_]
 
@@ -272,15 +279,19 @@ def design(spec: DesignSpec, params: Parameters, *, key, population=None,
         vals, status = _evaluate_many(prob, [it[2] for it in items], prob.params, FINAL_OPTIONS)
         _check_status(status)
         for it, v in zip(items, vals, strict=True):
-            ranked.append((float(prob.score(jnp.asarray(v))), it))
+            ranked.append((float(prob.score(jnp.asarray(v))), it, v))
     ranked.sort(key=lambda r: -r[0])
     tick("projection")
     finals = []
-    top = [it for _, it in ranked[:keep]]
-    for fi_prob in {id(it[1]): it[1] for it in top}.values():
-        xs = [it[2] for it in top if it[1] is fi_prob]
-        vals, status = _evaluate_many(fi_prob, xs, fi_prob.params, FINAL_OPTIONS)
-        _check_status(status)
+    top = ranked[:keep]
+    for fi_prob in {id(it[1]): it[1] for _, it, _ in top}.values():
+        mine = [(it, v) for _, it, v in top if it[1] is fi_prob]
+        xs = [it[2] for it, _ in mine]
+        if mine[0][0][0] is fi_prob:  # ranked on the whole population already
+            vals = [v for _, v in mine]
+        else:
+            vals, status = _evaluate_many(fi_prob, xs, fi_prob.params, FINAL_OPTIONS)
+            _check_status(status)
         for x, v in zip(xs, vals, strict=True):
             finals.append(Candidate(fi_prob.regimen(x), float(fi_prob.score(jnp.asarray(v))),
                                     tuple(fi_prob.constraint_values(x)), v))
