@@ -284,20 +284,33 @@ def design(spec: DesignSpec, params: Parameters, *, key, population=None,
     tick("projection")
     finals = []
     top = ranked[:keep]
+    ref, ref_x = None, None
+    ref_key = tuple(sorted(reference.frequencies.items())) if reference is not None else None
+    if reference is not None and ref_key in problems and set(reference.amounts) == set(
+            problems[ref_key].drugs) and reference.cycles <= spec.cycles.hi and (
+            reference.cycle_days == spec.cycle_days):
+        p_ref = problems[ref_key]
+        ref_x = np.asarray([reference.amounts[d] for d in p_ref.drugs]
+                           + [reference.days_on, reference.cycles], float)
     for fi_prob in {id(it[1]): it[1] for _, it, _ in top}.values():
         mine = [(it, v) for _, it, v in top if it[1] is fi_prob]
         xs = [it[2] for it, _ in mine]
-        if mine[0][0][0] is fi_prob:  # ranked on the whole population already
+        with_ref = ref_x is not None and problems[ref_key] is fi_prob
+        if mine[0][0][0] is fi_prob and not with_ref:  # ranked on the whole population already
             vals = [v for _, v in mine]
-        else:
-            vals, status = _evaluate_many(fi_prob, xs, fi_prob.params, FINAL_OPTIONS)
+        else:  # the reference regimen in the same compiled batch
+            vals, status = _evaluate_many(fi_prob, xs + ([ref_x] if with_ref else []),
+                                          fi_prob.params, FINAL_OPTIONS)
             _check_status(status)
+            if with_ref:
+                ref = Candidate(reference, float(fi_prob.score(jnp.asarray(vals[-1]))),
+                                tuple(fi_prob.constraint_values(ref_x)), vals[-1])
+                vals = vals[:-1]
         for x, v in zip(xs, vals, strict=True):
             finals.append(Candidate(fi_prob.regimen(x), float(fi_prob.score(jnp.asarray(v))),
                                     tuple(fi_prob.constraint_values(x)), v))
     finals.sort(key=lambda c: -c.objective)
-    ref = None
-    if reference is not None:
+    if reference is not None and ref is None:
         ref = evaluate(spec, problems, reference)
     tick("final evaluation")
     return DesignResult(spec, tuple(finals), pd.DataFrame(history), pd.DataFrame(cont_rows),
