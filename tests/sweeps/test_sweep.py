@@ -329,13 +329,15 @@ def test_dask_local_cluster_gives_same_store(spec, reference_store, tmp_path):
     _assert_same_store(out, reference_store)
 
 
-def test_resume_recomputes_chunks_of_another_layout(spec, reference_store, tmp_path):
+def test_resume_recomputes_chunks_of_another_layout(spec, reference_store, tmp_path, capsys):
     """Each chunk marker records the lane layout that computed it; a resume under another
-    layout (here: one marker rewritten as if computed on 7 devices) recomputes exactly those
-    chunks and says so in one line, and the store again equals the uninterrupted one."""
+    layout (here: markers rewritten as if computed on 7 devices) recomputes exactly those
+    chunks and says so in one line (the library through `log`, `dormancy sweep` on stderr),
+    and the store again equals the uninterrupted one."""
     import shutil
 
     import dormancy_model.sweeps.run as sw
+    from cli_run import run
 
     out = tmp_path / "mixed.zarr"
     shutil.copytree(reference_store, out)
@@ -351,13 +353,21 @@ def test_resume_recomputes_chunks_of_another_layout(spec, reference_store, tmp_p
 
     orig = sw.ChunkRunner
     sw.ChunkRunner = Spy
+    (tmp_path / "spec.toml").write_text(SPEC)
     try:
         sweep(spec, out, log=notes.append)
         sweep(spec, out, log=notes.append)  # now one layout: nothing to do
+        assert calls == ["0.1.0"]
+        for m in ("1.0.0", "1.1.0"):
+            (done / m).write_text("cpu x 7\n")
+        code, _, err = run(["sweep", str(tmp_path / "spec.toml"), "--out", str(out)], capsys)
     finally:
         sw.ChunkRunner = orig
-    assert calls == ["0.1.0"]
     assert len(notes) == 1 and "recomputing 1 chunks" in notes[0] and "cpu x 7" in notes[0]
+    assert code == 0 and calls == ["0.1.0", "1.0.0", "1.1.0"], err
+    assert err.strip() == (f"dormancy: note: {out}: recomputing 2 chunks written under another "
+                           f"lane layout (cpu x 7) than this run's ({sw.layout()}): a store "
+                           "holds one layout")
     _assert_same_store(out, reference_store)
 
 

@@ -385,9 +385,9 @@ def sweep(spec: SweepSpec | str | Path, out: str | Path | None = None, *, chunk:
         # reached leaves nothing behind
         client = stack.enter_context(_dask_client(workers, scheduler)) if (
             workers or scheduler) else None
+        now = layout() if client is None else _workers_layout(client)  # before the store
         _open_or_create(spec, out, cshape, fresh)
         todo = missing_chunks(out, spec.shape, cshape)
-        now = layout() if client is None else _workers_layout(client)
         todo_ids = {_chunk_id(sl) for sl in todo}
         other = [sl for sl in chunk_grid(spec.shape, cshape)
                  if _chunk_id(sl) not in todo_ids and _marker_layout(out, sl) != now]
