@@ -54,8 +54,39 @@ def check_agreement(ex, fa):
         assert stats.ks_2samp(tot_ex, tot_fa).pvalue > 1e-3
 
 
+def relapse_power(p, n, delta=0.05, z=4.0):
+    """Power of the two-proportion test |z| < `z` (n replicates per method, relapse
+    probability about `p`) to detect a difference of `delta` (normal approximation)."""
+    se = math.sqrt(2 * p * (1 - p) / n)
+    return stats.norm.sf(z - delta / se) + stats.norm.cdf(-z - delta / se)
+
+
+def test_relapse_power_closed_form():
+    assert relapse_power(0.5, 5000) == pytest.approx(stats.norm.cdf(1.0), abs=1e-6)
+    assert relapse_power(0.5, 400) < 0.05  # the fast suite's n cannot see 5 points
+
+
 def test_fast_agrees_with_exact(model, active):
+    """A small smoke check (n = 400 per method: with |z| < 4 it detects only differences of
+    about 17 points in relapse probability with 80% power); the powered comparison is the slow
+    test_fast_agrees_with_exact_powered."""
     ex, fa = compare(model, active, 400, 730.0, seed=21)
+    check_agreement(ex, fa)
+
+
+POWER_N = 5000
+
+
+@pytest.mark.slow
+def test_fast_agrees_with_exact_powered(model, active):
+    """The fast-vs-exact comparison with the power to see a 5-point difference in relapse
+    probability: n = 5000 replicates per method, |z| < 4, power >= 0.84 for any relapse
+    probability (0.84 at p = 0.5, more elsewhere; checked below at the observed p), plus the
+    proportion and KS tests of `check_agreement`."""
+    ex, fa = compare(model, active, POWER_N, 730.0, seed=41)
+    pool = (ex.relapsed.sum() + fa.relapsed.sum()) / (2 * POWER_N)
+    assert 0.05 < pool < 0.95
+    assert relapse_power(pool, POWER_N) >= 0.8, pool
     check_agreement(ex, fa)
 
 

@@ -32,7 +32,8 @@ def sweep_cmd(
         raise InputError("--chunk", "chunk", f"must be >= 1, got {chunk}")
     typer.echo(describe(s))
     ds = sweep(s, out, chunk=chunk, workers=workers, scheduler=scheduler,
-               progress=sys.stderr.isatty(), fresh=fresh)
+               progress=sys.stderr.isatty(), fresh=fresh,
+               log=lambda m: typer.echo(f"dormancy: note: {m}", err=True))
     bad = int((ds["status"].values != 0).sum())
     typer.echo(f"wrote {out} ({s.size:,} trajectories"
                + (f", {bad} failed: see the status variable" if bad else "") + ")")

@@ -10,6 +10,12 @@ chunk without a marker is never trusted: a rerun with the same spec recomputes e
 without markers (after SIGKILL, say) and `open_sweep` reads them as missing (NaN). The computation
 is deterministic, so a resumed store ends identical to an uninterrupted one.
 
+Layout: a chunk's float32 results are bitwise reproducible for one lane layout (platform and
+number of devices its lanes are split over), whether computed in-process or by any number of
+Dask workers, but not across device counts (different per-device batch shapes round
+differently). Each marker records the layout that computed its chunk (`layout()`); a resume
+under another layout recomputes those chunks, saying so, so a store never mixes two layouts.
+
 Resume key: a store is resumed only when the spec text, the content of every file it refers
 to (parameter set, packaged or not; schedule files; fit JSON) and the package version are those
 it was written with; otherwise `sweep` refuses with one line naming what changed (resuming
@@ -258,6 +264,21 @@ def _open_or_create(spec: SweepSpec, out: Path, cshape, fresh: bool = False) -> 
                          f"{attrs.get('chunk_shape')}; resume with the same --chunk")
 
 
+def layout() -> str:
+    """This process's lane layout, e.g. ``cpu x 2`` (platform x local devices): what a
+    chunk's float32 results depend on besides its inputs."""
+    import jax
+
+    return f"{jax.default_backend()} x {jax.local_device_count()}"
+
+
+def _marker_layout(out: Path, sl) -> str:
+    try:
+        return (out / DONE_DIR / _chunk_id(sl)).read_text().strip()
+    except OSError:
+        return ""
+
+
 def _write_chunk(out: Path, sl, data: dict) -> None:
     import zarr
 
@@ -268,7 +289,7 @@ def _write_chunk(out: Path, sl, data: dict) -> None:
         g[var][sl] = a
     marker = out / DONE_DIR / _chunk_id(sl)
     tmp = marker.with_name("." + marker.name + ".tmp")
-    tmp.write_text("done\n")
+    tmp.write_text(layout() + "\n")
     os.replace(tmp, marker)
 
 
@@ -319,7 +340,7 @@ def _progress(total: int, enabled: bool):
 
 def sweep(spec: SweepSpec | str | Path, out: str | Path | None = None, *, chunk: int | None = None,
           workers: int | None = None, scheduler: str | None = None, progress: bool = False,
-          fresh: bool = False):
+          fresh: bool = False, log=None):
     """Run a sweep. Returns the xarray Dataset (opened from `out` when given, else in memory).
 
     `chunk`: trajectories per chunk (default the spec's `solver.chunk`). With `out`, results
@@ -327,6 +348,8 @@ def sweep(spec: SweepSpec | str | Path, out: str | Path | None = None, *, chunk:
     with the same spec, referenced files and package version; `fresh=True` discards an
     existing store instead).
     `workers` / `scheduler` run the chunks as Dask tasks (requires `out`).
+    Chunks of the store computed under another lane layout (`layout()`) are recomputed; `log`
+    (default `warnings.warn`) receives the one line that says so.
     """
     if not isinstance(spec, SweepSpec):
         spec = load_sweep_spec(spec)
@@ -362,8 +385,20 @@ def sweep(spec: SweepSpec | str | Path, out: str | Path | None = None, *, chunk:
         # reached leaves nothing behind
         client = stack.enter_context(_dask_client(workers, scheduler)) if (
             workers or scheduler) else None
+        now = layout() if client is None else _workers_layout(client)  # before the store
         _open_or_create(spec, out, cshape, fresh)
         todo = missing_chunks(out, spec.shape, cshape)
+        todo_ids = {_chunk_id(sl) for sl in todo}
+        other = [sl for sl in chunk_grid(spec.shape, cshape)
+                 if _chunk_id(sl) not in todo_ids and _marker_layout(out, sl) != now]
+        if other:
+            was = sorted({_marker_layout(out, sl) or "unknown" for sl in other})
+            msg = (f"{out}: recomputing {len(other)} chunks written under another lane layout "
+                   f"({', '.join(was)}) than this run's ({now}): a store holds one layout")
+            (log or (lambda m: warnings.warn(m, stacklevel=3)))(msg)
+            for sl in other:  # unmarked first: a kill during the recomputation leaves them
+                (out / DONE_DIR / _chunk_id(sl)).unlink()  # missing, not stale
+            todo = missing_chunks(out, spec.shape, cshape)
         with _progress(len(todo), progress) as bar:
             task = bar.add_task("sweep", total=len(todo))
             if client is not None:
@@ -418,6 +453,16 @@ def _dask_client(workers, scheduler):
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+def _workers_layout(client) -> str:
+    """The lane layout of the cluster's workers (one for all, else InputError)."""
+    found = set(client.run(layout).values())
+    if len(found) != 1:
+        raise InputError("--scheduler", "workers", "the workers have different lane layouts "
+                         f"({', '.join(sorted(found)) or 'no workers'}): their chunks would "
+                         "differ in rounding")
+    return found.pop()
 
 
 def _run_dask(client, spec, out, chunk, todo, tick) -> None:
