@@ -187,3 +187,34 @@ def test_trial_protocol_doses_on_days_only():
     on = (t < 6 * 28) & (day <= 21)
     np.testing.assert_array_equal(a > 0, on)
     assert np.sum(a > 0) == 21 * 6
+
+
+def test_cycle_length_choices_share_the_objective_day():
+    doc = small_doc()
+    doc["design"] = {**doc["design"], "cycle_days": [28, 21], "days_on": [14, 28]}
+    spec = parse_design_spec(doc, "lengths.toml")
+    assert spec.cycle_choices == (21, 28) and spec.cycle_days == 28
+    sub = spec.for_cycle_length(21)
+    assert sub.days_on.hi == 21 and sub.days_on.lo == 14 and sub.cycle_choices == (21,)
+    assert sub.objective_day == spec.objective_day == 84  # `day` of the spec
+    doc["objective"] = {"kind": "clearance"}
+    spec = parse_design_spec(doc, "lengths.toml")
+    assert spec.objective_day == 3 * 28 and spec.for_cycle_length(21).objective_day == 84
+
+
+@pytest.mark.slow
+def test_design_over_two_cycle_lengths():
+    params = load_model_parameters("human")
+    doc = small_doc()
+    doc["design"] = {**doc["design"], "cycle_days": [21, 28], "days_on": [14, 28],
+                     "starts": 1}
+    spec = parse_design_spec(doc, "lengths.toml")
+    res = design(spec, params, key=jax.random.key(3), population=Population(), keep=4)
+    assert res.feasible and {k[1] for k in res.problems} == {21, 28}
+    assert set(res.continuous["cycle_days"]) == {21, 28}
+    from dormancy_model.regimens import evaluate
+
+    for c in res.regimens:
+        assert c.regimen.cycle_days in (21, 28) and c.regimen.days_on <= c.regimen.cycle_days
+        again = evaluate(spec, res.problems, c.regimen)
+        assert again.objective == pytest.approx(c.objective, rel=1e-12)

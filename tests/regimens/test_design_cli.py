@@ -42,6 +42,8 @@ BAD = [
     (GOOD.replace('drug = "eve"\nmax', 'drug = "cq"\nmax'), "constraint[0].drug: must be one"),
     (GOOD.replace("days_on = [14, 28]", "days_on = [14, 29]"), "design.days_on: must be <= 28"),
     (GOOD.replace("days_on = [14, 28]", "days_on = [20, 14]"), "design.days_on: low 20"),
+    (GOOD.replace("starts = 1", "starts = 1\ncycle_days = [28, 28]"), "design.cycle_days: lists"),
+    (GOOD.replace("starts = 1", "starts = 1\ncycle_days = [10, 28]"), "design.days_on: at least 14"),
     (GOOD.replace("max_ng_ml = 17.3", "max_ng_ml = nan"), "constraint[0].max_ng_ml: must be"),
     (GOOD.replace("max_ng_ml = 17.3", "max_ng_ml = -1"), "constraint[0].max_ng_ml: must be >"),
     (GOOD.replace('kind = "residual"', 'kind = "rfs"'), "objective.day: rfs is read"),

@@ -27,7 +27,8 @@ def design_cmd(
     from dormancy_model.regimens.spec import load_design_spec
 
     s = load_design_spec(spec)  # bad specs are refused before anything runs
-    steps = len(s.frequency_options()) * s.starts + 3 + (trial_replicates > 0)
+    steps = (len(s.frequency_options()) * len(s.cycle_choices) * s.starts + 3
+             + (trial_replicates > 0))
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn()) as bar:
         task = bar.add_task("design", total=steps)
         res = run_design(spec, out, seed=seed, trial_replicates=trial_replicates,

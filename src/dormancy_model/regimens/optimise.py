@@ -1,6 +1,6 @@
 """`design`: the regimen that best achieves the objective within the constraints.
 
-Method (for each combination of the drugs' frequency choices):
+Method (for each combination of the drugs' frequency choices and each cycle length):
 
 1. **Continuous search** on `search_patients` virtual patients (the first of the population;
    a sample-average approximation with common random numbers): the design variables scaled to
@@ -212,14 +212,16 @@ def design(spec: DesignSpec, params: Parameters, *, key, population=None,
     history, cont_rows, pool = [], [], {}
     problems = {}
     least_infeasible = None
-    for fi, freqs in enumerate(spec.frequency_options()):
-        full_prob = Problem(spec, full, freqs, model=model)
+    choices = [(f, cd) for cd in spec.cycle_choices for f in spec.frequency_options()]
+    for fi, (freqs, cd) in enumerate(choices):
+        sub = spec.for_cycle_length(cd) if len(spec.cycle_choices) > 1 else spec
+        full_prob = Problem(sub, full, freqs, model=model)
         if spec.search_patients < spec.patients:
-            prob = Problem(spec, search, freqs, model=model)
+            prob = Problem(sub, search, freqs, model=model)
             prob._unit_trough = {d: full_prob.unit_trough(d) for d in prob.drugs}  # everyone
         else:
             prob = full_prob
-        problems[tuple(sorted(freqs.items()))] = full_prob
+        problems[problem_key(freqs, cd)] = full_prob
         # every constraint kind grows with every variable (amounts, days, cycles), so if the
         # smallest regimen of the box breaks one, no regimen meets it: no search
         g_lo = prob.constraint_values(prob.lo)
@@ -254,7 +256,8 @@ def design(spec: DesignSpec, params: Parameters, *, key, population=None,
         sob = qmc.Sobol(d=len(span), scramble=True, seed=spec.seed + fi)
         starts = np.vstack([np.full(len(span), 0.5), sob.random(max(spec.starts - 1, 1))])
         for s, z0 in enumerate(starts[:spec.starts]):
-            tag = {"frequencies": ",".join(f"{d}:{f}" for d, f in freqs.items()), "start": s}
+            tag = {"frequencies": ",".join(f"{d}:{f}" for d, f in freqs.items()),
+                   "cycle_days": cd, "start": s}
             z, f, viol = _aug_lagrangian(fun_grad, cons, cons_jac, z0, history=history, tag=tag)
             x = to_x(z)
             cont_rows.append({**tag, **dict(zip(prob.names, x, strict=True)),
@@ -285,10 +288,10 @@ def design(spec: DesignSpec, params: Parameters, *, key, population=None,
     finals = []
     top = ranked[:keep]
     ref, ref_x = None, None
-    ref_key = tuple(sorted(reference.frequencies.items())) if reference is not None else None
+    ref_key = (problem_key(reference.frequencies, reference.cycle_days)
+               if reference is not None else None)
     if reference is not None and ref_key in problems and set(reference.amounts) == set(
-            problems[ref_key].drugs) and reference.cycles <= spec.cycles.hi and (
-            reference.cycle_days == spec.cycle_days):
+            problems[ref_key].drugs) and reference.cycles <= spec.cycles.hi:
         p_ref = problems[ref_key]
         ref_x = np.asarray([reference.amounts[d] for d in p_ref.drugs]
                            + [reference.days_on, reference.cycles], float)
@@ -317,21 +320,26 @@ def design(spec: DesignSpec, params: Parameters, *, key, population=None,
                         ref, True, None, names, problems, time.perf_counter() - t_start)
 
 
+def problem_key(frequencies: dict, cycle_days: int) -> tuple:
+    """The key of `DesignResult.problems`: one problem per frequency choice and cycle length."""
+    return (tuple(sorted(frequencies.items())), int(cycle_days))
+
+
 def evaluate(spec: DesignSpec, problems: dict, regimen: Regimen) -> Candidate | None:
-    """A regimen (in the design's drugs and frequencies) on the whole population; None if its
-    frequencies are not among the design's problems."""
+    """A regimen (in the design's drugs, frequencies and cycle lengths) on the whole
+    population; None if its frequencies or cycle length are not among the design's problems."""
     import dataclasses
 
     from dormancy_model.regimens.spec import Bounds
 
-    key = tuple(sorted(regimen.frequencies.items()))
+    key = problem_key(regimen.frequencies, regimen.cycle_days)
     prob = problems.get(key)
     if prob is None or set(regimen.amounts) != set(prob.drugs):
         return None
-    if regimen.cycles > spec.cycles.hi or regimen.cycle_days != spec.cycle_days:
+    if regimen.cycles > prob.spec.cycles.hi:
         # a longer course than the design allows: a problem whose dose grid covers it, with
         # the objective read on the same day
-        wider = dataclasses.replace(spec, cycles=Bounds(spec.cycles.lo, regimen.cycles),
+        wider = dataclasses.replace(prob.spec, cycles=Bounds(spec.cycles.lo, regimen.cycles),
                                     day=None if spec.objective == "rfs" else spec.objective_day)
         prob = Problem(wider, prob.params, prob.frequencies, model=prob.model)
     x = np.asarray([regimen.amounts[d] for d in prob.drugs] + [regimen.days_on,

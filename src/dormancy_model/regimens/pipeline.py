@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from dormancy_model.errors import InputError, check_seed
+from dormancy_model.regimens.optimise import problem_key
 
 CLEVER = dict(amounts={"hcq": 600.0, "eve": 10.0}, frequencies={"hcq": "BID", "eve": "QD"},
               days_on=28, cycles=6, cycle_days=28)
@@ -52,7 +53,7 @@ def _scan(res, best):
     from dormancy_model.regimens.optimise import _check_status, _evaluate_many
     from dormancy_model.regimens.problem import FINAL_OPTIONS
 
-    prob = res.problems[tuple(sorted(best.regimen.frequencies.items()))]
+    prob = res.problems[problem_key(best.regimen.frequencies, best.regimen.cycle_days)]
     reg = best.regimen
     rows, xs = [], []
     for d, amount in reg.amounts.items():
@@ -106,8 +107,7 @@ def _figures(res, scan, out: Path) -> list[str]:
     atomic_savefig(fig, out / "pareto.png", dpi=110)
     plt.close(fig)
     written.append("pareto.png")
-    prob = next(iter(res.problems.values())) if len(res.problems) == 1 else res.problems[
-        tuple(sorted(best.regimen.frequencies.items()))]
+    prob = res.problems[problem_key(best.regimen.frequencies, best.regimen.cycle_days)]
     x = np.asarray([best.regimen.amounts[d] for d in prob.drugs], float)
     troughs = {d: prob.unit_trough(d) * x[i] for i, d in enumerate(prob.drugs)}
     fig, axes = plt.subplots(1, len(troughs) + 1, figsize=(4.5 * (len(troughs) + 1), 3.6))
@@ -143,9 +143,8 @@ def _clearance_at(res, best, day) -> np.ndarray:
     from dormancy_model.regimens.optimise import _check_status, _evaluate_many
     from dormancy_model.regimens.problem import FINAL_OPTIONS, Problem
 
-    key = tuple(sorted(best.regimen.frequencies.items()))
-    prob = res.problems[key]
-    spec = dataclasses.replace(res.spec, objective="clearance", day=float(day))
+    prob = res.problems[problem_key(best.regimen.frequencies, best.regimen.cycle_days)]
+    spec = dataclasses.replace(prob.spec, objective="clearance", day=float(day))
     clear = Problem(spec, prob.params, prob.frequencies, model=prob.model)
     x = [best.regimen.amounts[d] for d in clear.drugs] + [best.regimen.days_on,
                                                           best.regimen.cycles]

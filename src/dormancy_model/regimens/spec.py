@@ -8,7 +8,9 @@ Decision variables (continuous in the relaxation, projected to their feasible se
   most `MAX_TABLETS` tablets); the dosing frequency `frequency` (one or several of QD, BID, ...:
   several are enumerated, each with its own continuous problem); a drug left out is not given;
 * `days_on = [lo, hi]`: on-days per cycle (days 1..n of each cycle, both drugs), whole days;
-* `cycles = [lo, hi]`: number of cycles, whole cycles; `cycle_days`: cycle length (fixed).
+* `cycles = [lo, hi]`: number of cycles, whole cycles; `cycle_days`: the cycle length, one
+  number or a list of choices (e.g. [21, 28]: enumerated like the frequencies; days_on is
+  capped at each cycle's length).
 
 Objective (`[objective]`): `kind = "rfs"` (mean relapse-free probability at `years`),
 `"clearance"` (mean probability that no DTC is left at `day`, P = exp(-N(day)) for N residual
@@ -97,7 +99,7 @@ class DesignSpec:
     drugs: tuple[DrugChoice, ...]
     days_on: Bounds
     cycles: Bounds
-    cycle_days: int = 28
+    cycle_days: int = 28  # the longest of `cycle_lengths`
     objective: str = "rfs"
     years: float = 3.0
     day: float | None = None
@@ -110,12 +112,27 @@ class DesignSpec:
     starts: int = 3
     source: str = "<spec>"
     notes: tuple[str, ...] = field(default=())
+    cycle_lengths: tuple[int, ...] = ()  # the choices; () means (cycle_days,)
+
+    @property
+    def cycle_choices(self) -> tuple[int, ...]:
+        return self.cycle_lengths or (self.cycle_days,)
+
+    def for_cycle_length(self, cycle_days: int) -> DesignSpec:
+        """The spec with one cycle length: days_on capped at it, the objective read on the
+        same day as for every other choice."""
+        import dataclasses
+
+        return dataclasses.replace(
+            self, cycle_days=int(cycle_days), cycle_lengths=(int(cycle_days),),
+            days_on=Bounds(self.days_on.lo, min(self.days_on.hi, cycle_days)),
+            day=None if self.objective == "rfs" else self.objective_day)
 
     @property
     def objective_day(self) -> float:
         if self.objective == "rfs":
             return self.years * 365.25
-        return self.day if self.day is not None else self.cycles.hi * self.cycle_days
+        return self.day if self.day is not None else self.cycles.hi * max(self.cycle_choices)
 
     def drug(self, name: str) -> DrugChoice | None:
         return next((d for d in self.drugs if d.drug == name), None)
@@ -177,10 +194,20 @@ def parse_design_spec(doc: dict, src: str) -> DesignSpec:
     _keys(src, "", doc, TOP)
     top = doc.get("design", {})
     _keys(src, "design", top, {"name", "days_on", "cycles", "cycle_days", "starts", "seed"})
-    cycle_days = _num(src, "design.cycle_days", top.get("cycle_days", 28), lo=1, hi=366,
-                      integer=True)
+    raw_cd = top.get("cycle_days", 28)
+    raw_cd = raw_cd if isinstance(raw_cd, list) else [raw_cd]
+    if not raw_cd:
+        raise InputError(src, "design.cycle_days", "needs at least one cycle length")
+    lengths = [_num(src, "design.cycle_days", c, lo=1, hi=366, integer=True) for c in raw_cd]
+    if len(set(lengths)) != len(lengths):
+        raise InputError(src, "design.cycle_days", "lists a cycle length twice")
+    lengths = tuple(sorted(lengths))
+    cycle_days = lengths[-1]
     days_on = _bounds(src, "design.days_on", top.get("days_on", cycle_days), lo=1,
                       hi=cycle_days, integer=True)
+    if days_on.lo > lengths[0]:
+        raise InputError(src, "design.days_on", f"at least {days_on.lo:g} days on do not fit "
+                         f"the {lengths[0]}-day cycle")
     cycles = _bounds(src, "design.cycles", top.get("cycles", 6), lo=1, hi=24, integer=True)
     starts = _num(src, "design.starts", top.get("starts", 3), lo=1, hi=MAX_STARTS, integer=True)
     seed = check_seed(src, "design.seed", top.get("seed", 1))
@@ -215,7 +242,7 @@ def parse_design_spec(doc: dict, src: str) -> DesignSpec:
             if not isinstance(f, str) or f.upper() not in FREQUENCIES:
                 raise InputError(src, f"{where}.frequency", f"unknown frequency {f!r}; known: "
                                  f"{', '.join(FREQUENCIES)}")
-            if FREQUENCIES[f.upper()] > 24.0 * cycle_days:
+            if FREQUENCIES[f.upper()] > 24.0 * lengths[0]:
                 raise InputError(src, f"{where}.frequency", f"{f} is longer than a cycle")
             out.append(f.upper())
         if len(set(out)) != len(out):
@@ -298,7 +325,8 @@ def parse_design_spec(doc: dict, src: str) -> DesignSpec:
             out_c.append(Constraint(ck, source, drug, lim, per_kg, fraction))
     return DesignSpec(
         name=str(top.get("name", Path(src).stem)), drugs=tuple(drugs), days_on=days_on,
-        cycles=cycles, cycle_days=cycle_days, objective=kind, years=years, day=day,
+        cycles=cycles, cycle_days=cycle_days, cycle_lengths=lengths, objective=kind,
+        years=years, day=day,
         constraints=tuple(out_c), model=model, calibration=calibration, patients=patients,
         search_patients=search, seed=seed, starts=starts, source=src)
 
