@@ -363,10 +363,11 @@ def stacked_dosing(schedules, dtype=jnp.float64) -> Dosing:
                   eve=_pad_events([s.events("eve") for s in schedules], dtype))
 
 
-def _pad_rows(arm, values, n_arms, fill):
-    """Group a per-row array by arm into (A, N) with padding `fill`; also the mask."""
+def pad_rows(arm, values, n_arms, fill):
+    """Group a per-row array by its owner (an arm, or an animal) into (A, N) with padding
+    `fill`; also the mask."""
     counts = np.bincount(arm, minlength=n_arms)
-    n = max(int(counts.max()), 1)
+    n = max(int(counts.max()) if counts.size else 0, 1)
     out = np.full((n_arms, n), fill, dtype=np.asarray(values).dtype)
     mask = np.zeros((n_arms, n), bool)
     for a in range(n_arms):
@@ -392,9 +393,9 @@ def study_arrays(study: Study, dtype=jnp.float64) -> StudyArrays:
     for key, vals, fill in (("bidx", bidx, 0), ("log_y", log_y, 0.0),
                             ("log_lod", np.log(b.detection_limit), 0.0),
                             ("log_f", np.log(b.sampled_fraction), 0.0), ("cens", cens, False)):
-        cols[key], bmask = _pad_rows(b.arm, vals, A, fill)
-    sidx_p, smask = _pad_rows(s.arm, sidx, A, 0)
-    sev, _ = _pad_rows(s.arm, s.event.astype(float), A, 0.0)
+        cols[key], bmask = pad_rows(b.arm, vals, A, fill)
+    sidx_p, smask = pad_rows(s.arm, sidx, A, 0)
+    sev, _ = pad_rows(s.arm, s.event.astype(float), A, 0.0)
     f = lambda x: jnp.asarray(x, dtype)  # noqa: E731
     return StudyArrays(
         dosing=stacked_dosing([a.schedule for a in study.arms], dtype), grid=f(grid),

@@ -38,7 +38,7 @@ from dormancy_model.fitting.population.problem import (
     AbstractAnimalLikelihood,
     PopulationProblem,
 )
-from dormancy_model.fitting.study import Study, StudyArrays, stacked_dosing
+from dormancy_model.fitting.study import Study, StudyArrays, pad_rows, stacked_dosing
 from dormancy_model.model.integrate import FixedSteps
 from dormancy_model.model.ode import DormancyModel
 from dormancy_model.params.table import Parameters
@@ -118,18 +118,6 @@ def animal_table(study: Study):
     return tuple(ids), np.array(arm, int), b_of, s_of
 
 
-def _group(owner, values, n, fill):
-    counts = np.bincount(owner, minlength=n)
-    width = max(int(counts.max()) if counts.size else 0, 1)
-    out = np.full((n, width), fill, dtype=np.asarray(values).dtype)
-    mask = np.zeros((n, width), bool)
-    for i in range(n):
-        sel = np.flatnonzero(owner == i)
-        out[i, :sel.size] = np.asarray(values)[sel]
-        mask[i, :sel.size] = True
-    return out, mask
-
-
 def animal_arrays(study: Study, dtype=jnp.float64):
     """(ids, per-animal `StudyArrays` with a leading animal axis on every leaf, last study day).
 
@@ -150,9 +138,9 @@ def animal_arrays(study: Study, dtype=jnp.float64):
     for key, vals, fill in (("bidx", bidx, 0), ("log_y", log_y, 0.0),
                             ("log_lod", np.log(b.detection_limit), 0.0),
                             ("log_f", np.log(b.sampled_fraction), 0.0), ("cens", cens, False)):
-        cols[key], bmask = _group(b_of, vals, n, fill)
-    sidx_p, smask = _group(s_of, sidx, n, 0)
-    sev, _ = _group(s_of, s.event.astype(float), n, 0.0)
+        cols[key], bmask = pad_rows(b_of, vals, n, fill)
+    sidx_p, smask = pad_rows(s_of, sidx, n, 0)
+    sev, _ = pad_rows(s_of, s.event.astype(float), n, 0.0)
     arm_dosing = stacked_dosing([a.schedule for a in study.arms], dtype)
     dosing = jax.tree.map(lambda x: x[jnp.asarray(arm)], arm_dosing)
     f = lambda x: jnp.asarray(x, dtype)  # noqa: E731
