@@ -30,8 +30,7 @@ import numpy as np
 from dormancy_model.params.table import load_model_parameters
 from dormancy_model.regimens import design, load_design_spec
 from dormancy_model.regimens.optimise import _evaluate_many
-from dormancy_model.regimens.pipeline import CLEVER
-from dormancy_model.regimens.problem import FINAL_OPTIONS, Problem, Regimen
+from dormancy_model.regimens.problem import FINAL_OPTIONS, Problem, clever_regimen
 from dormancy_model.trials.calibrate import load_calibration
 from dormancy_model.trials.population import Population, sample_patients
 
@@ -53,7 +52,7 @@ def main():
     key = jax.random.key(spec.seed)
     print(f"{platform.processor() or platform.machine()}, {jax.devices()}, jax {jax.__version__}")
     t0 = time.perf_counter()
-    res = design(spec, params, key=key, population=pop, reference=Regimen(**CLEVER),
+    res = design(spec, params, key=key, population=pop, reference=clever_regimen(),
                  progress=lambda s: print(f"  {time.perf_counter() - t0:7.1f} s  {s}",
                                           flush=True))
     t_design = time.perf_counter() - t0

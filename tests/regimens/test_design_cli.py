@@ -93,3 +93,30 @@ def test_design_end_to_end(tmp_path, monkeypatch, capsys):
     assert {ln.drug for ln in sched.lines} == {"hcq", "eve"}
     text = Path("d/report.md").read_text()
     assert "recommended vs CLEVER" in text and "paired difference" in text
+
+
+@pytest.mark.slow
+def test_readme_design_example_runs(root, monkeypatch):
+    """The README's Python example of "## Regimen design", with the packaged spec shrunk to 8
+    patients and one start (the packaged 1,000 patients take minutes)."""
+    import dataclasses
+    import re
+
+    import dormancy_model as dm
+    from dormancy_model.regimens import spec as spec_module
+
+    text = (root / "README.md").read_text()
+    start = text.index("## Regimen design")
+    block = re.findall(r"```python\n(.*?)```", text[start:text.find("\n## ", start + 3)],
+                       re.S)
+    assert len(block) == 1
+    real = spec_module.load_design_spec
+    small = lambda path: dataclasses.replace(real(path), patients=8,  # noqa: E731
+                                             search_patients=8, starts=1)
+    monkeypatch.setattr(dm, "load_design_spec", small, raising=False)
+    monkeypatch.chdir(root)
+    ns = {}
+    exec(compile(block[0], "README.md", "exec"), ns)  # noqa: S102
+    res = ns["res"]
+    assert res.feasible and res.reference is not None
+    assert res.best.regimen.schedule("best").lines

@@ -25,9 +25,6 @@ import pandas as pd
 from dormancy_model.errors import InputError, check_seed
 from dormancy_model.regimens.optimise import problem_key
 
-CLEVER = dict(amounts={"hcq": 600.0, "eve": 10.0}, frequencies={"hcq": "BID", "eve": "QD"},
-              days_on=28, cycles=6, cycle_days=28)
-
 
 def _schedule_toml(regimen, name: str, provenance: str) -> str:
     lines = [f"# {provenance}", f'name = "{name}"',
@@ -195,7 +192,7 @@ def run_design(spec_path, out: Path, *, seed: int | None = None, trial_replicate
     from dormancy_model.io import atomic_write_csv, atomic_write_text, check_out_dir, output_dir
     from dormancy_model.params.table import load_model_parameters
     from dormancy_model.regimens.optimise import design
-    from dormancy_model.regimens.problem import Regimen
+    from dormancy_model.regimens.problem import clever_regimen
     from dormancy_model.regimens.spec import load_design_spec
     from dormancy_model.trials.calibrate import load_calibration
     from dormancy_model.trials.population import Population
@@ -212,7 +209,7 @@ def run_design(spec_path, out: Path, *, seed: int | None = None, trial_replicate
     check_out_dir(out)
     tick = progress or (lambda text: None)
     key = jax.random.key(spec.seed)
-    res = design(spec, params, key=key, population=pop, reference=Regimen(**CLEVER),
+    res = design(spec, params, key=key, population=pop, reference=clever_regimen(),
                  progress=tick)
     with output_dir(out) as o:
         table = res.table()

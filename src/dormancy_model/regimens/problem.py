@@ -79,6 +79,17 @@ class Regimen:
                 f"cycles x{self.cycles:g}")
 
 
+def clever_regimen() -> Regimen:
+    """The CLEVER regimen (`pk.presets.CLEVER_REGIMEN`) in the design's variables."""
+    from dormancy_model.pk.presets import CLEVER_CYCLE_DAYS, CLEVER_CYCLES, CLEVER_REGIMEN
+
+    lines = CLEVER_REGIMEN.values()
+    days_on = {len(ln.days_on) for ln in lines}
+    assert len(days_on) == 1  # one on-day block for both drugs, as the design's variables
+    return Regimen({ln.drug: ln.amount for ln in lines}, {ln.drug: ln.frequency for ln in lines},
+                   float(days_on.pop()), float(CLEVER_CYCLES), CLEVER_CYCLE_DAYS)
+
+
 class Problem:
     """The design problem for one choice of frequencies: variables x = (amount per drug...,
     days_on, cycles) in design units; `objective(x)` is to be maximised (percentage points:
