@@ -385,20 +385,29 @@ def study_arrays(study: Study, dtype=jnp.float64) -> StudyArrays:
     A = len(study.arms)
     grid = study_grid(study)
     b, s = study.burden, study.survival
-    bidx = np.searchsorted(grid, b.day)
-    sidx = np.searchsorted(grid, s.day)
+    return unit_arrays(study, b.arm, s.arm, A, np.searchsorted(grid, b.day),
+                       np.searchsorted(grid, s.day),
+                       stacked_dosing([a.schedule for a in study.arms], dtype), grid, dtype)
+
+
+def unit_arrays(study: Study, burden_owner, surv_owner, n: int, bidx, sidx, dosing, grid,
+                dtype=jnp.float64) -> StudyArrays:
+    """`StudyArrays` with the observations grouped by unit (an arm, or one animal): burden and
+    survival rows of unit u are those whose owner is u, padded and masked; `bidx`/`sidx` index
+    each row's day in its unit's `grid`."""
+    b, s = study.burden, study.survival
     cens = b.censored
     log_y = np.log(np.where(cens, 1.0, np.maximum(b.cells, 1e-300)))
     cols = {}
     for key, vals, fill in (("bidx", bidx, 0), ("log_y", log_y, 0.0),
                             ("log_lod", np.log(b.detection_limit), 0.0),
                             ("log_f", np.log(b.sampled_fraction), 0.0), ("cens", cens, False)):
-        cols[key], bmask = pad_rows(b.arm, vals, A, fill)
-    sidx_p, smask = pad_rows(s.arm, sidx, A, 0)
-    sev, _ = pad_rows(s.arm, s.event.astype(float), A, 0.0)
+        cols[key], bmask = pad_rows(burden_owner, vals, n, fill)
+    sidx_p, smask = pad_rows(surv_owner, sidx, n, 0)
+    sev, _ = pad_rows(surv_owner, s.event.astype(float), n, 0.0)
     f = lambda x: jnp.asarray(x, dtype)  # noqa: E731
     return StudyArrays(
-        dosing=stacked_dosing([a.schedule for a in study.arms], dtype), grid=f(grid),
+        dosing=dosing, grid=f(grid),
         burden_idx=jnp.asarray(cols["bidx"]), burden_log_y=f(cols["log_y"]),
         burden_log_lod=f(cols["log_lod"]), burden_log_fraction=f(cols["log_f"]),
         burden_censored=jnp.asarray(cols["cens"]), burden_mask=jnp.asarray(bmask),

@@ -38,7 +38,7 @@ from dormancy_model.fitting.population.problem import (
     AbstractAnimalLikelihood,
     PopulationProblem,
 )
-from dormancy_model.fitting.study import Study, StudyArrays, pad_rows, stacked_dosing
+from dormancy_model.fitting.study import Study, StudyArrays, stacked_dosing, unit_arrays
 from dormancy_model.model.integrate import FixedSteps
 from dormancy_model.model.ode import DormancyModel
 from dormancy_model.params.table import Parameters
@@ -132,24 +132,9 @@ def animal_arrays(study: Study, dtype=jnp.float64):
     grid = np.stack([np.concatenate([d, np.full(G - d.size, d[-1])]) for d in days])
     bidx = np.array([np.searchsorted(days[i], t) for i, t in zip(b_of, b.day, strict=True)], int)
     sidx = np.array([np.searchsorted(days[i], t) for i, t in zip(s_of, s.day, strict=True)], int)
-    cens = b.censored
-    log_y = np.log(np.where(cens, 1.0, np.maximum(b.cells, 1e-300)))
-    cols = {}
-    for key, vals, fill in (("bidx", bidx, 0), ("log_y", log_y, 0.0),
-                            ("log_lod", np.log(b.detection_limit), 0.0),
-                            ("log_f", np.log(b.sampled_fraction), 0.0), ("cens", cens, False)):
-        cols[key], bmask = pad_rows(b_of, vals, n, fill)
-    sidx_p, smask = pad_rows(s_of, sidx, n, 0)
-    sev, _ = pad_rows(s_of, s.event.astype(float), n, 0.0)
     arm_dosing = stacked_dosing([a.schedule for a in study.arms], dtype)
     dosing = jax.tree.map(lambda x: x[jnp.asarray(arm)], arm_dosing)
-    f = lambda x: jnp.asarray(x, dtype)  # noqa: E731
-    arrays = StudyArrays(
-        dosing=dosing, grid=f(grid), burden_idx=jnp.asarray(cols["bidx"]),
-        burden_log_y=f(cols["log_y"]), burden_log_lod=f(cols["log_lod"]),
-        burden_log_fraction=f(cols["log_f"]), burden_censored=jnp.asarray(cols["cens"]),
-        burden_mask=jnp.asarray(bmask), surv_idx=jnp.asarray(sidx_p), surv_event=f(sev),
-        surv_mask=jnp.asarray(smask))
+    arrays = unit_arrays(study, b_of, s_of, n, bidx, sidx, dosing, grid, dtype)
     t_end = float(max(np.max(b.day, initial=0.0), np.max(s.day, initial=0.0)))
     return ids, arrays, t_end
 
