@@ -106,7 +106,7 @@ class DesignResult:
 
 def _aug_lagrangian(fun_grad, cons, cons_jac, z0, *, history, tag, max_outer=6, tol=1e-4):
     """Minimise f(z) subject to c(z) <= 0 over the unit box (PHR augmented Lagrangian with
-    L-BFGS-B inner solves). Returns (z, f, c)."""
+    L-BFGS-B inner solves). Returns (z, f, worst violation) of the best outer iterate."""
     m = len(cons(z0))
     lam, rho = np.zeros(m), 100.0
     z, prev_viol = np.asarray(z0, float), np.inf
