@@ -91,17 +91,42 @@ class ReferenceModel:
         to_switch = np.maximum((np.log(switch_size * r / b) - y) / r, 0.0)
         return to_switch + np.log(p["detection_size"] / switch_size) / p["lesion_growth_rate"], w
 
+    def history(self, rtol=1e-11, atol=1e-14):
+        """The untreated history of `history_days` T before day 0, solved numerically: from one
+        dormant cell at -T (no drug, so the full right-hand side with empty PK states), scaled
+        so that D(0) = dormant_initial. Returns (R at day 0, Psi(s) = escape between s and day
+        0 counted negative, as a function of days s <= 0)."""
+        T = self.p["history_days"]
+        if T <= 0:
+            return 0.0, lambda s: np.zeros_like(np.asarray(s, float))
+        y0 = np.zeros(11)
+        y0[0] = 1.0
+        sol = solve_ivp(self.rhs, (-T, 0.0), y0, method="Radau", rtol=rtol, atol=atol,
+                        dense_output=True)
+        if not sol.success:
+            raise RuntimeError(sol.message)
+        c = self.p["dormant_initial"] / sol.y[0, -1]
+        e_end = sol.y[3, -1]
+
+        def psi(s):
+            s = np.clip(np.asarray(s, float), -T, 0.0)
+            return c * (sol.sol(s.ravel())[3].reshape(s.shape) - e_end)
+
+        return c * sol.y[1, -1], psi
+
     def solve(self, schedule, ts, method="Radau", rtol=1e-10, atol=1e-12, switch_size=1e4):
-        """States (len(ts), 11) at ts (days), and the hazard at ts."""
+        """States (len(ts), 11) at ts (days), and the hazard at ts (conditional on no relapse
+        before ts[0] = 0 when there is a history)."""
         p = self.p
         lags, weights = self.relapse_lags(switch_size)
         ts = np.asarray(ts, float)
         raw = ts[:, None] - lags[None, :]
         lagged = np.maximum(raw, ts[0])
         want = np.unique(np.concatenate([ts, lagged.ravel()]))
+        r_hist, psi = self.history()
         y = np.zeros(11)
         y[0] = p["dormant_initial"]
-        y[1] = p["reactivating_initial"]
+        y[1] = p["reactivating_initial"] + r_hist
         y[2] = p["proliferating_initial"]
         out = {}
         t = ts[0]
@@ -133,6 +158,9 @@ class ReferenceModel:
         states = np.array([out[tt] for tt in ts])
         e_lag = np.array([[out[tt][3] for tt in row] for row in lagged])
         e_mean = np.sum(np.where(raw > ts[0], weights, 0.0) * e_lag, axis=1)
+        # clones founded in the history and detected after day 0 (the history's escape from
+        # -L_q on; before it they were detected before day 0)
+        e_mean += np.sum(weights * (psi(np.minimum(raw - ts[0], 0.0)) - psi(-lags)), axis=1)
         hazard = (1.0 - p["delta_p"] / p["lambda_p"]) * e_mean
         self.nfev = nfev
         return states, hazard

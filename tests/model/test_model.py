@@ -27,7 +27,8 @@ def test_all_arms_solve(arms):
 
 
 def test_untreated_equals_closed_form_baseline(model, human):
-    """No drug: M = 1, deficit = 0 exactly, and cells follow expm of the constant-rate system."""
+    """No drug: M = 1, deficit = 0 exactly, and cells follow expm of the constant-rate system
+    (also through the untreated history before day 0)."""
     ts = np.linspace(0.0, 365.0, 74)
     tr = dm.simulate(model, human, dm.get_schedule("observation"), ts=ts,
                      options=dm.SolverOptions(rtol=1e-10, atol=1e-13))
@@ -39,7 +40,13 @@ def test_untreated_equals_closed_form_baseline(model, human):
         [v["k_dr"], -(v["k_rd"] + v["k_rp"] + v["delta_r"]), 0, 0],
         [0, v["k_rp"], v["lambda_p"] - v["delta_p"] - v["k_pd"], 0],
         [0, v["k_rp"], 0, 0]])
-    y0 = np.array([v["dormant_initial"], v["reactivating_initial"], v["proliferating_initial"], 0])
+    # day 0 after the untreated history of T = history_days from one dormant cell at -T, scaled
+    # to the file's dormant load (`observables.history`; no lesion cells of the history in P)
+    assert v["history_days"] > 0 and v["k_pd"] == 0
+    unit = expm(K * v["history_days"]) @ np.array([1.0, 0, 0, 0])
+    c = v["dormant_initial"] / unit[0]
+    y0 = np.array([v["dormant_initial"], v["reactivating_initial"] + c * unit[1],
+                   v["proliferating_initial"], 0])
     ref = np.stack([expm(K * t) @ y0 for t in ts])
     got = np.stack([np.asarray(getattr(tr, k)) for k in
                     ("dormant", "reactivating", "proliferating", "escaped")], axis=1)

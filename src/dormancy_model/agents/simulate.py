@@ -31,6 +31,7 @@ log-normal trait into `strata` equiprobable classes at their conditional means (
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import equinox as eqx
@@ -417,6 +418,8 @@ def simulate_agents(model: DormancyModel, params: Parameters, schedule: Schedule
     dosing = schedule if isinstance(schedule, Dosing) else Dosing.from_schedule(schedule)
     batched = _is_batched(params)
     params = _broadcast(params, n) if batched else params
+    if initial is None and np.any(np.asarray(params["history_days"]) > 0):
+        initial = _history(model, params, dosing, n, key, t0, het, o)
     # run n_run >= n lanes (padding wraps around; lane i always uses fold_in(key, i), so the
     # first n results do not depend on the padding)
     n_run = _bucket(n)
@@ -502,6 +505,54 @@ def simulate_agents(model: DormancyModel, params: Parameters, schedule: Schedule
                      assess_days, k_asp, switch_size, t1, method, n)
 
 
+def _history(model, params, dosing: Dosing, n: int, key, t0: float, het: Heterogeneity,
+             o: AgentOptions) -> AgentState:
+    """The replicates' state at t0 after the untreated history of `history_days` T
+    (`observables.history`, the mean field's closed form of the same period): a run from t0 - T
+    without drug, starting from dormant cells only, Poisson (or rounded) with mean
+    dormant_initial / E[D(t0)] per initial cell, so that the expected dormant load at t0 is
+    `dormant_initial`. Lesions detected before t0 are removed: the outcomes are conditional on
+    no relapse before t0, as the mean field's hazard is (for a Poisson process of lesions the
+    same law). `params` may be batched over the n replicates; T must be the same for all."""
+    hist = np.asarray(params["history_days"], float)
+    if np.ptp(hist) > 0:
+        raise ValueError("history_days must be the same for every replicate of one call")
+    for name in ("reactivating_initial", "proliferating_initial", "k_pd"):
+        if np.any(np.asarray(params[name]) > 0):
+            raise ValueError(f"a history (history_days > 0) starts from dormant cells only and "
+                             f"assumes no P -> D return: {name} must be 0")
+    T = float(hist.flat[0])
+    h = O.history(params)
+    start = params.with_values(dormant_initial=h.scale, history_days=jnp.zeros_like(
+        jnp.asarray(params["history_days"])))
+    none = Dosing(*(type(ev)(ev.times, jnp.zeros_like(ev.amount), ev.per_kg, ev.oral)
+                    for ev in (dosing.hcq, dosing.eve)))
+    # its own stream (salt "HI"): the run after the history keeps `key`
+    pre = simulate_agents(model, start, none, n_replicates=n, key=jax.random.fold_in(key, 0x4849),
+                          t1=t0, t0=t0 - T, heterogeneity=het,
+                          options=dataclasses.replace(o, count_days=(), assess_days=()))
+    states = {k: np.asarray(v) for k, v in pre.final_state.arrays.items()}
+    kind_key = "kind" if o.method == "exact" else "clone_kind"
+    count_key = "count" if o.method == "exact" else "clone_count"
+    grow = np.asarray(params["lesion_growth_rate"], float)
+    detect = np.asarray(params["detection_size"], float)
+    if grow.ndim:
+        grow, detect = grow[:, None], detect[:, None]
+    detected = (states[kind_key] == E.LESION) & (
+        states["switch_day"] + np.log(detect / o.switch_size) / grow <= t0)
+    states[kind_key] = np.where(detected, E.EMPTY, states[kind_key])
+    states[count_key] = np.where(detected, 0.0, states[count_key])
+    states["switch_day"] = np.where(detected, np.inf, states["switch_day"])
+    if o.method == "exact":
+        left = np.any(states["kind"] > E.EMPTY, axis=1)
+    else:
+        left = (states["d"].sum(1) + states["r"].sum(1) > 0) | np.any(
+            states["clone_kind"] > E.EMPTY, axis=1)
+    states["clearance_day"] = np.where(left, states["clearance_day"],
+                                       np.minimum(states["clearance_day"], t0))
+    return AgentState({k: jnp.asarray(v) for k, v in states.items()}, o.method)
+
+
 @jax.jit
 def _lesion_lanes(kind):
     return jnp.any(kind == E.LESION, axis=1)
@@ -524,8 +575,9 @@ def _device_outcomes(growth, detect, fraction, final, records, lesion_rows, k_as
     dt = rec_days[None, :, None] - sw[:, None, :]  # (k, R, S); -inf where no lesion
     size = jnp.where(dt >= 0, jnp.minimum(switch_size * jnp.exp(g * jnp.maximum(dt, 0.0)), cap),
                      0.0)
-    records = records.at[lesion_rows, :, 2].add(size.sum(axis=2), mode="drop")
+    # the aspirate samples the marrow: D, R and the clones below the switch size, not lesions
     lam = O.aspirate_mean(records[:, assess_idx, :].sum(axis=2), fraction)
+    records = records.at[lesion_rows, :, 2].add(size.sum(axis=2), mode="drop")
     asp = jax.vmap(lambda k, lm: jax.random.poisson(k, lm))(k_asp, lam)
     clearance_day = final["clearance_day"]
     cleared = jnp.isfinite(clearance_day) & (clearance_day <= t1)

@@ -107,13 +107,93 @@ def relapse_lag(p, y, switch_size=SWITCH_SIZE):
     return jnp.where(pos, lag, 1e30)
 
 
+HISTORY_KEYS = ("history_days", "dormant_initial", "k_dr", "k_rd", "k_rp", "delta_d0",
+                "delta_r")
+
+
+class History(NamedTuple):
+    """The untreated pre-enrolment history in closed form (`history`)."""
+
+    scale: object  # c: dormant cells at the start of the history
+    rates: object  # (mu_fast, mu_slow): eigenvalues of the untreated (D, R) system (1/day)
+    k_dr: object
+    k_rp: object
+    days: object  # T
+
+
+def _expm1_over(mu, u):
+    """(e^{mu u} - 1) / mu, = u at mu = 0 (finite gradients)."""
+    small = jnp.abs(mu * u) < 1e-8
+    mus = jnp.where(small, 1.0, mu)
+    return jnp.where(small, u, jnp.expm1(mus * u) / mus)
+
+
+def history(p) -> History:
+    """Closed form of the untreated history of `history_days` T before day 0.
+
+    Patients are enrolled (or a study starts) after a drug-free period in which the marrow
+    DTCs already reactivate and seed lesions: CLEVER enrolled survivors up to 5 years after
+    diagnosis, once primary therapy was over, so lesions founded before enrolment are growing
+    at day 0 and can be detected at any time after it (the early recurrence on EVE in CLEVER).
+    Before day 0 no drug is given and k_pd = 0 is assumed, so (D, R) follow the linear system
+    D' = -(k_dr + delta_d0) D + k_rd R, R' = k_dr D - (k_rd + k_rp + delta_r) R from D = c,
+    R = 0 at -T, with c chosen so that D(0) = `dormant_initial` (the load at day 0). Both
+    eigenvalues mu_1 > mu_2 are real and negative; R(u) = c k_dr (e^{mu_1 u} - e^{mu_2 u}) /
+    (mu_1 - mu_2) u days into the history. T = 0 gives c = dormant_initial and no history.
+    """
+    a = p["k_dr"] + p["delta_d0"]
+    b = p["k_rd"] + p["k_rp"] + p["delta_r"]
+    # + 1e-30: finite at the degenerate k_dr = 0, a = b (then the history has no escape)
+    disc = jnp.sqrt((a - b) ** 2 + 4.0 * p["k_dr"] * p["k_rd"] + 1e-30)
+    mu1, mu2 = 0.5 * (-(a + b) + disc), 0.5 * (-(a + b) - disc)
+    T = p["history_days"]
+    d_unit = ((mu1 + b) * jnp.exp(mu1 * T) - (mu2 + b) * jnp.exp(mu2 * T)) / (mu1 - mu2)
+    return History(p["dormant_initial"] / d_unit, (mu1, mu2), p["k_dr"], p["k_rp"], T)
+
+
+def _history_reactivating(h: History, u):
+    mu1, mu2 = h.rates
+    return h.scale * h.k_dr * (jnp.exp(mu1 * u) - jnp.exp(mu2 * u)) / (mu1 - mu2)
+
+
+def history_escape(p, s):
+    """(Psi(s), psi(s)) for days s <= 0 relative to day 0: Psi the escape into P between s and
+    day 0 counted negative (Psi(0) = 0; constant before the history began), psi = Psi' the
+    escape flux k_rp R(s) (0 before the history). Broadcasts p against s."""
+    h = history(p)
+    mu1, mu2 = h.rates
+    u = jnp.clip(s + h.days, 0.0, h.days)  # days into the history
+
+    def cum(v):  # escape from the start of the history to v days into it
+        return h.scale * h.k_dr * h.k_rp * (_expm1_over(mu1, v) - _expm1_over(mu2, v)) / (
+            mu1 - mu2)
+
+    inside = (s + h.days > 0) & (s <= 0)
+    return cum(u) - cum(h.days), jnp.where(inside, h.k_rp * _history_reactivating(h, u), 0.0)
+
+
+def initial_cells(p):
+    """(D, R, P) at day 0: the file's initial cells, plus the reactivating cells the history
+    leaves (`history`). Lesions founded before day 0 are not in P: the mean field carries
+    them in the relapse hazard only (`lag_reads`)."""
+    h = history(p)
+    return (p["dormant_initial"], p["reactivating_initial"] + _history_reactivating(h, h.days),
+            p["proliferating_initial"])
+
+
 class LagReads(NamedTuple):
     """Where the mean field reads its lagged state: `times` (..., T, K) = t - L_q floored at
     the start t0, `weights` (..., T, K) = w_q where t - L_q > t0 (a clone founded before the
-    start does not exist), else 0."""
+    start is not in the solved escape E), else 0. The pre-enrolment history (`history`) adds
+    `pre` (..., T, K): w_q (Psi(min(t - L_q, t0) - t0) - Psi(-L_q)), the history's escape that
+    is detected in (t0, t] (clones founded before t0 - L_q were detected before the start:
+    the hazard is conditional on no relapse before t0), and `pre_rate` (..., T, K):
+    w_q psi(t - L_q - t0), its flux. Both are 0 without a history."""
 
     times: object
     weights: object
+    pre: object
+    pre_rate: object
 
 
 def lag_reads(t, p, t0, switch_size=SWITCH_SIZE, nodes: int = LAG_NODES) -> LagReads:
@@ -121,23 +201,29 @@ def lag_reads(t, p, t0, switch_size=SWITCH_SIZE, nodes: int = LAG_NODES) -> LagR
     arrays broadcast against the leading axes (...) of t."""
     t = jnp.asarray(t)
     y, w = (jnp.asarray(v, t.dtype) for v in lag_rule(nodes))
-    p_b = {k: jnp.asarray(p[k], t.dtype)[..., None, None] for k in
-           ("lambda_p", "delta_p", "detection_size", "lesion_growth_rate")}
+    keys = ("lambda_p", "delta_p", "detection_size", "lesion_growth_rate") + HISTORY_KEYS
+    p_b = {k: jnp.asarray(p[k], t.dtype)[..., None, None] for k in keys}
     lag = relapse_lag(p_b, y, switch_size)  # (..., 1, K)
     raw = t[..., :, None] - lag
-    return LagReads(jnp.maximum(raw, t0), jnp.where(raw > t0, w, jnp.zeros((), t.dtype)))
+    zero = jnp.zeros((), t.dtype)
+    esc, flux = history_escape(p_b, jnp.minimum(raw - t0, 0.0))
+    esc0, _ = history_escape(p_b, -lag)
+    return LagReads(jnp.maximum(raw, t0), jnp.where(raw > t0, w, zero),
+                    w * (esc - esc0), w * jnp.where(raw > t0, zero, flux))
 
 
 def cumulative_hazard(escaped_lagged, reads: LagReads, p_found):
-    """Lambda(t) = p_found sum_q w_q E(t - L_q) (..., T); `escaped_lagged` is E at
-    `reads.times`, `p_found` broadcasts against (..., T)."""
-    return p_found * jnp.sum(reads.weights * escaped_lagged, axis=-1)
+    """Lambda(t) - Lambda(t0) = p_found sum_q (w_q E(t - L_q) + pre_q) (..., T); `escaped_lagged`
+    is E at `reads.times`, `p_found` broadcasts against (..., T)."""
+    return p_found * jnp.sum(reads.weights * escaped_lagged + reads.pre, axis=-1)
 
 
 def hazard_rate(commitment_lagged, reactivating_lagged, reads: LagReads, p_found):
     """h(t) = p_found sum_q w_q k_RP g(M(t - L_q)) R(t - L_q) (1/day, (..., T)): the escape
-    flux at the lagged times (`commitment_lagged` = `rates.cell_rates(...).commitment` there)."""
-    return p_found * jnp.sum(reads.weights * commitment_lagged * reactivating_lagged, axis=-1)
+    flux at the lagged times (`commitment_lagged` = `rates.cell_rates(...).commitment` there),
+    from the history where t - L_q is before the start."""
+    return p_found * jnp.sum(reads.weights * commitment_lagged * reactivating_lagged
+                             + reads.pre_rate, axis=-1)
 
 
 def relapse_free(cum_hazard):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import equinox as eqx
 import jax.numpy as jnp
 
+from dormancy_model.model import observables as O
 from dormancy_model.model import rates as R
 from dormancy_model.params.table import Parameters
 from dormancy_model.pk.closed_form import Dosing, PKSolution, drug_system, solve_pk
@@ -72,6 +73,5 @@ class DormancyModel(eqx.Module):
         return jnp.stack([dd, dr, dp, esc])
 
     def initial_state(self, params: Parameters):
-        z = jnp.zeros_like(params["dormant_initial"])
-        return jnp.stack([params["dormant_initial"], params["reactivating_initial"],
-                          params["proliferating_initial"], z])
+        d, r, pr = O.initial_cells(params)  # with the untreated history's reactivating cells
+        return jnp.stack([d, r, pr, jnp.zeros_like(d)])

@@ -40,7 +40,7 @@ REGISTRY: dict[str, str] = {
     # relapse, detection, initial state, body
     "lesion_growth_rate": "1/day", "detection_size": "cells", "aspirate_fraction": "1",
     "dormant_initial": "cells", "reactivating_initial": "cells", "proliferating_initial": "cells",
-    "body_weight": "kg",
+    "history_days": "day", "body_weight": "kg",
 }
 
 # Physical limits, enforced whatever bounds a file declares (value and both bounds): every

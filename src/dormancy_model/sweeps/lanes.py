@@ -222,8 +222,7 @@ def solve_outputs_impl(varying: dict, base: Parameters, table: ScheduleTable, si
     saves = jnp.concatenate([jnp.broadcast_to(out_days, (n, out_days.size)), lagged], axis=1)
     order = jnp.argsort(saves, axis=1)
     saves_sorted = jnp.take_along_axis(saves, order, axis=1)
-    y0 = (full["dormant_initial"], full["reactivating_initial"], full["proliferating_initial"],
-          jnp.zeros((n,), dt))
+    y0 = (*O.initial_cells(full), jnp.zeros((n,), dt))
     x0 = {d: tuple(jnp.zeros((n,), dt) for _ in range(m)) for d, m in DRUG_MODES.items()}
     ev0 = {d: next_dose(jnp.zeros((n,), jnp.int32), d, lane, shared) for d in DRUG_MODES}
     problem = DormancyLanes(table.all_oral)
