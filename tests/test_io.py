@@ -6,6 +6,7 @@ import stat
 
 import pytest
 
+import dormancy_model.io as io
 from dormancy_model.errors import InputError
 from dormancy_model.io import atomic_write_text, output_dir
 
@@ -85,3 +86,46 @@ def test_read_only_parent(tmp_path):
             pytest.fail("must not be entered")
     finally:
         ro.chmod(0o700)
+
+
+@pytest.mark.parametrize("exchange", [True, False])
+def test_existing_directory_replaced_whole_or_untouched(tmp_path, monkeypatch, exchange):
+    """An existing folder is replaced as a whole (a new folder: the user's other files linked
+    into it, its mode kept), with or without the OS's atomic exchange; a failure while linking
+    the user's files leaves it as it was and no temporary."""
+    out = tmp_path / "out"
+    (out / "sub").mkdir(parents=True)
+    (out / "keep.txt").write_text("old")
+    (out / "sub" / "old.txt").write_text("old")
+    out.chmod(0o750)
+    ino = out.stat().st_ino
+    if not exchange:
+        monkeypatch.setattr(io, "_exchange", lambda a, b: False)
+    with output_dir(out) as tmp:
+        atomic_write_text(tmp / "x.txt", "new x")
+    assert out.stat().st_ino != ino and stat.S_IMODE(out.stat().st_mode) == 0o750
+    assert _tree(out) == ["keep.txt", "sub", "sub/old.txt", "x.txt"]
+    assert _tree(tmp_path) == ["out"] + [f"out/{p}" for p in _tree(out)]
+
+    def fail(*a, **kw):
+        raise OSError(13, "Permission denied")
+
+    monkeypatch.setattr(io, "_link_missing", fail)
+    with pytest.raises(OSError), output_dir(out) as tmp:
+        atomic_write_text(tmp / "x.txt", "newer x")
+    assert (out / "x.txt").read_text() == "new x" and _tree(out) == [
+        "keep.txt", "sub", "sub/old.txt", "x.txt"]
+    assert _tree(tmp_path) == ["out"] + [f"out/{p}" for p in _tree(out)]
+
+
+def test_symlinked_directory_keeps_its_link(tmp_path):
+    """An `--out` that is a symbolic link to a folder stays a link; its target gets the files
+    (one by one, each replacing its namesake atomically)."""
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "keep.txt").write_text("old")
+    (tmp_path / "out").symlink_to(target)
+    with output_dir(tmp_path / "out") as tmp:
+        atomic_write_text(tmp / "x.txt", "x")
+    assert (tmp_path / "out").is_symlink()
+    assert _tree(target) == ["keep.txt", "x.txt"]

@@ -155,6 +155,90 @@ def test_json_and_output_folder_never_half_written(tmp_path):
         "f0.json", "f1.json", "f2.json"]
 
 
+def test_rerun_removes_the_temporaries_a_kill_left(tmp_path):
+    """A kill leaves hidden temporaries (``.fit.json.partial-*``, ``.report.partial-*``); the
+    next successful write of the same output removes them, and nothing else: a user's hidden
+    files, another output's temporaries and one of a live process stay."""
+    from dormancy_model.io import _temp_prefix
+
+    assert _atomic("half:1", "json", tmp_path / "fit.json").returncode == KILLED
+    assert _atomic("replace:2", "dir", tmp_path / "report").returncode == KILLED
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert len(left) == 2 and left[0].startswith(".fit.json.partial-") and left[1].startswith(
+        ".report.partial-"), left
+    keep = [".report.partial-notours", ".fit.json.bak", ".other.partial-x",
+            _temp_prefix("report") + "live"]  # this process's: alive
+    for name in keep:
+        (tmp_path / name).write_text("mine")
+    assert _atomic("none", "json", tmp_path / "fit.json").returncode == 0
+    assert _atomic("none", "dir", tmp_path / "report").returncode == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(keep + ["fit.json", "report"])
+
+
+SWAP = textwrap.dedent("""
+    import sys, types
+    sys.path.insert(0, sys.argv[1])
+    import kill_point
+    kill_point.install(sys.argv[2])
+    pkg = types.ModuleType("dormancy_model")  # io.py and errors.py only, without JAX
+    pkg.__path__ = [sys.argv[5]]
+    sys.modules["dormancy_model"] = pkg
+    import dormancy_model.io as io
+    if sys.argv[3] == "renames":  # as where the OS cannot exchange two folders in one step
+        io._exchange = lambda a, b: False
+    with io.output_dir(sys.argv[4]) as tmp:
+        for i in range(3):
+            io.atomic_write_json(tmp / f"f{i}.json", {"new": i})
+""")
+
+
+def _tree(d):
+    """The visible files of folder d (a kill may leave a hidden temporary inside it)."""
+    return {str(p.relative_to(d)): p.read_text() for p in sorted(d.rglob("*"))
+            if p.is_file() and not p.relative_to(d).parts[0].startswith(".")}
+
+
+@pytest.mark.parametrize("mode", ["exchange", "renames"])
+def test_existing_folder_replaced_as_a_whole(tmp_path, mode):
+    """An existing output folder killed at every rename of its replacement (each new file, the
+    new folder moved beside it, then, without an atomic exchange, the old folder set aside and
+    the new one moved in): the folder is the old one or the new one, never a mix, and the user's
+    other files are in both; only between the two renames of the fallback is it absent, its old
+    files kept whole in ``.report.old-*``, which the next run puts back. Every rerun gives the
+    new folder and leaves no temporary."""
+    import dormancy_model.io
+
+    old = {"f0.json": '{"old": 0}', "f1.json": '{"old": 1}', "keep.txt": "user",
+           "sub/k.txt": "user sub"}
+    new = {**{f"f{i}.json": json.dumps({"new": i}, indent=2) + "\n" for i in range(3)},
+           "keep.txt": "user", "sub/k.txt": "user sub"}
+    for k in range(1, 8):
+        d = tmp_path / f"k{k}"
+        for name, text in old.items():
+            (d / "report" / name).parent.mkdir(parents=True, exist_ok=True)
+            (d / "report" / name).write_text(text)
+        r = subprocess.run([sys.executable, "-c", SWAP, str(Path(__file__).parent),
+                            f"replace:{k}", mode, str(d / "report"),
+                            str(Path(dormancy_model.io.__file__).parent)],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == (KILLED if k <= (4 if mode == "exchange" else 6) else 0), (
+            k, r.stderr[-2000:])
+        if (d / "report").exists():
+            assert _tree(d / "report") in (old, new), k
+            assert _tree(d / "report") == (old if r.returncode else new), k
+        else:
+            assert mode == "renames" and k == 6
+            aside = [p for p in d.iterdir() if p.name.startswith(".report.old-")]
+            assert len(aside) == 1 and _tree(aside[0]) == old
+        r = subprocess.run([sys.executable, "-c", SWAP, str(Path(__file__).parent), "none",
+                            mode, str(d / "report"), str(Path(dormancy_model.io.__file__).parent)],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert _tree(d / "report") == new, k
+        assert sorted(p.name for p in d.iterdir()) == ["report"], k
+        assert not [p for p in (d / "report").iterdir() if p.name.startswith(".")], k
+
+
 def _traced(args, cwd, **kw):
     t = time.perf_counter()
     r = _kill("trace", args, cwd, **kw)

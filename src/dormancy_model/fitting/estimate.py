@@ -47,7 +47,8 @@ PROFILE_DROP = 0.5 * 3.841458820694124  # 95% likelihood-ratio threshold (chi2_1
 def fit_batch(starts: int) -> int:
     """Points per compiled objective call: on the CPU 4 (line searches then evaluate only the
     starts still searching, and a vmapped solve waits for its slowest lane), on an
-    accelerator all starts at once."""
+    accelerator all starts at once. Speed only: the estimates do not depend on it
+    (`objective.MIN_LANES`)."""
     return min(starts, 4) if jax.default_backend() == "cpu" else starts
 
 
