@@ -41,10 +41,16 @@ def plot_vpc_burden(study, burden):
         axf = axes[2 * (i // cols) + 1][i % cols]
         rows = burden[burden.arm == arm.name]
         pct = rows[rows.panel == "burden_percentile"]
+        if pct.empty:
+            ax.set_title(arm.name, fontsize=8)
+            ax.text(0.5, 0.5, "no burden data", ha="center", va="center",
+                    transform=ax.transAxes)
+            axf.axis("off")
+            continue
         days = np.unique(pct.day.to_numpy(float))
         width = 0.35 * (np.min(np.diff(days)) if days.size > 1 else 10.0)
         limit = pct.limit_cells.to_numpy(float)
-        bottom = 0.3 * np.min(limit, initial=np.inf) if limit.size else 1.0
+        bottom = 0.3 * np.min(limit)
         for stat, off in (("p10", -0.3), ("p50", 0.0), ("p90", 0.3)):
             r = pct[pct.statistic == stat]
             x = r.day.to_numpy(float) + off * width
