@@ -90,6 +90,17 @@ CASES = {
         (["--method", "nuts"], "--random: random: --method nuts needs random effects"),
         (["--method", "nuts", "--random", "k_drr"], "--random: random: unknown parameter"),
     ],
+    "vpc": [
+        (["missing.json"], "missing.json: file: not found"),
+        (["a_file"], "a_file: file: not a fit JSON file"),
+        (["nan.json"], "nan.json: format: expected 'dormancy-fit/1' (written by `dormancy fit`)"),
+        (["missing.json", "--replicates", "0"], "--replicates: replicates: must be in "
+         "[1, 100000], got 0"),
+        (["missing.json", "--seed", "-1"], "--seed: seed: must be a whole number in "
+         "[0, 2**63 - 1], got -1"),
+        (["missing.json", "--out", "a_file/v"], "a_file/v: --out: output directory cannot be "
+         "written (a_file is a file)"),
+    ],
     "sweep": [
         (["samples_seed.toml"], "samples_seed.toml: samples.seed: must be a whole number"),
         (["patients_seed.toml"], "patients_seed.toml: patients.seed: must be a whole number"),

@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "dormancy_model.cli.simulate",
     "dormancy_model.cli.sweep",
     "dormancy_model.cli.fit",
+    "dormancy_model.cli.vpc",
     "dormancy_model.cli.agents",
     "dormancy_model.cli.trial",
     "dormancy_model.cli.design",

@@ -9,6 +9,8 @@
   at the lagged times), the expectation over the relapse-lag law L of a surviving clone as a
   fixed Gauss rule (`observables.lag_reads`, the switch size `observables.SWITCH_SIZE`). A
   relapse at t contributes ``log h(t) - Lambda(t)``, a censored mouse ``-Lambda(t)``.
+* Draws from both laws (`sample_burden_unit`, `sample_relapse_unit`) for simulated replicate
+  studies (visual predictive checks, `fitting.vpc`), next to the log-likelihoods they mirror.
 * Joint: the sum. Optional priors from the parameter table: Normal in each parameter's scale
   (log, logit or lin) centred on the table value with sd = a quarter of the bounds' width.
 
@@ -83,6 +85,13 @@ ROW_AXES = StudyArrays(dosing=None, grid=None, **{k: 0 for k in (
     "burden_mask", "surv_idx", "surv_event", "surv_mask")})
 
 
+def burden_log_median(pred: ArmPrediction, rows):
+    """log(f * residual(t)) of each of a unit's (Nb,) burden rows: the centre of the
+    log-normal count law (the log of its median), in the unit of the count."""
+    res = pred.residual[rows.burden_idx]
+    return jnp.log(jnp.maximum(res, TINY)) + rows.burden_log_fraction
+
+
 def burden_loglik_unit(pred: ArmPrediction, rows, sigma):
     """Log-likelihood of one unit's residual-burden rows (scalar): log-normal with censoring.
 
@@ -90,8 +99,7 @@ def burden_loglik_unit(pred: ArmPrediction, rows, sigma):
     (population fit). `pred` holds (G,) arrays, `rows` the unit's (Nb,) rows of a `StudyArrays`
     (`burden_idx`, `burden_log_y`, `burden_log_lod`, `burden_log_fraction`, `burden_censored`,
     `burden_mask`)."""
-    res = pred.residual[rows.burden_idx]
-    mu = jnp.log(jnp.maximum(res, TINY)) + rows.burden_log_fraction
+    mu = burden_log_median(pred, rows)
     z = (rows.burden_log_y - mu) / sigma
     dens = -rows.burden_log_y - jnp.log(sigma) - 0.5 * LOG_2PI - 0.5 * z**2
     cens = norm.logcdf((rows.burden_log_lod - mu) / sigma)
@@ -109,6 +117,30 @@ def relapse_loglik_unit(pred: ArmPrediction, rows):
     rate = jnp.where(used, pred.hazard_rate[rows.surv_idx], 1.0)
     ll = jnp.where(used, jnp.log(jnp.maximum(rate, TINY)), 0.0) - lam
     return jnp.sum(jnp.where(rows.surv_mask, ll, 0.0))
+
+
+def sample_burden_unit(key, pred: ArmPrediction, rows, sigma):
+    """One draw of a unit's (Nb,) burden rows from the law `burden_loglik_unit` scores:
+    (latent log count ``log y = burden_log_median + sigma z``, censored: log y below the row's
+    log detection limit). Padded rows are drawn too (mask them with `rows.burden_mask`)."""
+    mu = burden_log_median(pred, rows)
+    log_y = mu + sigma * jax.random.normal(key, mu.shape, mu.dtype)
+    return log_y, log_y < rows.burden_log_lod
+
+
+def sample_relapse_unit(key, pred: ArmPrediction, grid, censor_day):
+    """One draw of relapse days from the law `relapse_loglik_unit` scores (the first event of
+    a Poisson process with cumulative hazard Lambda = `pred.cum_hazard` on `grid` (G,),
+    increasing days): T = Lambda^-1(E), E ~ Exponential(1), by linear interpolation of Lambda
+    between grid days (inf when Lambda(grid[-1]) < E). `censor_day` (Ns,): each animal's
+    censoring day. Returns (day = min(T, censor_day), event = T <= censor_day), (Ns,) each."""
+    lam = jax.lax.cummax(pred.cum_hazard)  # non-decreasing (the interpolant may wiggle)
+    e = jax.random.exponential(key, jnp.shape(censor_day), lam.dtype)
+    k = jnp.clip(jnp.searchsorted(lam, e, side="left"), 1, grid.shape[0] - 1)
+    lo, hi = lam[k - 1], lam[k]
+    frac = jnp.clip((e - lo) / jnp.where(hi > lo, hi - lo, 1.0), 0.0, 1.0)
+    t = jnp.where(e <= lam[-1], grid[k - 1] + frac * (grid[k] - grid[k - 1]), jnp.inf)
+    return jnp.minimum(t, censor_day), t <= censor_day
 
 
 def burden_loglik(pred: ArmPrediction, arrays: StudyArrays, sigma):
