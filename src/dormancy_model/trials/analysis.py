@@ -244,7 +244,9 @@ def analyze_one_trial(pat: pd.DataFrame, screening: pd.DataFrame | None = None) 
     cleared_true_eot: no cell left at the
     end of treatment (known only to the model); reduction_C3: Poisson-regression reduction of
     DTC counts baseline -> C3; posterior_prob(_80): P(C3 DTC rate below (20% of) the observation
-    arm's 3-month rate); rfs_3y: Kaplan-Meier 3-year RFS; hr_cleared: Cox HR of relapse, cleared
+    arm's 3-month rate); posterior_prob_80_baseline: P(C3 rate below 20% of the same arm's
+    screening rate); early_relapses: relapses before day 84 (3 cycles); rfs_3y: Kaplan-Meier
+    3-year RFS; hr_cleared: Cox HR of relapse, cleared
     (DTC- at C6) vs persistent (DTC+ at C6), all treated patients of the trial pooled.
     """
     obs = pat[pat["arm"] == "observation"]
@@ -267,6 +269,10 @@ def analyze_one_trial(pat: pd.DataFrame, screening: pd.DataFrame | None = None) 
             posterior_prob=posterior_prob_reduction(c3, obs_c3) if obs_c3.size else np.nan,
             posterior_prob_80=(posterior_prob_reduction(c3, obs_c3, min_reduction=0.8)
                                if obs_c3.size else np.nan),
+            # the other reading of ESMO's endpoint: against the arm's own screening counts
+            posterior_prob_80_baseline=posterior_prob_reduction(
+                c3, g["baseline_count"].to_numpy(float), min_reduction=0.8),
+            early_relapses=int((g["rfs_event"] & (g["rfs_time"] < 84.0)).sum()),
             rfs_3y=survival_at(g["rfs_time"], g["rfs_event"], THREE_YEARS_DAYS),
             relapses=int(g["rfs_event"].sum()))
         return row

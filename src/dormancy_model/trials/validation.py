@@ -422,6 +422,20 @@ def trial_rows(trials: pd.DataFrame, patients: pd.DataFrame) -> list[Row]:
                         f"{pub_post[arm]:.1%}", "ESMO 2023 [S2]",
                         "as above; mostly the observation arm's 3-month counts",
                         "point_in_interval", med, lo, hi, ref_point=pub_post[arm], fmt="{:.3f}"))
+    for arm in ARMS:
+        lo, med, hi = TA.spread(trials, "posterior_prob_80_baseline", arm)
+        rows.append(Row(G, f"P(>= 80% reduction at C3 vs the arm's own screening counts), {arm} "
+                           "(the other reading of the ESMO endpoint)",
+                        f"{pub_post[arm]:.1%} (if this was the reading)", "ESMO 2023 [S2]",
+                        "delta_max, aspirate_fraction, load distribution", "point_in_interval",
+                        med, lo, hi, ref_point=pub_post[arm], fmt="{:.3f}"))
+    lo, med, hi = TA.spread(trials, "early_relapses", "all treated")
+    frac = float(np.mean(trials.loc[trials["arm"] == "all treated", "early_relapses"] > 0))
+    rows.append(Row(G, "relapses within the first 3 cycles (day < 84) per trial", "1 (lung, "
+                       "after 2 cycles of EVE)", "ESMO 2023 [S2]",
+                    "history_days, k_dr (lesions founded before enrolment)", "point_in_interval",
+                    med, lo, hi, ref_point=1.0, fmt="{:.3g}",
+                    note=f"at least one in {frac:.0%} of trials"))
     lo, med, hi = TA.spread(trials, "clearance_C3", "observation")
     rows.append(Row(G, "observation arm: DTC- after 3 months without drug (13 patients)",
                     "not reported (NOT FOUND)", "ESMO 2023 [S2] (13 repeat aspirates)",
