@@ -453,12 +453,14 @@ def prognosis_rows(pg: dict) -> list[Row]:
     n = pg["n_positive"]
     return [
         Row(G, "untreated DTC+ (screen-positive): 3-year RFS (agent model)",
-            "0.75-0.90 (issue 14 target range)", "issue 14, from Braun 2005 [S4]",
+            "0.75-0.90 (range derived in docs/prognosis.md)", "docs/prognosis.md, from Braun "
+            "2005 [S4]",
             "k_dr, k_rp, k_rd, delta_r, lambda_p/delta_p, lesion_growth_rate, detection_size, "
             "load distribution", "value_in_range", pg["rfs_3y"], ref_lo=0.75, ref_hi=0.90,
             note=f"+- {pg['rfs_3y_se']:.2g} s.e., n = {n}"),
         Row(G, "untreated DTC+ (screen-positive): 5-year RFS (agent model)",
-            "0.62-0.85 (issue 14 target range)", "issue 14, from Braun 2005 [S4]",
+            "0.62-0.85 (range derived in docs/prognosis.md)", "docs/prognosis.md, from Braun "
+            "2005 [S4]",
             "as above", "value_in_range", pg["rfs_5y"], ref_lo=0.62, ref_hi=0.85,
             note=f"+- {pg['rfs_5y_se']:.2g} s.e., n = {n}"),
         Row(G, "relapse-rate ratio, screen-positive vs screen-negative, untreated, 5 years",
@@ -693,10 +695,29 @@ def render(v: Validation, command: str) -> str:
         "- With about 2 relapses per trial the per-trial HR is estimable only in trials with "
         "relapses in both groups (a selected subset); the pooled HR is the model's own "
         "association.",
-        "- The untreated-prognosis ranges are targets derived in issue 14 from the pooled DTC "
-        "analysis [S4] and the high-risk eligibility of CLEVER, not a published cohort of "
+        "- The untreated-prognosis ranges are derived in `docs/prognosis.md` from the pooled "
+        "DTC analysis [S4] and the high-risk eligibility of CLEVER, not a published cohort of "
         "untreated DTC+ survivors; in the model DTC-negative candidates relapse only from "
         "their (undetected) marrow DTCs, which makes the rate ratio an upper-side prediction.",
+        "- **Why the ESMO endpoint (P >= 80% reduction vs observation, 98-99.9%) is not "
+        "reproduced, under either reading.** Nat Med estimates the reduction from baseline at "
+        "80 / 78 / 87%. Against the arm's own baseline, a posterior probability of at least an "
+        "80% reduction cannot be 98.2% when the estimate itself is 78% (EVE): that reading "
+        "would give about one half, and the model's rows for it say the same. Against the "
+        "observation arm, 98-99.9% needs the C3 rate to be below a fifth of the observation "
+        "arm's 3-month rate with near certainty while it is about a fifth of the baseline "
+        "rate, i.e. the observation arm's counts did not fall in 3 months. With the model's "
+        "one-aspirate Poisson detection (most enrolled patients show a single cell), "
+        "enrolment on >= 1 seen cell makes untreated counts regress to the mean (the "
+        "observation arm's apparent 'reduction' row), so the model's probability is far lower. "
+        "A detection model in which positive aspirates carry several cells (more mononuclear "
+        "cells analysed, overdispersed counts, a wider load spread: issue 14, deliverable 2) is "
+        "what could reconcile the two; it needs the agent model to carry the ~1e5-cell marrow "
+        "pools such a sampled fraction implies, not built yet.",
+        "- Lesions founded during the untreated history before day 0 (`history_days`) are "
+        "drug-insensitive once above the switch size (1e4 cells): the drugs act on the marrow "
+        "pools and on clones still in their birth-death phase only (issue 14, deliverable 3 "
+        "asks for lesions of every size to respond; not built yet).",
         "- No PK was measured in CLEVER: the PK rows compare with other populations (lupus for "
         "HCQ, oncology and transplant for EVE).",
         "- The trial's baseline -> C3 reduction (Poisson regression within an arm) includes the "
