@@ -436,6 +436,15 @@ def trial_rows(trials: pd.DataFrame, patients: pd.DataFrame) -> list[Row]:
                     "history_days, k_dr (lesions founded before enrolment)", "point_in_interval",
                     med, lo, hi, ref_point=1.0, fmt="{:.3g}",
                     note=f"at least one in {frac:.0%} of trials"))
+    treated = patients[patients["arm"] != "observation"]
+    for name, what in (("delta_max", "drug-induced death (autophagy dependence)"),
+                       ("k_dr", "reactivation")):
+        pers = treated.loc[~treated["cleared_observed"], name].median()
+        clr = treated.loc[treated["cleared_observed"], name].median()
+        rows.append(Row(G, f"persistent vs cleared after C6: median patient {name} "
+                           f"({what}), ratio", "not reported", "-",
+                        "CVs of trials/population.py (assumptions)", "prediction",
+                        float(pers / clr), note=f"{pers:.3g} vs {clr:.3g} /day, pooled"))
     lo, med, hi = TA.spread(trials, "clearance_C3", "observation")
     rows.append(Row(G, "observation arm: DTC- after 3 months without drug (13 patients)",
                     "not reported (NOT FOUND)", "ESMO 2023 [S2] (13 repeat aspirates)",
