@@ -13,7 +13,8 @@ def _outcomes(method):
     """Outcomes (as lists) of a small run: per-replicate parameters for the fast method (a
     batched hazard table), one shared parameter set for the exact method; 7 replicates in
     chunks of 4, so chunks wrap around and are padded to the device count."""
-    p = dm.load_model_parameters("human").replace(dormant_initial=12.0, k_pd=0.01)
+    p = dm.load_model_parameters("human").replace(dormant_initial=12.0, k_pd=0.01,
+                                                  history_days=0.0)
     n = 7
     if method == "fast":
         p = p.replace(k_dr=np.linspace(0.5, 2.0, n) * float(p["k_dr"]))

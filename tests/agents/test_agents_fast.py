@@ -172,7 +172,8 @@ def test_fast_kernel_lowers_to_triton(model, monkeypatch):
         return real(*args)
 
     monkeypatch.setattr(agents, "_run_chunk", spy)
-    simulate_agents(model, dm.load_model_parameters("human"), dm.get_schedule("clever-combo"),
+    simulate_agents(model, dm.load_model_parameters("human").replace(history_days=0.0),
+                    dm.get_schedule("clever-combo"),
                     n_replicates=8, key=jax.random.PRNGKey(0), t1=200.0,
                     options=AgentOptions(method="fast", initial_count="fixed",
                                          assess_days=(84.0,), backend="xla"))

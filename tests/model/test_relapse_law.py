@@ -25,6 +25,13 @@ from dormancy_model.units import DAYS_PER_YEAR
 Z_TOL = 3.5
 
 
+@pytest.fixture(scope="module")
+def no_history(human):
+    """The human set without the untreated history (tests/model/test_history.py covers it) and
+    with the reactivation these tests were powered for (5e-5/day): the lag law alone."""
+    return human.replace(history_days=0.0, k_dr=5e-5)
+
+
 def _rates(b, d, **kw):
     base = dict(lambda_p=b, delta_p=d, detection_size=1e9, lesion_growth_rate=0.03)
     base.update(kw)
@@ -151,7 +158,7 @@ def _convolved(tr, p, t):
 
 
 @pytest.mark.parametrize("arm, rel_tol", [("observation", 1.5e-3), ("clever-combo", 3e-2)])
-def test_quadrature_matches_convolution(model, human, arm, rel_tol):
+def test_quadrature_matches_convolution(model, no_history, arm, rel_tol):
     """simulate's Lambda (12-node Gauss rule) against the brute-force convolution of the escape
     with the lag density, over 5 years: within 5e-4 in relapse-free probability (less than a
     tenth of the Monte-Carlo sd of 4,000 agent replicates where the curve passes 0.5), and
@@ -160,11 +167,11 @@ def test_quadrature_matches_convolution(model, human, arm, rel_tol):
     strata 1.0e-3 / 1.4e-2, Gauss-Laguerre in X 2.4e-3 / 3.6e-2. Under clever-combo nearly all
     escape happens in the first days (E is almost a step at day 0), which no smooth rule
     integrates fast; its Lambda is 1e-3, so the error is 2e-5 in probability."""
-    tr = dm.simulate(model, human, dm.get_schedule(arm), t1=5 * DAYS_PER_YEAR,
+    tr = dm.simulate(model, no_history, dm.get_schedule(arm), t1=5 * DAYS_PER_YEAR,
                      save_every_hours=6.0)
     assert tr.ok
     t = np.asarray(tr.times)[::20]
-    ref = _convolved(tr, human, t)
+    ref = _convolved(tr, no_history, t)
     got = np.asarray(tr.hazard)[::20]
     assert ref.max() > 0
     assert np.max(np.abs(np.exp(-got) - np.exp(-ref))) < 5e-4
@@ -173,7 +180,7 @@ def test_quadrature_matches_convolution(model, human, arm, rel_tol):
 
 def test_fit_hazard_is_the_same_law(model, human):
     """The fit's arm prediction (dense adaptive solve) gives simulate's Lambda, and its hazard
-    rate integrates to Lambda (trapezoid rule on a half-day grid, within 1e-4 of the largest
+    rate (with the untreated history's flux before day 0) integrates to Lambda (trapezoid rule on a half-day grid, within 1e-4 of the largest
     Lambda; the rate has kinks where t - L_q crosses day 0, so no finite differences)."""
     sched = dm.get_schedule("clever-hcq")
     grid = jnp.linspace(0.0, 1200.0, 2401)
@@ -217,7 +224,7 @@ def _agent_vs_mean_field(model, params, arm, n, seed, days):
 YEARS = (1.0, 3.0, 5.0)
 
 
-def test_agents_match_mean_field_relapse_free_fast(model, human):
+def test_agents_match_mean_field_relapse_free_fast(model, no_history):
     """Untreated, 6,000 agent replicates (fast method, homogeneous traits), relapse-free at 1,
     3 and 5 years and at day 700 (the rising edge, where the lag law matters most): |z| <= 3.5
     at every day. Power: the old fixed-lag law ln(N_det) / g is 0.025 above the agents at day
@@ -225,20 +232,20 @@ def test_agents_match_mean_field_relapse_free_fast(model, human):
     it would have failed. With the low-turnover defaults (lambda_p 0.04, delta_p 0.01) the
     old law's gap is smaller (z -2.7 at 2,000 replicates, measured), hence 6,000."""
     days = [y * DAYS_PER_YEAR for y in YEARS] + [700.0]
-    z, z_old = _agent_vs_mean_field(model, human, "observation", 6000, 3, days)
+    z, z_old = _agent_vs_mean_field(model, no_history, "observation", 6000, 3, days)
     assert np.all(np.abs(z) <= Z_TOL), z
     assert np.max(np.abs(z_old)) > Z_TOL, z_old
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("arm", ["observation", "clever-hcq"])
-def test_agents_match_mean_field_relapse_free(model, human, arm):
+def test_agents_match_mean_field_relapse_free(model, no_history, arm):
     """8,000 agent replicates (fast method, homogeneous traits) per arm: relapse-free at 1, 3 and
     5 years (and day 700) within |z| <= 3.5 of the mean field. The treated arm (HCQ alone,
     6 cycles) keeps clones growing during treatment, the regime where the law's untreated clone
     rates are an approximation. The old fixed-lag law would fail both arms at day 700 and the
     untreated arm at 3 years (measured z -4.7 at 16,000 replicates)."""
     days = [y * DAYS_PER_YEAR for y in YEARS] + [700.0]
-    z, z_old = _agent_vs_mean_field(model, human, arm, 8000, 5, days)
+    z, z_old = _agent_vs_mean_field(model, no_history, arm, 8000, 5, days)
     assert np.all(np.abs(z) <= Z_TOL), z
     assert np.max(np.abs(z_old)) > Z_TOL, z_old

@@ -16,7 +16,13 @@ reads the same growth law: its relapse lag is the birth-death time of a survivin
 `switch_size` (random, from the clone's limit law) plus this deterministic growth
 (`model.observables`; both use `observables.SWITCH_SIZE` by default). Clearance = no cells
 (and no lesion) left; its day is the last death. Aspirates at `assess_days`:
-Poisson(aspirate_fraction * cells) DTCs seen, DTC+ when >= 1.
+Poisson(aspirate_fraction * marrow cells) DTCs seen, DTC+ when >= 1; the marrow cells are D, R
+and the clones below the switch size (a lesion is not in the marrow).
+
+History: with `history_days` T > 0 (and no initial state given) the replicates first live T
+days without drug from dormant cells only (`_history`; the mean field has the same period in
+closed form, `observables.history`), and lesions detected before t0 are dropped: outcomes are
+conditional on no relapse before t0.
 
 Initial cells (when `initial` is None): per replicate Poisson(dormant_initial) dormant cells (and
 Poisson reactivating/proliferating initial counts) with `initial_count="poisson"` (default: the
@@ -151,7 +157,8 @@ class AgentResult(eqx.Module):
     """Per-replicate outcomes (numpy arrays, leading axis = replicate).
 
     counts: (n, len(count_days), 3) cells D, R, P (P includes lesions); aspirate_count and
-    dtc_positive: (n, len(assess_days)); days in days from the schedule's day 0."""
+    dtc_positive: (n, len(assess_days)), of the marrow cells (lesions excluded); days in days
+    from the schedule's day 0."""
 
     cleared: Any
     clearance_day: Any
