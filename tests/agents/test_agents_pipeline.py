@@ -30,8 +30,9 @@ def test_files_equal_a_direct_simulation(model, human, tmp_path):
                      years=YEARS, heterogeneity=het, options=options)
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == sorted(FILES)
     t1 = YEARS * DAYS_PER_YEAR
-    direct = dm.simulate_agents(
-        model, human, dm.get_schedule("clever-combo"), n_replicates=N,
+    direct = dm.simulate_agents(  # run_agents' parameter set: the packaged one, as is
+        model, dm.load_model_parameters("human"), dm.get_schedule("clever-combo"),
+        n_replicates=N,
         key=jax.random.PRNGKey(5), t1=t1, heterogeneity=het,
         options=dm.AgentOptions(method="fast", assess_days=(84.0, 168.0),
                                 count_days=count_grid(t1)))

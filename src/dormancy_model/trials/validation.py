@@ -722,7 +722,9 @@ def render(v: Validation, command: str) -> str:
         "A detection model in which positive aspirates carry several cells (more mononuclear "
         "cells analysed, overdispersed counts, a wider load spread: issue 14, deliverable 2) is "
         "what could reconcile the two; it needs the agent model to carry the ~1e5-cell marrow "
-        "pools such a sampled fraction implies, not built yet.",
+        "pools such a sampled fraction implies, not built yet. The same one-cell-typical "
+        "aspirate makes nearly every treated patient DTC- at the last on-treatment aspirate "
+        "(the press release's 80% cleared means 20% still positive after 6-12 cycles).",
         "- Lesions founded during the untreated history before day 0 (`history_days`) are "
         "drug-insensitive once above the switch size (1e4 cells): the drugs act on the marrow "
         "pools and on clones still in their birth-death phase only (issue 14, deliverable 3 "
