@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+import dormancy_model as dm
+from dormancy_model.model.observables import initial_cells
+
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.py"))
 ARM_LINE = re.compile(r"^\s*(?P<name>[\w-]+): ok; residual after 6 cycles\s+(?P<res>[0-9.]+) "
                       r"cells, 3-year relapse-free (?P<rfs>[0-9.]+)$")
@@ -32,7 +35,9 @@ def check_simulate_arms(out: str) -> None:
     rows = [[float(x) for x in ln.split()[1:]] for ln in lines[head + 1:] if ln.strip()]
     days = [r[0] for r in rows]
     assert days == [28.0 * i for i in range(len(days))] and days[-1] >= 336, days
-    assert rows[0][1] == pytest.approx(100.0) and rows[0][2] == rows[0][3] == 0.0
+    # 100 dormant cells plus the reactivating cells the untreated history leaves at day 0
+    day0 = float(sum(initial_cells(dm.load_model_parameters("human"))))
+    assert day0 > 100.0 and rows[0][1] == pytest.approx(day0) and rows[0][2] == rows[0][3] == 0.0
     on = [r for r in rows if 0 < r[0] <= 168]
     assert all(r[2] > 0 and r[3] > 0 for r in on)  # HCQ and EVE levels during treatment
     assert rows[-1][3] < 1e-6 * on[-1][3]  # EVE washed out after the last cycle

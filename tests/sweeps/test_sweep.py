@@ -194,7 +194,9 @@ def test_lanes_split_over_two_cpu_devices_equal_one_device():
 
 
 def _engine_lanes(n=6, seed=0):
-    p = dm.load_model_parameters("human")
+    # the engine from a given day-0 state (no untreated history: its reactivating cells start
+    # at their untreated level, and the untreated lanes would be too smooth to exercise steps)
+    p = dm.load_model_parameters("human").replace(history_days=0.0)
     rng = np.random.default_rng(seed)
     vals = {"k_dr": float(p["k_dr"]) * np.exp(0.4 * rng.standard_normal(n)),
             "eve_cl": float(p["eve_cl"]) * np.exp(0.3 * rng.standard_normal(n))}
