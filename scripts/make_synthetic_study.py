@@ -31,7 +31,7 @@ chronic days) and SURVIVAL_MICE mice are followed for relapse until day STUDY_EN
   survival.csv; the default "sacrifice" keeps burden and survival mice separate animals.
 * generator "ode" (for tests of the fitting code only, not the shipped study): the previous
   recipe, no between-animal variability, burden = log-normal (sd `sigma`) around the ODE's
-  sampled residual, relapse days from the ODE's relapse-free curve.
+  sampled residual (default ODE_SIGMA), relapse days from the ODE's relapse-free curve.
 
 Run: python scripts/make_synthetic_study.py [--out data/mouse_synthetic] [--seed 20240601]
      [--burden-mice 6] [--survival-mice 10] [--arms a,b,...] [--design sacrifice|biopsy]
@@ -69,6 +69,7 @@ TRUTH = {
 }
 BETWEEN_ANIMAL_CV = {"dormant_initial": 0.5, "k_dr": 0.4, "delta_max": 0.3}
 TRUTH_SIGMA = 0.3  # sd of the log tissue-recovery efficiency of one sample (burden_sigma)
+ODE_SIGMA = 0.5  # generator "ode": sd of the log-normal count (the former recipe's)
 BODY_WEIGHT_G = 25.0  # median
 BODY_WEIGHT_CV = 0.08
 BURDEN_MICE = 6
@@ -170,15 +171,18 @@ def _relapse_row(mid, arm, day):
 
 
 def make(out: Path, seed: int = SEED, burden_mice: int = BURDEN_MICE,
-         survival_mice: int = SURVIVAL_MICE, arms=None, truth=None, sigma=TRUTH_SIGMA,
+         survival_mice: int = SURVIVAL_MICE, arms=None, truth=None, sigma=None,
          cv=None, design: str = "sacrifice", generator: str = "agents") -> dict:
     """Simulate the study and write study.toml, burden.csv, survival.csv, animals.csv,
-    truth_animals.csv (agents), truth.json and README.md; returns truth.json's content."""
+    truth_animals.csv (agents), truth.json and README.md; returns truth.json's content.
+    `sigma` defaults to TRUTH_SIGMA (agents) or ODE_SIGMA (ode)."""
     if design not in DESIGNS or generator not in GENERATORS:
         raise ValueError(f"design must be one of {DESIGNS}, generator one of {GENERATORS}")
     if generator == "ode" and design != "sacrifice":
         raise ValueError("the ode generator has the sacrifice design only")
     t_start = time.perf_counter()
+    if sigma is None:
+        sigma = TRUTH_SIGMA if generator == "agents" else ODE_SIGMA
     truth = {**TRUTH, **(truth or {})}
     cv = dict(BETWEEN_ANIMAL_CV if cv is None else cv)
     presets = arm_names(arms)

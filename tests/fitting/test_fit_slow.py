@@ -77,18 +77,21 @@ def test_ci_coverage_over_seeds(tmp_path):
     import sys
 
     sys.path.insert(0, str(ROOT / "scripts"))
-    from make_synthetic_study import TRUTH, TRUTH_SIGMA, make
+    from make_synthetic_study import ODE_SIGMA, TRUTH, make
 
     arms = ["mouse-vehicle", "mouse-hcq120-chronic", "mouse-eve5-chronic",
             "mouse-combo-hcq60-eve5-chronic", "mouse-hcq120-transient",
             "mouse-combo-hcq60-eve5-transient"]
     free = ["dormant_initial", "k_dr", "delta_max", "burden_sigma"]
-    truth = {**TRUTH, "burden_sigma": TRUTH_SIGMA}
+    truth = {**TRUTH, "burden_sigma": ODE_SIGMA}
     params = load_model_parameters("mouse")
     covered, per_parameter = 0, dict.fromkeys(free, 0)
     for seed in range(COVERAGE_STUDIES):
         d = tmp_path / f"s{seed}"
-        make(d, seed=1000 + seed, arms=arms)
+        # the fit's own model (the ODE generator, one parameter set for every mouse): the
+        # nominal coverage of a pooled fit's CIs holds there; the shipped study is made by the
+        # agent model with between-animal variability, where it is not expected to hold
+        make(d, seed=1000 + seed, arms=arms, generator="ode")
         r = fit(load_study(d), params, free, starts=4, seed=seed)
         for n in free:
             hit = bool(r.ci_low[n] <= truth[n] <= r.ci_high[n])  # a NaN interval misses
