@@ -3,6 +3,10 @@
 
 All fast tests share one compiled objective: the same 4-arm subset of the shipped SYNTHETIC
 study, the same free parameters and batch size (equinox caches the compilation by shapes).
+The shipped study is made by the stochastic agent model with between-animal variability, so a
+pooled fit of it is misspecified and its truth is not expected inside the fit's confidence
+region; the recovery and solver-accuracy checks "near the truth" use a study of the same 4 arms
+made by the script's ODE generator (the fit's own model, one parameter set for every mouse).
 """
 
 from __future__ import annotations
@@ -28,11 +32,6 @@ ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "data" / "mouse_synthetic"
 ARMS = ["vehicle", "hcq120-chronic", "eve5-chronic", "combo-hcq60-eve5-chronic"]
 FREE = ["dormant_initial", "k_dr", "delta_max", "burden_sigma"]
-TRUTH = json.loads((SHIPPED / "truth.json").read_text())
-
-
-def truth_value(name):
-    return TRUTH["burden_sigma"] if name == "burden_sigma" else TRUTH["truth_internal_units"][name]
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +39,26 @@ def setup():
     study = load_study(SHIPPED).subset(ARMS)
     params = load_model_parameters("mouse")
     return study, params
+
+
+@pytest.fixture(scope="module")
+def ode_setup(tmp_path_factory):
+    """(study, params, truth): the 4 arms simulated by the script's ODE generator."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from make_synthetic_study import make
+
+    d = tmp_path_factory.mktemp("ode") / "study"
+    info = make(d, arms=[f"mouse-{a}" for a in ARMS], generator="ode")
+    truth = {**info["truth_internal_units"], "burden_sigma": info["burden_sigma"]}
+    return load_study(d), load_model_parameters("mouse"), truth
+
+
+@pytest.fixture(scope="module")
+def ode_result(ode_setup):
+    study, params, _ = ode_setup
+    return fit(study, params, FREE, starts=4, seed=0)
 
 
 def _readme_block(lang):
@@ -82,16 +101,18 @@ def test_gradient_matches_finite_differences(setup):
     np.testing.assert_allclose(g[0], fd, rtol=2e-3, atol=1e-6 * np.abs(fd).max())
 
 
-def test_fixed_step_objective_is_accurate_and_smooth(setup):
+def test_fixed_step_objective_is_accurate_and_smooth(ode_setup):
     """The fitting solver (fixed-step Tsit5 on every dose time plus an even grid) is within
     0.05 nll units of an adaptive solve at rtol 1e-8 near the truth, and it is smooth: its
     autodiff gradient equals central differences to 1e-4 (an adaptive controller's step
-    sequence changes with the parameters and breaks this)."""
-    study, params = setup
+    sequence changes with the parameters and breaks this). On the ODE-generated study: the
+    shipped (agent) study's truth is far from its pooled optimum (nll 1373 vs 220), where the
+    large residuals amplify any solver error."""
+    study, params, truth = ode_setup
     fixed = Objective(study, params, FREE, batch=4, options=fit_solver_options())
     tight = Objective(study, params, FREE, batch=4,
                       options=SolverOptions(rtol=1e-8, atol=1e-8, max_steps=4096))
-    s_truth = np.array([np.log(truth_value(n)) for n in FREE])
+    s_truth = np.array([np.log(truth[n]) for n in FREE])
     z = fixed.scale_to_z(s_truth[None])[0]
     pts = z[None] + 0.05 * np.array([[0, 0, 0, 0], [1, -1, 1, 0], [-1, 1, 0, 1], [0, 1, -1, -1]])
     f_fixed, g, _, _ = fixed.evaluate(pts)
@@ -103,16 +124,18 @@ def test_fixed_step_objective_is_accurate_and_smooth(setup):
     np.testing.assert_allclose(g[0], fd, rtol=1e-4, atol=1e-6 * np.abs(fd).max())
 
 
-def test_truth_inside_joint_95_region(result, setup):
+def test_truth_inside_joint_95_region(ode_result, ode_setup):
     """Recovery: the true values lie inside the joint 95% likelihood-ratio region of the fit,
     2 (nll(truth) - nll(best)) <= chi2_4(0.95) (Wilks), and every parameter is identifiable
-    (finite SE, CI narrower than its bounds). The per-parameter Wald CIs are checked against the
-    truth on the full study and over seeds in the slow suite (tests/fitting/test_fit_slow.py)."""
+    (finite SE, CI narrower than its bounds), on a study of the fit's own model (the ODE
+    generator). The per-parameter Wald CIs are checked against the truth over seeds in the
+    slow suite (tests/fitting/test_fit_slow.py)."""
     from scipy.stats import chi2
 
-    study, params = setup
+    study, params, truth = ode_setup
+    result = ode_result
     obj = Objective(study, params, FREE, batch=4, options=fit_solver_options())
-    s_truth = np.array([np.log(truth_value(n)) for n in FREE])
+    s_truth = np.array([np.log(truth[n]) for n in FREE])
     f_truth, _ = obj.evaluate_scale(s_truth[None])
     assert 0.0 <= 2 * (f_truth[0] - result.objective) <= chi2.ppf(0.95, len(FREE))
     for n in FREE:

@@ -1,10 +1,10 @@
-"""Slow fitting checks (`make test-slow`): recovery on the full shipped study and a two-sided
-test of 95% CI coverage over freshly simulated studies with different seeds (its acceptance
+"""Slow fitting checks (`make test-slow`): recovery on the full design (ODE-generated, the fit's
+own model) and a two-sided test of 95% CI coverage over freshly simulated studies with
+different seeds (its acceptance
 region and power are checked in the fast suite)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -24,10 +24,18 @@ def _truth(name, info):
 
 
 @pytest.mark.slow
-def test_full_study_recovers_truth_inside_95ci():
-    info = json.loads((SHIPPED / "truth.json").read_text())
-    r = fit(load_study(SHIPPED), load_model_parameters("mouse"), FULL_FREE, starts=8, seed=0,
-            profile=("delta_max",))
+def test_full_study_recovers_truth_inside_95ci(tmp_path):
+    """The full 19-arm design made by the script's ODE generator (the fit's own model): the
+    shipped study is made by the agent model with between-animal variability, where a pooled
+    fit is misspecified and its CIs are not expected to hold the typical values."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from make_synthetic_study import make
+
+    info = make(tmp_path / "ode", generator="ode")
+    r = fit(load_study(tmp_path / "ode"), load_model_parameters("mouse"), FULL_FREE, starts=8,
+            seed=0, profile=("delta_max",))
     assert r.n_converged >= 2
     prof = r.profiles["delta_max"]
     # the profile never goes below the optimum and rises by > 1.92 at +-3 SE
@@ -77,18 +85,21 @@ def test_ci_coverage_over_seeds(tmp_path):
     import sys
 
     sys.path.insert(0, str(ROOT / "scripts"))
-    from make_synthetic_study import TRUTH, TRUTH_SIGMA, make
+    from make_synthetic_study import ODE_SIGMA, TRUTH, make
 
     arms = ["mouse-vehicle", "mouse-hcq120-chronic", "mouse-eve5-chronic",
             "mouse-combo-hcq60-eve5-chronic", "mouse-hcq120-transient",
             "mouse-combo-hcq60-eve5-transient"]
     free = ["dormant_initial", "k_dr", "delta_max", "burden_sigma"]
-    truth = {**TRUTH, "burden_sigma": TRUTH_SIGMA}
+    truth = {**TRUTH, "burden_sigma": ODE_SIGMA}
     params = load_model_parameters("mouse")
     covered, per_parameter = 0, dict.fromkeys(free, 0)
     for seed in range(COVERAGE_STUDIES):
         d = tmp_path / f"s{seed}"
-        make(d, seed=1000 + seed, arms=arms)
+        # the fit's own model (the ODE generator, one parameter set for every mouse): the
+        # nominal coverage of a pooled fit's CIs holds there; the shipped study is made by the
+        # agent model with between-animal variability, where it is not expected to hold
+        make(d, seed=1000 + seed, arms=arms, generator="ode")
         r = fit(load_study(d), params, free, starts=4, seed=seed)
         for n in free:
             hit = bool(r.ci_low[n] <= truth[n] <= r.ci_high[n])  # a NaN interval misses

@@ -158,9 +158,63 @@ def _bom_in_toml_is_not_the_problem(d):
     return _study_weight_in_kg(d)
 
 
+def _marker_counts_do_not_add_up(d):
+    no = _set_burden_field(d, 0, 6, "1")  # dormant_count of a row with more than 1 cell
+    return f"burden.csv:{no}", "dormant_count", "the marker counts split the same sample"
+
+
+def _marker_count_negative(d):
+    no = _set_burden_field(d, 3, 7, "-1")
+    return f"burden.csv:{no}", "proliferating_count", "must be >= 0"
+
+
+def _set_animal(d, row, text):
+    no, line = _data_line(d / "animals.csv", row)
+    _edit(d / "animals.csv", line + "\n", text + "\n" if text else "")
+    return no, line
+
+
+def _animal_without_covariates(d):
+    _, line = _set_animal(d, 5, "")
+    return "animals.csv", "mouse_id", f"animal '{line.split(',')[0]}' has no row"
+
+
+def _animal_covariate_blank(d):
+    no, line = _data_line(d / "animals.csv", 2)
+    _set_animal(d, 2, line.split(",")[0] + ",")
+    return f"animals.csv:{no}", "body_weight_g", f"missing for animal '{line.split(',')[0]}'"
+
+
+def _animal_unknown(d):
+    no, line = _data_line(d / "animals.csv", 1)
+    _set_animal(d, 1, line + "\nvehicle-b99,25.0")
+    return f"animals.csv:{no + 1}", "mouse_id", "unknown animal 'vehicle-b99'"
+
+
+def _animal_weight_not_finite(d):
+    no, line = _data_line(d / "animals.csv", 0)
+    _set_animal(d, 0, line.split(",")[0] + ",nan")
+    return f"animals.csv:{no}", "body_weight_g", "not a finite number"
+
+
+def _animal_weight_implausible(d):
+    no, line = _data_line(d / "animals.csv", 0)
+    _set_animal(d, 0, line.split(",")[0] + ",250")
+    return f"animals.csv:{no}", "body_weight_g", "not a plausible body weight for mouse"
+
+
+def _animal_twice(d):
+    no, line = _data_line(d / "animals.csv", 0)
+    _set_animal(d, 0, line + "\n" + line)
+    return f"animals.csv:{no + 1}", "mouse_id", f"already has a row (line {no})"
+
+
 BAD = [_bad_missing_column, _bad_negative_count, _bad_event, _bad_arm, _bad_schedule,
        _empty_file, _header_only, _not_a_number, _mouse_in_two_arms, _mouse_twice_on_one_day,
-       _study_weight_in_kg, _study_weight_huge, _bom_in_toml_is_not_the_problem]
+       _study_weight_in_kg, _study_weight_huge, _bom_in_toml_is_not_the_problem,
+       _marker_counts_do_not_add_up, _marker_count_negative, _animal_without_covariates,
+       _animal_covariate_blank, _animal_unknown, _animal_weight_not_finite,
+       _animal_weight_implausible, _animal_twice]
 
 
 @pytest.mark.parametrize("corrupt", BAD, ids=[f.__name__ for f in BAD])
@@ -233,6 +287,7 @@ def test_same_mouse_on_two_days_of_one_arm_is_allowed(study_dir):
     p0, p1 = line0.split(","), line1.split(",")
     assert p0[1] == p1[1] and p0[2] != p1[2]
     _edit(study_dir / "burden.csv", line1, ",".join([p0[0]] + p1[1:]))
+    _edit(study_dir / "animals.csv", f"\n{p1[0]},", "\n# gone: ")  # p1[0] has no row left
     st = load_study(study_dir)
     assert (st.burden.mouse_id == p0[0]).sum() == 2
 
@@ -250,3 +305,30 @@ def test_fit_refuses_a_study_weight_outside_the_model_bounds(study_dir, tmp_path
     assert len(err) == 1 and "study.toml: study.body_weight_g: 12 g is outside" in err[0]
     assert "[15, 40] g" in err[0]
     assert not (tmp_path / "fits").exists()
+
+
+def test_optional_marker_columns_and_covariate_table(study_dir):
+    """The marker split and the covariate table are optional: without them the study reads
+    the same (totals, no split, the study's weight for every animal); with them the split
+    adds up and each animal's weight reaches the population problem's arrays."""
+    from dormancy_model.fitting.population.animals import animal_arrays
+
+    full = load_study(study_dir)
+    b = full.burden
+    assert b.dormant is not None and np.all(b.dormant + b.proliferating == b.cells)
+    assert (b.proliferating > 0).any() and (b.dormant > 0).any()
+    ids, arrays, _ = animal_arrays(full.subset(["vehicle", "hcq60-transient"]))
+    w = dict(zip(full.animals.ids, full.animals.covariates["body_weight_g"], strict=True))
+    np.testing.assert_allclose(np.asarray(arrays.body_weight_kg), [w[a] / 1000 for a in ids])
+    assert np.ptp(np.asarray(arrays.body_weight_kg)) > 0
+    # the former format: no marker columns, no animals.csv
+    lines = (study_dir / "burden.csv").read_text().splitlines()
+    (study_dir / "burden.csv").write_text("\n".join(
+        ln if ln.startswith("#") else ",".join(ln.split(",")[:6]) for ln in lines) + "\n")
+    _edit(study_dir / "study.toml", 'animals = "animals.csv"\n', "")
+    (study_dir / "animals.csv").unlink()
+    old = load_study(study_dir)
+    assert old.burden.dormant is None and old.animals is None
+    np.testing.assert_array_equal(old.burden.cells, b.cells)
+    ids, arrays, _ = animal_arrays(old.subset(["vehicle"]))
+    np.testing.assert_array_equal(np.asarray(arrays.body_weight_kg), old.body_weight_kg)

@@ -82,7 +82,7 @@ def study_prediction(model, params, arrays: StudyArrays, options) -> ArmPredicti
 # grid do not need to (they are not read by the per-unit laws)
 ROW_AXES = StudyArrays(dosing=None, grid=None, **{k: 0 for k in (
     "burden_idx", "burden_log_y", "burden_log_lod", "burden_log_fraction", "burden_censored",
-    "burden_mask", "surv_idx", "surv_event", "surv_mask")})
+    "burden_mask", "surv_idx", "surv_event", "surv_mask", "body_weight_kg")})
 
 
 def burden_log_median(pred: ArmPrediction, rows):

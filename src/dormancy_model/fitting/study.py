@@ -12,6 +12,7 @@ Formats (a study is a directory holding the three files):
       description = "..."
       burden = "burden.csv"        # optional file names (relative to the study directory)
       survival = "survival.csv"
+      animals = "animals.csv"      # optional per-animal covariate table
 
       [arms.hcq60_chronic]
       schedule = "mouse-hcq60-chronic"   # a preset name (`dormancy schedules`) or a schedule
@@ -22,9 +23,16 @@ Formats (a study is a directory holding the three files):
   (default 1). ``residual_cells`` is the count seen in the sample (cells, or cells per sampled
   volume when ``sampled_fraction`` < 1, the model then predicts ``sampled_fraction`` x residual);
   a count below ``detection_limit`` (same unit) is treated as censored: "below the limit".
-  A ``mouse_id`` belongs to one arm and has at most one count per day.
+  A ``mouse_id`` belongs to one arm and has at most one count per day. Optional marker columns
+  ``dormant_count`` (e.g. Ki67-negative) and ``proliferating_count`` (Ki67-positive) split the
+  same sample (blank: not measured; when both are given they must add up to
+  ``residual_cells``); the fit uses the total.
 * ``survival.csv``: ``mouse_id, arm, day, event`` with event 1 = relapse observed at ``day``,
   0 = relapse-free when last seen at ``day`` (right-censored).
+* ``animals.csv`` (optional, named by ``study.animals``): one row per animal, ``mouse_id`` and
+  covariate columns, e.g. ``body_weight_g`` (a plausible weight for the species); any other
+  column is kept as text. Every animal of burden.csv and survival.csv needs a row with every
+  covariate filled in, and every row must name one of them.
 
 Files are UTF-8 (a byte-order mark is ignored). The study's ``body_weight_g`` must be plausible
 for its species (`units.BODY_WEIGHT_KG`) and, in a fit, within the model's body_weight bounds.
@@ -55,10 +63,11 @@ from dormancy_model.pk.schedule import Schedule
 from dormancy_model.units import body_weight_problem
 
 BURDEN_COLUMNS = ("mouse_id", "arm", "day", "residual_cells", "detection_limit")
-BURDEN_OPTIONAL = ("sampled_fraction",)
+BURDEN_OPTIONAL = ("sampled_fraction", "dormant_count", "proliferating_count")
 SURVIVAL_COLUMNS = ("mouse_id", "arm", "day", "event")
+ANIMAL_COLUMNS = ("mouse_id",)
 STUDY_FIELDS = {"name", "species", "body_weight_g", "synthetic", "description", "burden",
-                "survival", "seed", "generator"}
+                "survival", "animals", "seed", "generator"}
 
 
 @dataclass(frozen=True)
@@ -78,6 +87,9 @@ class BurdenRows:
     cells: np.ndarray
     detection_limit: np.ndarray
     sampled_fraction: np.ndarray
+    # optional marker split of the same sample (NaN: not measured); None when no column
+    dormant: np.ndarray | None = None
+    proliferating: np.ndarray | None = None
 
     @property
     def censored(self) -> np.ndarray:
@@ -93,6 +105,23 @@ class SurvivalRows:
 
 
 @dataclass(frozen=True)
+class AnimalTable:
+    """The per-animal covariate table: `ids` (n,) and `covariates` {column: (n,) array}
+    (``body_weight_g`` as floats in g, other columns as text)."""
+
+    ids: tuple[str, ...]
+    covariates: dict
+
+    def body_weight_kg(self, ids, default_kg: float) -> np.ndarray:
+        """Body weight (kg) of each animal in `ids`; `default_kg` without a weight column."""
+        if "body_weight_g" not in self.covariates:
+            return np.full(len(ids), float(default_kg))
+        pos = {a: i for i, a in enumerate(self.ids)}
+        w = np.asarray(self.covariates["body_weight_g"], float)
+        return np.array([w[pos[str(a)]] for a in ids]) / 1000.0
+
+
+@dataclass(frozen=True)
 class Study:
     """A validated mouse study."""
 
@@ -105,11 +134,19 @@ class Study:
     path: str
     synthetic: bool
     description: str
-    data_hash: str  # sha256 of study.toml + both CSV files
+    data_hash: str  # sha256 of study.toml + both CSV files (+ animals.csv when given)
+    animals: AnimalTable | None = None  # the optional per-animal covariate table
 
     @property
     def arm_names(self) -> tuple[str, ...]:
         return tuple(a.name for a in self.arms)
+
+    def animal_body_weight_kg(self, ids) -> np.ndarray:
+        """Body weight (kg) of each animal in `ids`: from the covariate table, else the
+        study's `body_weight_kg` for every animal."""
+        if self.animals is None:
+            return np.full(len(ids), self.body_weight_kg)
+        return self.animals.body_weight_kg(ids, self.body_weight_kg)
 
     def subset(self, arms, source: str = "arms") -> Study:
         """The same study restricted to some arms (by name), e.g. for quick tests. An unknown
@@ -127,14 +164,15 @@ class Study:
 
         def sel(rows, cls):
             m = np.isin(rows.arm, keep)
-            d = {k: getattr(rows, k)[m] for k in rows.__dataclass_fields__}
+            d = {k: getattr(rows, k) for k in rows.__dataclass_fields__}
+            d = {k: v if v is None else v[m] for k, v in d.items()}
             d["arm"] = remap[d["arm"]]
             return cls(**d)
 
         return Study(self.name, self.species, self.body_weight_kg,
                      tuple(self.arms[i] for i in keep), sel(self.burden, BurdenRows),
                      sel(self.survival, SurvivalRows), self.path, self.synthetic,
-                     self.description, self.data_hash + ":" + ",".join(arms))
+                     self.description, self.data_hash + ":" + ",".join(arms), self.animals)
 
 
 # ----------------------------------------------------------------------------- reading
@@ -147,8 +185,9 @@ def _csv_cells(src, no, line) -> list[str]:
         raise InputError(f"{src}:{no}", "row", f"cannot be read as CSV: {e}") from None
 
 
-def _read_csv(path: Path, required, optional=()):
-    """(header, [(line_number, {column: text})]) with comment lines skipped."""
+def _read_csv(path: Path, required, optional=(), any_other: bool = False):
+    """[(line_number, {column: text})] with comment lines skipped; `any_other`: columns beyond
+    `required` and `optional` are allowed."""
     src = str(path)
     try:
         text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is not part of the text
@@ -167,7 +206,7 @@ def _read_csv(path: Path, required, optional=()):
             raise InputError(f"{src}:{header_no}", col, "missing column "
                              f"(required: {', '.join(required)})")
     for col in header:
-        if col not in required and col not in optional:
+        if col not in required and col not in optional and not any_other:
             raise InputError(f"{src}:{header_no}", col,
                              f"unknown column{suggest(col, (*required, *optional))}")
     if len(set(header)) != len(header):
@@ -209,7 +248,8 @@ def _arm_index(src, no, text, arm_names):
 def _read_burden(path: Path, arm_names) -> BurdenRows:
     src = str(path)
     out = {k: [] for k in ("mouse_id", "arm", "day", "cells", "detection_limit",
-                           "sampled_fraction")}
+                           "sampled_fraction", "dormant", "proliferating")}
+    has = set()
     seen = {}  # mouse_id -> (line, arm, day) of its first row
     for no, r in _read_csv(path, BURDEN_COLUMNS, BURDEN_OPTIONAL):
         if not r["mouse_id"]:
@@ -234,9 +274,24 @@ def _read_burden(path: Path, arm_names) -> BurdenRows:
         if fv > 1:
             raise InputError(f"{src}:{no}", "sampled_fraction", f"{fv:g} must be <= 1")
         out["sampled_fraction"].append(fv)
+        split = []
+        for col, key in (("dormant_count", "dormant"), ("proliferating_count", "proliferating")):
+            if col in r:
+                has.add(key)
+            text = r.get(col, "")
+            split.append(_num(src, no, col, text, minimum=0.0) if text else math.nan)
+            out[key].append(split[-1])
+        total = out["cells"][-1]
+        if not any(math.isnan(v) for v in split) and abs(sum(split) - total) > 1e-6 * max(
+                total, 1.0):
+            raise InputError(f"{src}:{no}", "dormant_count", f"dormant_count + "
+                             f"proliferating_count = {sum(split):g} but residual_cells = "
+                             f"{total:g}: the marker counts split the same sample")
     return BurdenRows(np.array(out["mouse_id"]), np.array(out["arm"], int),
                       np.array(out["day"]), np.array(out["cells"]),
-                      np.array(out["detection_limit"]), np.array(out["sampled_fraction"]))
+                      np.array(out["detection_limit"]), np.array(out["sampled_fraction"]),
+                      *(np.array(out[k]) if k in has else None
+                        for k in ("dormant", "proliferating")))
 
 
 def _read_survival(path: Path, arm_names) -> SurvivalRows:
@@ -258,6 +313,47 @@ def _read_survival(path: Path, arm_names) -> SurvivalRows:
                              f"must be 1 (relapse) or 0 (censored), got {r['event']!r}")
         events.append(int(r["event"]))
     return SurvivalRows(np.array(ids), np.array(arms, int), np.array(days), np.array(events, int))
+
+
+def _read_animals(path: Path, species: str, burden: BurdenRows,
+                  survival: SurvivalRows) -> AnimalTable:
+    """The covariate table, checked against the animals of the two data files."""
+    src = str(path)
+    rows = _read_csv(path, ANIMAL_COLUMNS, any_other=True)
+    cols = [c for c in rows[0][1] if c != "mouse_id"]
+    known = {str(m) for m in burden.mouse_id} | {str(m) for m in survival.mouse_id}
+    ids, seen = [], {}
+    values = {c: [] for c in cols}
+    for no, r in rows:
+        mid = r["mouse_id"]
+        if not mid:
+            raise InputError(f"{src}:{no}", "mouse_id", "empty")
+        if mid in seen:
+            raise InputError(f"{src}:{no}", "mouse_id", f"mouse {mid!r} already has a row "
+                             f"(line {seen[mid]}); one row per animal")
+        if mid not in known:
+            raise InputError(f"{src}:{no}", "mouse_id", f"unknown animal {mid!r}"
+                             f"{suggest(mid, sorted(known))}: not in burden.csv or survival.csv")
+        seen[mid] = no
+        ids.append(mid)
+        for c in cols:
+            if not r[c]:
+                raise InputError(f"{src}:{no}", c, f"missing for animal {mid!r}")
+            if c == "body_weight_g":
+                w = _num(src, no, c, r[c])
+                problem = body_weight_problem(species, w / 1000.0)
+                if problem:
+                    raise InputError(f"{src}:{no}", c, f"{w:g} g: {problem}")
+                values[c].append(w)
+            else:
+                values[c].append(r[c])
+    missing = sorted(known - set(seen))
+    if missing:
+        raise InputError(src, "mouse_id", f"animal {missing[0]!r} has no row ({len(missing)} "
+                         f"animal(s) without one; every animal of the data files needs its "
+                         f"covariates: {', '.join(cols) or 'a row'})")
+    return AnimalTable(tuple(ids), {c: np.array(v, float if c == "body_weight_g" else object)
+                                    for c, v in values.items()})
 
 
 def load_study(path: str | Path) -> Study:
@@ -313,12 +409,17 @@ def load_study(path: str | Path) -> Study:
     survival_path = root / str(meta.get("survival", "survival.csv"))
     burden = _read_burden(burden_path, names)
     survival = _read_survival(survival_path, names)
+    animals = None
     h = hashlib.sha256(raw)
     h.update(burden_path.read_bytes())
     h.update(survival_path.read_bytes())
+    if "animals" in meta:
+        animals_path = root / str(meta["animals"])
+        animals = _read_animals(animals_path, species, burden, survival)
+        h.update(animals_path.read_bytes())
     return Study(str(meta.get("name", root.name)), species, float(bw) / 1000.0, tuple(arms),
                  burden, survival, str(root), bool(meta.get("synthetic", False)),
-                 str(meta.get("description", "")), h.hexdigest())
+                 str(meta.get("description", "")), h.hexdigest(), animals)
 
 
 # ----------------------------------------------------------------------------- arrays
@@ -342,6 +443,9 @@ class StudyArrays(eqx.Module):
     surv_idx: jax.Array  # (A, Ns) int
     surv_event: jax.Array  # (A, Ns) float 0/1
     surv_mask: jax.Array  # (A, Ns) bool
+    # (A,) body weight (kg) of each unit: the animal's (covariate table) in a population
+    # problem, the study's for an arm; not read by the likelihood (a hook for covariate models)
+    body_weight_kg: jax.Array | None = None
 
 
 def _pad_events(evs, dtype):
@@ -391,10 +495,11 @@ def study_arrays(study: Study, dtype=jnp.float64) -> StudyArrays:
 
 
 def unit_arrays(study: Study, burden_owner, surv_owner, n: int, bidx, sidx, dosing, grid,
-                dtype=jnp.float64) -> StudyArrays:
+                dtype=jnp.float64, body_weight_kg=None) -> StudyArrays:
     """`StudyArrays` with the observations grouped by unit (an arm, or one animal): burden and
     survival rows of unit u are those whose owner is u, padded and masked; `bidx`/`sidx` index
-    each row's day in its unit's `grid`."""
+    each row's day in its unit's `grid`; `body_weight_kg` (n,) per unit (default: the study's
+    for every unit)."""
     b, s = study.burden, study.survival
     cens = b.censored
     log_y = np.log(np.where(cens, 1.0, np.maximum(b.cells, 1e-300)))
@@ -411,4 +516,6 @@ def unit_arrays(study: Study, burden_owner, surv_owner, n: int, bidx, sidx, dosi
         burden_idx=jnp.asarray(cols["bidx"]), burden_log_y=f(cols["log_y"]),
         burden_log_lod=f(cols["log_lod"]), burden_log_fraction=f(cols["log_f"]),
         burden_censored=jnp.asarray(cols["cens"]), burden_mask=jnp.asarray(bmask),
-        surv_idx=jnp.asarray(sidx_p), surv_event=f(sev), surv_mask=jnp.asarray(smask))
+        surv_idx=jnp.asarray(sidx_p), surv_event=f(sev), surv_mask=jnp.asarray(smask),
+        body_weight_kg=f(np.full(n, study.body_weight_kg) if body_weight_kg is None
+                         else np.asarray(body_weight_kg, float)))

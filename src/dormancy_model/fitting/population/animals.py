@@ -122,7 +122,8 @@ def animal_arrays(study: Study, dtype=jnp.float64):
     """(ids, per-animal `StudyArrays` with a leading animal axis on every leaf, last study day).
 
     Each animal's `grid` is 0, its own days (sorted) and padding with its last day; `*_idx`
-    index into it; `dosing` is its arm's schedule."""
+    index into it; `dosing` is its arm's schedule; `body_weight_kg` its weight from the
+    study's covariate table (`animals.csv`), else the study's."""
     ids, arm, b_of, s_of = animal_table(study)
     n = len(ids)
     b, s = study.burden, study.survival
@@ -134,7 +135,8 @@ def animal_arrays(study: Study, dtype=jnp.float64):
     sidx = np.array([np.searchsorted(days[i], t) for i, t in zip(s_of, s.day, strict=True)], int)
     arm_dosing = stacked_dosing([a.schedule for a in study.arms], dtype)
     dosing = jax.tree.map(lambda x: x[jnp.asarray(arm)], arm_dosing)
-    arrays = unit_arrays(study, b_of, s_of, n, bidx, sidx, dosing, grid, dtype)
+    arrays = unit_arrays(study, b_of, s_of, n, bidx, sidx, dosing, grid, dtype,
+                         body_weight_kg=study.animal_body_weight_kg(ids))
     t_end = float(max(np.max(b.day, initial=0.0), np.max(s.day, initial=0.0)))
     return ids, arrays, t_end
 
