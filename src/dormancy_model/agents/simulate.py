@@ -545,8 +545,9 @@ def _history(model, params, dosing: Dosing, n: int, key, t0: float, het: Heterog
     detect = np.asarray(params["detection_size"], float)
     if grow.ndim:
         grow, detect = grow[:, None], detect[:, None]
-    detected = (states[kind_key] == E.LESION) & (
-        states["switch_day"] + np.log(detect / o.switch_size) / grow <= t0)
+    detected = (states[kind_key] == E.LESION) & (  # the relapse day of `_device_outcomes`
+        states["switch_day"] + np.asarray(O.lesion_growth_days(o.switch_size, detect, grow))
+        <= t0)
     states[kind_key] = np.where(detected, E.EMPTY, states[kind_key])
     states[count_key] = np.where(detected, 0.0, states[count_key])
     states["switch_day"] = np.where(detected, np.inf, states["switch_day"])

@@ -115,7 +115,7 @@ class History(NamedTuple):
     """The untreated pre-enrolment history in closed form (`history`)."""
 
     scale: object  # c: dormant cells at the start of the history
-    rates: object  # (mu_fast, mu_slow): eigenvalues of the untreated (D, R) system (1/day)
+    rates: object  # (mu_1, mu_2): slow and fast eigenvalues of the untreated (D, R) system
     k_dr: object
     k_rp: object
     days: object  # T
