@@ -73,12 +73,13 @@ def test_history_gives_relapse_risk_from_day_0(model, human):
     assert np.all(np.asarray(with_h.hazard)[1:] > np.asarray(without.hazard)[1:])
 
 
-def _agents_vs_mean_field(model, p, arm, n, seed):
+def _agents_vs_mean_field(model, p, arm, n, seed, hazard_hours=1.0):
     sched = dm.get_schedule(arm)
     days = (0.0, 84.0, 168.0)
     res = dm.simulate_agents(model, p, sched, n_replicates=n, key=jax.random.PRNGKey(seed),
                              t1=5 * DAYS_PER_YEAR,
-                             options=dm.AgentOptions(method="fast", count_days=days))
+                             options=dm.AgentOptions(method="fast", count_days=days,
+                                                     hazard_hours=hazard_hours))
     assert res.ok, res.message
     tr = dm.simulate(model, p, sched, t1=5 * DAYS_PER_YEAR)
     assert tr.ok
@@ -128,9 +129,16 @@ def test_agents_match_mean_field_every_arm(model, human, arm):
     1e-5, 300 cells, so that relapses are frequent enough to compare): relapse-free at 1, 3, 5
     years and marrow cells at days 0, 84, 168 within |z| <= 3.5. Under drug the agents gate
     clone division by mTOR while the lag law uses untreated clone rates (model.observables);
-    the treated arms show how far that approximation goes."""
+    the treated arms show how far that approximation goes.
+
+    The agents' hazard table is built on a 15-minute grid here: on the default 1-hour grid its
+    3-point Gauss rule integrates across the kink of the EVE concentration at each dose's lag
+    time, and the cumulative dormant death hazard to day 84 under clever-eve is 2.1e-3 too high
+    (1.59802 against 1.59594 converged, which the mean field gives: measured), enough to put
+    the agents' dormant cells at day 84 0.7% below the mean field (z -3.7 at this size,
+    measured, with or without the history); at 15 minutes the table error is 2e-5."""
     p = human.replace(k_dr=1e-5, dormant_initial=300.0)
-    z, _ = _agents_vs_mean_field(model, p, arm, 4000, 11)
+    z, _ = _agents_vs_mean_field(model, p, arm, 4000, 11, hazard_hours=0.25)
     assert np.all(np.abs(z) <= Z_TOL), z
 
 
