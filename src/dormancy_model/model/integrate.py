@@ -177,17 +177,66 @@ class FixedSteps(eqx.Module):
 
         state0 = solver.init(term, ts[0], ts[1], y0, args)
         _, (ys, fa, fb) = jax.lax.scan(step, (y0, state0), (ts[:-1], ts[1:]))
-        ya = jnp.concatenate([y0[None], ys[:-1]])
+        return _dense_output(ts, y0, ys, fa, fb)
 
-        def at(t):
-            i = jnp.clip(jnp.searchsorted(ts, t, side="right") - 1, 0, ts.shape[0] - 2)
-            return _hermite(t, ts[i], ts[i + 1], ya[i], ys[i], fa[i], fb[i])
+    def stage_times(self, course, dosing, t0, t1):
+        """(step grid ts (N + 1,), the Tsit5 stage times of every step (N, 7), sorted when
+        read row by row): where `dense_tabulated` needs the drug signals."""
+        ts = self.step_times(course, dosing, t0, t1)
+        ta, tb = ts[:-1, None], ts[1:, None]
+        c = jnp.asarray(_TSIT5_C, ts.dtype)
+        # as diffrax: t0 + c dt, and exactly t1 where c == 1
+        return ts, jnp.where(c == 1, tb, ta + c * (tb - ta))
 
-        return at, finite_status(jnp.asarray(S.OK), ys)
+    def dense_tabulated(self, model, params, ts, signals):
+        """`dense` with the drug signals read from a table instead of computed from the
+        course: `ts` (N + 1,) and `signals` (a `rates.DrugSignals` of (N, 7) arrays) at the
+        stage times from `stage_times`. The same Tsit5 steps (the Butcher tableau of
+        `diffrax.Tsit5`, every first stage re-evaluated) as `dense`, equal to it to rounding
+        (tested); the signals are what the vector field spends most of its time on, and they
+        are shared by every animal of an arm whose random effects are on other parameters."""
+        from dormancy_model.model import rates as R
+
+        y0 = model.initial_state(params)
+        a_lower = [jnp.asarray(a, ts.dtype) for a in _TSIT5.a_lower]
+        b_sol = jnp.asarray(_TSIT5.b_sol, ts.dtype)
+
+        def step(y, row):
+            ta, tb, sig = row
+            dt = tb - ta
+
+            def f(i, yi):
+                s = R.DrugSignals(sig.gate[i], sig.deficit_effect[i])
+                return model.derivatives(yi, R.rates_from_signals(s, params), params) * dt
+
+            ks = [f(0, y)]
+            for i, a in enumerate(a_lower):
+                ks.append(f(i + 1, y + jnp.tensordot(a, jnp.stack(ks), axes=1)))
+            y1 = y + jnp.tensordot(b_sol, jnp.stack(ks), axes=1)
+            return y1, (y1, ks[0], ks[-1])
+
+        _, (ys, fa, fb) = jax.lax.scan(step, y0, (ts[:-1], ts[1:], signals))
+        return _dense_output(ts, y0, ys, fa, fb)
 
     def describe(self) -> dict:
         return dict(method="fixed-step Tsit5", fine_steps=self.fine, coarse_steps=self.coarse,
                     washout_days=self.washout, plus="every dose time")
+
+
+_TSIT5 = dfx.Tsit5.tableau
+_TSIT5_C = (0.0, *(float(c) for c in _TSIT5.c))
+
+
+def _dense_output(ts, y0, ys, fa, fb):
+    """(at, status) of a fixed-step solve: states ys (N, 4) at ts[1:], stage increments fa,
+    fb (N, 4) at the ends of each step."""
+    ya = jnp.concatenate([y0[None], ys[:-1]])
+
+    def at(t):
+        i = jnp.clip(jnp.searchsorted(ts, t, side="right") - 1, 0, ts.shape[0] - 2)
+        return _hermite(t, ts[i], ts[i + 1], ya[i], ys[i], fa[i], fb[i])
+
+    return at, finite_status(jnp.asarray(S.OK), ys)
 
 
 def _hermite(t, ta, tb, ya, yb, fa, fb):
