@@ -15,7 +15,8 @@ the population step grid `study_fit.population_solver()`):
 * ``--nuts``: `fit_study_nuts` with ``--chains`` x (``--warmup`` + ``--draws``): wall time,
   R-hat, ESS, divergences (target: <= 30 min, R-hat < 1.01);
 * ``--baseline``: the NUTS log density and its gradient (what every leapfrog step costs), with
-  the fixed step grid against a plain adaptive diffrax `diffeqsolve` per animal
+  the fixed step grid (with the shared drug-signal table, and without it) against a plain
+  adaptive diffrax `diffeqsolve` per animal
   (`integrate.SolverOptions`, rtol 1e-6), median of ``--repeats`` calls after compilation, and
   the speed-up.
 
@@ -147,9 +148,11 @@ def bench_baseline(study, params, repeats) -> dict:
     from dormancy_model.model.integrate import SolverOptions
 
     out = {}
-    for name, solver in (("fixed_grid", population_solver()),
-                         ("adaptive_diffeqsolve", SolverOptions(rtol=1e-6, atol=1e-9))):
-        prob = study_problem(study, params, FREE, RANDOM, solver=solver)
+    for name, solver, tab in (
+            ("fixed_grid", population_solver(), True),
+            ("fixed_grid_untabulated", population_solver(), False),
+            ("adaptive_diffeqsolve", SolverOptions(rtol=1e-6, atol=1e-9), False)):
+        prob = study_problem(study, params, FREE, RANDOM, solver=solver, tabulate=tab)
         lo, hi = np.asarray(prob.lower), np.asarray(prob.upper)
         coords = BoundedCoordinates(prob.theta_bounds())
         theta0 = _table_theta(prob, params)
