@@ -14,6 +14,13 @@ the parameters, cheap under the forward-over-reverse Hessians of the inner probl
 to the last day of the study, read at the animal's own days only. With every eta = 0 the sum
 over animals is the pooled fit's log-likelihood (the same solve per arm; tested).
 
+The drug signals that drive the rates (the PK and the Hill functions of the mTOR gate and the
+deficit effect, most of the vector field's cost) depend on the typical values only when no
+random effect is on a parameter they read (`signal_parameters`), and are then computed once
+per arm at the stage times of the step grid (`StudyAnimalLikelihood.shared`) and read by every
+animal of the arm (`integrate.FixedSteps.dense_tabulated`): the same numbers to rounding,
+~3x cheaper per animal (benchmarks/RESULTS.md).
+
 Bad input (`errors.InputError`, one line): a random effect on an unknown parameter, on a
 parameter that is not free (fixed), on the noise sd, named twice; an animal id in two arms.
 """

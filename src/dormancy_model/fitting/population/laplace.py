@@ -17,7 +17,9 @@ in eta (checked against statsmodels MixedLM in the tests).
 Inner problems: a damped Newton method for all animals at once (`jax.vmap`), the Hessian made
 positive definite by raising its eigenvalues to at least `1e-8 * max(1, |largest|)`, a step
 halved up to `halvings` times until g does not increase (one trial at a time), stopped when
-the Newton decrement is below `tol` or after `iterations` steps.
+the Newton decrement is below `tol` or after `iterations` steps. Each iteration costs one
+fused value-gradient-Hessian pass at its new point (`value_grad_hessian`) and a value per
+line-search trial; the Hessian at the mode is handed to the implicit gradient.
 
 Outer gradient by implicit differentiation: at the converged mode eta*, the implicit function
 theorem gives d eta*/d theta = -H^{-1} d(grad_eta g)/d theta. `mode_implicit` returns
