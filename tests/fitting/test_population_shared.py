@@ -1,11 +1,13 @@
 """The population fit's shared drug signals (`StudyAnimalLikelihood.shared`,
 `FixedSteps.dense_tabulated`): a tabulated solve equals the solve that computes the signals
-from the course (to rounding), the Laplace objective, its gradient and the modes are the same
+from the course (to rounding), and so does a solve with the repeated grid points dropped
+(`FixedSteps.drop_repeats`), the Laplace objective, its gradient and the modes are the same
 with and without the table, and a random effect on a parameter the signals read turns the
 table off."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import jax
@@ -52,6 +54,18 @@ def test_tabulated_solve_equals_the_course_solve():
         a, b = jax.vmap(at)(days), jax.vmap(at2)(days)
         assert int(st) == int(st2) == 0
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-11, atol=1e-12)
+        # repeated grid points dropped: the same solve; one more than there are: a failure
+        n = SOLVER.repeats(course, d, 0.0, 250.0)
+        assert n > 0
+        short = dataclasses.replace(SOLVER, drop_repeats=n)
+        at3, st3 = short.dense(model, p, course, d, 0.0, 250.0)
+        assert short.step_times(course, d, 0.0, 250.0).shape[0] == ts.shape[0] - n
+        assert int(st3) == 0
+        np.testing.assert_allclose(np.asarray(jax.vmap(at3)(days)), np.asarray(a),
+                                   rtol=1e-11, atol=1e-12)
+        _, st4 = dataclasses.replace(SOLVER, drop_repeats=n + 1).dense(
+            model, p, course, d, 0.0, 250.0)
+        assert int(st4) != 0
 
 
 def _problems(random):
@@ -76,6 +90,7 @@ def test_animal_likelihoods_are_the_same_with_the_table():
 def test_laplace_objective_gradient_and_modes_are_the_same_with_the_table():
     (tab, ref), s = _problems(("dormant_initial", "k_dr", "delta_max"))
     assert tab.likelihood.tabulate and not ref.likelihood.tabulate
+    assert tab.likelihood.options.drop_repeats > 0
     theta = jnp.asarray(tab.theta0(s, [0.4, 0.3, 0.5]))
     eta0 = jnp.zeros((tab.n_animals, tab.q))
     f1, g1, e1, c1, _, _ = laplace_value_and_grad(tab, theta, eta0, InnerOptions())

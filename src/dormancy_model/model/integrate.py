@@ -16,12 +16,14 @@ the strategy's type.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import diffrax as dfx
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from dormancy_model import status as S
 
@@ -147,9 +149,15 @@ class FixedSteps(eqx.Module):
     # only) or "bounded" (nested scans: any order and mix of forward and reverse mode, which the
     # population fit's Laplace gradient needs: reverse over forward over reverse)
     scan_kind: str | None = eqx.field(static=True, default=None)
+    # repeated grid points (zero-length steps: padded doses, doses on a grid point or on the
+    # other drug's dose) dropped from the grid, so that the scan is shorter (a zero-length
+    # Tsit5 step is the identity: the same solution). Every solve must have at least this many
+    # (`repeats`; the grid depends on the dosing and the PK only): one with fewer returns
+    # NONFINITE instead of a solution on a truncated grid
+    drop_repeats: int = eqx.field(static=True, default=0)
 
     def step_times(self, course, dosing, t0, t1):
-        """The sorted step grid (fine + coarse + 1 + number of doses,)."""
+        """The sorted step grid (fine + coarse + 1 + number of doses - drop_repeats,)."""
         amounts = jnp.concatenate([dosing.hcq.amount, dosing.eve.amount])
         times = jnp.concatenate([dosing.hcq.times, dosing.eve.times])
         last = jnp.max(jnp.where(amounts > 0, times, t0))
@@ -157,7 +165,20 @@ class FixedSteps(eqx.Module):
         jumps = jnp.clip(course.jump_times(), t0, t1)
         fine = t0 + (t_mid - t0) * jnp.arange(self.fine) / self.fine
         coarse = t_mid + (t1 - t_mid) * jnp.arange(self.coarse + 1) / self.coarse
-        return jnp.sort(jnp.concatenate([fine, coarse, jumps]))
+        ts = jnp.sort(jnp.concatenate([fine, coarse, jumps]))
+        if not self.drop_repeats:
+            return ts
+        rep = jnp.concatenate([jnp.zeros(1, bool), ts[1:] == ts[:-1]])
+        drop = rep & (jnp.cumsum(rep) <= self.drop_repeats)
+        short = jnp.sort(jnp.where(drop, jnp.inf, ts))[:ts.shape[0] - self.drop_repeats]
+        # too few repeats: real points were cut, so no solve (NaN: NONFINITE status)
+        return jnp.where(jnp.sum(rep) >= self.drop_repeats, short, jnp.nan)
+
+    def repeats(self, course, dosing, t0, t1) -> int:
+        """Number of repeated points of the step grid of one solve (host side)."""
+        ts = np.asarray(dataclasses.replace(self, drop_repeats=0).step_times(
+            course, dosing, t0, t1))
+        return int(np.sum(ts[1:] == ts[:-1]))
 
     def dense(self, model, params, course, dosing, t0, t1):
         ts = self.step_times(course, dosing, t0, t1)

@@ -123,14 +123,17 @@ class _Recording(dict):
         return super().__getitem__(key)
 
 
-def signal_parameters(model: DormancyModel, params: Parameters, dosing) -> set:
+def signal_parameters(model: DormancyModel, params: Parameters, dosing,
+                      course_only: bool = False) -> set:
     """Names of the parameters that the drug signals of one arm read (the PK, the body
-    weight and the drug-effect parameters): random effects on any of them make every animal's
-    signals its own."""
+    weight and the drug-effect parameters; `course_only`: the PK and the body weight, which
+    also place the dose times in the step grid): random effects on any of them make every
+    animal's signals its own."""
     rec = _Recording(params.values)
     p = eqx.tree_at(lambda q: q.values, params, rec)
     course = model.drug_course(p, dosing)
-    model.drug_signals_at(jnp.zeros(1), p, course)
+    if not course_only:
+        model.drug_signals_at(jnp.zeros(1), p, course)
     return set(rec.read)
 
 
@@ -225,6 +228,13 @@ def study_problem(study: Study, params: Parameters, free, random, *, covariance=
     arm_dosing = stacked_dosing([a.schedule for a in study.arms], jnp.float64)
     options = solver or dataclasses.replace(fit_solver_options(), scan_kind="bounded")
     reads = signal_parameters(model, base, jax.tree.map(lambda v: v[0], arm_dosing))
+    pk = signal_parameters(model, base, jax.tree.map(lambda v: v[0], arm_dosing), True)
+    if isinstance(options, FixedSteps) and not options.drop_repeats and not pk & set(names):
+        # the step grids depend on the dosing and the (fixed) PK only: drop their repeats
+        options = dataclasses.replace(options, drop_repeats=min(
+            options.repeats(model.drug_course(base, d), d, 0.0, t_end)
+            for d in (jax.tree.map(lambda v, i=i: v[i], arm_dosing)
+                      for i in range(len(study.arms)))))
     lik = StudyAnimalLikelihood(
         base=base, codes=jnp.asarray(codes), sigma_fixed=jnp.asarray(float(sigma)),
         t_end=jnp.asarray(t_end), names=names,
