@@ -47,7 +47,8 @@ class ArmPrediction(eqx.Module):
 
 
 def arm_prediction(model: DormancyModel, params: Parameters, dosing: Dosing, grid,
-                   options: SolverOptions | FixedSteps, t1=None) -> ArmPrediction:
+                   options: SolverOptions | FixedSteps, t1=None,
+                   signals=None) -> ArmPrediction:
     """Solve one arm once and read it at the grid days and at the grid days minus each node of
     the relapse-lag law, with the step strategy `options` (`integrate.SolverOptions`: adaptive,
     dense output, the same equations, controller and initial state as `simulate`; dense output
@@ -55,10 +56,15 @@ def arm_prediction(model: DormancyModel, params: Parameters, dosing: Dosing, gri
     cheaper than saving them inside the solver loop. `integrate.FixedSteps`: the fixed step
     grid). The solve runs from grid[0] to `t1` (default grid[-1]): one animal of the
     population fit reads its own few days (non-decreasing, `grid[0]` = 0) from a solve to the
-    end of the study, the same solve as its arm's in the pooled fit."""
+    end of the study, the same solve as its arm's in the pooled fit. `signals`: (step grid,
+    drug signals at its stage times) of this arm from `FixedSteps.stage_times` (the population
+    fit's animals share their arm's, `population.animals`), read instead of computed."""
     course = model.drug_course(params, dosing)
     t0, t1 = grid[0], (grid[-1] if t1 is None else t1)
-    at, status = options.dense(model, params, course, dosing, t0, t1)
+    if signals is None:
+        at, status = options.dense(model, params, course, dosing, t0, t1)
+    else:
+        at, status = options.dense_tabulated(model, params, *signals)
     p_found = O.founding_probability(params)
     reads = O.lag_reads(grid, params, t0)  # (G, K) lagged times of the relapse-lag law
     y = jax.vmap(at)(grid)

@@ -16,12 +16,14 @@ the strategy's type.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import diffrax as dfx
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from dormancy_model import status as S
 
@@ -147,9 +149,15 @@ class FixedSteps(eqx.Module):
     # only) or "bounded" (nested scans: any order and mix of forward and reverse mode, which the
     # population fit's Laplace gradient needs: reverse over forward over reverse)
     scan_kind: str | None = eqx.field(static=True, default=None)
+    # repeated grid points (zero-length steps: padded doses, doses on a grid point or on the
+    # other drug's dose) dropped from the grid, so that the scan is shorter (a zero-length
+    # Tsit5 step is the identity: the same solution). Every solve must have at least this many
+    # (`repeats`; the grid depends on the dosing and the PK only): one with fewer returns
+    # NONFINITE instead of a solution on a truncated grid
+    drop_repeats: int = eqx.field(static=True, default=0)
 
     def step_times(self, course, dosing, t0, t1):
-        """The sorted step grid (fine + coarse + 1 + number of doses,)."""
+        """The sorted step grid (fine + coarse + 1 + number of doses - drop_repeats,)."""
         amounts = jnp.concatenate([dosing.hcq.amount, dosing.eve.amount])
         times = jnp.concatenate([dosing.hcq.times, dosing.eve.times])
         last = jnp.max(jnp.where(amounts > 0, times, t0))
@@ -157,7 +165,20 @@ class FixedSteps(eqx.Module):
         jumps = jnp.clip(course.jump_times(), t0, t1)
         fine = t0 + (t_mid - t0) * jnp.arange(self.fine) / self.fine
         coarse = t_mid + (t1 - t_mid) * jnp.arange(self.coarse + 1) / self.coarse
-        return jnp.sort(jnp.concatenate([fine, coarse, jumps]))
+        ts = jnp.sort(jnp.concatenate([fine, coarse, jumps]))
+        if not self.drop_repeats:
+            return ts
+        rep = jnp.concatenate([jnp.zeros(1, bool), ts[1:] == ts[:-1]])
+        drop = rep & (jnp.cumsum(rep) <= self.drop_repeats)
+        short = jnp.sort(jnp.where(drop, jnp.inf, ts))[:ts.shape[0] - self.drop_repeats]
+        # too few repeats: real points were cut, so no solve (NaN: NONFINITE status)
+        return jnp.where(jnp.sum(rep) >= self.drop_repeats, short, jnp.nan)
+
+    def repeats(self, course, dosing, t0, t1) -> int:
+        """Number of repeated points of the step grid of one solve (host side)."""
+        ts = np.asarray(dataclasses.replace(self, drop_repeats=0).step_times(
+            course, dosing, t0, t1))
+        return int(np.sum(ts[1:] == ts[:-1]))
 
     def dense(self, model, params, course, dosing, t0, t1):
         ts = self.step_times(course, dosing, t0, t1)
@@ -177,17 +198,66 @@ class FixedSteps(eqx.Module):
 
         state0 = solver.init(term, ts[0], ts[1], y0, args)
         _, (ys, fa, fb) = jax.lax.scan(step, (y0, state0), (ts[:-1], ts[1:]))
-        ya = jnp.concatenate([y0[None], ys[:-1]])
+        return _dense_output(ts, y0, ys, fa, fb)
 
-        def at(t):
-            i = jnp.clip(jnp.searchsorted(ts, t, side="right") - 1, 0, ts.shape[0] - 2)
-            return _hermite(t, ts[i], ts[i + 1], ya[i], ys[i], fa[i], fb[i])
+    def stage_times(self, course, dosing, t0, t1):
+        """(step grid ts (N + 1,), the Tsit5 stage times of every step (N, 7), sorted when
+        read row by row): where `dense_tabulated` needs the drug signals."""
+        ts = self.step_times(course, dosing, t0, t1)
+        ta, tb = ts[:-1, None], ts[1:, None]
+        c = jnp.asarray(_TSIT5_C, ts.dtype)
+        # as diffrax: t0 + c dt, and exactly t1 where c == 1
+        return ts, jnp.where(c == 1, tb, ta + c * (tb - ta))
 
-        return at, finite_status(jnp.asarray(S.OK), ys)
+    def dense_tabulated(self, model, params, ts, signals):
+        """`dense` with the drug signals read from a table instead of computed from the
+        course: `ts` (N + 1,) and `signals` (a `rates.DrugSignals` of (N, 7) arrays) at the
+        stage times from `stage_times`. The same Tsit5 steps (the Butcher tableau of
+        `diffrax.Tsit5`, every first stage re-evaluated) as `dense`, equal to it to rounding
+        (tested); the signals are what the vector field spends most of its time on, and they
+        are shared by every animal of an arm whose random effects are on other parameters."""
+        from dormancy_model.model import rates as R
+
+        y0 = model.initial_state(params)
+        a_lower = [jnp.asarray(a, ts.dtype) for a in _TSIT5.a_lower]
+        b_sol = jnp.asarray(_TSIT5.b_sol, ts.dtype)
+
+        def step(y, row):
+            ta, tb, sig = row
+            dt = tb - ta
+
+            def f(i, yi):
+                s = R.DrugSignals(sig.gate[i], sig.deficit_effect[i])
+                return model.derivatives(yi, R.rates_from_signals(s, params), params) * dt
+
+            ks = [f(0, y)]
+            for i, a in enumerate(a_lower):
+                ks.append(f(i + 1, y + jnp.tensordot(a, jnp.stack(ks), axes=1)))
+            y1 = y + jnp.tensordot(b_sol, jnp.stack(ks), axes=1)
+            return y1, (y1, ks[0], ks[-1])
+
+        _, (ys, fa, fb) = jax.lax.scan(step, y0, (ts[:-1], ts[1:], signals))
+        return _dense_output(ts, y0, ys, fa, fb)
 
     def describe(self) -> dict:
         return dict(method="fixed-step Tsit5", fine_steps=self.fine, coarse_steps=self.coarse,
                     washout_days=self.washout, plus="every dose time")
+
+
+_TSIT5 = dfx.Tsit5.tableau
+_TSIT5_C = (0.0, *(float(c) for c in _TSIT5.c))
+
+
+def _dense_output(ts, y0, ys, fa, fb):
+    """(at, status) of a fixed-step solve: states ys (N, 4) at ts[1:], stage increments fa,
+    fb (N, 4) at the ends of each step."""
+    ya = jnp.concatenate([y0[None], ys[:-1]])
+
+    def at(t):
+        i = jnp.clip(jnp.searchsorted(ts, t, side="right") - 1, 0, ts.shape[0] - 2)
+        return _hermite(t, ts[i], ts[i + 1], ya[i], ys[i], fa[i], fb[i])
+
+    return at, finite_status(jnp.asarray(S.OK), ys)
 
 
 def _hermite(t, ta, tb, ya, yb, fa, fb):

@@ -68,9 +68,17 @@ class DormancyModel(eqx.Module):
 
     def vector_field(self, t, y, args):
         params, course = args
-        rt = self.rates_at(t, params, course)
-        dd, dr, dp, esc = R.cell_derivatives(y[0], y[1], y[2], rt, params["detection_size"])
+        return self.derivatives(y, self.rates_at(t, params, course), params)
+
+    def derivatives(self, y, rates: R.CellRates, params: Parameters):
+        """d(D, R, P, E)/dt (4,) at the state y (4,) under the per-cell `rates`."""
+        dd, dr, dp, esc = R.cell_derivatives(y[0], y[1], y[2], rates, params["detection_size"])
         return jnp.stack([dd, dr, dp, esc])
+
+    def drug_signals_at(self, ts, params: Parameters, course: DrugCourse) -> R.DrugSignals:
+        """`rates.DrugSignals` at the sorted times ts (T,): fields (T,)."""
+        ex = course.exposure_sorted(ts)
+        return R.drug_signals(ex.eve, ex.hcq_effect, params)
 
     def initial_state(self, params: Parameters):
         d, r, pr = O.initial_cells(params)  # with the untreated history's reactivating cells

@@ -92,17 +92,29 @@ class CellRates(NamedTuple):
     death_proliferating: object
 
 
-def cell_rates(c_eve, ce_hcq, p, autophagy_dependence=1.0, reactivation_propensity=1.0):
-    """All per-cell rates from drug concentrations (ng/mL).
+class DrugSignals(NamedTuple):
+    """What the drugs do to a cell at one instant: the mTOR gate g(M) and the saturating
+    deficit effect hill(deficit) (both dimensionless). They depend on the concentrations and
+    the drug-effect parameters only, so a fit can tabulate them once per arm and time
+    (`integrate.FixedSteps.dense_tabulated`) and share them between animals whose random
+    effects are on other parameters."""
 
-    `autophagy_dependence` scales the deficit-induced death and `reactivation_propensity` the
-    D -> R rate of an individual cell (both 1 for the mean-field model).
-    """
+    gate: object
+    deficit_effect: object
+
+
+def drug_signals(c_eve, ce_hcq, p) -> DrugSignals:
+    """`DrugSignals` from drug concentrations (ng/mL)."""
     m = mtor_activity(c_eve, p)
     aut = autophagy(m, lysosomal_block(ce_hcq, p), p)
-    g = mtor_gate(m, p)
-    death_d = p["delta_d0"] + autophagy_dependence * p["delta_max"] * hill(
-        aut.deficit, p["deficit_k"], p["deficit_hill"])
+    return DrugSignals(mtor_gate(m, p), hill(aut.deficit, p["deficit_k"], p["deficit_hill"]))
+
+
+def rates_from_signals(s: DrugSignals, p, autophagy_dependence=1.0,
+                       reactivation_propensity=1.0) -> CellRates:
+    """All per-cell rates from the drug signals (see `cell_rates`)."""
+    g = s.gate
+    death_d = p["delta_d0"] + autophagy_dependence * p["delta_max"] * s.deficit_effect
     return CellRates(
         reactivation=reactivation_propensity * p["k_dr"] * g,
         dormancy_return=p["k_rd"] * jnp.ones_like(g),
@@ -113,6 +125,16 @@ def cell_rates(c_eve, ce_hcq, p, autophagy_dependence=1.0, reactivation_propensi
         division=p["lambda_p"] * g,
         death_proliferating=p["delta_p"] * jnp.ones_like(g),
     )
+
+
+def cell_rates(c_eve, ce_hcq, p, autophagy_dependence=1.0, reactivation_propensity=1.0):
+    """All per-cell rates from drug concentrations (ng/mL).
+
+    `autophagy_dependence` scales the deficit-induced death and `reactivation_propensity` the
+    D -> R rate of an individual cell (both 1 for the mean-field model).
+    """
+    return rates_from_signals(drug_signals(c_eve, ce_hcq, p), p, autophagy_dependence,
+                              reactivation_propensity)
 
 
 def cell_derivatives(d, r, pr, rates: CellRates, capacity):

@@ -14,6 +14,13 @@ the parameters, cheap under the forward-over-reverse Hessians of the inner probl
 to the last day of the study, read at the animal's own days only. With every eta = 0 the sum
 over animals is the pooled fit's log-likelihood (the same solve per arm; tested).
 
+The drug signals that drive the rates (the PK and the Hill functions of the mTOR gate and the
+deficit effect, most of the vector field's cost) depend on the typical values only when no
+random effect is on a parameter they read (`signal_parameters`), and are then computed once
+per arm at the stage times of the step grid (`StudyAnimalLikelihood.shared`) and read by every
+animal of the arm (`integrate.FixedSteps.dense_tabulated`): the same numbers to rounding,
+~3x cheaper per animal (benchmarks/RESULTS.md).
+
 Bad input (`errors.InputError`, one line): a random effect on an unknown parameter, on a
 parameter that is not free (fixed), on the noise sd, named twice; an animal id in two arms.
 """
@@ -57,21 +64,77 @@ class StudyAnimalLikelihood(AbstractAnimalLikelihood):
     model_names: tuple = eqx.field(static=True)
     options: FixedSteps = eqx.field(static=True)
     model: DormancyModel = eqx.field(static=True)
+    # the arms' schedules (leading arm axis) and each animal's arm: `shared` tabulates the drug
+    # signals once per arm; None (or `tabulate` False) solves every animal from its own course
+    arm_dosing: object = None
+    arm_of: jax.Array | None = None
+    tabulate: bool = eqx.field(static=True, default=False)
 
-    def parts(self, phi, animal: StudyArrays):
-        """(burden log-likelihood, relapse log-likelihood, solver status) of one animal."""
+    def params(self, phi):
+        """(model `Parameters`, burden sd) at phi (d,)."""
         x = from_scale_codes_jnp(phi, self.codes)
         vals = dict(zip(self.names, list(x), strict=True))
         p = self.base.replace(**{n: vals[n] for n in self.model_names})
-        sigma = vals.get("burden_sigma", self.sigma_fixed)
+        return p, vals.get("burden_sigma", self.sigma_fixed)
+
+    def shared(self, phi_typical):
+        """What every animal of an arm shares at the typical values phi_typical (d,): the step
+        grid and the drug signals at its stage times (`rates.DrugSignals`), per animal
+        (leading animal axis, gathered from one computation per arm); None when the random
+        effects reach the signals (a random effect on a PK or drug-effect parameter: then
+        each animal's are its own) or `tabulate` is off. Exact: the signals depend on the
+        typical values only."""
+        if not self.tabulate:
+            return None
+        p, _ = self.params(phi_typical)
+
+        def arm(dosing):
+            course = self.model.drug_course(p, dosing)
+            ts, stages = self.options.stage_times(course, dosing, jnp.zeros_like(self.t_end),
+                                                  self.t_end)
+            sig = self.model.drug_signals_at(stages.ravel(), p, course)
+            return ts, jax.tree.map(lambda v: v.reshape(stages.shape), sig)
+
+        return jax.tree.map(lambda v: v[self.arm_of], jax.vmap(arm)(self.arm_dosing))
+
+    def parts(self, phi, animal: StudyArrays, shared=None):
+        """(burden log-likelihood, relapse log-likelihood, solver status) of one animal;
+        `shared`: this animal's row of `shared(...)` (or None)."""
+        p, sigma = self.params(phi)
         pred = arm_prediction(self.model, p, animal.dosing, animal.grid, self.options,
-                              t1=self.t_end)
+                              t1=self.t_end, signals=shared)
         return (burden_loglik_unit(pred, animal, sigma), relapse_loglik_unit(pred, animal),
                 pred.status)
 
-    def __call__(self, phi, animal):
-        lb, lr, status = self.parts(phi, animal)
+    def __call__(self, phi, animal, shared=None):
+        lb, lr, status = self.parts(phi, animal, shared)
         return lb + lr, status
+
+
+class _Recording(dict):
+    """A dict that remembers the keys read from it."""
+
+    def __init__(self, *a):
+        super().__init__(*a)
+        self.read = set()
+
+    def __getitem__(self, key):
+        self.read.add(key)
+        return super().__getitem__(key)
+
+
+def signal_parameters(model: DormancyModel, params: Parameters, dosing,
+                      course_only: bool = False) -> set:
+    """Names of the parameters that the drug signals of one arm read (the PK, the body
+    weight and the drug-effect parameters; `course_only`: the PK and the body weight, which
+    also place the dose times in the step grid): random effects on any of them make every
+    animal's signals its own."""
+    rec = _Recording(params.values)
+    p = eqx.tree_at(lambda q: q.values, params, rec)
+    course = model.drug_course(p, dosing)
+    if not course_only:
+        model.drug_signals_at(jnp.zeros(1), p, course)
+    return set(rec.read)
 
 
 def check_random(random, free, params: Parameters, source: str = "--random") -> tuple:
@@ -144,13 +207,16 @@ def animal_arrays(study: Study, dtype=jnp.float64):
 def study_problem(study: Study, params: Parameters, free, random, *, covariance="diagonal",
                   sigma: float = 0.5, solver: FixedSteps | None = None,
                   model: DormancyModel | None = None,
-                  sd_bounds=(0.01, 3.0)) -> PopulationProblem:
+                  sd_bounds=(0.01, 3.0), tabulate: bool = True) -> PopulationProblem:
     """The population problem of a mouse study: typical values of `free` (model parameters
     and/or `burden_sigma`, bounds and scales from the parameter table), random effects on
     `random` (a subset of the free model parameters), `covariance` "diagonal" or "full";
     `sigma`: the noise sd when `burden_sigma` is not free; `solver`: the fixed-step solver
     (default the pooled fit's step grid, `estimate.fit_solver_options()`, with its stages in
-    bounded (scan) loops so that the third derivatives of the Laplace gradient can be taken)."""
+    bounded (scan) loops so that the third derivatives of the Laplace gradient can be taken);
+    `tabulate`: share each arm's drug signals between its animals (`StudyAnimalLikelihood.
+    shared`; used only when no random effect reaches them; False: every animal computes its
+    own, the reference of the tests)."""
     from dormancy_model.fitting.estimate import fit_solver_options
 
     fp = free_parameters(params, tuple(free))
@@ -159,12 +225,24 @@ def study_problem(study: Study, params: Parameters, free, random, *, covariance=
     ids, arrays, t_end = animal_arrays(study)
     base = params.replace(body_weight=study.body_weight_kg)
     codes = np.array([SCALE_CODE[f.scale] for f in fp])
+    _, arm, _, _ = animal_table(study)
+    model = model or DormancyModel()
+    arm_dosing = stacked_dosing([a.schedule for a in study.arms], jnp.float64)
+    options = solver or dataclasses.replace(fit_solver_options(), scan_kind="bounded")
+    reads = signal_parameters(model, base, jax.tree.map(lambda v: v[0], arm_dosing))
+    pk = signal_parameters(model, base, jax.tree.map(lambda v: v[0], arm_dosing), True)
+    if isinstance(options, FixedSteps) and not options.drop_repeats and not pk & set(names):
+        # the step grids depend on the dosing and the (fixed) PK only: drop their repeats
+        options = dataclasses.replace(options, drop_repeats=min(
+            options.repeats(model.drug_course(base, d), d, 0.0, t_end)
+            for d in (jax.tree.map(lambda v, i=i: v[i], arm_dosing)
+                      for i in range(len(study.arms)))))
     lik = StudyAnimalLikelihood(
         base=base, codes=jnp.asarray(codes), sigma_fixed=jnp.asarray(float(sigma)),
         t_end=jnp.asarray(t_end), names=names,
-        model_names=tuple(f.name for f in fp if not f.nuisance),
-        options=solver or dataclasses.replace(fit_solver_options(), scan_kind="bounded"),
-        model=model or DormancyModel())
+        model_names=tuple(f.name for f in fp if not f.nuisance), options=options,
+        model=model, arm_dosing=arm_dosing, arm_of=jnp.asarray(arm),
+        tabulate=tabulate and isinstance(options, FixedSteps) and not reads & set(random))
     lo = np.array([to_scale(f.lower, f.scale) for f in fp])
     hi = np.array([to_scale(f.upper, f.scale) for f in fp])
     n_obs = int(np.asarray(arrays.burden_mask).sum() + np.asarray(arrays.surv_mask).sum())
@@ -181,6 +259,8 @@ def study_problem(study: Study, params: Parameters, free, random, *, covariance=
 def animal_parts(problem: PopulationProblem, theta, eta):
     """Per-animal (burden log-likelihood, relapse log-likelihood, status) at the outer vector
     `theta` and random effects `eta` (n_animals, q)."""
-    def one(e, a):
-        return problem.likelihood.parts(problem.phi(theta, e), a)
-    return jax.vmap(one)(eta, problem.animals)
+    shared = problem.likelihood.shared(problem.phi(theta, jnp.zeros(problem.q)))
+
+    def one(e, a, s):
+        return problem.likelihood.parts(problem.phi(theta, e), a, s)
+    return jax.vmap(one)(eta, problem.animals, shared)

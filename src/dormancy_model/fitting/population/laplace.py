@@ -17,7 +17,9 @@ in eta (checked against statsmodels MixedLM in the tests).
 Inner problems: a damped Newton method for all animals at once (`jax.vmap`), the Hessian made
 positive definite by raising its eigenvalues to at least `1e-8 * max(1, |largest|)`, a step
 halved up to `halvings` times until g does not increase (one trial at a time), stopped when
-the Newton decrement is below `tol` or after `iterations` steps.
+the Newton decrement is below `tol` or after `iterations` steps. Each iteration costs one
+fused value-gradient-Hessian pass at its new point (`value_grad_hessian`) and a value per
+line-search trial; the Hessian at the mode is handed to the implicit gradient.
 
 Outer gradient by implicit differentiation: at the converged mode eta*, the implicit function
 theorem gives d eta*/d theta = -H^{-1} d(grad_eta g)/d theta. `mode_implicit` returns
@@ -44,10 +46,10 @@ class InnerOptions(eqx.Module):
     tol: float = eqx.field(static=True, default=1e-10)
 
 
-def inner_objective(problem: PopulationProblem, theta, eta, animal):
+def inner_objective(problem: PopulationProblem, theta, eta, animal, shared=None):
     """(g_i(eta; theta), status) of one animal: negative log-likelihood plus the Gaussian
-    penalty of its random effects."""
-    ll, status = problem.likelihood(problem.phi(theta, eta), animal)
+    penalty of its random effects; `shared`: the animal's row of `problem.shared(theta)`."""
+    ll, status = problem.loglik(problem.phi(theta, eta), animal, shared)
     L = problem.chol(theta)
     w = jax.scipy.linalg.solve_triangular(L, eta, lower=True)
     g = -ll + 0.5 * jnp.sum(w**2)
@@ -62,27 +64,41 @@ def _pd(H):
     return (V * jnp.maximum(w, floor)) @ V.T
 
 
-def find_mode(problem: PopulationProblem, theta, eta0, animal, options: InnerOptions):
-    """Damped Newton from eta0 (q,) for one animal. Returns (eta*, converged bool, steps)."""
-    g = lambda e: inner_objective(problem, theta, e, animal)[0]  # noqa: E731
-    grad = jax.grad(g)
-    hess = jax.hessian(g)
+def value_grad_hessian(g, eta):
+    """(g, grad g, Hessian of g) at eta in one forward-over-reverse pass (the value and the
+    gradient are the primal of the Hessian's pass)."""
+    def grad_aux(x):
+        f, G = jax.value_and_grad(g)(x)
+        return G, (f, G)
 
-    def newton_step(eta):
-        G, H = grad(eta), hess(eta)
+    H, (f, G) = jax.jacfwd(grad_aux, has_aux=True)(eta)
+    return f, G, H
+
+
+def find_mode(problem: PopulationProblem, theta, eta0, animal, options: InnerOptions,
+              shared=None):
+    """Damped Newton from eta0 (q,) for one animal. Returns (eta*, converged bool, steps,
+    Hessian of g at eta* (q, q), as computed: not made positive definite).
+
+    Each iteration costs one fused value-gradient-Hessian pass at the accepted point
+    (`value_grad_hessian`) and one plain value per line-search trial; the last pass is at
+    eta*, so its Hessian is returned for the implicit gradient (`mode_implicit`)."""
+    g = lambda e: inner_objective(problem, theta, e, animal, shared)[0]  # noqa: E731
+
+    def newton_step(G, H, q):
         ok = jnp.all(jnp.isfinite(G)) & jnp.all(jnp.isfinite(H))
-        H = jnp.where(ok, H, jnp.eye(eta.size))
+        H = jnp.where(ok, H, jnp.eye(q))
         G = jnp.where(ok, G, 0.0)
         step = -jnp.linalg.solve(_pd(H), G)
         return step, -G @ step  # the Newton decrement squared (>= 0)
 
     def cond(c):
-        _, _, done, it = c
+        done, it = c[-2:]
         return ~done & (it < options.iterations)
 
     def body(c):
-        eta, f, _, it = c
-        step, dec = newton_step(eta)
+        eta, f, G, H, _, it = c
+        step, dec = newton_step(G, H, eta.size)
 
         def trial(k):
             return g(eta + step * 0.5**k)
@@ -100,31 +116,39 @@ def find_mode(problem: PopulationProblem, theta, eta0, animal, options: InnerOpt
         k, ft = jax.lax.while_loop(search_cond, search_body, (0, trial(0)))
         moved = (k <= options.halvings) & jnp.isfinite(ft) & (ft <= f)
         new_eta = jnp.where(moved, eta + step * 0.5**k, eta)
-        new_f = jnp.where(moved, ft, f)
+        f1, G1, H1 = value_grad_hessian(g, new_eta)
         done = (dec < options.tol) | ~moved
-        return new_eta, new_f, done, it + 1
+        return new_eta, f1, G1, H1, done, it + 1
 
-    f0 = g(eta0)
-    eta, f, _, it = jax.lax.while_loop(cond, body, (eta0, f0, jnp.asarray(False), 0))
-    _, dec = newton_step(eta)
+    f0, G0, H0 = value_grad_hessian(g, eta0)
+    eta, f, G, H, _, it = jax.lax.while_loop(
+        cond, body, (eta0, f0, G0, H0, jnp.asarray(False), 0))
+    _, dec = newton_step(G, H, eta.size)
     converged = jnp.isfinite(f) & (dec < jnp.sqrt(options.tol))
-    return eta, converged, it
+    return eta, converged, it, H
 
 
-def mode_implicit(problem: PopulationProblem, theta, eta_star, animal):
+def mode_implicit(problem: PopulationProblem, theta, eta_star, animal, shared=None,
+                  hessian=None):
     """The mode as a differentiable function of theta by the implicit function theorem (see the
-    module docstring): value eta_star, derivative -H^{-1} d(grad_eta g)/d theta."""
+    module docstring): value eta_star, derivative -H^{-1} d(grad_eta g)/d theta. `shared`
+    must be the animal's row of `problem.shared(theta)` at this theta (it carries the
+    derivative of the shared table); `hessian`: the Hessian of g at eta_star if known (the
+    last one of `find_mode`), else computed here."""
     eta_star = jax.lax.stop_gradient(eta_star)
-    g = lambda e, t: inner_objective(problem, t, e, animal)[0]  # noqa: E731
-    H = jax.lax.stop_gradient(jax.hessian(g)(eta_star, theta))
+    g = lambda e, t: inner_objective(problem, t, e, animal, shared)[0]  # noqa: E731
+    H = jax.hessian(g)(eta_star, theta) if hessian is None else hessian
+    H = jax.lax.stop_gradient(H)
     G = jax.grad(g)(eta_star, theta)
     return eta_star - jnp.linalg.solve(_pd(H), G)
 
 
-def animal_laplace(problem: PopulationProblem, theta, eta_star, animal):
-    """(Laplace marginal nll of one animal, log det H, H positive definite) at its mode."""
-    eta = mode_implicit(problem, theta, eta_star, animal)
-    g = lambda e: inner_objective(problem, theta, e, animal)[0]  # noqa: E731
+def animal_laplace(problem: PopulationProblem, theta, eta_star, animal, shared=None,
+                   hessian=None):
+    """(Laplace marginal nll of one animal, log det H, H positive definite) at its mode;
+    `hessian`: see `mode_implicit`."""
+    eta = mode_implicit(problem, theta, eta_star, animal, shared, hessian)
+    g = lambda e: inner_objective(problem, theta, e, animal, shared)[0]  # noqa: E731
     H = jax.hessian(g)(eta)
     H = 0.5 * (H + H.T)
     sign, logdet_h = jnp.linalg.slogdet(H)
@@ -136,13 +160,14 @@ def animal_laplace(problem: PopulationProblem, theta, eta_star, animal):
 
 
 def _modes(problem, theta, eta0, options):
-    return jax.vmap(find_mode, in_axes=(None, None, 0, 0, None))(
-        problem, theta, eta0, problem.animals, options)
+    shared = jax.lax.stop_gradient(problem.shared(theta))
+    return jax.vmap(find_mode, in_axes=(None, None, 0, 0, None, 0))(
+        problem, theta, eta0, problem.animals, options, shared)
 
 
-def _marginal(problem, theta, eta_star):
-    nll, _, pd = jax.vmap(animal_laplace, in_axes=(None, None, 0, 0))(
-        problem, theta, eta_star, problem.animals)
+def _marginal(problem, theta, eta_star, hessians=None):
+    nll, _, pd = jax.vmap(animal_laplace, in_axes=(None, None, 0, 0, 0, 0))(
+        problem, theta, eta_star, problem.animals, problem.shared(theta), hessians)
     return jnp.sum(nll), (nll, pd)
 
 
@@ -152,9 +177,9 @@ def laplace_value_and_grad(problem: PopulationProblem, theta, eta0,
     """At the outer vector theta, from the starting modes eta0 (n_animals, q): (marginal nll,
     its gradient with respect to theta, the modes (n_animals, q), per-animal converged flags,
     per-animal nll, per-animal Hessian positive definite)."""
-    eta, conv, _ = _modes(problem, theta, eta0, options)
+    eta, conv, _, H = _modes(problem, theta, eta0, options)
     (f, (per, pd)), grad = jax.value_and_grad(_marginal, argnums=1, has_aux=True)(
-        problem, theta, eta)
+        problem, theta, eta, H)
     return f, grad, eta, conv, per, pd
 
 
@@ -162,13 +187,13 @@ def laplace_value_and_grad(problem: PopulationProblem, theta, eta0,
 def laplace_value(problem: PopulationProblem, theta, eta0,
                   options: InnerOptions = InnerOptions()):
     """(marginal nll, modes, converged flags) without the gradient."""
-    eta, conv, _ = _modes(problem, theta, eta0, options)
-    return _marginal(problem, theta, eta)[0], eta, conv
+    eta, conv, _, H = _modes(problem, theta, eta0, options)
+    return _marginal(problem, theta, eta, H)[0], eta, conv
 
 
 @eqx.filter_jit
 def mode_hessians(problem: PopulationProblem, theta, eta):
     """Per-animal Hessians of g at the modes (n_animals, q, q) (for the EBEs' conditional sd)."""
-    def one(e, a):
-        return jax.hessian(lambda x: inner_objective(problem, theta, x, a)[0])(e)
-    return jax.vmap(one)(eta, problem.animals)
+    def one(e, a, s):
+        return jax.hessian(lambda x: inner_objective(problem, theta, x, a, s)[0])(e)
+    return jax.vmap(one)(eta, problem.animals, problem.shared(theta))

@@ -114,10 +114,10 @@ class _Posterior(eqx.Module):
         L = p.chol(theta)
         eta = u @ L.T
 
-        def one(e, a):
-            return p.likelihood(p.phi(theta, e), a)
+        def one(e, a, s):
+            return p.loglik(p.phi(theta, e), a, s)
 
-        ll, status = jax.vmap(one)(eta, p.animals)
+        ll, status = jax.vmap(one)(eta, p.animals, p.shared(theta))
         r = (theta[:d] - self.centre) / self.prior_sd
         lp = jnp.sum(-0.5 * r**2 - jnp.log(self.prior_sd) - 0.5 * LOG_2PI)
         lp = lp + jnp.sum(-0.5 * theta[d + q:] ** 2)  # correlation factors

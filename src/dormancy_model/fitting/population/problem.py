@@ -32,8 +32,14 @@ class AbstractAnimalLikelihood(eqx.Module):
     """Log-likelihood of one animal's data given its parameter vector on the transform scale."""
 
     def __call__(self, phi, animal):
-        """(log-likelihood scalar, status int: 0 = usable) of one animal; `phi` (d,)."""
+        """(log-likelihood scalar, status int: 0 = usable) of one animal; `phi` (d,). A
+        likelihood with a `shared` table also takes that animal's row as a third argument."""
         raise NotImplementedError
+
+    def shared(self, phi_typical):
+        """What the animals share at the typical values phi_typical (d,), computed once
+        outside the per-animal maps: a PyTree with a leading animal axis, or None (nothing)."""
+        return None
 
 
 class PopulationProblem(eqx.Module):
@@ -133,6 +139,17 @@ class PopulationProblem(eqx.Module):
     def omega(self, theta):
         L = self.chol(theta)
         return L @ L.T
+
+    def shared(self, theta):
+        """The likelihood's shared table at the outer vector theta (`AbstractAnimalLikelihood.
+        shared`; None for most likelihoods)."""
+        return self.likelihood.shared(self.split(theta)[0])
+
+    def loglik(self, phi, animal, shared=None):
+        """(log-likelihood, status) of one animal, with its row of the shared table."""
+        if shared is None:
+            return self.likelihood(phi, animal)
+        return self.likelihood(phi, animal, shared)
 
     def phi(self, theta, eta):
         """The animal's parameter vector (d,) on the transform scale."""
