@@ -3,6 +3,7 @@ give the same replicates as one device."""
 
 import jax
 import numpy as np
+import pytest
 
 import dormancy_model as dm
 from dormancy_model.agents.simulate import AgentOptions, Heterogeneity, simulate_agents
@@ -35,6 +36,7 @@ def _both_methods():
     return {m: _outcomes(m) for m in ("fast", "exact")}
 
 
+@pytest.mark.slow  # 50 s on 2 cores (a subprocess compiles both methods on two devices)
 def test_two_cpu_devices_give_the_same_replicates():
     """Replicate i always uses fold_in(key, i), so splitting the lanes over two CPU devices
     (`devices.use_cpu_cores(2)`, as `dormancy agents` does on two cores) changes no outcome;

@@ -37,6 +37,7 @@ def _x64():
         yield
 
 
+@pytest.mark.slow  # 26 s on 2 cores; test_animal_likelihoods_are_the_same_with_the_table is fast
 def test_tabulated_solve_equals_the_course_solve():
     study = load_study(SHIPPED)
     p = load_model_parameters("mouse").replace(body_weight=study.body_weight_kg)
