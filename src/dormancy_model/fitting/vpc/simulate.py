@@ -100,39 +100,34 @@ def _draw(um: UnitModel, phi, arrays: StudyArrays, censor, sigma, keys):
     median counts (P, U, Nb)). One compiled function for every chunk and for the
     predictions (phi at the typical values or the EBEs: the draws are then not used)."""
     per_unit = jax.vmap(um.prediction, in_axes=(0, 0, None))
-    n_units = phi.shape[1]
 
     def one(phi_r, key):
         pred = per_unit(phi_r, arrays.dosing, arrays.grid)
-        kb, ks = jax.random.split(key)
-        kb, ks = jax.random.split(kb, n_units), jax.random.split(ks, n_units)
-        log_y, cens = jax.vmap(sample_burden_unit, in_axes=(0, 0, ROW_AXES, None))(
-            kb, pred, arrays, sigma)
-        day, event = jax.vmap(sample_relapse_unit, in_axes=(0, 0, None, 0))(
-            ks, pred, arrays.grid, censor)
         median = jax.vmap(burden_log_median, in_axes=(0, ROW_AXES))(pred, arrays)
-        return log_y, cens, day, event, median
+        return (*_sample(pred, arrays, censor, sigma, key, phi.shape[1]), median)
 
     return jax.vmap(one)(phi, keys)
+
+
+def _sample(pred, arrays: StudyArrays, censor, sigma, key, n_units: int):
+    """One replicate's (latent log counts, censored, relapse days, events) of every unit from
+    its predictions `pred`, with the key split per unit (burden and relapse apart)."""
+    kb, ks = jax.random.split(key)
+    kb, ks = jax.random.split(kb, n_units), jax.random.split(ks, n_units)
+    log_y, cens = jax.vmap(sample_burden_unit, in_axes=(0, 0, ROW_AXES, None))(
+        kb, pred, arrays, sigma)
+    day, event = jax.vmap(sample_relapse_unit, in_axes=(0, 0, None, 0))(
+        ks, pred, arrays.grid, censor)
+    return log_y, cens, day, event
 
 
 @eqx.filter_jit
 def _draw_shared(um: UnitModel, phi, arrays: StudyArrays, censor, sigma, keys):
     """`_draw` with one phi (U, d) shared by every replicate: solved once."""
     pred = jax.vmap(um.prediction, in_axes=(0, 0, None))(phi, arrays.dosing, arrays.grid)
-    n_units = phi.shape[0]
-
-    def one(key):
-        kb, ks = jax.random.split(key)
-        kb, ks = jax.random.split(kb, n_units), jax.random.split(ks, n_units)
-        log_y, cens = jax.vmap(sample_burden_unit, in_axes=(0, 0, ROW_AXES, None))(
-            kb, pred, arrays, sigma)
-        day, event = jax.vmap(sample_relapse_unit, in_axes=(0, 0, None, 0))(
-            ks, pred, arrays.grid, censor)
-        return log_y, cens, day, event
-
+    draws = jax.vmap(lambda key: _sample(pred, arrays, censor, sigma, key, phi.shape[0]))(keys)
     median = jax.vmap(burden_log_median, in_axes=(0, ROW_AXES))(pred, arrays)
-    return (*jax.vmap(one)(keys), median)
+    return (*draws, median)
 
 
 def _slots(owner: np.ndarray) -> np.ndarray:
