@@ -215,6 +215,7 @@ def test_failed_solve_is_reported_not_nan(model, human):
         tr.to_dataframe()
 
 
+@pytest.mark.slow
 def test_gradient_is_finite(model, human):
     """jax.grad of the 3-year relapse-free probability wrt k_dr through the adaptive solve.
 
