@@ -65,6 +65,7 @@ from dormancy_model.engine.rk import BACKENDS, METHODS, EngineOptions
 from dormancy_model.errors import InputError, check_seed, suggest
 from dormancy_model.io import read_toml
 from dormancy_model.params.fitfile import check_fit_model, fit_covariance, read_fit
+from dormancy_model.params.popfit import draw_animals, read_population, typical_parameters
 from dormancy_model.params.table import Parameters, load_model_parameters
 from dormancy_model.params.transforms import from_scale, to_scale
 from dormancy_model.params.variability import lognormal_factors
@@ -77,13 +78,14 @@ TABLES = {"sweep", "schedule", "parameters", "samples", "patients", "outputs", "
 FIELDS = {
     "sweep": {"name", "description", "model", "schedule", "seed"},
     "schedule": {"presets", "cycles", "hcq_dose", "eve_dose"},
-    "samples": {"method", "n", "parameters", "fit", "seed"},
+    "samples": {"method", "n", "parameters", "fit", "seed", "uncertainty"},
     "patients": {"n", "variability", "seed"},
     "outputs": {"residual_days", "relapse_free_days", "relapse_free_years", "assessment_days"},
     "solver": {"rtol", "atol", "dtype", "method", "chunk", "buckets", "max_iters", "backend",
                "block", "event_step"},
 }
 GRID_FIELDS = {"grid", "range", "n", "values"}
+METHODS_SAMPLES = ("sobol", "lhs", "fit", "population")
 MAX_SWEEP_SIZE = 10**9  # trajectories of one sweep (the product of its dimensions)
 MAX_DOSE_FACTOR = 10.0  # schedule.hcq_dose / eve_dose: factors on the schedule's amounts
 MAX_DIM = 10**6  # points of one dimension (grid n, samples.n, patients.n)
@@ -321,26 +323,58 @@ def _grids(src, doc, params):
     return grids, dims
 
 
+def _fit_doc(src, s, params, inputs):
+    """The fit JSON of `samples.fit` (relative to the spec), read and checked against the
+    sweep's parameter set; recorded in `inputs`."""
+    f = s.get("fit")
+    if not isinstance(f, str) or not f:
+        _fail(src, "samples.fit", "missing: the path of the fit JSON to draw from")
+    path = f if Path(f).is_absolute() else str(Path(src).parent / f)
+    doc = read_fit(path)
+    check_fit_model(doc, params, path, "sweep.model")
+    inputs.append(_input(src, "samples.fit", path))
+    return doc, path
+
+
 def _samples(src, doc, params, seed, inputs):
+    """(name -> (n,) internal values, [the sample Dim], the base parameter set: `params`, or
+    with method = "population" the fit's typical values)."""
     if "samples" not in doc:
-        return {}, []
+        return {}, [], params
     s = doc["samples"]
     _check_keys(src, "samples", s, FIELDS["samples"])
     method = s.get("method", "sobol")
-    if method not in ("sobol", "lhs", "fit"):
-        _fail(src, "samples.method", f"must be sobol, lhs or fit, got {method!r}")
+    if method not in METHODS_SAMPLES:
+        _fail(src, "samples.method", f"must be sobol, lhs, fit or population, got {method!r}")
     n = _int(src, "samples.n", s.get("n"), 1, MAX_DIM)
     seed = check_seed(src, "samples.seed", s.get("seed", seed))
+    if "uncertainty" in s and method != "population":
+        _fail(src, "samples.uncertainty", 'only with method = "population"')
     rng = np.random.default_rng(seed)
     out = {}
-    if method == "fit":
-        f = s.get("fit")
-        if not isinstance(f, str) or not f:
-            _fail(src, "samples.fit", "missing: the path of the fit JSON to draw from")
-        path = f if Path(f).is_absolute() else str(Path(src).parent / f)
-        doc = read_fit(path)
-        check_fit_model(doc, params, path, "sweep.model")
-        names, scales, mean, cov = fit_covariance(doc, params, path)
+    if method == "population":
+        unc = s.get("uncertainty", False)
+        if not isinstance(unc, bool):
+            _fail(src, "samples.uncertainty", f"must be true or false, got {unc!r}")
+        if "parameters" in s:
+            _fail(src, "samples.parameters", 'not used with method = "population" (every '
+                  "random effect of the fit is drawn)")
+        fdoc, path = _fit_doc(src, s, params, inputs)
+        pf = read_population(fdoc, params, path)
+        if pf is None:
+            _fail(path, "population", 'missing: a pooled fit has no between-animal '
+                  'variability to draw from; use method = "fit" (its estimates\' uncertainty) '
+                  "or a population fit (dormancy fit --method laplace --random ...)")
+        params = typical_parameters(pf, params)
+        params.check_bounds(path)
+        out = draw_animals(pf, params, n, rng, uncertainty=unc)
+    elif method == "fit":
+        fdoc, path = _fit_doc(src, s, params, inputs)
+        if "population" in fdoc:
+            _fail(src, "samples.method", f'"fit" draws a pooled fit\'s estimates; {path} is a '
+                  'population fit: use method = "population" (virtual animals from its typical '
+                  "values and Omega; uncertainty = true adds the typical values' uncertainty)")
+        names, scales, mean, cov = fit_covariance(fdoc, params, path)
         if "parameters" in s:
             want = s["parameters"]
             if (not isinstance(want, list) or not want
@@ -359,7 +393,6 @@ def _samples(src, doc, params, seed, inputs):
         for j, nm in enumerate(names):
             lo, hi = params.spec[nm].bounds
             out[nm] = np.clip(from_scale(z[:, j], scales[j]), lo, hi)
-        inputs.append(_input(src, "samples.fit", path))
     else:
         names = s.get("parameters")
         if not isinstance(names, list) or not names:
@@ -382,7 +415,8 @@ def _samples(src, doc, params, seed, inputs):
             out[nm] = np.clip(from_scale(zlo + (zhi - zlo) * u[:, j], sp.scale), lo, hi)
     coords = {f"sample_{nm}": (v / params.spec[nm].factor, params.spec[nm].unit)
               for nm, v in out.items()}
-    return out, [Dim("sample", np.arange(n), "1", "sample", f"{method} samples", coords)]
+    desc = "virtual animals" if method == "population" else f"{method} samples"
+    return out, [Dim("sample", np.arange(n), "1", "sample", desc, coords)], params
 
 
 def _patients(src, doc, params, seed):
@@ -477,7 +511,7 @@ def parse_sweep(doc: dict, src: str, text: str = "") -> SweepSpec:
                                                       params.species)
     inputs += sched_inputs
     grids, grid_dims = _grids(src, doc, params)
-    samples, sample_dims = _samples(src, doc, params, seed, inputs)
+    samples, sample_dims, params = _samples(src, doc, params, seed, inputs)
     both = set(grids) & set(samples)
     if both:
         _fail(src, f"parameters.{sorted(both)[0]}", "is both a grid and a sampled parameter")
