@@ -182,3 +182,28 @@ def test_sampled_sweep_outputs_follow_k_dr(method, tmp_path):
     order = np.argsort(k)
     assert len(set(k)) == 8
     assert (np.diff(rfs[order]) < 0).all(), (k[order], rfs[order])
+
+
+def test_cli_sweep_of_virtual_animals(tmp_path, capsys):
+    """`dormancy sweep` with `[samples] method = "population"`: 8 virtual humans drawn from a
+    population fit (k_dr random, sd 1 on the log scale); the store's sample coordinate is the
+    spec's draws in 1/day, every lane solves, and the relapse-free probability falls strictly
+    as k_dr rises. The spec has the shape of `test_sampled_sweep_outputs_follow_k_dr`, so the
+    compiled program is reused (this file runs on one worker)."""
+    from population_fit_files import write_population_fit_file
+
+    write_population_fit_file(tmp_path / "pop.json", "human", {"k_dr": 2e-4}, ("k_dr",), [1.0])
+    text = SAMPLED.format(method="population", n=8, params="", extra='fit = "pop.json"').replace(
+        "parameters = \n", "")
+    (tmp_path / "spec.toml").write_text(text)
+    code, out, err = run(["sweep", str(tmp_path / "spec.toml"), "--out",
+                          str(tmp_path / "o.zarr")], capsys)
+    assert code == 0, err
+    ds = open_sweep(tmp_path / "o.zarr")
+    assert ds.attrs["complete"] == 1 and (ds["status"].values == 0).all()
+    spec = _parse(text, str(tmp_path / "spec.toml"))
+    k = ds["sample_k_dr"].values
+    np.testing.assert_array_equal(k, spec.samples["k_dr"] / spec.params.spec["k_dr"].factor)
+    assert len(set(k)) == 8 and "samples.fit" in ds.attrs["input_files"]
+    rfs = ds["relapse_free"].values[:, 0]
+    assert (np.diff(rfs[np.argsort(k)]) < 0).all(), (k, rfs)

@@ -8,7 +8,8 @@ its objective is finite); `read_fit` reads files written before it as "ok".
 `model_set` records the parameter set's name and species, so that a fit is never applied to
 another model. The reader (`read_fit`, `apply_fit`) is `params.fitfile`, below this package,
 so that sweeps can draw from a fit too; `apply_fit(params, path)` is what
-`dormancy simulate --params fits/NAME.json` uses.
+`dormancy simulate --params fits/NAME.json` uses for a pooled fit (a population fit:
+`params.popfit.apply_fit_file`, its typical values or one animal's estimates).
 
 A population fit (`dormancy fit --random ... --method laplace`) writes the typical values as
 `estimates` (so every reader above keeps working), its objective (Laplace -log-likelihood, AIC,

@@ -2,7 +2,8 @@
 
 The reader lives here, below `fitting` and `sweeps`, so that both can read a fit: `fitting`
 writes it, `sweeps` draws samples from it (`[samples] method = "fit"`) and `simulate --params`
-applies it. Every problem is one `InputError` naming the file and the field.
+applies it. A population fit's block (typical values, Omega, per-animal estimates) is read by
+`params.popfit`. Every problem is one `InputError` naming the file and the field.
 
 * `read_fit(path)`: the document, checked (format, estimates, status).
 * `check_fit_model(doc, params, ...)`: refuses a fit made for another parameter set or

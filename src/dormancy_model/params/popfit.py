@@ -45,15 +45,16 @@ from dormancy_model.params.transforms import SCALES, from_scale, to_scale
 
 @dataclass(frozen=True)
 class PopulationFit:
-    """Fitted model parameters `names` (d) on `scales` with typical values `typical` ((d,),
-    transform scale); random effects `random` (q names among `names`) with covariance `omega`
-    ((q, q), transform scale) of `structure` diagonal | full; `ebe`: the block's per-animal
-    entries by animal id (read by `animal_parameters`)."""
+    """Fitted model parameters `names` (d) on `scales` with typical values `values` (internal
+    units, as read) and `typical` ((d,), transform scale); random effects `random` (q names
+    among `names`) with covariance `omega` ((q, q), transform scale) of `structure` diagonal |
+    full; `ebe`: the block's per-animal entries by animal id (read by `animal_parameters`)."""
 
     src: str
     method: str
     names: tuple
     scales: tuple
+    values: tuple
     typical: np.ndarray
     random: tuple
     omega: np.ndarray
@@ -66,10 +67,11 @@ class PopulationFit:
         return tuple(self.names.index(r) for r in self.random)
 
     def describe(self) -> str:
-        cvs = ", ".join(f"{r} sd {math.sqrt(self.omega[k, k]):.3g}"
+        """One line: method, animals, between-animal sds (transform scale), Omega's form."""
+        sds = ", ".join(f"{r} {math.sqrt(self.omega[k, k]):.3g}"
                         for k, r in enumerate(self.random))
-        return (f"population fit ({self.method}, {len(self.ebe)} animals; between-animal "
-                f"{cvs}, {self.structure} Omega)")
+        return (f"population fit ({self.method}, {len(self.ebe)} animals; between-animal sd "
+                f"{sds}, {self.structure} Omega)")
 
 
 def _finite(x) -> bool:
@@ -112,7 +114,7 @@ def read_population(doc: dict, params: Parameters, src: str) -> PopulationFit | 
     typ = pop.get("typical")
     if not isinstance(typ, dict) or not typ:
         raise InputError(src, "population.typical", "missing or empty")
-    names, scales, typical = [], [], []
+    names, scales, values, typical = [], [], [], []
     for n, e in typ.items():
         if n in NUISANCE:
             continue
@@ -134,6 +136,7 @@ def read_population(doc: dict, params: Parameters, src: str) -> PopulationFit | 
                              f"[{lo:g}, {hi:g}] of {params.name} or its {scale} scale")
         names.append(n)
         scales.append(scale)
+        values.append(float(v))
         typical.append(float(to_scale(v, scale)))
     if not names:
         raise InputError(src, "population.typical", "no model parameter was fitted")
@@ -167,15 +170,15 @@ def read_population(doc: dict, params: Parameters, src: str) -> PopulationFit | 
     if not isinstance(ebe, dict):
         raise InputError(src, "population.ebe", "not a table of animals")
     return PopulationFit(src, str(pop.get("method", doc.get("method", "population"))),
-                         tuple(names), tuple(scales), np.array(typical), tuple(random), omega,
+                         tuple(names), tuple(scales), tuple(values), np.array(typical),
+                         tuple(random), omega,
                          structure, {str(a): e for a, e in ebe.items()}, doc)
 
 
 def typical_parameters(pf: PopulationFit, params: Parameters) -> Parameters:
-    """`params` with the typical values of every fitted model parameter."""
-    nat = {n: float(from_scale(z, s)) for n, s, z in zip(pf.names, pf.scales, pf.typical,
-                                                          strict=True)}
-    return params.replace(**nat)
+    """`params` with the typical values of every fitted model parameter (as read: no round
+    trip through the scale)."""
+    return params.replace(**dict(zip(pf.names, pf.values, strict=True)))
 
 
 def animal_parameters(pf: PopulationFit, params: Parameters, animal: str,

@@ -17,10 +17,12 @@
     n = 5                                 # (or values = [...])
 
     [samples]                             # joint samples: dim "sample"
-    method = "sobol"                      # sobol | lhs | fit
+    method = "sobol"                      # sobol | lhs | fit | population
     n = 64
     parameters = ["k_dr", "delta_max"]    # within the parameter file's bounds, on its scale
-    fit = "fit.json"                      # method = "fit": draws from a fit's uncertainty
+    fit = "fit.json"                      # fit: draws from a pooled fit's uncertainty;
+                                          # population: virtual animals of a population fit
+    uncertainty = false                   # population only: also draw the typical values
 
     [patients]                            # virtual patients per cell: dim "patient"
     n = 100
@@ -39,13 +41,30 @@
     method = "tsit5"                      # tsit5 | dopri5 | bs3 | rk4
     chunk = 4096                          # trajectories per chunk (Zarr chunk and task)
 
-`method = "fit"` draws from the fit JSON that `dormancy fit` writes (read by
+`method = "fit"` draws from the pooled fit JSON that `dormancy fit` writes (read by
 `params.fitfile`; a relative path is relative to the spec): a multivariate normal on each
 parameter's scale (log / logit / lin) with the fit's estimates as the mean and its
 `covariance_scale` (checked finite, symmetric, positive semi-definite) as the covariance, over
 the fitted model parameters (or the `parameters` listed; burden_sigma is marginalised out);
 draws are clipped to the bounds. The fit must be one of the sweep's parameter set and species.
-Every problem raises `InputError` naming the file and the field.
+Every problem raises `InputError` naming the file and the field. A population fit (one with a
+`population` block) is refused here: its estimates' covariance is only the uncertainty of the
+typical values, without the between-animal variability, which is what a sweep over a fitted
+population is after; the message points to `method = "population"`.
+
+`method = "population"` draws n virtual animals from a population fit (`dormancy fit --method
+laplace|nuts --random ...`, read by `params.popfit`): on each parameter's scale
+phi_i = typical + eta_i, eta_i ~ N(0, Omega) over the fit's random effects (log scale: theta_i =
+typical * exp(eta_i)), Omega full or diagonal as fitted, clipped to the bounds, seeded by
+`seed`. Only the random-effect parameters vary along "sample"; every fitted model parameter is
+set to its typical value in the sweep's base parameter set (`parameters` is not used).
+`uncertainty = true` first draws, for each animal, the typical values and (Laplace files, from
+the outer vector's `covariance_theta`) Omega from their estimation covariance (NUTS files: the
+typical values from `covariance_scale`, Omega fixed), so every fitted model parameter varies.
+The default is false: the sweep then shows the fitted population as estimated, the question
+most sweeps ask (and the default of `dormancy vpc`); the estimation covariance of a small study
+is often wide or singular (the spec is then refused with a message), and mixing it in would
+blur the between-animal spread with the uncertainty about its centre.
 
 `SweepSpec.inputs` lists every file the spec refers to (the parameter file, packaged or not,
 schedule files, the fit JSON) with the SHA-256 of its content: with the spec text and the
