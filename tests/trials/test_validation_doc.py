@@ -32,8 +32,10 @@ EXPECTED = [
     "own screening counts), HCQ", "own screening counts), EVE",
     "own screening counts), HCQ+EVE", "relapses within the first 3 cycles",
     "median patient delta_max", "median patient k_dr",
+    "share with 1 / 2 / >= 3 DTCs", "end-of-treatment false negatives",
     "DTC- after 3 months without drug", "apparent DTC 'reduction'",
     "3-year RFS (agent model)", "5-year RFS (agent model)", "relapse-rate ratio",
+    "relapse within 4 years by DTCs seen at screening", "false-negative rate at screening",
 ]
 
 
@@ -49,6 +51,9 @@ def own_inside(r) -> str:
     elif r["criterion"] == "overlap":
         need, ok = ("model_lo", "model_hi", "ref_lo", "ref_hi"), not (
             vals["model_hi"] < vals["ref_lo"] or vals["model_lo"] > vals["ref_hi"])
+    elif r["criterion"] == "direction":
+        need = ("model_value", "ref_point")
+        ok = (vals["model_value"] > 1) == (vals["ref_point"] > 1) and vals["model_value"] != 1
     else:
         need, ok = ("model_value", "ref_lo", "ref_hi"), (
             vals["ref_lo"] <= vals["model_value"] <= vals["ref_hi"])
@@ -73,6 +78,12 @@ def test_inside_rule_on_constructed_rows():
     assert V.inside({**base, "criterion": "value_in_range", "model_value": np.nan,
                      "ref_lo": 650.0, "ref_hi": 1300.0}) == "NA"
     assert V.inside({**base, "criterion": "prediction", "model_value": 0.5}) == "-"
+    assert V.inside({**base, "criterion": "direction", "model_value": 1.6,
+                     "ref_point": 2.0}) == "yes"
+    assert V.inside({**base, "criterion": "direction", "model_value": 0.8,
+                     "ref_point": 2.0}) == "no"
+    assert V.inside({**base, "criterion": "direction", "model_value": np.nan,
+                     "ref_point": 2.0}) == "NA"
 
 
 @pytest.fixture(scope="module")
@@ -106,9 +117,12 @@ def test_every_published_number_has_a_model_number(generated):
         if np.isfinite(r["model_value"]):
             continue
         # the only numbers allowed to be missing: an HR that is not estimable (no relapse in
-        # one of the groups; with a handful of trials this happens)
-        assert r["quantity"].startswith("HR of relapse") and (
-            str(r["note"]).startswith(("estimable in 0/", "not estimable"))), r
+        # one of the groups; with a handful of trials this happens), and the count-category
+        # risk ratio when the small cohort has no relapse among its one-cell patients
+        assert (r["quantity"].startswith("HR of relapse") and (
+            str(r["note"]).startswith(("estimable in 0/", "not estimable")))) or (
+            r["quantity"].startswith("relapse within 4 years by DTCs")
+            and "/ 0.0% /" in str(r["note"])), r
         assert r["inside"] == "NA", r
     md = (generated / "validation.md").read_text()
     lines = [ln for ln in md.splitlines() if ln.startswith("| ")]
