@@ -261,9 +261,11 @@ def _dense_output(ts, y0, ys, fa, fb):
 
 
 def _hermite(t, ta, tb, ya, yb, fa, fb):
-    """Cubic Hermite interpolant on [ta, tb] at t (ya, yb values; fa, fb derivatives)."""
+    """Cubic Hermite interpolant on [ta, tb] at t (ya, yb values; fa, fb the increments
+    h y'(ta), h y'(tb), h = tb - ta: what diffrax's Runge-Kutta `dense["k"]` stages and
+    `dense_tabulated` hold, so they are not multiplied by h again)."""
     h = tb - ta
     th = jnp.where(h > 0, (t - ta) / jnp.where(h > 0, h, 1.0), 0.0)
     th2, th3 = th * th, th * th * th
-    return ((2 * th3 - 3 * th2 + 1) * ya + (th3 - 2 * th2 + th) * h * fa
-            + (3 * th2 - 2 * th3) * yb + (th3 - th2) * h * fb)
+    return ((2 * th3 - 3 * th2 + 1) * ya + (th3 - 2 * th2 + th) * fa
+            + (3 * th2 - 2 * th3) * yb + (th3 - th2) * fb)
