@@ -100,8 +100,8 @@ def test_lesion_and_marrow_laws_against_quadrature(human):
         return math.expm1(g * a) / g
 
     y, w = O.lag_rule()
-    nodes = np.array([pf * S * phi * sum(wq * window(float(t), yq) for yq, wq in zip(y, w))
-                      for t in ts])
+    nodes = np.array([pf * S * phi * sum(wq * window(float(t), yq)
+                                         for yq, wq in zip(y, w, strict=True)) for t in ts])
     np.testing.assert_allclose(got, nodes, rtol=2e-3)
     assert got[0] > 0 and got[-1] > 10 * got[1]
     cont = np.array([pf * S * phi * integrate.quad(

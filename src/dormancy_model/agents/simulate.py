@@ -579,7 +579,8 @@ def _lesion_lanes(kind):
 def _device_outcomes(growth, detect, fraction, final, records, lesion_rows, k_asp, rec_days,
                      count_idx, assess_idx, switch_size, t1, kind_key):
     """Relapse days, cell counts (lesions at their deterministic size), marrow P, cells in
-    undetected lesions and aspirates of every lane, on the device (only these arrays go to the host). Lesions are rare: their sizes are
+    undetected lesions and aspirates of every lane, on the device (only these arrays go to the
+    host). Lesions are rare: their sizes are
     computed on `lesion_rows` only (padded with out-of-range rows, which are dropped)."""
     switch = jnp.where(final[kind_key] == E.LESION, final["switch_day"], jnp.inf)  # (n, S)
     # per lesion: each lesion's own switch day plus its growth to detection (the ODE's mean

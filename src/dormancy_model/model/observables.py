@@ -350,9 +350,9 @@ def grid_history(grid, t0, p):
 def marrow_proliferating(ts, esc_t, rho_t, grid, esc_g, rho_g, p, switch_size=SWITCH_SIZE,
                          batch: int = 256):
     """Expected marrow P (T,) at the output times ts (T,) from the cumulative escape E and the
-    integrated growth rho (`clone_net_rate`) at ts (`esc_t`, `rho_t`) and at the grid times (`esc_g`,
-    `rho_g`, (M + 1,)); p's arrays scalars. Output times are done `batch` at a time (memory
-    batch x M)."""
+    integrated growth rho (`clone_net_rate`) at ts (`esc_t`, `rho_t`) and at the grid times
+    (`esc_g`, `rho_g`, (M + 1,)); p's arrays scalars. Output times are done `batch` at a time
+    (memory batch x M)."""
     lo_e, hi_e, lo_r, hi_r = esc_g[:-1], esc_g[1:], rho_g[:-1], rho_g[1:]
     lo, hi = grid[:-1], grid[1:]
 

@@ -24,6 +24,33 @@ from dormancy_model.pk.closed_form import Dosing
 from dormancy_model.pk.schedule import Schedule
 from dormancy_model.units import DAYS_PER_YEAR
 
+# `Trajectory.to_dataframe` / trajectory.csv columns: unit and meaning (also in summary.json)
+COLUMNS = {
+    "time_day": "day: time from day 0 (the first dose of a treated arm)",
+    "dormant": "cells: expected dormant DTCs D in the marrow",
+    "reactivating": "cells: expected reactivating DTCs R in the marrow",
+    "marrow_proliferating": "cells: expected proliferating DTCs in the marrow (clones below "
+                            "the switch size, 1e4 cells)",
+    "residual": "cells: expected marrow DTCs D + R + marrow proliferating (what an aspirate "
+                "samples; lesions excluded)",
+    "lesion_cells": "cells: expected cells in undetected lesions (clones past the switch size, "
+                    "not yet detected), a mean over patients, most of whom have none",
+    "ode_proliferating_all": "cells: the ODE's state P, all proliferating cells (marrow clones "
+                             "and lesions, detected ones included); not a marrow count",
+    "hcq_ng_ml": "ng/mL: HCQ in blood",
+    "hcq_effect_ng_ml": "ng/mL: HCQ at its effect site",
+    "eve_ng_ml": "ng/mL: everolimus in blood",
+    "mtor_activity": "1: mTORC1 activity relative to untreated",
+    "autophagy_demand": "1: autophagy demand relative to untreated",
+    "autophagy_flux": "1: autophagy flux relative to untreated",
+    "autophagy_deficit": "1: autophagy deficit (demand above capacity)",
+    "escaped": "cells: cumulative escape of reactivating cells into proliferation since day 0",
+    "cumulative_hazard": "1: cumulative relapse hazard since day 0",
+    "relapse_free": "1: relapse-free probability",
+    "p_dtc_positive": "1: probability that one marrow aspirate shows >= 1 DTC (of the marrow "
+                      "DTCs in residual)",
+}
+
 
 class SolveError(RuntimeError):
     """A solve that did not succeed, with its reason."""
@@ -109,6 +136,7 @@ class Trajectory(eqx.Module):
             autophagy_flux=self.autophagy_flux, autophagy_deficit=self.autophagy_deficit,
             escaped=self.escaped, cumulative_hazard=self.hazard,
             relapse_free=self.relapse_free, p_dtc_positive=self.p_dtc_positive)
+        assert tuple(cols) == tuple(COLUMNS)
         return pd.DataFrame({k: np.asarray(v, dtype=float) for k, v in cols.items()})
 
 
