@@ -69,11 +69,9 @@ def test_marrow_and_lesions_match_agents_untreated(model, history_observation):
 
 
 def _constant_flux(p, phi, start, t1):
-    """Grid, E on it and rho on it for a constant escape flux phi from day `start` (t0 = 0),
-    untreated growth."""
+    """Grid and E on it for a constant escape flux phi from day `start` (t0 = 0)."""
     grid = O.marrow_grid(0.0, t1, p)
-    esc = phi * jnp.maximum(grid - start, 0.0)
-    return grid, esc, O.clone_growth_rate(p) * grid
+    return grid, phi * jnp.maximum(grid - start, 0.0)
 
 
 def test_lesion_and_marrow_laws_against_quadrature(human):
@@ -85,7 +83,7 @@ def test_lesion_and_marrow_laws_against_quadrature(human):
     e^(r a) q(S p_found e^(-r a)) over the ages to 1e-3."""
     p = human
     phi, start, ts = 0.01, -400.0, jnp.asarray([0.0, 100.0, 500.0, 900.0])
-    grid, esc, rho = _constant_flux(p, phi, start, float(ts[-1]))
+    grid, esc = _constant_flux(p, phi, start, float(ts[-1]))
     got = np.asarray(O.lesion_cells(ts, grid, esc, p))
     r = float(O.clone_growth_rate(p))
     b, g = float(p["lambda_p"]), float(p["lesion_growth_rate"])
@@ -109,7 +107,7 @@ def test_lesion_and_marrow_laws_against_quadrature(human):
         points=[math.log(S * r / b) - r * (float(t) - start - tau)], limit=200)[0]
         for t in ts])
     np.testing.assert_allclose(got, cont, rtol=2e-2)
-    marrow = np.asarray(O.marrow_proliferating(ts, phi * (ts - start), r * ts, grid, esc, rho, p))
+    marrow = np.asarray(O.marrow_proliferating(ts, phi * (ts - start), grid, esc, p))
 
     def kernel(a):
         x = S * pf * math.exp(-r * a)
@@ -137,7 +135,7 @@ def test_marrow_and_lesions_match_agents_on_drug(model, human, arm):
     counts at days 0, 84 and 168 (15-minute hazard table, see test_history.py): marrow cells
     and cells in undetected lesions within |z| <= 3.5 of the mean field, and the old reading
     (the ODE's P) far off. HCQ leaves the clones' rates as untreated (exact law); under EVE
-    the marrow kernel follows the gated growth while the switch keeps the untreated lag law
+    the mean field keeps the untreated clone law for the growth and switch of marrow clones
     (as the relapse hazard does), so the EVE arm shows how far that approximation goes."""
     p = human.replace(k_dr=2.25e-5, dormant_initial=300.0)
     sched = dm.get_schedule(arm)

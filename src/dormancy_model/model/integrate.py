@@ -112,23 +112,15 @@ class SolverOptions(eqx.Module):
 
 
 def integrate(model, params, course, t0, t1, options: SolverOptions,
-              saveat: dfx.SaveAt, error_states: int | None = None) -> dfx.Solution:
+              saveat: dfx.SaveAt) -> dfx.Solution:
     """The dormancy ODE from `model.initial_state(params)` at t0 to t1 under `course` (the
     closed-form PK of the dosing), stepped as `options.controller` says; never throws (read
-    `solver_status(sol.result)`). `error_states`: the controller's error norm over the first
-    that many states only (passive states appended after them then leave the step sequence of
-    the dormancy states as it is without them)."""
+    `solver_status(sol.result)`)."""
     ctl = options.controller(course, t0, t1)
-    controller = ctl.stepsize_controller
-    if error_states is not None:
-        clip = isinstance(controller, dfx.ClipStepSizeController)
-        where = (lambda c: c.controller.norm) if clip else (lambda c: c.norm)  # noqa: E731
-        norm = where(controller)
-        controller = eqx.tree_at(where, controller, lambda y: norm(y[:error_states]))
     return dfx.diffeqsolve(
         dfx.ODETerm(model.vector_field), options.solver, t0, t1, ctl.dt0,
         model.initial_state(params), args=(params, course), saveat=saveat,
-        stepsize_controller=controller, max_steps=ctl.max_steps, throw=False,
+        stepsize_controller=ctl.stepsize_controller, max_steps=ctl.max_steps, throw=False,
         adjoint=options.diffrax_adjoint())
 
 

@@ -258,8 +258,7 @@ def p_dtc_positive(cells, fraction):
 # per founding cohort, from the same limit law of a clone as the relapse law:
 #
 # * Marrow P. A cell entering P at s founds a clone whose expected size at t is e^rho,
-#   rho = rho(s, t) = integral_s^t (lambda_p g(M) - delta_p - k_pd) du (the ODE's per-cell net
-#   growth of P without the logistic factor, `clone_net_rate`, integrated with the ODE).
+#   rho = r (t - s) at the untreated rates of the relapse law (r = lambda_p - delta_p).
 #   A surviving clone (probability p_found) grows as W e^rho with W | survival ~ Exponential
 #   of mean 1 / p_found (Kendall; `relapse_lag`), and it has switched by t iff W e^rho >= S.
 #   So the expected cells of the clone still in the marrow are
@@ -268,10 +267,15 @@ def p_dtc_positive(cells, fraction):
 #   (E[W; W >= c] = (c + m) e^(-c/m) for an exponential of mean m). Marrow P(t) is the
 #   integral of this kernel against the escape dE(s), the untreated history's escape Psi
 #   before t0 included (`history_escape`), plus the initial P cells taken as one-cell clones
-#   founded at t0. Untreated (rho = r (t - s)) this is the same law as the relapse lag: the
-#   switched fraction of surviving clones e^-x is P(T_switch <= t - s) of `switch_lag`.
-#   Approximations: N ~ W e^rho once the clone is large (S = 1e4 cells); under drug, W keeps
-#   the untreated law (as in the relapse lag) while rho follows the gated division rate.
+#   founded at t0. This is the same law as the relapse lag: the switched fraction of surviving
+#   clones e^-x is P(T_switch <= t - s) of `switch_lag`, so what leaves the marrow is what the
+#   lesion count and the hazard receive. Approximations: N ~ W e^rho once the clone is large
+#   (S = 1e4 cells); the clone grows at the untreated rates, as in the relapse law. Under EVE
+#   the agents gate division by mTOR, which keeps their clones smaller and longer in the
+#   marrow (at 16,000 replicates through the history on clever-eve not distinguishable: the
+#   slow test of tests/model/test_marrow_lesions.py). With the gated growth in rho instead,
+#   longer EVE would raise the marrow at the end of treatment (clones held back from the
+#   switch), against MODEL.md must-hold 3; the drug acts on marrow P through the escape.
 # * Lesion cells. A clone that switched at sigma is a lesion of S e^(g (t - sigma)) cells
 #   (g = lesion_growth_rate) until it is detected at sigma + tau, tau = ln(detection / S) / g,
 #   when it is a relapse and leaves the count (the relapsed patient's other lesions stay). With
@@ -283,8 +287,8 @@ def p_dtc_positive(cells, fraction):
 #   switch follows the untreated lag law (as the relapse hazard does).
 #
 # Both are computed on a uniform grid of `MARROW_GRID` cells from t0 - `output_window` to the
-# last output time (E and rho read there from the solve, from the history's closed form before
-# t0), with E taken linear within a cell: the marrow kernel at each cell's mid-rho (relative
+# last output time (E read there from the solve, from the history's closed form before t0),
+# with E taken linear within a cell: the marrow kernel at each cell's middle age (relative
 # error ~ (r h)^2 / 24, 3e-4 for the 5-year default grid of h ~ 2.6 days), I(u) exactly for a
 # piecewise-constant flux at the grid points and linear between them.
 
@@ -292,29 +296,26 @@ MARROW_GRID = 1024  # cells of the grid of the marrow and lesion outputs
 MAX_WINDOW_DAYS = 7305.0  # at most 20 years of history read by them
 
 
-def clone_net_rate(rates):
-    """Per-cell net growth rate of P (1/day) from `rates.CellRates`: division - death - return
-    to D (the ODE's, without its logistic factor)."""
-    return rates.division - rates.death_proliferating - rates.proliferative_return
-
-
-def _q(x):
-    """1 - (1 + x) e^-x, by its series below x = 0.1 (no cancellation)."""
+def _q_over_x(x):
+    """(1 - (1 + x) e^-x) / x for x >= 0 (inf allowed), by its series below x = 0.1 (no
+    cancellation)."""
     small = x < 0.1
     xs = jnp.where(small, x, 0.1)
-    xl = jnp.where(small, 1.0, x)
-    series = xs * xs * (0.5 - xs * (1.0 / 3.0 - xs * (0.125 - xs * (1.0 / 30.0 - xs / 144.0))))
-    return jnp.where(small, series, -jnp.expm1(-xl) - xl * jnp.exp(-xl))
+    xl = jnp.where(small, 1.0, jnp.minimum(x, 1e30))
+    series = xs * (0.5 - xs * (1.0 / 3.0 - xs * (0.125 - xs * (1.0 / 30.0 - xs / 144.0))))
+    return jnp.where(small, series, (-jnp.expm1(-xl) - xl * jnp.exp(-xl)) / xl)
 
 
 def marrow_clone_cells(rho, p, switch_size=SWITCH_SIZE):
     """Expected cells still in the marrow (below `switch_size`) of the clone founded by one
-    cell entering P, once its expected size is e^rho: e^rho q(S p_found e^-rho) (see above);
+    cell entering P, once its expected size is e^rho: e^rho q(x) = c q(x) / x, x = c e^-rho,
+    c = S p_found (see above; finite in float32 for old cohorts, whose e^rho overflows);
     e^rho where no clone survives (p_found <= 0)."""
     pf = founding_probability(p)
     pos = pf > 0
-    x = switch_size * jnp.where(pos, pf, 1.0) * jnp.exp(-rho)
-    return jnp.exp(rho) * jnp.where(pos, _q(x), 1.0)
+    c = switch_size * jnp.where(pos, pf, 1.0)
+    x = c * jnp.exp(-jnp.maximum(rho, -80.0))
+    return jnp.where(pos, c * _q_over_x(x), jnp.exp(jnp.minimum(rho, 80.0)))
 
 
 def output_window(p, switch_size=SWITCH_SIZE, nodes: int = LAG_NODES):
@@ -340,32 +341,31 @@ def marrow_grid(t0, t1, p, switch_size=SWITCH_SIZE, cells: int = MARROW_GRID):
 
 
 def grid_history(grid, t0, p):
-    """(E, rho) at the grid times before t0 from the history's closed form: E(s) = Psi(s - t0)
-    (E(t0) = 0, `history_escape`) and rho(t0, s) = -r (t0 - s) (untreated, E and rho are
-    continuous at t0); use the solve's values at and after t0."""
+    """E at the grid times before t0 from the history's closed form: E(s) = Psi(s - t0)
+    (E(t0) = 0, `history_escape`; continuous at t0); use the solve's values at and after t0."""
     esc, _ = history_escape(p, jnp.minimum(grid - t0, 0.0))
-    return esc, clone_growth_rate(p) * (grid - t0)
+    return esc
 
 
-def marrow_proliferating(ts, esc_t, rho_t, grid, esc_g, rho_g, p, switch_size=SWITCH_SIZE,
+def marrow_proliferating(ts, esc_t, grid, esc_g, p, switch_size=SWITCH_SIZE,
                          batch: int = 256):
-    """Expected marrow P (T,) at the output times ts (T,) from the cumulative escape E and the
-    integrated growth rho (`clone_net_rate`) at ts (`esc_t`, `rho_t`) and at the grid times
-    (`esc_g`, `rho_g`, (M + 1,)); p's arrays scalars. Output times are done `batch` at a time
-    (memory batch x M)."""
-    lo_e, hi_e, lo_r, hi_r = esc_g[:-1], esc_g[1:], rho_g[:-1], rho_g[1:]
+    """Expected marrow P (T,) at the output times ts (T,) (t0 = ts[0]) from the cumulative
+    escape E at ts (`esc_t`) and at the grid times (`esc_g`, (M + 1,)); p's arrays scalars.
+    Output times are done `batch` at a time (memory batch x M)."""
+    r = clone_growth_rate(p)
+    lo_e, hi_e = esc_g[:-1], esc_g[1:]
     lo, hi = grid[:-1], grid[1:]
 
     def one(args):
-        t, e, g = args
+        t, e = args
         full = hi <= t
-        e_end, g_end = jnp.where(full, hi_e, e), jnp.where(full, hi_r, g)
+        e_end, t_end = jnp.where(full, hi_e, e), jnp.where(full, hi, t)
         de = jnp.where(lo < t, e_end - lo_e, 0.0)
-        rho = g - 0.5 * (lo_r + g_end)
-        return jnp.sum(de * marrow_clone_cells(rho, p, switch_size))
+        return jnp.sum(de * marrow_clone_cells(r * (t - 0.5 * (lo + t_end)), p, switch_size))
 
-    cohorts = jax.lax.map(one, (ts, esc_t, rho_t), batch_size=batch)
-    return cohorts + p["proliferating_initial"] * marrow_clone_cells(rho_t, p, switch_size)
+    cohorts = jax.lax.map(one, (ts, esc_t), batch_size=batch)
+    return cohorts + p["proliferating_initial"] * marrow_clone_cells(r * (ts - ts[0]), p,
+                                                                     switch_size)
 
 
 def lesion_cells(ts, grid, esc_g, p, switch_size=SWITCH_SIZE, nodes: int = LAG_NODES,

@@ -150,24 +150,6 @@ def save_grid(t1: float, save_every_hours: float = 24.0) -> np.ndarray:
     return ts
 
 
-class _WithGrowth(eqx.Module):
-    """The dormancy ODE plus a passive state rho' = `observables.clone_net_rate` (the log of a
-    clone's expected growth since t0, read by the marrow output); the step sequence is the
-    dormancy ODE's alone (`integrate`'s `error_states`)."""
-
-    model: DormancyModel
-
-    def vector_field(self, t, y, args):
-        params, course = args
-        rates = self.model.rates_at(t, params, course)
-        dy = self.model.derivatives(y[:4], rates, params)
-        return jnp.concatenate([dy, O.clone_net_rate(rates)[None]])
-
-    def initial_state(self, params):
-        y0 = self.model.initial_state(params)
-        return jnp.concatenate([y0, jnp.zeros_like(y0[:1])])
-
-
 @eqx.filter_jit
 def _solve(model: DormancyModel, params: Parameters, dosing: Dosing, ts, options: SolverOptions,
            switch_size):
@@ -178,28 +160,24 @@ def _solve(model: DormancyModel, params: Parameters, dosing: Dosing, ts, options
     k = reads.times.shape[-1]
     grid = O.marrow_grid(ts[0], ts[-1], params, switch_size)  # (M + 1,) marrow/lesion reads
     # save at the output times, at the K lagged times of each and at the grid, merged in order
-    all_ts = jnp.concatenate([ts, reads.times.reshape(-1), jnp.maximum(grid, ts[0])])
+    all_ts = jnp.concatenate([ts, reads.times.reshape(-1), jnp.clip(grid, ts[0], ts[-1])])
     order = jnp.argsort(all_ts)
     inverse = jnp.argsort(order)
-    grown = _WithGrowth(model)
-    sol = integrate(grown, params, course, ts[0], ts[-1], options,
-                    dfx.SaveAt(ts=all_ts[order]), error_states=4)
+    sol = integrate(model, params, course, ts[0], ts[-1], options,
+                    dfx.SaveAt(ts=all_ts[order]))
     ys = sol.ys[inverse]
     y, y_lag, y_grid = ys[:n], ys[n:n + n * k].reshape(n, k, ys.shape[-1]), ys[n + n * k:]
     hazard = O.cumulative_hazard(y_lag[..., 3], reads, p_found)
-    esc_h, rho_h = O.grid_history(grid, ts[0], params)
-    before = grid < ts[0]
-    esc_g = jnp.where(before, esc_h, y_grid[:, 3])
-    rho_g = jnp.where(before, rho_h, y_grid[:, 4])
-    marrow_p = O.marrow_proliferating(ts, y[:, 3], y[:, 4], grid, esc_g, rho_g, params,
-                                      switch_size)
+    # E on the grid: the solve's from t0, the history's closed form before it
+    esc_g = jnp.where(grid < ts[0], O.grid_history(grid, ts[0], params), y_grid[:, 3])
+    marrow_p = O.marrow_proliferating(ts, y[:, 3], grid, esc_g, params, switch_size)
     lesions = O.lesion_cells(ts, grid, esc_g, params, switch_size)
     ex = jax.vmap(course.exposure)(ts)
     m = R.mtor_activity(ex.eve, params)
     aut = R.autophagy(m, R.lysosomal_block(ex.hcq_effect, params), params)
     marrow = y[:, 0] + y[:, 1] + marrow_p  # what an aspirate samples (lesions are apart)
     status = S.combine(finite_status(solver_status(sol.result), y, marrow_p, lesions),
-                       start_status(grown, params, course, ts[0]))
+                       start_status(model, params, course, ts[0]))
     status = S.combine(status, jnp.where(course.min_eigen_gap < 1e-6, S.DEGENERATE_PK, S.OK))
     return Trajectory(
         times=ts, dormant=y[:, 0], reactivating=y[:, 1], proliferating=y[:, 2],
