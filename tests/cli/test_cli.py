@@ -3,6 +3,7 @@
 import json
 import os
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -16,9 +17,13 @@ def test_simulate_writes_outputs(tmp_path, capsys, root):
                             capsys)
     assert code == 0, err
     df = pd.read_csv(out / "trajectory.csv")
-    for col in ("time_day", "dormant", "reactivating", "proliferating", "residual", "hcq_ng_ml",
-                "eve_ng_ml", "mtor_activity", "autophagy_flux", "relapse_free"):
+    for col in ("time_day", "dormant", "reactivating", "marrow_proliferating", "residual",
+                "lesion_cells", "ode_proliferating_all", "hcq_ng_ml", "eve_ng_ml",
+                "mtor_activity", "autophagy_flux", "relapse_free"):
         assert col in df.columns
+    # residual is the marrow (D + R + marrow P); lesions apart
+    np.testing.assert_allclose(df["residual"], df["dormant"] + df["reactivating"]
+                               + df["marrow_proliferating"], rtol=1e-12)
     assert len(df) == int(5 * 365.25) + 2  # daily grid 0..1826 plus the exact end
     s = json.loads((out / "summary.json").read_text())
     for k in ("residual_end_of_treatment", "relapse_free_3y", "relapse_free_5y",

@@ -73,13 +73,14 @@ def test_history_gives_relapse_risk_from_day_0(model, human):
     assert np.all(np.asarray(with_h.hazard)[1:] > np.asarray(without.hazard)[1:])
 
 
-def _agents_vs_mean_field(model, p, arm, n, seed, hazard_hours=1.0):
+def _agents_vs_mean_field(model, p, arm, n, seed, hazard_hours=1.0, res=None):
     sched = dm.get_schedule(arm)
     days = (0.0, 84.0, 168.0)
-    res = dm.simulate_agents(model, p, sched, n_replicates=n, key=jax.random.PRNGKey(seed),
-                             t1=5 * DAYS_PER_YEAR,
-                             options=dm.AgentOptions(method="fast", count_days=days,
-                                                     hazard_hours=hazard_hours))
+    if res is None:
+        res = dm.simulate_agents(model, p, sched, n_replicates=n, key=jax.random.PRNGKey(seed),
+                                 t1=5 * DAYS_PER_YEAR,
+                                 options=dm.AgentOptions(method="fast", count_days=days,
+                                                         hazard_hours=hazard_hours))
     assert res.ok, res.message
     tr = dm.simulate(model, p, sched, t1=5 * DAYS_PER_YEAR)
     assert tr.ok
@@ -96,14 +97,16 @@ def _agents_vs_mean_field(model, p, arm, n, seed, hazard_hours=1.0):
     return np.array(z), res
 
 
-def test_agents_match_mean_field_through_the_history(model, human):
+def test_agents_match_mean_field_through_the_history(model, history_observation):
     """Untreated, 2,000 agent replicates (fast method, homogeneous traits) at a high hazard
     (k_dr 2.25e-5, 300 dormant cells: relapse-free ~0.66 / 0.29 / 0.14 at 1 / 3 / 5 years):
     relapse-free probability at 1, 3 and 5 years and mean dormant and reactivating cells at days
     0, 84 and 168, each within |z| <= 3.5 of the mean field. Power: ignoring the history's
-    lesions would put the 1-year value at 1.0 instead of ~0.66 (z ~ +30)."""
-    p = human.replace(k_dr=2.25e-5, dormant_initial=300.0)
-    z, res = _agents_vs_mean_field(model, p, "observation", 2000, 3)
+    lesions would put the 1-year value at 1.0 instead of ~0.66 (z ~ +30). The agent run is
+    the session's `history_observation` (tests/model/conftest.py), shared with
+    test_marrow_lesions.py."""
+    p, res = history_observation
+    z, res = _agents_vs_mean_field(model, p, "observation", 2000, 3, res=res)
     assert np.all(np.abs(z) <= Z_TOL), z
     assert np.mean(res.relapse_day < DAYS_PER_YEAR) > 0.2
 

@@ -156,15 +156,22 @@ class AgentState(eqx.Module):
 class AgentResult(eqx.Module):
     """Per-replicate outcomes (numpy arrays, leading axis = replicate).
 
-    counts: (n, len(count_days), 3) cells D, R, P (P includes lesions); aspirate_count and
-    dtc_positive: (n, len(assess_days)), of the marrow cells (lesions excluded); days in days
-    from the schedule's day 0."""
+    counts: (n, len(count_days), 3) cells D, R, P, where P is all proliferating cells: the
+    marrow clones plus every lesion at its deterministic size capped at the detection size
+    (detected ones included). The same split as the mean field's `Trajectory`:
+    `marrow_proliferating` (n, len(count_days)) the cells of clones below the switch size (the
+    marrow's P: D + R + this are the marrow DTCs) and `lesion_cells` (n, len(count_days)) the
+    cells in lesions not yet detected (their relapse day after the count day). aspirate_count
+    and dtc_positive: (n, len(assess_days)), of the marrow cells (lesions excluded); days in
+    days from the schedule's day 0."""
 
     cleared: Any
     clearance_day: Any
     relapsed: Any
     relapse_day: Any
     counts: Any
+    marrow_proliferating: Any
+    lesion_cells: Any
     aspirate_count: Any
     dtc_positive: Any
     final_state: AgentState
@@ -196,6 +203,8 @@ class AgentResult(eqx.Module):
         for j, day in enumerate(self.count_days):
             for s, name in enumerate(("dormant", "reactivating", "proliferating")):
                 cols[f"{name}_day{day:g}"] = self.counts[:, j, s]
+            cols[f"marrow_proliferating_day{day:g}"] = self.marrow_proliferating[:, j]
+            cols[f"lesion_cells_day{day:g}"] = self.lesion_cells[:, j]
         cols["status"] = S.names(self.status)
         return pd.DataFrame(cols)
 
@@ -569,8 +578,9 @@ def _lesion_lanes(kind):
 @eqx.filter_jit
 def _device_outcomes(growth, detect, fraction, final, records, lesion_rows, k_asp, rec_days,
                      count_idx, assess_idx, switch_size, t1, kind_key):
-    """Relapse days, cell counts (lesions at their deterministic size) and aspirates of every
-    lane, on the device (only these arrays go to the host). Lesions are rare: their sizes are
+    """Relapse days, cell counts (lesions at their deterministic size), marrow P, cells in
+    undetected lesions and aspirates of every lane, on the device (only these arrays go to the
+    host). Lesions are rare: their sizes are
     computed on `lesion_rows` only (padded with out-of-range rows, which are dropped)."""
     switch = jnp.where(final[kind_key] == E.LESION, final["switch_day"], jnp.inf)  # (n, S)
     # per lesion: each lesion's own switch day plus its growth to detection (the ODE's mean
@@ -581,17 +591,24 @@ def _device_outcomes(growth, detect, fraction, final, records, lesion_rows, k_as
     g, cap = (x.at[lesion_rows].get(mode="clip")[:, :, None] if x.ndim else x
               for x in (growth, detect))
     dt = rec_days[None, :, None] - sw[:, None, :]  # (k, R, S); -inf where no lesion
-    size = jnp.where(dt >= 0, jnp.minimum(switch_size * jnp.exp(g * jnp.maximum(dt, 0.0)), cap),
-                     0.0)
+    grown = switch_size * jnp.exp(g * jnp.maximum(dt, 0.0))
+    size = jnp.where(dt >= 0, jnp.minimum(grown, cap), 0.0)
+    # undetected: before the lesion's relapse day (switch day + growth to detection)
+    undetected = jnp.where((dt >= 0) & (dt < O.lesion_growth_days(switch_size, cap, g)), grown,
+                           0.0)
+    lesion_cells = jnp.zeros(records.shape[:2]).at[lesion_rows].add(undetected.sum(axis=2),
+                                                                     mode="drop")
     # the aspirate samples the marrow: D, R and the clones below the switch size, not lesions
     lam = O.aspirate_mean(records[:, assess_idx, :].sum(axis=2), fraction)
+    marrow_p = records[:, count_idx, 2]
     records = records.at[lesion_rows, :, 2].add(size.sum(axis=2), mode="drop")
     asp = jax.vmap(lambda k, lm: jax.random.poisson(k, lm))(k_asp, lam)
     clearance_day = final["clearance_day"]
     cleared = jnp.isfinite(clearance_day) & (clearance_day <= t1)
     return dict(relapsed=relapsed, relapse_day=jnp.where(relapsed, relapse_day, jnp.inf),
                 cleared=cleared, clearance_day=jnp.where(cleared, clearance_day, jnp.inf),
-                counts=records[:, count_idx, :], aspirate_count=asp)
+                counts=records[:, count_idx, :], marrow_proliferating=marrow_p,
+                lesion_cells=lesion_cells[:, count_idx], aspirate_count=asp)
 
 
 def _outcomes(params, batched, final, records, status, n_events, rec_days, count_days,
@@ -617,7 +634,8 @@ def _outcomes(params, batched, final, records, status, n_events, rec_days, count
     state = AgentState(final if n == n_run else {k: v[:n] for k, v in final.items()}, method)
     return AgentResult(cleared=out["cleared"], clearance_day=out["clearance_day"],
                        relapsed=out["relapsed"], relapse_day=out["relapse_day"],
-                       counts=out["counts"], aspirate_count=out["aspirate_count"],
+                       counts=out["counts"], marrow_proliferating=out["marrow_proliferating"],
+                       lesion_cells=out["lesion_cells"], aspirate_count=out["aspirate_count"],
                        dtc_positive=out["aspirate_count"] >= 1, final_state=state,
                        count_days=count_days, assess_days=assess_days, status=status[:n],
                        n_events=n_events[:n], t1=float(t1), method=method)

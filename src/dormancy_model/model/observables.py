@@ -44,6 +44,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -93,18 +94,25 @@ def clone_growth_rate(p):
     return p["lambda_p"] - p["delta_p"]
 
 
-def relapse_lag(p, y, switch_size=SWITCH_SIZE):
-    """Relapse lag (days) of a surviving clone with Y = ln(W r / b) = y: birth-death growth to
-    `switch_size`, (ln S - ln(b / r) - y) / r (at least 0), then deterministic growth to the
-    detection size. Broadcasts p's arrays against y. For r <= 0 no clone survives (p_found
-    <= 0): the lag is then made +inf-like (1e30 days) with finite gradients."""
+def switch_lag(p, y, switch_size=SWITCH_SIZE):
+    """Birth-death part of the relapse lag (days): the time a surviving clone with
+    Y = ln(W r / b) = y takes to reach `switch_size`, (ln S - ln(b / r) - y) / r (at least 0).
+    Broadcasts p's arrays against y; +inf-like (1e30 days) for r <= 0 (no clone survives),
+    with finite gradients."""
     r = clone_growth_rate(p)
     pos = r > 0
     rs = jnp.where(pos, r, 1.0)
     to_switch = jnp.maximum((jnp.log(switch_size * rs / p["lambda_p"]) - y) / rs, 0.0)
-    lag = to_switch + lesion_growth_days(switch_size, p["detection_size"],
-                                         p["lesion_growth_rate"])
-    return jnp.where(pos, lag, 1e30)
+    return jnp.where(pos, to_switch, 1e30)
+
+
+def relapse_lag(p, y, switch_size=SWITCH_SIZE):
+    """Relapse lag (days) of a surviving clone with Y = ln(W r / b) = y: birth-death growth to
+    `switch_size` (`switch_lag`), then deterministic growth to the detection size. Broadcasts
+    p's arrays against y. For r <= 0 no clone survives (p_found <= 0): the lag is then made
+    +inf-like (1e30 days) with finite gradients."""
+    return switch_lag(p, y, switch_size) + lesion_growth_days(
+        switch_size, p["detection_size"], p["lesion_growth_rate"])
 
 
 HISTORY_KEYS = ("history_days", "dormant_initial", "k_dr", "k_rd", "k_rp", "delta_d0",
@@ -239,3 +247,146 @@ def aspirate_mean(cells, fraction):
 def p_dtc_positive(cells, fraction):
     """Probability that one aspirate shows >= 1 DTC: 1 - exp(-f N) (Poisson sampling)."""
     return -jnp.expm1(-aspirate_mean(cells, fraction))
+
+
+# ---------------------------------------------------------------- marrow DTCs and lesions
+#
+# The ODE's P is the expected number of all proliferating cells, the rare clones that became
+# lesions included: its mean is dominated by lesions long before most patients have one (and a
+# lesion is not in the marrow). The agents' marrow is D, R and the clones below the switch
+# size; a clone at the switch size leaves it as a lesion. The mean field splits P the same way,
+# per founding cohort, from the same limit law of a clone as the relapse law:
+#
+# * Marrow P. A cell entering P at s founds a clone whose expected size at t is e^rho,
+#   rho = r (t - s) at the untreated rates of the relapse law (r = lambda_p - delta_p).
+#   A surviving clone (probability p_found) grows as W e^rho with W | survival ~ Exponential
+#   of mean 1 / p_found (Kendall; `relapse_lag`), and it has switched by t iff W e^rho >= S.
+#   So the expected cells of the clone still in the marrow are
+#       e^rho - p_found E[W e^rho; W e^rho >= S] = e^rho q(x),  x = S p_found e^-rho,
+#       q(x) = 1 - (1 + x) e^-x                                   (`marrow_clone_cells`)
+#   (E[W; W >= c] = (c + m) e^(-c/m) for an exponential of mean m). Marrow P(t) is the
+#   integral of this kernel against the escape dE(s), the untreated history's escape Psi
+#   before t0 included (`history_escape`), plus the initial P cells taken as one-cell clones
+#   founded at t0. This is the same law as the relapse lag: the switched fraction of surviving
+#   clones e^-x is P(T_switch <= t - s) of `switch_lag`, so what leaves the marrow is what the
+#   lesion count and the hazard receive. Approximations: N ~ W e^rho once the clone is large
+#   (S = 1e4 cells); the clone grows at the untreated rates, as in the relapse law. Under EVE
+#   the agents gate division by mTOR, which keeps their clones smaller and longer in the
+#   marrow (at 16,000 replicates through the history on clever-eve not distinguishable: the
+#   slow test of tests/model/test_marrow_lesions.py). With the gated growth in rho instead,
+#   longer EVE would raise the marrow at the end of treatment (clones held back from the
+#   switch), against MODEL.md must-hold 3; the drug acts on marrow P through the escape.
+# * Lesion cells. A clone that switched at sigma is a lesion of S e^(g (t - sigma)) cells
+#   (g = lesion_growth_rate) until it is detected at sigma + tau, tau = ln(detection / S) / g,
+#   when it is a relapse and leaves the count (the relapsed patient's other lesions stay). With
+#   the switch lag T_q of the relapse law's nodes (`switch_lag`, weights w_q), the expected cells
+#   in undetected lesions are
+#       L(t) = p_found S sum_q w_q I(t - T_q),  I(u) = integral_(u - tau)^u e^(g (u - s)) dE(s),
+#   the same reads as the hazard (which reads E at t - T_q - tau): the expected number of
+#   undetected lesions is p_found sum_q w_q (E(t - T_q) - E(t - T_q - tau)). Approximation: the
+#   switch follows the untreated lag law (as the relapse hazard does).
+#
+# Both are computed on a uniform grid of `MARROW_GRID` cells from t0 - `output_window` to the
+# last output time (E read there from the solve, from the history's closed form before t0),
+# with E taken linear within a cell: the marrow kernel at each cell's middle age (relative
+# error ~ (r h)^2 / 24, 3e-4 for the 5-year default grid of h ~ 2.6 days), I(u) exactly for a
+# piecewise-constant flux at the grid points and linear between them.
+
+MARROW_GRID = 1024  # cells of the grid of the marrow and lesion outputs
+MAX_WINDOW_DAYS = 7305.0  # at most 20 years of history read by them
+
+
+def _q_over_x(x):
+    """(1 - (1 + x) e^-x) / x for x >= 0 (inf allowed), by its series below x = 0.1 (no
+    cancellation)."""
+    small = x < 0.1
+    xs = jnp.where(small, x, 0.1)
+    xl = jnp.where(small, 1.0, jnp.minimum(x, 1e30))
+    series = xs * (0.5 - xs * (1.0 / 3.0 - xs * (0.125 - xs * (1.0 / 30.0 - xs / 144.0))))
+    return jnp.where(small, series, (-jnp.expm1(-xl) - xl * jnp.exp(-xl)) / xl)
+
+
+def marrow_clone_cells(rho, p, switch_size=SWITCH_SIZE):
+    """Expected cells still in the marrow (below `switch_size`) of the clone founded by one
+    cell entering P, once its expected size is e^rho: e^rho q(x) = c q(x) / x, x = c e^-rho,
+    c = S p_found (see above; finite in float32 for old cohorts, whose e^rho overflows);
+    e^rho where no clone survives (p_found <= 0)."""
+    pf = founding_probability(p)
+    pos = pf > 0
+    c = switch_size * jnp.where(pos, pf, 1.0)
+    x = c * jnp.exp(-jnp.maximum(rho, -80.0))
+    return jnp.where(pos, c * _q_over_x(x), jnp.exp(jnp.minimum(rho, 80.0)))
+
+
+def output_window(p, switch_size=SWITCH_SIZE, nodes: int = LAG_NODES):
+    """Days before t0 whose escape the marrow and lesion outputs read: the marrow kernel's
+    untreated tail to 1e-7 of its peak ((ln(S p_found) + 16) / r) and the oldest undetected
+    lesion of the lag nodes (max_q T_q + tau), at most `MAX_WINDOW_DAYS`."""
+    r = clone_growth_rate(p)
+    pos = r > 0
+    rs = jnp.where(pos, r, 1.0)
+    pf = jnp.where(pos, founding_probability(p), 1.0)
+    marrow = (jnp.log(jnp.maximum(switch_size * pf, 1.0)) + 16.0) / rs
+    y = float(lag_rule(nodes)[0].min())
+    lesion = switch_lag(p, y, switch_size) + lesion_growth_days(
+        switch_size, p["detection_size"], p["lesion_growth_rate"])
+    window = jnp.where(pos, jnp.maximum(marrow, lesion), 16.0 / jnp.maximum(jnp.abs(r), 1e-3))
+    return jnp.minimum(window, MAX_WINDOW_DAYS)
+
+
+def marrow_grid(t0, t1, p, switch_size=SWITCH_SIZE, cells: int = MARROW_GRID):
+    """The (cells + 1,) grid times from t0 - `output_window` to t1 (p's arrays scalars)."""
+    start = t0 - output_window(p, switch_size)
+    return start + (t1 - start) * jnp.arange(cells + 1, dtype=jnp.result_type(t1)) / cells
+
+
+def grid_history(grid, t0, p):
+    """E at the grid times before t0 from the history's closed form: E(s) = Psi(s - t0)
+    (E(t0) = 0, `history_escape`; continuous at t0); use the solve's values at and after t0."""
+    esc, _ = history_escape(p, jnp.minimum(grid - t0, 0.0))
+    return esc
+
+
+def marrow_proliferating(ts, esc_t, grid, esc_g, p, switch_size=SWITCH_SIZE,
+                         batch: int = 256):
+    """Expected marrow P (T,) at the output times ts (T,) (t0 = ts[0]) from the cumulative
+    escape E at ts (`esc_t`) and at the grid times (`esc_g`, (M + 1,)); p's arrays scalars.
+    Output times are done `batch` at a time (memory batch x M)."""
+    r = clone_growth_rate(p)
+    lo_e, hi_e = esc_g[:-1], esc_g[1:]
+    lo, hi = grid[:-1], grid[1:]
+
+    def one(args):
+        t, e = args
+        full = hi <= t
+        e_end, t_end = jnp.where(full, hi_e, e), jnp.where(full, hi, t)
+        de = jnp.where(lo < t, e_end - lo_e, 0.0)
+        return jnp.sum(de * marrow_clone_cells(r * (t - 0.5 * (lo + t_end)), p, switch_size))
+
+    cohorts = jax.lax.map(one, (ts, esc_t), batch_size=batch)
+    return cohorts + p["proliferating_initial"] * marrow_clone_cells(r * (ts - ts[0]), p,
+                                                                     switch_size)
+
+
+def lesion_cells(ts, grid, esc_g, p, switch_size=SWITCH_SIZE, nodes: int = LAG_NODES,
+                 batch: int = 256):
+    """Expected cells in undetected lesions (T,) at the output times ts (T,) from the
+    cumulative escape at the grid times (`esc_g`, (M + 1,)); p's arrays scalars."""
+    g = p["lesion_growth_rate"]
+    tau = lesion_growth_days(switch_size, p["detection_size"], g)
+    lo, hi = grid[:-1], grid[1:]
+    flux = (esc_g[1:] - esc_g[:-1]) / (hi - lo)
+
+    def window(u):  # I(u): escape in (u - tau, u] weighted e^(g (u - s)), flux constant per cell
+        a, b = jnp.maximum(lo, u - tau), jnp.minimum(hi, u)
+        inside = a < b
+        a, b = jnp.where(inside, a, u), jnp.where(inside, b, u)
+        return jnp.sum(jnp.where(inside, flux * (jnp.exp(g * (u - a)) - jnp.exp(g * (u - b))),
+                                 0.0)) / g
+
+    at_grid = jax.lax.map(window, grid, batch_size=batch)
+    y, w = (jnp.asarray(v, ts.dtype) for v in lag_rule(nodes))
+    lag = switch_lag(p, y, switch_size)  # (K,)
+    reads = jnp.interp(ts[:, None] - lag[None, :], grid, at_grid, left=0.0)  # (T, K)
+    pf = founding_probability(p)
+    return jnp.where(pf > 0, pf, 0.0) * switch_size * (reads @ w)

@@ -24,20 +24,57 @@ from dormancy_model.pk.closed_form import Dosing
 from dormancy_model.pk.schedule import Schedule
 from dormancy_model.units import DAYS_PER_YEAR
 
+# `Trajectory.to_dataframe` / trajectory.csv columns: unit and meaning (also in summary.json)
+COLUMNS = {
+    "time_day": "day: time from day 0 (the first dose of a treated arm)",
+    "dormant": "cells: expected dormant DTCs D in the marrow",
+    "reactivating": "cells: expected reactivating DTCs R in the marrow",
+    "marrow_proliferating": "cells: expected proliferating DTCs in the marrow (clones below "
+                            "the switch size, 1e4 cells)",
+    "residual": "cells: expected marrow DTCs D + R + marrow proliferating (what an aspirate "
+                "samples; lesions excluded)",
+    "lesion_cells": "cells: expected cells in undetected lesions (clones past the switch size, "
+                    "not yet detected), a mean over patients, most of whom have none",
+    "ode_proliferating_all": "cells: the ODE's state P, all proliferating cells (marrow clones "
+                             "and lesions, detected ones included); not a marrow count",
+    "hcq_ng_ml": "ng/mL: HCQ in blood",
+    "hcq_effect_ng_ml": "ng/mL: HCQ at its effect site",
+    "eve_ng_ml": "ng/mL: everolimus in blood",
+    "mtor_activity": "1: mTORC1 activity relative to untreated",
+    "autophagy_demand": "1: autophagy demand relative to untreated",
+    "autophagy_flux": "1: autophagy flux relative to untreated",
+    "autophagy_deficit": "1: autophagy deficit (demand above capacity)",
+    "escaped": "cells: cumulative escape of reactivating cells into proliferation since day 0",
+    "cumulative_hazard": "1: cumulative relapse hazard since day 0",
+    "relapse_free": "1: relapse-free probability",
+    "p_dtc_positive": "1: probability that one marrow aspirate shows >= 1 DTC (of the marrow "
+                      "DTCs in residual)",
+}
+
 
 class SolveError(RuntimeError):
     """A solve that did not succeed, with its reason."""
 
 
 class Trajectory(eqx.Module):
-    """Result of `simulate`. Arrays have shape (T,) over `times` (days); cells are counts,
-    concentrations ng/mL; `hazard` is the cumulative relapse hazard Lambda(t) =
-    p_found E_L[E(t - L)] over the relapse-lag law L of a surviving clone (`model.observables`)."""
+    """Result of `simulate`. Arrays have shape (T,) over `times` (days); cells are counts
+    (expected over patients), concentrations ng/mL; `hazard` is the cumulative relapse hazard
+    Lambda(t) = p_found E_L[E(t - L)] over the relapse-lag law L of a surviving clone
+    (`model.observables`).
+
+    Cells: `dormant` D, `reactivating` R and `marrow_proliferating` (proliferating cells in
+    clones below the switch size) are the marrow DTCs (`marrow`, = `residual`);
+    `lesion_cells` are the expected cells in undetected lesions (clones past the switch size,
+    not yet detected: a mean over patients, most of whom have none; `model.observables`).
+    `proliferating` is the ODE's state P: all proliferating cells, marrow clones and lesions
+    (detected ones too, logistically capped at the detection size), kept for the record."""
 
     times: jax.Array
     dormant: jax.Array
     reactivating: jax.Array
     proliferating: jax.Array
+    marrow_proliferating: jax.Array
+    lesion_cells: jax.Array
     escaped: jax.Array
     hazard: jax.Array
     p_dtc_positive: jax.Array
@@ -52,9 +89,15 @@ class Trajectory(eqx.Module):
     num_steps: jax.Array
 
     @property
+    def marrow(self):
+        """Marrow DTCs D + R + marrow P (cells; what an aspirate samples)."""
+        return self.dormant + self.reactivating + self.marrow_proliferating
+
+    @property
     def residual(self):
-        """Residual burden D + R + P (cells)."""
-        return self.dormant + self.reactivating + self.proliferating
+        """Residual burden: the marrow DTCs D + R + marrow P (cells), = `marrow`; lesions are
+        apart (`lesion_cells`)."""
+        return self.marrow
 
     @property
     def relapse_free(self):
@@ -78,18 +121,22 @@ class Trajectory(eqx.Module):
         return float(np.interp(day, np.asarray(self.times), np.asarray(getattr(self, name))))
 
     def to_dataframe(self):
-        """One row per saved time; raises SolveError for a failed solve (never NaN rows)."""
+        """One row per saved time (columns and units: `COLUMNS`); raises SolveError for a
+        failed solve (never NaN rows)."""
         import pandas as pd
 
         self.raise_if_failed()
         cols = dict(
             time_day=self.times, dormant=self.dormant, reactivating=self.reactivating,
-            proliferating=self.proliferating, residual=self.residual, hcq_ng_ml=self.hcq_ng_ml,
+            marrow_proliferating=self.marrow_proliferating, residual=self.residual,
+            lesion_cells=self.lesion_cells, ode_proliferating_all=self.proliferating,
+            hcq_ng_ml=self.hcq_ng_ml,
             hcq_effect_ng_ml=self.hcq_effect_ng_ml, eve_ng_ml=self.eve_ng_ml,
             mtor_activity=self.mtor_activity, autophagy_demand=self.autophagy_demand,
             autophagy_flux=self.autophagy_flux, autophagy_deficit=self.autophagy_deficit,
             escaped=self.escaped, cumulative_hazard=self.hazard,
             relapse_free=self.relapse_free, p_dtc_positive=self.p_dtc_positive)
+        assert tuple(cols) == tuple(COLUMNS)
         return pd.DataFrame({k: np.asarray(v, dtype=float) for k, v in cols.items()})
 
 
@@ -111,26 +158,31 @@ def _solve(model: DormancyModel, params: Parameters, dosing: Dosing, ts, options
     p_found = O.founding_probability(params)
     reads = O.lag_reads(ts, params, ts[0], switch_size)  # (n, K) lagged times of the law
     k = reads.times.shape[-1]
-    # save at the output times and at the K lagged times of each, merged in order
-    all_ts = jnp.concatenate([ts, reads.times.reshape(-1)])
+    grid = O.marrow_grid(ts[0], ts[-1], params, switch_size)  # (M + 1,) marrow/lesion reads
+    # save at the output times, at the K lagged times of each and at the grid, merged in order
+    all_ts = jnp.concatenate([ts, reads.times.reshape(-1), jnp.clip(grid, ts[0], ts[-1])])
     order = jnp.argsort(all_ts)
     inverse = jnp.argsort(order)
     sol = integrate(model, params, course, ts[0], ts[-1], options,
                     dfx.SaveAt(ts=all_ts[order]))
     ys = sol.ys[inverse]
-    y, y_lag = ys[:n], ys[n:].reshape(n, k, ys.shape[-1])
+    y, y_lag, y_grid = ys[:n], ys[n:n + n * k].reshape(n, k, ys.shape[-1]), ys[n + n * k:]
     hazard = O.cumulative_hazard(y_lag[..., 3], reads, p_found)
+    # E on the grid: the solve's from t0, the history's closed form before it
+    esc_g = jnp.where(grid < ts[0], O.grid_history(grid, ts[0], params), y_grid[:, 3])
+    marrow_p = O.marrow_proliferating(ts, y[:, 3], grid, esc_g, params, switch_size)
+    lesions = O.lesion_cells(ts, grid, esc_g, params, switch_size)
     ex = jax.vmap(course.exposure)(ts)
     m = R.mtor_activity(ex.eve, params)
     aut = R.autophagy(m, R.lysosomal_block(ex.hcq_effect, params), params)
-    cells = y[:, 0] + y[:, 1] + y[:, 2]
-    status = S.combine(finite_status(solver_status(sol.result), y),
+    marrow = y[:, 0] + y[:, 1] + marrow_p  # what an aspirate samples (lesions are apart)
+    status = S.combine(finite_status(solver_status(sol.result), y, marrow_p, lesions),
                        start_status(model, params, course, ts[0]))
     status = S.combine(status, jnp.where(course.min_eigen_gap < 1e-6, S.DEGENERATE_PK, S.OK))
     return Trajectory(
         times=ts, dormant=y[:, 0], reactivating=y[:, 1], proliferating=y[:, 2],
-        escaped=y[:, 3], hazard=hazard,
-        p_dtc_positive=O.p_dtc_positive(cells, params["aspirate_fraction"]),
+        marrow_proliferating=marrow_p, lesion_cells=lesions, escaped=y[:, 3], hazard=hazard,
+        p_dtc_positive=O.p_dtc_positive(marrow, params["aspirate_fraction"]),
         hcq_ng_ml=ex.hcq, hcq_effect_ng_ml=ex.hcq_effect, eve_ng_ml=ex.eve, mtor_activity=m,
         autophagy_demand=aut.demand, autophagy_flux=aut.flux, autophagy_deficit=aut.deficit,
         status=status, num_steps=sol.stats["num_steps"])
