@@ -25,7 +25,6 @@ solver settings are one immutable value, `FitOptions`.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -175,10 +174,10 @@ def covariate_lines(rows) -> list[str]:
         ci = ("" if r.get("ci95_low") is None else
               f"  95% CI [{r['ci95_low']:.3g}, {r['ci95_high']:.3g}]")
         rse = "" if r.get("rse_percent") is None else f"  RSE {r['rse_percent']:.1f}%"
-        what = (f"power: x ({r['covariate']} / {r['reference']:.4g})^beta"
-                if r["model"] == "power" else f"categorical: x exp(beta) = "
-                f"{math.exp(r['estimate']):.3g} vs level {r['reference']!r}")
-        out.append(f"  beta({r['label']}) {r['estimate']:.4g}{ci}{rse}  [{what}]")
+        fold = ("" if r.get("fold_change") is None else
+                f"  fold change {r['fold_change']:.3g}")
+        out.append(f"  beta({r['label']}) {r['estimate']:.4g}{ci}{rse}{fold}  [{r['model']}: "
+                   f"{r['formula']}]")
     return out
 
 

@@ -143,9 +143,10 @@ def run_fit(study_path, model_path, free, options=None, *, out, figures=None, ar
         free_parameters(params, free)
         check_random(random, free, params)
         ids, arm_of, _, _ = animal_table(study)
-        names = tuple(f.name for f in free_parameters(params, free))
+        fp = free_parameters(params, free)
+        names = tuple(f.name for f in fp)
         covariates = check_covariates(covariates, names, params)
-        study_covariates(study, ids, arm_of, covariates, names)
+        study_covariates(study, ids, arm_of, covariates, names, tuple(f.scale for f in fp))
         if options.profile:
             raise InputError("--profile", "profile", "profiles are for --method pooled")
     for n in options.profile:

@@ -236,7 +236,7 @@ def study_problem(study: Study, params: Parameters, free, random, *, covariance=
     base = params.replace(body_weight=study.body_weight_kg)
     codes = np.array([SCALE_CODE[f.scale] for f in fp])
     _, arm, _, _ = animal_table(study)
-    cov = study_covariates(study, ids, arm, specs, names)
+    cov = study_covariates(study, ids, arm, specs, names, tuple(f.scale for f in fp))
     shifted = set(random) | {s.parameter for s in specs}
     model = model or DormancyModel()
     arm_dosing = stacked_dosing([a.schedule for a in study.arms], jnp.float64)

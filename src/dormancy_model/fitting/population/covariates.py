@@ -39,6 +39,7 @@ a covariate with one value for every animal, a categorical level (or reference) 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -75,7 +76,8 @@ class CovariateSpec:
 class CovariateEffect:
     """One estimated beta: on `parameter`, of `covariate` (`model` power or categorical);
     `reference`: the power model's reference value or the reference level; `level`: the level
-    of a categorical effect (None for power); `reference_rule`: how the reference was chosen."""
+    of a categorical effect (None for power); `reference_rule`: how the reference was chosen;
+    `scale`: the parameter's transform scale (log: the effect multiplies the typical value)."""
 
     parameter: str
     covariate: str
@@ -83,17 +85,21 @@ class CovariateEffect:
     reference: float | str
     reference_rule: str
     level: str | None = None
+    scale: str = "log"
 
     @property
     def label(self) -> str:
         return f"{self.parameter}~{self.covariate}" + (f"={self.level}" if self.level else "")
 
-    def describe(self) -> str:
+    def formula(self) -> str:
+        """How the effect changes the typical value, e.g. ``x (body_weight_g / 25)^beta``."""
         if self.model == "power":
-            return (f"{self.parameter} x ({self.covariate} / {self.reference:g})^beta "
-                    f"(reference: {self.reference_rule})")
-        return (f"{self.parameter} x exp(beta) in {self.covariate} {self.level!r} "
-                f"(reference level {self.reference!r}: {self.reference_rule})")
+            if self.scale == "log":
+                return f"x ({self.covariate} / {self.reference:.4g})^beta"
+            return f"+ beta log({self.covariate} / {self.reference:.4g}) on the {self.scale} scale"
+        if self.scale == "log":
+            return f"x exp(beta) vs level {self.reference!r}"
+        return f"+ beta on the {self.scale} scale vs level {self.reference!r}"
 
 
 class CovariateModel(eqx.Module):
@@ -190,8 +196,9 @@ def check_covariates(specs, free, params, source: str = "--covariate"):
     specs = parse_covariates(specs, source)
     for s in specs:
         if s.parameter not in params.spec and s.parameter not in NUISANCE:
+            known = dict.fromkeys([*free, *params.spec])
             raise InputError(source, "covariate", f"unknown parameter {s.parameter!r} in "
-                             f"{s.text!r}{suggest(s.parameter, dict.fromkeys([*free, *params.spec]))}")
+                             f"{s.text!r}{suggest(s.parameter, known)}")
         if s.parameter not in free:
             raise InputError(source, "covariate", f"{s.parameter} is fixed (not among --free "
                              f"{','.join(free)}); a covariate effect needs a fitted typical "
@@ -219,10 +226,11 @@ class Column:
 
 
 def covariate_model(specs, names, columns: dict, ids, source: str = "--covariate",
-                    missing_column=None) -> CovariateModel | None:
+                    missing_column=None, scales=None) -> CovariateModel | None:
     """The `CovariateModel` of `specs` over the animals `ids` (n): `names` the fitted typical
-    values, `columns` {covariate: `Column`}; `missing_column(spec)`: the InputError for a
-    covariate not in `columns` (default: one naming `source`). None when there is no spec."""
+    values (on `scales`, default all log), `columns` {covariate: `Column`};
+    `missing_column(spec)`: the InputError for a covariate not in `columns` (default: one
+    naming `source`). None when there is no spec."""
     specs = parse_covariates(specs, source)
     if not specs:
         return None
@@ -239,10 +247,11 @@ def covariate_model(specs, names, columns: dict, ids, source: str = "--covariate
                              f"{suggest(s.covariate, list(columns))}")
         categorical = s.model == "categorical" or (s.model is None and col.categorical)
         build = _categorical if categorical else _power
+        j = names.index(s.parameter)
         for effect, x in build(s, col, ids, source):
             cols.append(x)
-            target.append(names.index(s.parameter))
-            effects.append(effect)
+            target.append(j)
+            effects.append(dataclasses.replace(effect, scale=scales[j] if scales else "log"))
     return CovariateModel(design=jnp.asarray(np.stack(cols, axis=1), float),
                           target=tuple(target), effects=tuple(effects))
 
@@ -338,11 +347,11 @@ def control_arm(study) -> tuple[str, str]:
         f" ({len(empty)} arms give no drug)" if empty else " (no arm without drug)"))
 
 
-def study_covariates(study, ids, arm_of, specs, names,
+def study_covariates(study, ids, arm_of, specs, names, scales=None,
                      source: str = "--covariate") -> CovariateModel | None:
     """The covariate model of a study's population problem: animals `ids` (n) in arms `arm_of`
     (n, index into `study.arms`), covariates ``arm`` and the columns of its `animals.csv`
-    (errors name that file, line and column)."""
+    (errors name that file, line and column); `names`/`scales`: the fitted typical values."""
     from pathlib import Path
 
     specs = parse_covariates(specs, source)
@@ -379,7 +388,7 @@ def study_covariates(study, ids, arm_of, specs, names,
                           f"(columns: {', '.join(cols) or 'none'}; named by {source} "
                           f"{s.text})")
 
-    return covariate_model(specs, names, columns, tuple(ids), source, missing)
+    return covariate_model(specs, names, columns, tuple(ids), source, missing, scales)
 
 
 # ----------------------------------------------------------------------------- output
@@ -388,17 +397,18 @@ def study_covariates(study, ids, arm_of, specs, names,
 def effect_rows(effects, beta, se, *, z: float = 1.959963984540054) -> list[dict]:
     """The fit output's covariate table: per effect its description, estimate (beta: the
     exponent of a power model, the log fold change of a level), standard error, RSE%, Wald 95%
-    CI and, for a level, the fold change exp(beta) with its CI."""
+    CI, the formula, and for a level of a log-scale parameter the fold change exp(beta) with
+    its CI."""
     rows = []
     for e, b, s in zip(effects, beta, se, strict=True):
         b, s = float(b), float(s)
         ok = math.isfinite(s)
         row = dict(parameter=e.parameter, covariate=e.covariate, model=e.model,
                    level=e.level, reference=e.reference, reference_rule=e.reference_rule,
-                   label=e.label, estimate=b, se=s if ok else None,
-                   rse_percent=100 * s / abs(b) if ok and b != 0 else None,
+                   label=e.label, scale=e.scale, formula=e.formula(), estimate=b,
+                   se=s if ok else None, rse_percent=100 * s / abs(b) if ok and b != 0 else None,
                    ci95_low=b - z * s if ok else None, ci95_high=b + z * s if ok else None)
-        if e.model == "categorical":
+        if e.model == "categorical" and e.scale == "log":
             row.update(fold_change=math.exp(b),
                        fold_change_ci95=[math.exp(b - z * s), math.exp(b + z * s)] if ok
                        else None)
