@@ -386,3 +386,13 @@ def test_cli_laplace_fit_with_covariates_writes_and_prints_the_effects(tmp_path,
     assert o["aic"] == pytest.approx(2 * 6 + 2 * o["nll"])
     assert o["bic"] == pytest.approx(6 * np.log(o["n_obs"]) + 2 * o["nll"])
     assert "beta(dormant_initial~body_weight_g)" in out and "beta(k_dr~arm=" in out
+
+
+def test_vpc_refuses_a_fit_with_covariate_effects():
+    """A VPC would simulate the animals without their covariate effects: refused, one line."""
+    from dormancy_model.fitting.vpc.model import _population
+
+    pop = dict(random_effects=["k_dr"], omega=[[0.1]], covariates=[dict(label="k_dr~arm=x")])
+    with pytest.raises(InputError, match="fit.json: population.covariates: a VPC of a fit "
+                                         "with covariate effects is not supported"):
+        _population(pop, ("k_dr",), "fit.json")
