@@ -36,10 +36,11 @@ def fit_cmd(
     covariance: str = typer.Option("diagonal", "--covariance", help="random-effect covariance: "
                                    "diagonal or full"),
     covariate: list[str] = typer.Option(
-        [], "--covariate", help="covariate effect on a typical value (--method laplace or "
-        "nuts), PARAM~COLUMN[:power|:categorical][@REFERENCE]; repeat the option or separate "
-        "with commas. A column of the study's animals.csv is a power model, theta_i = theta * "
-        "(c_i / ref)^beta (reference: the median of the animals unless @REF), e.g. "
+        [], "--covariate", metavar="PARAM~COLUMN", help="covariate effect on a typical value "
+        "(--method laplace or nuts): PARAM~COLUMN, optionally followed by :power or "
+        ":categorical and by @REFERENCE; repeat the option or separate with commas. A "
+        "column of the study's animals.csv is a power model, theta_i = theta * (c_i / "
+        "ref)^beta (reference: the median of the animals unless @REF), e.g. "
         "k_dr~body_weight_g; 'arm' (the dose group) and :categorical columns get one fold "
         "change exp(beta) per level (reference: the arm without drug if exactly one, else "
         "the first in study.toml; a column's first level in animals.csv), e.g. "

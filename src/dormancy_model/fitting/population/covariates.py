@@ -115,12 +115,6 @@ class CovariateModel(eqx.Module):
     def p(self) -> int:
         return len(self.target)
 
-    def shift(self, beta, x, d: int):
-        """(d,) shift of one animal's typical values on the transform scale: beta (p,), its
-        design row x (p,)."""
-        return jnp.zeros(d, dtype=jnp.result_type(beta, x)).at[
-            jnp.asarray(self.target, int)].add(beta * x)
-
 
 def typical_values(theta_typical, beta, x, target) -> jax.Array:
     """An animal's typical values (d,) on the transform scale: ``theta + X beta`` for its design
