@@ -35,9 +35,10 @@ class PoissonLogLinear(AbstractAnimalLikelihood):
         return jnp.sum(ll), jnp.asarray(0)
 
 
-def problem(likelihood, animals, names, scales, random, lower, upper, covariance="diagonal"):
+def problem(likelihood, animals, names, scales, random, lower, upper, covariance="diagonal",
+            covariates=None):
     n_obs = int(np.asarray(animals[2]).sum())
     return PopulationProblem(likelihood=likelihood, animals=tuple(map(jnp.asarray, animals)),
                              lower=jnp.asarray(lower, float), upper=jnp.asarray(upper, float),
                              names=tuple(names), scales=tuple(scales), random=tuple(random),
-                             covariance=covariance, n_obs=n_obs)
+                             covariance=covariance, n_obs=n_obs, covariates=covariates)

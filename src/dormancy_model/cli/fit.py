@@ -35,6 +35,16 @@ def fit_cmd(
                                "effect per animal (comma-separated; --method laplace)"),
     covariance: str = typer.Option("diagonal", "--covariance", help="random-effect covariance: "
                                    "diagonal or full"),
+    covariate: list[str] = typer.Option(
+        [], "--covariate", metavar="PARAM~COLUMN", help="covariate effect on a typical value "
+        "(--method laplace or nuts): PARAM~COLUMN, optionally followed by :power or "
+        ":categorical and by @REFERENCE; repeat the option or separate with commas. A "
+        "column of the study's animals.csv is a power model, theta_i = theta * (c_i / "
+        "ref)^beta (reference: the median of the animals unless @REF), e.g. "
+        "k_dr~body_weight_g; 'arm' (the dose group) and :categorical columns get one fold "
+        "change exp(beta) per level (reference: the arm without drug if exactly one, else "
+        "the first in study.toml; a column's first level in animals.csv), e.g. "
+        "delta_max~arm@vehicle. NUTS prior on each beta: Normal(0, 1)"),
     laplace_starts: int = typer.Option(2, "--laplace-starts", help="Laplace starts (the best "
                                        "distinct pooled estimates)"),
     chains: int = typer.Option(4, "--chains", help="NUTS chains (--method nuts)"),
@@ -45,7 +55,8 @@ def fit_cmd(
 ):
     """Fit free parameters to a mouse study (residual burden + relapse) by multistart
     gradient descent; writes the fit JSON and figures. With --method laplace and --random:
-    a population fit (typical values, between-animal CVs, per-animal estimates)."""
+    a population fit (typical values, between-animal CVs, per-animal estimates), with
+    --covariate: covariate effects on the typical values (body weight, dose group)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from dormancy_model.errors import InputError, check_seed
@@ -89,6 +100,7 @@ def fit_cmd(
             study, model, free, options, out=out, figures=figures,
             arms=arm_names, progress=progress, method=method,
             random=random, covariance=covariance, laplace=laplace, on_iteration=on_iteration,
+            covariates=covariate,
             nuts=NutsOptions(chains=chains, warmup=warmup, draws=draws, seed=seed,
                              max_tree_depth=max_tree_depth))
     typer.echo(result.summary())

@@ -162,7 +162,23 @@ class FitResult:
             rows.append(f"  omega({r}) CV {pct(v['cv'])}%{ci}"
                         + (f"  shrinkage {pct(v['shrinkage'])}%" if "shrinkage" in v else "")
                         + ("  (sd at its bound: no CI)" if v.get("sd_at_bound") else ""))
+        rows += covariate_lines(pop.get("covariates") or [])
         return "\n".join(rows)
+
+
+def covariate_lines(rows) -> list[str]:
+    """One summary line per covariate effect of a population fit (`population.covariates.
+    effect_rows`: its beta, 95% CI, RSE% and model)."""
+    out = []
+    for r in rows:
+        ci = ("" if r.get("ci95_low") is None else
+              f"  95% CI [{r['ci95_low']:.3g}, {r['ci95_high']:.3g}]")
+        rse = "" if r.get("rse_percent") is None else f"  RSE {r['rse_percent']:.1f}%"
+        fold = ("" if r.get("fold_change") is None else
+                f"  fold change {r['fold_change']:.3g}")
+        out.append(f"  beta({r['label']}) {r['estimate']:.4g}{ci}{rse}{fold}  [{r['model']}: "
+                   f"{r['formula']}]")
+    return out
 
 
 def start_points(obj: Objective, starts: int, seed: int, method: str = "sobol") -> np.ndarray:

@@ -79,7 +79,7 @@ def _names(v) -> tuple:
 
 def run_fit(study_path, model_path, free, options=None, *, out, figures=None, arms=None,
             progress=None, method="pooled", random=(), covariance="diagonal", laplace=None,
-            on_iteration=None, nuts=None):
+            on_iteration=None, nuts=None, covariates=()):
     """Load, validate, fit, write `out` (JSON) and figures (default directory: `out` without
     .json). `study_path`: a study directory; `model_path`: a parameter set name or file; `free`:
     names (a list or a comma-separated string); `options`: the search (`FitOptions`: starts,
@@ -88,7 +88,9 @@ def run_fit(study_path, model_path, free, options=None, *, out, figures=None, ar
     effects per animal on `random`, a subset of `free`, `covariance` "diagonal" or "full";
     `laplace`: its `LaplaceOptions`; `population.study_fit`) or "nuts" (the same model sampled
     by numpyro NUTS, `nuts`: its `NutsOptions`; the posterior is written next to `out` as
-    NetCDF, `out` with .nc). Returns (result, study, fig_dir, fig names)."""
+    NetCDF, `out` with .nc). `covariates`: covariate effects on typical values for laplace and
+    nuts (`population.covariates`: strings ``PARAM~COLUMN[:MODEL][@REFERENCE]``, repeated or
+    comma-separated). Returns (result, study, fig_dir, fig names)."""
     from dormancy_model.fitting.estimate import FitOptions, fit, fit_batch
     from dormancy_model.fitting.files import write_fit
     from dormancy_model.fitting.objective import Objective
@@ -119,9 +121,17 @@ def run_fit(study_path, model_path, free, options=None, *, out, figures=None, ar
                          f"(one of: {', '.join(METHODS)})")
     if method == "pooled" and random:
         raise InputError("--random", "random", "random effects need --method laplace or nuts")
+    if method == "pooled" and any(str(c).strip() for c in (
+            [covariates] if isinstance(covariates, str) else covariates)):
+        raise InputError("--covariate", "covariate", "covariate effects need --method laplace "
+                         "or nuts (with --random)")
     if method in ("laplace", "nuts"):
         from dormancy_model.fitting.objective import free_parameters
         from dormancy_model.fitting.population.animals import animal_table, check_random
+        from dormancy_model.fitting.population.covariates import (
+            check_covariates,
+            study_covariates,
+        )
         from dormancy_model.fitting.population.problem import COVARIANCES
 
         if not random:
@@ -132,7 +142,11 @@ def run_fit(study_path, model_path, free, options=None, *, out, figures=None, ar
                              f"{covariance!r} (one of: {', '.join(COVARIANCES)})")
         free_parameters(params, free)
         check_random(random, free, params)
-        animal_table(study)
+        ids, arm_of, _, _ = animal_table(study)
+        fp = free_parameters(params, free)
+        names = tuple(f.name for f in fp)
+        covariates = check_covariates(covariates, names, params)
+        study_covariates(study, ids, arm_of, covariates, names, tuple(f.scale for f in fp))
         if options.profile:
             raise InputError("--profile", "profile", "profiles are for --method pooled")
     for n in options.profile:
@@ -156,14 +170,15 @@ def run_fit(study_path, model_path, free, options=None, *, out, figures=None, ar
         kw = {} if laplace is None else dict(laplace=laplace)
         result = fit_study_laplace(study, params, free, random, options=options,
                                    covariance=covariance, pooled=pooled,
-                                   on_iteration=on_iteration, **kw)
+                                   on_iteration=on_iteration, covariates=covariates, **kw)
     elif method == "nuts":
         from dormancy_model.fitting.population.nuts import save_netcdf
         from dormancy_model.fitting.population.study_fit import fit_study_nuts
 
         pooled = fit(study, params, free, options=options, objective=obj, progress=progress)
         result, idata = fit_study_nuts(study, params, free, random, options=options, nuts=nuts,
-                                       covariance=covariance, pooled=pooled)
+                                       covariance=covariance, pooled=pooled,
+                                       covariates=covariates)
         nc = out.with_suffix(".nc")
         result.population["posterior_netcdf"] = nc.name
     else:

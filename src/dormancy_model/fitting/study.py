@@ -32,7 +32,9 @@ Formats (a study is a directory holding the three files):
 * ``animals.csv`` (optional, named by ``study.animals``): one row per animal, ``mouse_id`` and
   covariate columns, e.g. ``body_weight_g`` (a plausible weight for the species); any other
   column is kept as text. Every animal of burden.csv and survival.csv needs a row with every
-  covariate filled in, and every row must name one of them.
+  covariate filled in, and every row must name one of them. A population fit can put covariate
+  effects of these columns (and of the animal's arm) on typical values
+  (`fitting.population.covariates`, ``dormancy fit --covariate k_dr~body_weight_g``).
 
 Files are UTF-8 (a byte-order mark is ignored). The study's ``body_weight_g`` must be plausible
 for its species (`units.BODY_WEIGHT_KG`) and, in a fit, within the model's body_weight bounds.
@@ -107,10 +109,13 @@ class SurvivalRows:
 @dataclass(frozen=True)
 class AnimalTable:
     """The per-animal covariate table: `ids` (n,) and `covariates` {column: (n,) array}
-    (``body_weight_g`` as floats in g, other columns as text)."""
+    (``body_weight_g`` as floats in g, other columns as text); `source` the file and `lines`
+    (n,) the line of each row (error messages)."""
 
     ids: tuple[str, ...]
     covariates: dict
+    source: str = ""
+    lines: tuple[int, ...] = ()
 
     def body_weight_kg(self, ids, default_kg: float) -> np.ndarray:
         """Body weight (kg) of each animal in `ids`; `default_kg` without a weight column."""
@@ -322,7 +327,7 @@ def _read_animals(path: Path, species: str, burden: BurdenRows,
     rows = _read_csv(path, ANIMAL_COLUMNS, any_other=True)
     cols = [c for c in rows[0][1] if c != "mouse_id"]
     known = {str(m) for m in burden.mouse_id} | {str(m) for m in survival.mouse_id}
-    ids, seen = [], {}
+    ids, seen, lines = [], {}, []
     values = {c: [] for c in cols}
     for no, r in rows:
         mid = r["mouse_id"]
@@ -336,6 +341,7 @@ def _read_animals(path: Path, species: str, burden: BurdenRows,
                              f"{suggest(mid, sorted(known))}: not in burden.csv or survival.csv")
         seen[mid] = no
         ids.append(mid)
+        lines.append(no)
         for c in cols:
             if not r[c]:
                 raise InputError(f"{src}:{no}", c, f"missing for animal {mid!r}")
@@ -353,7 +359,7 @@ def _read_animals(path: Path, species: str, burden: BurdenRows,
                          f"animal(s) without one; every animal of the data files needs its "
                          f"covariates: {', '.join(cols) or 'a row'})")
     return AnimalTable(tuple(ids), {c: np.array(v, float if c == "body_weight_g" else object)
-                                    for c, v in values.items()})
+                                    for c, v in values.items()}, src, tuple(lines))
 
 
 def load_study(path: str | Path) -> Study:
@@ -444,7 +450,8 @@ class StudyArrays(eqx.Module):
     surv_event: jax.Array  # (A, Ns) float 0/1
     surv_mask: jax.Array  # (A, Ns) bool
     # (A,) body weight (kg) of each unit: the animal's (covariate table) in a population
-    # problem, the study's for an arm; not read by the likelihood (a hook for covariate models)
+    # problem, the study's for an arm; not read by the likelihood (covariate models on typical
+    # values read the table itself: `population.covariates.study_covariates`)
     body_weight_kg: jax.Array | None = None
 
 

@@ -7,5 +7,6 @@ coordinates), `nuts` (`fit_nuts`: numpyro NUTS on the same problem, arviz Infere
 `animals` (`study_problem`: the mouse-study animal likelihood, the pooled fit's laws per
 animal), `study_fit` (`fit_study_laplace`, `fit_study_nuts`: a study's population fit as a
 `FitResult` with a population block, what `dormancy fit --method laplace|nuts` runs),
-`result` (`PopulationResult`).
+`result` (`PopulationResult`), `covariates` (power and categorical covariate models on the
+typical values: body weight, dose group, any animals.csv column; `dormancy fit --covariate`).
 """

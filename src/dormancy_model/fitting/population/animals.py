@@ -21,8 +21,14 @@ per arm at the stage times of the step grid (`StudyAnimalLikelihood.shared`) and
 animal of the arm (`integrate.FixedSteps.dense_tabulated`): the same numbers to rounding,
 ~3x cheaper per animal (benchmarks/RESULTS.md).
 
+Covariate effects on the typical values (`covariates=("k_dr~body_weight_g", "delta_max~arm")`,
+`covariates.study_covariates`): power models of the numeric columns of the study's animals.csv
+and categorical models of its text columns and of the animal's arm (dose group); a covariate on
+a parameter the drug signals read makes every animal's signals its own, as a random effect does.
+
 Bad input (`errors.InputError`, one line): a random effect on an unknown parameter, on a
-parameter that is not free (fixed), on the noise sd, named twice; an animal id in two arms.
+parameter that is not free (fixed), on the noise sd, named twice; an animal id in two arms;
+the covariate errors of `covariates`.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from dormancy_model.fitting.likelihood import (
     relapse_loglik_unit,
 )
 from dormancy_model.fitting.objective import NUISANCE, free_parameters
+from dormancy_model.fitting.population.covariates import check_covariates, study_covariates
 from dormancy_model.fitting.population.problem import (
     AbstractAnimalLikelihood,
     PopulationProblem,
@@ -207,7 +214,8 @@ def animal_arrays(study: Study, dtype=jnp.float64):
 def study_problem(study: Study, params: Parameters, free, random, *, covariance="diagonal",
                   sigma: float = 0.5, solver: FixedSteps | None = None,
                   model: DormancyModel | None = None,
-                  sd_bounds=(0.01, 3.0), tabulate: bool = True) -> PopulationProblem:
+                  sd_bounds=(0.01, 3.0), tabulate: bool = True,
+                  covariates=()) -> PopulationProblem:
     """The population problem of a mouse study: typical values of `free` (model parameters
     and/or `burden_sigma`, bounds and scales from the parameter table), random effects on
     `random` (a subset of the free model parameters), `covariance` "diagonal" or "full";
@@ -216,16 +224,20 @@ def study_problem(study: Study, params: Parameters, free, random, *, covariance=
     bounded (scan) loops so that the third derivatives of the Laplace gradient can be taken);
     `tabulate`: share each arm's drug signals between its animals (`StudyAnimalLikelihood.
     shared`; used only when no random effect reaches them; False: every animal computes its
-    own, the reference of the tests)."""
+    own, the reference of the tests); `covariates`: covariate effects on typical values
+    (specifications as strings, `covariates.SYNTAX`, or `covariates.CovariateSpec`s)."""
     from dormancy_model.fitting.estimate import fit_solver_options
 
     fp = free_parameters(params, tuple(free))
     names = tuple(f.name for f in fp)
     random = check_random(random, names, params)
+    specs = check_covariates(covariates, names, params)
     ids, arrays, t_end = animal_arrays(study)
     base = params.replace(body_weight=study.body_weight_kg)
     codes = np.array([SCALE_CODE[f.scale] for f in fp])
     _, arm, _, _ = animal_table(study)
+    cov = study_covariates(study, ids, arm, specs, names, tuple(f.scale for f in fp))
+    shifted = set(random) | {s.parameter for s in specs}
     model = model or DormancyModel()
     arm_dosing = stacked_dosing([a.schedule for a in study.arms], jnp.float64)
     options = solver or dataclasses.replace(fit_solver_options(), scan_kind="bounded")
@@ -242,7 +254,7 @@ def study_problem(study: Study, params: Parameters, free, random, *, covariance=
         t_end=jnp.asarray(t_end), names=names,
         model_names=tuple(f.name for f in fp if not f.nuisance), options=options,
         model=model, arm_dosing=arm_dosing, arm_of=jnp.asarray(arm),
-        tabulate=tabulate and isinstance(options, FixedSteps) and not reads & set(random))
+        tabulate=tabulate and isinstance(options, FixedSteps) and not reads & shifted)
     lo = np.array([to_scale(f.lower, f.scale) for f in fp])
     hi = np.array([to_scale(f.upper, f.scale) for f in fp])
     n_obs = int(np.asarray(arrays.burden_mask).sum() + np.asarray(arrays.surv_mask).sum())
@@ -252,15 +264,15 @@ def study_problem(study: Study, params: Parameters, free, random, *, covariance=
                              upper=jnp.asarray(hi), names=names,
                              scales=tuple(f.scale for f in fp), random=random,
                              covariance=covariance, sd_bounds=tuple(sd_bounds), n_obs=n_obs,
-                             animal_ids=ids)
+                             animal_ids=ids, covariates=cov)
 
 
 @eqx.filter_jit
 def animal_parts(problem: PopulationProblem, theta, eta):
     """Per-animal (burden log-likelihood, relapse log-likelihood, status) at the outer vector
     `theta` and random effects `eta` (n_animals, q)."""
-    shared = problem.likelihood.shared(problem.phi(theta, jnp.zeros(problem.q)))
+    shared = problem.shared(theta)
 
-    def one(e, a, s):
-        return problem.likelihood.parts(problem.phi(theta, e), a, s)
-    return jax.vmap(one)(eta, problem.animals, shared)
+    def one(e, a, s, x):
+        return problem.likelihood.parts(problem.phi(theta, e, x), a, s)
+    return jax.vmap(one)(eta, problem.animals, shared, problem.design)

@@ -3,11 +3,12 @@
     result = fit_laplace(problem, options=LaplaceOptions(starts=4, seed=0))
 
 1. starts: scrambled Sobol typical values inside the bounds (10%-90% of each range) or the
-   given `theta0`, random-effect sds at `sd0`, no correlation;
+   given `theta0`, random-effect sds at `sd0`, no correlation, covariate effects 0;
 2. from each start, the pooled fit's optimiser (`fitting.estimate.LBFGS`: two-loop recursion,
    backtracking Armijo line search) on the outer vector in bounded coordinates: each bounded
-   component (typical values, log sds) is ``lo + (hi - lo) sigmoid(z)``, the correlation
-   factors are unbounded (z itself), so no iterate leaves the bounds or is clipped onto them;
+   component (typical values, log sds, covariate effects) is ``lo + (hi - lo) sigmoid(z)``,
+   the correlation factors are unbounded (z itself), so no iterate leaves the bounds or is
+   clipped onto them;
    the gradient is exact (implicit differentiation through the inner modes,
    `laplace.laplace_value_and_grad`) and the inner modes are warm-started from the previous
    evaluation's;
@@ -26,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dormancy_model.fitting.estimate import LBFGS
+from dormancy_model.fitting.population.covariates import effect_rows
 from dormancy_model.fitting.population.laplace import (
     InnerOptions,
     laplace_value_and_grad,
@@ -236,6 +238,9 @@ def _result(problem, options, method, theta, se, cov, f_best, eta, conv, hessian
     cv = [float(cv_of(sd[j], rscales[j])) for j in range(q)]
     cv_lo = [float(cv_of(sd[j] * np.exp(-Z95 * se_lsd[j]), rscales[j])) for j in range(q)]
     cv_hi = [float(cv_of(sd[j] * np.exp(Z95 * se_lsd[j]), rscales[j])) for j in range(q)]
+    beta_at = d + q + problem.n_offdiag
+    covariates = (effect_rows(problem.covariates.effects, theta[beta_at:], se[beta_at:])
+                  if problem.p else [])
     outer_ok = bool(starts and starts[0].converged)
     return PopulationResult(
         method=method, names=names, scales=problem.scales, random=problem.random,
@@ -254,5 +259,7 @@ def _result(problem, options, method, theta, se, cov, f_best, eta, conv, hessian
                       starts=len(starts), seed=options.seed, sd0=options.sd0,
                       iterations=options.iterations, gtol=options.gtol,
                       inner_iterations=options.inner.iterations,
-                      covariance=problem.covariance, random=list(problem.random)),
-        seed=options.seed, wall_time_s=wall)
+                      covariance=problem.covariance, random=list(problem.random),
+                      covariates=[e.label for e in problem.covariates.effects]
+                      if problem.p else []),
+        seed=options.seed, wall_time_s=wall, covariates=covariates)

@@ -2,7 +2,7 @@
 
 For animal i with data y_i the inner objective is
 
-    g_i(eta; theta) = -log p(y_i | phi_i = theta + E eta) + 1/2 eta^T Omega^{-1} eta
+    g_i(eta; theta) = -log p(y_i | phi_i = theta + X_i beta + E eta) + 1/2 eta^T Omega^{-1} eta
 
 and with its mode eta_i* (the empirical Bayes estimate, EBE) and Hessian H_i = d2 g_i / d eta2
 at the mode, the Laplace marginal negative log-likelihood of the animal is
@@ -46,10 +46,11 @@ class InnerOptions(eqx.Module):
     tol: float = eqx.field(static=True, default=1e-10)
 
 
-def inner_objective(problem: PopulationProblem, theta, eta, animal, shared=None):
+def inner_objective(problem: PopulationProblem, theta, eta, animal, shared=None, x=None):
     """(g_i(eta; theta), status) of one animal: negative log-likelihood plus the Gaussian
-    penalty of its random effects; `shared`: the animal's row of `problem.shared(theta)`."""
-    ll, status = problem.loglik(problem.phi(theta, eta), animal, shared)
+    penalty of its random effects; `shared`: the animal's row of `problem.shared(theta)`; `x`:
+    its covariate design row (`problem.design`; None without covariates)."""
+    ll, status = problem.loglik(problem.phi(theta, eta, x), animal, shared)
     L = problem.chol(theta)
     w = jax.scipy.linalg.solve_triangular(L, eta, lower=True)
     g = -ll + 0.5 * jnp.sum(w**2)
@@ -76,14 +77,14 @@ def value_grad_hessian(g, eta):
 
 
 def find_mode(problem: PopulationProblem, theta, eta0, animal, options: InnerOptions,
-              shared=None):
+              shared=None, x=None):
     """Damped Newton from eta0 (q,) for one animal. Returns (eta*, converged bool, steps,
     Hessian of g at eta* (q, q), as computed: not made positive definite).
 
     Each iteration costs one fused value-gradient-Hessian pass at the accepted point
     (`value_grad_hessian`) and one plain value per line-search trial; the last pass is at
     eta*, so its Hessian is returned for the implicit gradient (`mode_implicit`)."""
-    g = lambda e: inner_objective(problem, theta, e, animal, shared)[0]  # noqa: E731
+    g = lambda e: inner_objective(problem, theta, e, animal, shared, x)[0]  # noqa: E731
 
     def newton_step(G, H, q):
         ok = jnp.all(jnp.isfinite(G)) & jnp.all(jnp.isfinite(H))
@@ -129,14 +130,14 @@ def find_mode(problem: PopulationProblem, theta, eta0, animal, options: InnerOpt
 
 
 def mode_implicit(problem: PopulationProblem, theta, eta_star, animal, shared=None,
-                  hessian=None):
+                  hessian=None, x=None):
     """The mode as a differentiable function of theta by the implicit function theorem (see the
     module docstring): value eta_star, derivative -H^{-1} d(grad_eta g)/d theta. `shared`
     must be the animal's row of `problem.shared(theta)` at this theta (it carries the
     derivative of the shared table); `hessian`: the Hessian of g at eta_star if known (the
     last one of `find_mode`), else computed here."""
     eta_star = jax.lax.stop_gradient(eta_star)
-    g = lambda e, t: inner_objective(problem, t, e, animal, shared)[0]  # noqa: E731
+    g = lambda e, t: inner_objective(problem, t, e, animal, shared, x)[0]  # noqa: E731
     H = jax.hessian(g)(eta_star, theta) if hessian is None else hessian
     H = jax.lax.stop_gradient(H)
     G = jax.grad(g)(eta_star, theta)
@@ -144,11 +145,11 @@ def mode_implicit(problem: PopulationProblem, theta, eta_star, animal, shared=No
 
 
 def animal_laplace(problem: PopulationProblem, theta, eta_star, animal, shared=None,
-                   hessian=None):
+                   hessian=None, x=None):
     """(Laplace marginal nll of one animal, log det H, H positive definite) at its mode;
-    `hessian`: see `mode_implicit`."""
-    eta = mode_implicit(problem, theta, eta_star, animal, shared, hessian)
-    g = lambda e: inner_objective(problem, theta, e, animal, shared)[0]  # noqa: E731
+    `hessian`: see `mode_implicit`; `x`: the animal's covariate design row."""
+    eta = mode_implicit(problem, theta, eta_star, animal, shared, hessian, x)
+    g = lambda e: inner_objective(problem, theta, e, animal, shared, x)[0]  # noqa: E731
     H = jax.hessian(g)(eta)
     H = 0.5 * (H + H.T)
     sign, logdet_h = jnp.linalg.slogdet(H)
@@ -161,13 +162,14 @@ def animal_laplace(problem: PopulationProblem, theta, eta_star, animal, shared=N
 
 def _modes(problem, theta, eta0, options):
     shared = jax.lax.stop_gradient(problem.shared(theta))
-    return jax.vmap(find_mode, in_axes=(None, None, 0, 0, None, 0))(
-        problem, theta, eta0, problem.animals, options, shared)
+    return jax.vmap(find_mode, in_axes=(None, None, 0, 0, None, 0, 0))(
+        problem, theta, eta0, problem.animals, options, shared, problem.design)
 
 
 def _marginal(problem, theta, eta_star, hessians=None):
-    nll, _, pd = jax.vmap(animal_laplace, in_axes=(None, None, 0, 0, 0, 0))(
-        problem, theta, eta_star, problem.animals, problem.shared(theta), hessians)
+    nll, _, pd = jax.vmap(animal_laplace, in_axes=(None, None, 0, 0, 0, 0, 0))(
+        problem, theta, eta_star, problem.animals, problem.shared(theta), hessians,
+        problem.design)
     return jnp.sum(nll), (nll, pd)
 
 
@@ -194,6 +196,6 @@ def laplace_value(problem: PopulationProblem, theta, eta0,
 @eqx.filter_jit
 def mode_hessians(problem: PopulationProblem, theta, eta):
     """Per-animal Hessians of g at the modes (n_animals, q, q) (for the EBEs' conditional sd)."""
-    def one(e, a, s):
-        return jax.hessian(lambda x: inner_objective(problem, theta, x, a, s)[0])(e)
-    return jax.vmap(one)(eta, problem.animals, problem.shared(theta))
+    def one(e, a, s, x):
+        return jax.hessian(lambda v: inner_objective(problem, theta, v, a, s, x)[0])(e)
+    return jax.vmap(one)(eta, problem.animals, problem.shared(theta), problem.design)

@@ -14,14 +14,17 @@ Priors: each typical value Normal on its transform scale centred on `prior_centr
 parameter table's value for a study, `study_prior`; the middle of the bounds otherwise) with
 sd a quarter of the bounds' width (`likelihood.log_prior`, the pooled fit's `--prior`), inside
 its bounds; log sd uniform between the sd bounds (log-uniform sd); correlation factors Normal(0,
-1). The log-density is ``sum_i loglik(theta + E L u_i) + log N(u; 0, I) + log prior``; a failed
-solve (non-zero status) makes it -inf, which NUTS rejects.
+1); covariate effects (`covariates`) Normal(0, 1) each, an assumption: on a log-scale parameter
+a 2.7-fold (e) change of the typical value per unit of log covariate ratio (power model: per
+e-fold covariate ratio) or between a level and the reference is one prior sd (inside +-10).
+The log-density is ``sum_i loglik(theta + X_i beta + E L u_i) + log N(u; 0, I) + log prior``;
+a failed solve (non-zero status) makes it -inf, which NUTS rejects.
 
 Output: an arviz `InferenceData` (posterior: the typical values (natural), sd and CV of every
-random effect, eta per animal; sample_stats: diverging, tree depth, energy) and a summary
-(`NutsSummary`): R-hat, bulk/tail ESS, divergences, and `ok` False with the failed diagnostics
-named when R-hat >= `rhat_max`, the bulk ESS < `ess_min` or any draw diverged. Saved with
-`save_netcdf` (h5netcdf engine).
+random effect, ``beta(PARAM~COVARIATE[=LEVEL])`` of every covariate effect, eta per animal;
+sample_stats: diverging, tree depth, energy) and a summary (`NutsSummary`): R-hat, bulk/tail
+ESS, divergences, and `ok` False with the failed diagnostics named when R-hat >= `rhat_max`, the
+bulk ESS < `ess_min` or any draw diverged. Saved with `save_netcdf` (h5netcdf engine).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from dormancy_model.fitting.population.result import cv_of
 from dormancy_model.params.transforms import SCALE_CODE, from_scale_codes
 
 LOG_2PI = float(np.log(2 * np.pi))
+BETA_PRIOR_SD = 1.0  # prior sd of each covariate effect (log scale), see the module docstring
 
 
 class NutsOptions(eqx.Module):
@@ -114,13 +118,16 @@ class _Posterior(eqx.Module):
         L = p.chol(theta)
         eta = u @ L.T
 
-        def one(e, a, s):
-            return p.loglik(p.phi(theta, e), a, s)
+        def one(e, a, s, x):
+            return p.loglik(p.phi(theta, e, x), a, s)
 
-        ll, status = jax.vmap(one)(eta, p.animals, p.shared(theta))
+        ll, status = jax.vmap(one)(eta, p.animals, p.shared(theta), p.design)
         r = (theta[:d] - self.centre) / self.prior_sd
         lp = jnp.sum(-0.5 * r**2 - jnp.log(self.prior_sd) - 0.5 * LOG_2PI)
-        lp = lp + jnp.sum(-0.5 * theta[d + q:] ** 2)  # correlation factors
+        lp = lp + jnp.sum(-0.5 * p.split(theta)[2] ** 2)  # correlation factors
+        # covariate effects: Normal(0, 1) (BETA_PRIOR_SD)
+        lp = lp + jnp.sum(-0.5 * (p.beta(theta) / BETA_PRIOR_SD) ** 2
+                          - np.log(BETA_PRIOR_SD) - 0.5 * LOG_2PI)
         lu = jnp.sum(-0.5 * u**2)
         total = jnp.sum(ll) + lu + lp + logjac
         bad = jnp.any(status != 0) | ~jnp.isfinite(total)
@@ -186,6 +193,10 @@ def _inference_data(problem, coords, x, extra):
         sd = np.sqrt(omega[..., k, k])
         posterior[f"sd({r})"] = sd
         posterior[f"cv({r})"] = cv_of(sd, problem.scales[problem.names.index(r)])
+    if problem.p:
+        beta = theta[..., problem.d + q + problem.n_offdiag:]
+        for k, e in enumerate(problem.covariates.effects):
+            posterior[f"beta({e.label})"] = beta[..., k]
     posterior["eta"] = eta
     ids = list(problem.animal_ids or (str(i) for i in range(problem.n_animals)))
     stats = dict(diverging=np.asarray(extra["diverging"], bool),

@@ -3,19 +3,23 @@
 Each animal i has its own parameter vector on the transform scale (log / logit / lin of each
 free parameter, as in the pooled fit)::
 
-    phi_i = theta + E eta_i,        eta_i ~ Normal(0, Omega)    (q random effects)
+    phi_i = theta + X_i beta + E eta_i,        eta_i ~ Normal(0, Omega)    (q random effects)
 
-with `theta` (d,) the typical values, `E` (d, q) selecting the parameters that carry a random
-effect (on a log-scale parameter this is a log-normal between-animal law) and `Omega` (q, q)
-diagonal or full. The data enter only through an animal likelihood, `AbstractAnimalLikelihood`:
-`loglik(phi, animal) -> (log-likelihood, status)` for one animal (the rows of `animals` with
-the leading animal axis removed). The mouse-study likelihood (`fitting.population.animals`) and
-the closed-form test models are such likelihoods; the pooled fit is the case q = 0.
+with `theta` (d,) the typical values, `X_i beta` the animal's covariate effects on them
+(`covariates.CovariateModel`: power and categorical models, p effects; none by default), `E` (d,
+q) selecting the parameters that carry a random effect (on a log-scale parameter this is a
+log-normal between-animal law) and `Omega` (q, q) diagonal or full. The data enter only through
+an animal likelihood, `AbstractAnimalLikelihood`: `loglik(phi, animal) -> (log-likelihood,
+status)` for one animal (the rows of `animals` with the leading animal axis removed). The
+mouse-study likelihood (`fitting.population.animals`) and the closed-form test models are such
+likelihoods; the pooled fit is the case q = 0.
 
 The outer parameter vector (what the Laplace fit optimises and differentiates) is
-``[theta (d), log sd (q), L offdiag (q (q - 1) / 2)]``: Omega = L L^T with L lower triangular,
-its diagonal the standard deviations times the unit-diagonal Cholesky factor of the correlation
-(``full``), or ``diag(sd^2)`` (``diagonal``, no off-diagonal entries).
+``[theta (d), log sd (q), L offdiag (q (q - 1) / 2), beta (p)]``: Omega = L L^T with L lower
+triangular, its diagonal the standard deviations times the unit-diagonal Cholesky factor of the
+correlation (``full``), or ``diag(sd^2)`` (``diagonal``, no off-diagonal entries); the
+covariate effects come last (bounded by +-`BETA_BOUND`, far beyond any plausible effect).
+Functions of one animal take its design row x (p,) (`design`, vmapped with `animals`).
 """
 
 from __future__ import annotations
@@ -25,7 +29,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dormancy_model.fitting.population.covariates import CovariateModel, typical_values
+
 COVARIANCES = ("diagonal", "full")
+BETA_BOUND = 10.0  # |beta| bound (a power exponent, a log fold change) in the Laplace search
 
 
 class AbstractAnimalLikelihood(eqx.Module):
@@ -49,7 +56,9 @@ class PopulationProblem(eqx.Module):
 
     `lower` / `upper`: bounds of the typical values on the transform scale; `sd_bounds`: bounds
     of each random effect's standard deviation (transform scale); `n_obs`: the number of
-    observations (BIC); `animal_ids`: one label per animal (fit files)."""
+    observations (BIC); `animal_ids`: one label per animal (fit files); `covariates`: covariate
+    effects on the typical values (`covariates.CovariateModel`, design rows per animal), or
+    None."""
 
     likelihood: AbstractAnimalLikelihood
     animals: object
@@ -62,6 +71,7 @@ class PopulationProblem(eqx.Module):
     sd_bounds: tuple = eqx.field(static=True, default=(0.01, 3.0))
     n_obs: int = eqx.field(static=True, default=0)
     animal_ids: tuple = eqx.field(static=True, default=())
+    covariates: CovariateModel | None = None
 
     def __check_init__(self):
         if self.covariance not in COVARIANCES:
@@ -71,6 +81,13 @@ class PopulationProblem(eqx.Module):
                 raise ValueError(f"random effect {r!r} is not a typical value ({self.names})")
         if len(set(self.random)) != len(self.random):
             raise ValueError("a random effect is named twice")
+        if self.covariates is not None:
+            if any(not 0 <= j < len(self.names) for j in self.covariates.target):
+                raise ValueError("a covariate effect targets no typical value")
+            if self.covariates.design.shape != (self.n_animals, self.covariates.p):
+                raise ValueError(f"covariate design must be (n_animals, p) = "
+                                 f"{(self.n_animals, self.covariates.p)}, got "
+                                 f"{self.covariates.design.shape}")
 
     # ---------------------------------------------------------------- sizes and layout
     @property
@@ -86,13 +103,25 @@ class PopulationProblem(eqx.Module):
         return int(jax.tree.leaves(self.animals)[0].shape[0])
 
     @property
+    def p(self) -> int:
+        """Number of covariate effects (betas)."""
+        return 0 if self.covariates is None else self.covariates.p
+
+    @property
+    def design(self) -> jax.Array:
+        """(n_animals, p) covariate design rows (p = 0 without covariates)."""
+        if self.covariates is None:
+            return jnp.zeros((self.n_animals, 0))
+        return self.covariates.design
+
+    @property
     def n_offdiag(self) -> int:
         return self.q * (self.q - 1) // 2 if self.covariance == "full" else 0
 
     @property
     def n_theta(self) -> int:
         """Length of the outer parameter vector."""
-        return self.d + self.q + self.n_offdiag
+        return self.d + self.q + self.n_offdiag + self.p
 
     @property
     def random_index(self) -> tuple:
@@ -108,7 +137,9 @@ class PopulationProblem(eqx.Module):
     def theta_names(self) -> tuple:
         off = [f"corr_chol({self.random[i]},{self.random[j]})"
                for i, j in zip(*np.tril_indices(self.q, -1), strict=True)]
-        return (*self.names, *(f"log_sd({r})" for r in self.random), *off[:self.n_offdiag])
+        betas = [f"beta({e.label})" for e in self.covariates.effects] if self.p else []
+        return (*self.names, *(f"log_sd({r})" for r in self.random), *off[:self.n_offdiag],
+                *betas)
 
     def theta_bounds(self) -> list:
         """(low, high) of each outer parameter (None: unbounded): the sigmoid-bounded coordinates of
@@ -117,13 +148,18 @@ class PopulationProblem(eqx.Module):
         b = [(float(a), float(c)) for a, c in zip(lo, hi, strict=True)]
         b += [(float(np.log(self.sd_bounds[0])), float(np.log(self.sd_bounds[1])))] * self.q
         b += [(None, None)] * self.n_offdiag
+        b += [(-BETA_BOUND, BETA_BOUND)] * self.p
         return b
 
     # ---------------------------------------------------------------- unpacking
     def split(self, theta):
         """(typical (d,), log sd (q,), off-diagonal (n_offdiag,)) of an outer vector."""
         d, q = self.d, self.q
-        return theta[:d], theta[d:d + q], theta[d + q:]
+        return theta[:d], theta[d:d + q], theta[d + q:d + q + self.n_offdiag]
+
+    def beta(self, theta):
+        """The covariate effects (p,) of an outer vector."""
+        return theta[self.d + self.q + self.n_offdiag:]
 
     def chol(self, theta):
         """Lower-triangular L (q, q) with Omega = L L^T."""
@@ -151,11 +187,24 @@ class PopulationProblem(eqx.Module):
             return self.likelihood(phi, animal)
         return self.likelihood(phi, animal, shared)
 
-    def phi(self, theta, eta):
-        """The animal's parameter vector (d,) on the transform scale."""
-        return self.split(theta)[0] + self.selection() @ eta
+    def typical(self, theta, x=None):
+        """The animal's typical values (d,) on the transform scale: theta + X beta for its
+        design row x (p,) (`design`; needed when the problem has covariates)."""
+        typ = self.split(theta)[0]
+        if not self.p:
+            return typ
+        if x is None:
+            raise ValueError("this problem has covariate effects: pass the animal's design "
+                             "row x")
+        return typical_values(typ, self.beta(theta), x, self.covariates.target)
 
-    def theta0(self, typical, sd) -> np.ndarray:
-        """An outer vector from typical values (d,) and random-effect sds (q,), uncorrelated."""
+    def phi(self, theta, eta, x=None):
+        """The animal's parameter vector (d,) on the transform scale (x: its design row)."""
+        return self.typical(theta, x) + self.selection() @ eta
+
+    def theta0(self, typical, sd, beta=None) -> np.ndarray:
+        """An outer vector from typical values (d,), random-effect sds (q,), uncorrelated, and
+        covariate effects (p,; default 0)."""
+        beta = np.zeros(self.p) if beta is None else np.asarray(beta, float)
         return np.concatenate([np.asarray(typical, float), np.log(np.asarray(sd, float)),
-                               np.zeros(self.n_offdiag)])
+                               np.zeros(self.n_offdiag), beta])

@@ -3,9 +3,10 @@
 Typical values (transform scale and natural), the between-animal covariance Omega on the
 transform scale, CVs (log-normal: sqrt(exp(omega^2) - 1); on a lin or logit scale the sd
 itself), relative standard errors (RSE%, from the inverse outer Hessian: for a typical value
-by the delta method on its natural value, for a variance 2 se(log sd)), per-animal empirical
-Bayes estimates eta, eta shrinkage (1 - sd(eta_k) / omega_k), objective (-log-likelihood),
-AIC, BIC (with the number of observations) and convergence flags.
+by the delta method on its natural value, for a variance 2 se(log sd)), covariate effects
+(beta, SE, RSE%, Wald 95% CI: `covariates.effect_rows`), per-animal empirical Bayes estimates
+eta, eta shrinkage (1 - sd(eta_k) / omega_k), objective (-log-likelihood), AIC, BIC (with the
+number of observations; every beta counts as a parameter) and convergence flags.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from dormancy_model.fitting.estimate import covariate_lines
 
 Z95 = 1.959963984540054
 
@@ -70,6 +73,7 @@ class PopulationResult:
     settings: dict = field(default_factory=dict)
     seed: int = 0
     wall_time_s: float = 0.0
+    covariates: list = field(default_factory=list)  # `covariates.effect_rows`, one per beta
 
     @property
     def n_params(self) -> int:
@@ -89,4 +93,5 @@ class PopulationResult:
                         f"[{100 * self.cv_ci_low[r]:.1f}, {100 * self.cv_ci_high[r]:.1f}]  "
                         f"RSE {self.omega_rse[r]:.1f}%  shrinkage "
                         f"{100 * self.shrinkage[r]:.0f}%")
+        rows += covariate_lines(self.covariates)
         return "\n".join(rows)

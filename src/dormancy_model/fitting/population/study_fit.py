@@ -12,8 +12,10 @@
    CIs and covariance from the population fit (the typical-value block of the inverse outer
    Hessian; `hessian` is its inverse, the Hessian of the objective profiled over the variance
    parameters), the Laplace objective and AIC, and a `population` block
-   (`population_block`): typical values, Omega, CVs with CIs and RSE%, EBEs per animal,
-   shrinkage, objective, AIC/BIC, convergence flags, and the pooled fit it started from.
+   (`population_block`): typical values, Omega, CVs with CIs and RSE%, covariate effects
+   (`covariates`: parameter, covariate, model, reference, estimate, SE, RSE%, 95% CI), EBEs per
+   animal, shrinkage, objective, AIC/BIC (the betas counted), convergence flags, and the pooled
+   fit it started from (no covariates: the Laplace starts have every beta at 0).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from dormancy_model import status as S
 from dormancy_model.fitting.estimate import Z95, FitOptions, FitResult, StartResult, fit
 from dormancy_model.fitting.objective import free_parameters
 from dormancy_model.fitting.population.animals import animal_parts, study_problem
+from dormancy_model.fitting.population.covariates import effect_rows
 from dormancy_model.fitting.population.estimate import LaplaceOptions, fit_laplace
 from dormancy_model.model.integrate import FixedSteps
 from dormancy_model.params.transforms import SCALE_CODE, from_scale_codes, to_scale
@@ -51,14 +54,16 @@ def fit_study_laplace(study, params, free, random, *, options: FitOptions = FitO
                       laplace: LaplaceOptions = LaplaceOptions(starts=2, gtol=1e-3),
                       covariance: str = "diagonal", sigma: float = 0.5,
                       solver: FixedSteps | None = None, pooled: FitResult | None = None,
-                      progress=None, on_iteration=None) -> FitResult:
+                      progress=None, on_iteration=None, covariates=()) -> FitResult:
     """Population (Laplace) fit of `study`; see the module docstring. `pooled`: reuse a pooled
     fit of the same study and free parameters; `progress(i, n, f)`: the pooled fit's;
-    `on_iteration(start, iteration, objective)`: the Laplace fit's."""
+    `on_iteration(start, iteration, objective)`: the Laplace fit's; `covariates`: covariate
+    effects on typical values (`population.covariates`, e.g. ``("k_dr~body_weight_g",
+    "delta_max~arm")``)."""
     t0 = time.perf_counter()
     fp = free_parameters(params, tuple(free))
     problem = study_problem(study, params, free, random, covariance=covariance, sigma=sigma,
-                            solver=solver or population_solver())
+                            solver=solver or population_solver(), covariates=covariates)
     t_pooled = 0.0
     if pooled is None:
         pooled = fit(study, params, free, options=options, sigma=sigma, progress=progress)
@@ -150,7 +155,8 @@ def population_block(pop, problem, fp, eta, pooled: FitResult, lb, lr) -> dict:
     codes = np.array([SCALE_CODE[s] for s in pop.scales])
     ebe = {}
     for i, a in enumerate(pop.eta):
-        phi = np.asarray(problem.phi(jnp.asarray(pop.theta), jnp.asarray(eta[i])))
+        phi = np.asarray(problem.phi(jnp.asarray(pop.theta), jnp.asarray(eta[i]),
+                                     problem.design[i]))
         nat = from_scale_codes(phi, codes)
         ebe[a] = dict(eta=[_num(x) for x in pop.eta[a]],
                       eta_sd=[_num(x) for x in pop.eta_sd.get(a, [])],
@@ -161,7 +167,7 @@ def population_block(pop, problem, fp, eta, pooled: FitResult, lb, lr) -> dict:
         method=pop.method, covariance=pop.covariance_structure, random_effects=list(pop.random),
         typical=typical, omega=[[_num(x) for x in r] for r in pop.omega],
         omega_scale="transform scale of each parameter (log: log-normal between animals)",
-        random=random,
+        random=random, covariates=_json_rows(pop.covariates),
         objective=dict(nll=_num(pop.objective), aic=_num(pop.aic), bic=_num(pop.bic),
                        n_params=pop.n_params, n_obs=pop.n_obs, n_animals=pop.n_animals),
         converged=bool(pop.converged), hessian_pd=bool(pop.hessian_pd),
@@ -177,22 +183,53 @@ def population_block(pop, problem, fp, eta, pooled: FitResult, lb, lr) -> dict:
         wall_time_s=pop.wall_time_s)
 
 
+def _json_rows(rows) -> list:
+    """Covariate rows with non-finite numbers as None (JSON)."""
+    def clean(v):
+        if isinstance(v, float):
+            return _num(v)
+        if isinstance(v, list):
+            return [clean(x) for x in v]
+        return v
+    return [{k: clean(v) for k, v in r.items()} for r in rows]
+
+
+def _nuts_rows(problem, idata) -> list:
+    """The covariate rows of a NUTS fit: posterior mean, sd (as se), 2.5% and 97.5% quantiles
+    (as the 95% interval) of every beta; RSE% = 100 sd / |mean|."""
+    if not problem.p:
+        return []
+    rows = []
+    for e in problem.covariates.effects:
+        draws = np.asarray(idata.posterior[f"beta({e.label})"]).ravel()
+        m, sd = float(draws.mean()), float(draws.std(ddof=1))
+        row = effect_rows([e], [m], [sd])[0]
+        lo, hi = np.quantile(draws, [0.025, 0.975])
+        row.update(ci95_low=float(lo), ci95_high=float(hi), interval="posterior 2.5%-97.5%")
+        if e.model == "categorical":
+            row["fold_change_ci95"] = [float(np.exp(lo)), float(np.exp(hi))]
+        rows.append(row)
+    return _json_rows(rows)
+
+
 def fit_study_nuts(study, params, free, random, *, options: FitOptions = FitOptions(),
                    nuts=None, covariance: str = "diagonal", sigma: float = 0.5,
                    solver: FixedSteps | None = None, pooled: FitResult | None = None,
-                   progress=None):
+                   progress=None, covariates=()):
     """Bayesian population fit of `study` (numpyro NUTS, `population.nuts`): chains start near
     the pooled fit's best estimate, typical-value priors centred on the parameter table's
     values. Returns (`FitResult`: estimates = posterior means on each parameter's scale,
     standard errors = posterior sds there, CIs = the 2.5% and 97.5% posterior quantiles,
-    `population` = `nuts_block`; the InferenceData)."""
+    `population` = `nuts_block`; the InferenceData). `covariates`: as `fit_study_laplace`'s
+    (prior Normal(0, 1) on each beta, `nuts.BETA_PRIOR_SD`); their rows in the block give
+    the posterior mean, sd and 2.5% / 97.5% quantiles as estimate, se and CI."""
     from dormancy_model.fitting.population.nuts import NutsOptions, fit_nuts
 
     nuts = nuts or NutsOptions()
     t0 = time.perf_counter()
     fp = free_parameters(params, tuple(free))
     problem = study_problem(study, params, free, random, covariance=covariance, sigma=sigma,
-                            solver=solver or population_solver())
+                            solver=solver or population_solver(), covariates=covariates)
     if pooled is None:
         pooled = fit(study, params, free, options=options, sigma=sigma, progress=progress)
         t0 += pooled.wall_time_s  # counted once: added to the wall time below
@@ -219,6 +256,8 @@ def fit_study_nuts(study, params, free, random, *, options: FitOptions = FitOpti
                                              max_tree_depth=nuts.max_tree_depth,
                                              dense_mass=nuts.dense_mass),
                     random=list(problem.random), covariance=covariance,
+                    covariates=[e.label for e in problem.covariates.effects]
+                    if problem.p else [],
                     population_solver=problem.likelihood.options.describe())
     k = problem.n_theta
     factor = {f.name: f.factor for f in fp}
@@ -235,6 +274,8 @@ def fit_study_nuts(study, params, free, random, *, options: FitOptions = FitOpti
                         cv_ci95_low=_num(np.quantile(idata.posterior[f"cv({r})"], 0.025)),
                         cv_ci95_high=_num(np.quantile(idata.posterior[f"cv({r})"], 0.975)))
                 for r in problem.random},
+        covariates=_nuts_rows(problem, idata),
+        covariate_prior="Normal(0, 1) on each beta (log scale of the typical value)",
         ebe={a: dict(eta=[_num(x) for x in np.asarray(
             idata.posterior["eta"]).mean(axis=(0, 1))[i]]) for i, a in
             enumerate(problem.animal_ids)},

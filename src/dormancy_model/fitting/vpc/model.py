@@ -10,7 +10,8 @@
   typical-value block for a population fit; `params.fitfile.fit_covariance`, nuisance
   parameters marginalised out), used only when parameter uncertainty is asked for.
 
-Every problem is one `InputError` naming the fit file and the field.
+Every problem is one `InputError` naming the fit file and the field; a fit with covariate
+effects on its typical values (`population.covariates`) is refused (not simulated yet).
 """
 
 from __future__ import annotations
@@ -127,6 +128,10 @@ def fitted_model(doc: dict, params: Parameters, src: str, *, uncertainty: bool =
 def _population(pop, names: tuple, src: str) -> dict:
     if not isinstance(pop, dict):
         raise InputError(src, "population", "not a table")
+    if pop.get("covariates"):
+        raise InputError(src, "population.covariates", "a VPC of a fit with covariate effects "
+                         "is not supported (its simulated animals would miss them); fit "
+                         "without --covariate for a VPC")
     random = pop.get("random_effects")
     if not isinstance(random, list) or not random or not all(isinstance(r, str) for r in random):
         raise InputError(src, "population.random_effects", "missing or not a list of names")
