@@ -423,17 +423,18 @@ def _pool_weights(d, pmode):
 
 
 def fast_init(table: H.HazardTable, state: dict, key, t0, t1, rec_t, leap_days,
-              late_leap_days, pool_leap_above=float("inf")) -> dict:
+              late_leap_days, pool_leap_above=None) -> dict:
     """Loop carry of one replicate from `state` (d, r (K,), class_a, class_rp (K,),
-    clone_kind, clone_count, clone_cls, switch_day (Q,), clearance_day). With a finite
-    `pool_leap_above` (static) the pools above it start leaping at t0 (a leap of length 0 at
+    clone_kind, clone_count, clone_cls, switch_day (Q,), clearance_day). With a
+    `pool_leap_above` (None: off; else a threshold, may be traced) the pools above it start
+    leaping at t0 (a leap of length 0 at
     t0 draws their first leap; the carry then has the pool entries pmode, pnext, psince, pdie,
     pm, pv, pleave, rnext)."""
     d, r, ca, crp = state["d"], state["r"], state["class_a"], state["class_rp"]
     n_cls = d.shape[0]
     q_slots = state["clone_kind"].shape[0]
-    pool = pool_leap_above < float("inf")
-    pmode = d > pool_leap_above
+    pool = pool_leap_above is not None
+    pmode = d > pool_leap_above if pool else None
     dw = _pool_weights(d, pmode) if pool else d
     k_init, k_loop = jax.random.split(key)
     e0 = jax.random.exponential(k_init, (n_cls,))
@@ -459,13 +460,13 @@ def fast_init(table: H.HazardTable, state: dict, key, t0, t1, rec_t, leap_days,
 
 
 def fast_step(table: H.HazardTable, c: dict, t1, rec_t, switch_size, leap_days,
-              late_leap_days, pool_leap_above=float("inf")) -> dict:
+              late_leap_days, pool_leap_above=None) -> dict:
     """One event of one replicate: a class-pool event or a clone leap, whichever is first. The
     laws are the elementwise functions above (shared with `agents.kernel.fast_step_soa`); the
     slot bookkeeping is on small arrays with one-hot selectors (cheaper than scatters and
     gathers on small arrays under vmap).
 
-    With a finite `pool_leap_above` (static; `fast_init` with the same value) two more kinds
+    With a `pool_leap_above` (None: off; `fast_init` with the same value) two more kinds
     of event: a pending reactivation of a leaping pool, and a pool leap (see the module doc,
     `pool_leap_counts`, `pool_react_time`). The slots are then, in order of precedence at equal
     times: class pools, pending reactivations, clones, pool leaps (a leap ends after the
@@ -474,7 +475,7 @@ def fast_step(table: H.HazardTable, c: dict, t1, rec_t, switch_size, leap_days,
     n_cls = ca.shape[0]
     q_slots = c["ckind"].shape[0]
     t_split = table.spec[2]  # end of the hourly grid: drugs vary within a day before it
-    pool = pool_leap_above < float("inf")
+    pool = pool_leap_above is not None
 
     def leap_end(t):
         return _leap_end(t, t_split, t1, rec_t, leap_days, late_leap_days)

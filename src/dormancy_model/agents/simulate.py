@@ -346,11 +346,12 @@ def _sharded(backend: str, method: str, pool_leap: bool = False) -> bool:
 
 def _run_chunk_impl(method, table, table_axis, states, keys, t0, t1, rec_t, switch_size,
                     max_events, leap_days, late_leap_days, backend="auto", kernel_block=64,
-                    pool_leap_above=float("inf")):
+                    pool_leap_above=None):
     """Event loops of one chunk of lanes (`_run_lanes`); when `_sharded`, each local device
-    runs its share (the chunk is then a multiple of the device count)."""
+    runs its share (the chunk is then a multiple of the device count). `pool_leap_above`:
+    None (off) or the threshold as an array (one compiled loop for every threshold)."""
     args = (t0, t1, rec_t, switch_size, max_events, leap_days, late_leap_days)
-    pool_leap = pool_leap_above < float("inf")
+    pool_leap = pool_leap_above is not None
     if not _sharded(backend, method, pool_leap):
         return _run_lanes(method, table, table_axis, states, keys, *args, backend, kernel_block,
                           pool_leap_above)
@@ -358,9 +359,16 @@ def _run_chunk_impl(method, table, table_axis, states, keys, t0, t1, rec_t, swit
 
     from dormancy_model.engine.rk import local_mesh
 
+    if pool_leap:  # the threshold travels as one more shared argument
+        args = (*args, pool_leap_above)
+
     def local(table, states, keys, *args):
+        if pool_leap:
+            *args, above = args
+        else:
+            above = None
         return _run_lanes(method, table, table_axis, states, keys, *args, backend,
-                          kernel_block, pool_leap_above)
+                          kernel_block, above)
 
     lanes, shared = P("lanes"), P()
     return jax.shard_map(local, mesh=local_mesh(),
@@ -371,7 +379,7 @@ def _run_chunk_impl(method, table, table_axis, states, keys, t0, t1, rec_t, swit
 
 def _run_lanes(method, table, table_axis, states, keys, t0, t1, rec_t, switch_size,
                max_events, leap_days, late_leap_days, backend="auto", kernel_block=64,
-               pool_leap_above=float("inf")):
+               pool_leap_above=None):
     if method == "exact":
         init = lambda tb, s, k: E.exact_init(tb, s, k, t0, rec_t)  # noqa: E731
         step = lambda tb, c: E.exact_step(tb, c, t1, rec_t, switch_size)  # noqa: E731
@@ -383,7 +391,7 @@ def _run_lanes(method, table, table_axis, states, keys, t0, t1, rec_t, switch_si
                                          leap_days, late_leap_days, pool_leap_above)
         final = E.fast_final
     carry = jax.vmap(init, in_axes=(table_axis, 0, 0))(table, states, keys)
-    if _use_kernel(backend, method, pool_leap_above < float("inf")) and AK.supported(
+    if _use_kernel(backend, method, pool_leap_above is not None) and AK.supported(
             table, table_axis, carry):
         carry = AK.run_fast_kernel(table, carry, t1, rec_t, switch_size, leap_days,
                                    late_leap_days, max_events, block=kernel_block)
@@ -503,8 +511,8 @@ def simulate_agents(model: DormancyModel, params: Parameters, schedule: Schedule
     identity = bool(np.all(order == np.arange(n)))
     outs = []
     # only passed when on: the compiled programs of the default stay those of before
-    pool = (o.pool_leap_above,) if o.pool_leap_above < float("inf") else ()
     f64 = lambda x: jnp.asarray(x, jnp.float64)  # noqa: E731
+    pool = (f64(o.pool_leap_above),) if o.pool_leap_above < float("inf") else ()
     for start in range(0, n, chunk):
         sl = order[np.arange(start, start + chunk) % n]  # pad the last chunk by wrapping
         if identity and start + chunk <= n:  # contiguous: slice instead of gather
