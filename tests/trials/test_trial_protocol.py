@@ -30,7 +30,7 @@ class Recorder:
         cnt = np.stack([(pid.astype(int) + j) % 3 for j in range(len(assess_days))], axis=1)
         relapse = np.where(pid.astype(int) % 5 == 0, t0 + 30.0, np.inf)
         self.calls.append(dict(t0=t0, t1=t1, assess=tuple(assess_days), n=n, pid=pid,
-                               initial=initial is not None,
+                               initial=initial is not None, options=options,
                                hcq=(np.asarray(dosing.hcq.times), np.asarray(dosing.hcq.amount)),
                                eve=(np.asarray(dosing.eve.times), np.asarray(dosing.eve.amount))))
         return SimpleNamespace(aspirate_count=cnt, dtc_positive=cnt > 0,
@@ -169,3 +169,23 @@ def test_patient_table_carries_each_patients_sensitivities(run):
         # ~2,600 patients: the sd of log values is within ~2% of omega (clipping to bounds
         # aside); a column of typical values (sd 0) or of another parameter fails
         assert abs(v.std() / lognormal_sigma(cv) - 1) < 0.1, name
+
+
+def test_agent_options_reach_every_agent_call():
+    """`trial(agent_options=...)` adds AgentOptions fields (here dormant-pool leaps) to every
+    agent call of both phases; the protocol's own fields cannot be overridden; default off."""
+    rec = Recorder()
+    mp = pytest.MonkeyPatch()
+    mp.setattr(T, "_agent_simulator", lambda: rec)
+    try:
+        d = clever_design(sizes=(4, 4, 4), observation_n=3)
+        T.trial(d, key=jax.random.key(1), replicates=3)
+        assert all(c["options"].pool_leap_above == np.inf for c in rec.calls)
+        rec.calls.clear()
+        T.trial(d, key=jax.random.key(1), replicates=3, agent_options={"pool_leap_above": 1e3})
+        assert rec.calls and any(c["initial"] for c in rec.calls)
+        assert all(c["options"].pool_leap_above == 1e3 for c in rec.calls)
+        with pytest.raises(ValueError, match="method"):
+            T.trial(d, key=jax.random.key(1), replicates=3, agent_options={"method": "exact"})
+    finally:
+        mp.undo()

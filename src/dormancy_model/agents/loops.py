@@ -10,6 +10,10 @@ earliest slot. Slots are fixed-capacity arrays; empty slots are masked.
   pools), and proliferating clones advance by leaps of at most `leap_days` with the exact
   birth-death (Kendall) transition law for the step-average rates: a clone of n cells becomes a
   sum of n modified-geometric lineages (summed exactly for n <= 16, moment-matched normal above).
+  Opt-in (`pool_leap_above` < inf): a class pool of more dormant cells than that leaps too (see
+  `pool_leap_counts`): on the clones' leap grid its D cells' deaths are binomial counts applied
+  at the leap end, and the reactivations of the leap, drawn as a count at its start, fire as
+  individual events at their own times within it (so R stays exact).
 
 Slot kinds: 0 empty, 1 dormant D, 2 reactivating R, 3 proliferating clone P, 4 lesion L (a
 clone that reached `switch_size` and continues deterministically; its switch day is kept).
@@ -358,6 +362,50 @@ def _uniforms(key, n):
     return to_unit(jnp.concatenate([lo, hi])[:n])
 
 
+
+# ---- dormant-pool leaps (opt-in, `pool_leap_above`)
+
+POOL_SALT = 0x504C  # "PL": the binomial key of an iteration, fold_in(iteration key, POOL_SALT)
+
+
+def pool_leap_counts(key, d, lr, ld):
+    """(reactivating, dying, leaving probability) of d dormant cells over a leap with integrated
+    per-cell reactivation hazard lr and death hazard ld: the multinomial (binomial, then
+    conditional binomial) of independent cells with p_react = lr / L (1 - exp(-L)), p_die =
+    ld / L (1 - exp(-L)), L = lr + ld. The leaving probability is exact; the split is exact
+    when the two hazards are proportional within the leap; on the default grid under
+    clever-combo the drugs move the death hazard within each day, and the split's error is at
+    most 0.76% of one leap's p_react (a = 1; 3.8% at a = 5), +0.17% (a = 1) of a cell's
+    probability of reactivating within a year (`benchmarks/pool_leap_bench.py
+    --split-error`)."""
+    lt = lr + ld
+    p_leave = -jnp.expm1(-lt)
+    pos = lt > 0
+    pr = jnp.where(pos, lr / jnp.where(pos, lt, 1.0) * p_leave, 0.0)
+    pd = jnp.where(pos, ld / jnp.where(pos, lt, 1.0) * p_leave, 0.0)
+    k1, k2 = jax.random.split(key)
+    nr = jax.random.binomial(k1, d, jnp.clip(pr, 0.0, 1.0), dtype=jnp.float64)
+    q = jnp.where(pr < 1.0, pd / jnp.maximum(1.0 - pr, 1e-300), 0.0)
+    nd = jax.random.binomial(k2, d - nr, jnp.clip(q, 0.0, 1.0), dtype=jnp.float64)
+    return nr, nd, p_leave
+
+
+def pool_react_time(table, wg_react, since, v, m, lr, u, t_end):
+    """Next of the m pending reactivations of a pool leap that started at `since`: the m
+    reactivation times are drawn iid with the law of the reactivation hazard within the leap,
+    F(x) = Lambda_r(x) / lr (Lambda_r: a cell's reactivation hazard since `since`, group
+    weights `wg_react`; lr its integral over the leap), and the earliest of them after the last
+    one (where 1 - F = v) has 1 - F = v u^(1/m). The exact law has the density
+    h_r(s) exp(-H(s)) / p_react (H: all the cell's dormant hazard): this drops the survival
+    factor, which varies by at most the leap's leaving probability (Kolmogorov distance 1.8e-2
+    at most on the default grid, clever-combo, a = 1: benchmarks/pool_leap_bench.py).
+    Returns (time, new v)."""
+    mm = jnp.maximum(m, 1.0)
+    v_new = v * u ** (1.0 / mm)
+    s = table.next_time(wg_react, since, (1.0 - v_new) * lr)
+    return jnp.where(m > 0, jnp.minimum(s, t_end), jnp.inf), v_new
+
+
 def fast_counts(d, r, ckind, ccount):
     return jnp.stack([jnp.sum(d), jnp.sum(r),
                       jnp.sum(jnp.where(ckind == PROLIFERATING, ccount, 0.0))])
@@ -375,58 +423,100 @@ def _leap_end(t, t_split, t1, rec_t, leap_days, late_leap_days):
     return jnp.where(t >= t1, jnp.inf, jnp.minimum(end, t1))
 
 
+def _pool_weights(d, pmode):
+    """Dormant cells seen by a class pool's exact events: none while the pool leaps."""
+    return jnp.where(pmode, 0.0, d)
+
+
 def fast_init(table: H.HazardTable, state: dict, key, t0, t1, rec_t, leap_days,
-              late_leap_days) -> dict:
+              late_leap_days, pool_leap_above=None) -> dict:
     """Loop carry of one replicate from `state` (d, r (K,), class_a, class_rp (K,),
-    clone_kind, clone_count, clone_cls, switch_day (Q,), clearance_day)."""
+    clone_kind, clone_count, clone_cls, switch_day (Q,), clearance_day). With a
+    `pool_leap_above` (None: off; else a threshold, may be traced) the pools above it start
+    leaping at t0 (a leap of length 0 at
+    t0 draws their first leap; the carry then has the pool entries pmode, pnext, psince, pdie,
+    pm, pv, plr, rnext)."""
     d, r, ca, crp = state["d"], state["r"], state["class_a"], state["class_rp"]
     n_cls = d.shape[0]
     q_slots = state["clone_kind"].shape[0]
+    pool = pool_leap_above is not None
+    pmode = d > pool_leap_above if pool else None
+    dw = _pool_weights(d, pmode) if pool else d
     k_init, k_loop = jax.random.split(key)
     e0 = jax.random.exponential(k_init, (n_cls,))
     cnt = jax.vmap(lambda d, r, a, rp, e: table.next_time(class_group_weights(d, r, a, rp), t0,
-                                                          e))(d, r, ca, crp, e0)
+                                                          e))(dw, r, ca, crp, e0)
     ckind = state["clone_kind"]
     first_leap = _leap_end(jnp.asarray(t0, jnp.float64), table.spec[2], t1, rec_t, leap_days,
                            late_leap_days)
     clone_next = jnp.where(ckind == PROLIFERATING, first_leap, jnp.inf)
-    return dict(d=d, r=r, class_a=ca, class_rp=crp, class_next=cnt,
-                class_fresh=jnp.zeros(n_cls, bool), ckind=ckind, ccount=state["clone_count"],
-                ccls=state["clone_cls"], csince=jnp.full(q_slots, t0, jnp.float64),
-                cnext=clone_next, switch_day=state["switch_day"],
-                t=jnp.asarray(t0, jnp.float64), records=jnp.zeros((rec_t.shape[0], 3)),
-                it=jnp.asarray(0), done=jnp.asarray(False), status=jnp.asarray(STATUS_OK),
-                clearance_day=state["clearance_day"], key=k_loop)
+    carry = dict(d=d, r=r, class_a=ca, class_rp=crp, class_next=cnt,
+                 class_fresh=jnp.zeros(n_cls, bool), ckind=ckind, ccount=state["clone_count"],
+                 ccls=state["clone_cls"], csince=jnp.full(q_slots, t0, jnp.float64),
+                 cnext=clone_next, switch_day=state["switch_day"],
+                 t=jnp.asarray(t0, jnp.float64), records=jnp.zeros((rec_t.shape[0], 3)),
+                 it=jnp.asarray(0), done=jnp.asarray(False), status=jnp.asarray(STATUS_OK),
+                 clearance_day=state["clearance_day"], key=k_loop)
+    if pool:
+        zero = jnp.zeros(n_cls)
+        t0v = jnp.full(n_cls, t0, jnp.float64)
+        carry.update(pmode=pmode, pnext=jnp.where(pmode, t0v, jnp.inf), psince=t0v, pdie=zero,
+                     pm=zero, pv=jnp.ones(n_cls), plr=zero, rnext=jnp.full(n_cls, jnp.inf))
+    return carry
 
 
 def fast_step(table: H.HazardTable, c: dict, t1, rec_t, switch_size, leap_days,
-              late_leap_days) -> dict:
+              late_leap_days, pool_leap_above=None) -> dict:
     """One event of one replicate: a class-pool event or a clone leap, whichever is first. The
     laws are the elementwise functions above (shared with `agents.kernel.fast_step_soa`); the
     slot bookkeeping is on small arrays with one-hot selectors (cheaper than scatters and
-    gathers on small arrays under vmap)."""
+    gathers on small arrays under vmap).
+
+    With a `pool_leap_above` (None: off; `fast_init` with the same value) two more kinds
+    of event: a pending reactivation of a leaping pool, and a pool leap (see the module doc,
+    `pool_leap_counts`, `pool_react_time`). The slots are then, in order of precedence at equal
+    times: class pools, pending reactivations, clones, pool leaps (a leap ends after the
+    reactivations it drew)."""
     ca, crp, k_loop = c["class_a"], c["class_rp"], c["key"]
     n_cls = ca.shape[0]
     q_slots = c["ckind"].shape[0]
     t_split = table.spec[2]  # end of the hourly grid: drugs vary within a day before it
+    pool = pool_leap_above is not None
 
     def leap_end(t):
         return _leap_end(t, t_split, t1, rec_t, leap_days, late_leap_days)
 
-    all_next = jnp.concatenate([c["class_next"], c["cnext"]])
+    if pool:
+        all_next = jnp.concatenate([c["class_next"], c["rnext"], c["cnext"], c["pnext"]])
+        off_q = 2 * n_cls
+    else:
+        all_next = jnp.concatenate([c["class_next"], c["cnext"]])
+        off_q = n_cls
     i = jnp.argmin(all_next)
     T = jnp.min(all_next)
     finish = T > t1
     d, r, ckind, ccount = c["d"], c["r"], c["ckind"], c["ccount"]
     records = _record(rec_t, c["records"], c["t"], T, fast_counts(d, r, ckind, ccount))
-    u = _uniforms(jax.random.fold_in(k_loop, c["it"]), EVENT_UNIFORMS)
+    k_it = jax.random.fold_in(k_loop, c["it"])
+    u = _uniforms(k_it, EVENT_UNIFORMS)
     is_class = i < n_cls
-    k = jnp.minimum(i, n_cls - 1)
+    if pool:
+        is_react = (i >= n_cls) & (i < off_q)
+        is_pool = i >= off_q + q_slots
+        k = jnp.clip(jnp.where(is_class, i, jnp.where(is_react, i - n_cls, i - off_q - q_slots)),
+                     0, n_cls - 1)
+        is_clone = (i >= off_q) & ~is_pool
+        pmode = c["pmode"]
+        dw = _pool_weights(d, pmode)
+    else:
+        k = jnp.minimum(i, n_cls - 1)
+        is_clone = ~is_class
+        dw = d
     hk = jnp.arange(n_cls) == k
-    qi = jnp.clip(i - n_cls, 0, q_slots - 1)
+    qi = jnp.clip(i - off_q, 0, q_slots - 1)
     hq = jnp.arange(q_slots) == qi
     # --- class pool event
-    dk, rk = _pick(hk, d), _pick(hk, r)
+    dk, rk = _pick(hk, dw), _pick(hk, r)
     cak, crpk = _pick(hk, ca), _pick(hk, crp)
     ch = event_channel(class_weights(dk, rk, cak, crpk), table.row("rate", table.cell(T)),
                        u[U_CHANNEL])
@@ -436,7 +526,7 @@ def fast_step(table: H.HazardTable, c: dict, t1, rec_t, switch_size, leap_days,
     r = r + jnp.where(hk & act_c, dr, 0.0)
     commit = act_c & (ch == H.COMMIT)
     # --- clone leap
-    act_l = (~finish) & ~is_class
+    act_l = (~finish) & is_clone
     since = _pick(hq, c["csince"])
     le = leap_end(T)
     ret, n_new, new_kind, became_lesion, sw, nxt = clone_leap(
@@ -451,6 +541,13 @@ def fast_step(table: H.HazardTable, c: dict, t1, rec_t, switch_size, leap_days,
     got_ret = act_l & (ret > 0)
     hr = (jnp.arange(n_cls) == cls_ret) & got_ret
     d = d + jnp.where(hr, ret, 0.0)
+    if pool:
+        d, r, pst = _pool_events(table, c, d, r, T, finish, is_react, is_pool, hk, cak, crpk,
+                                 u, jax.random.fold_in(k_it, POOL_SALT), le, pool_leap_above)
+        pmode = pst["pmode"]
+        upd_kinds = is_class | is_react | is_pool
+    else:
+        upd_kinds = is_class
     # --- new clone from a commitment
     empty = ckind == EMPTY
     j = jnp.argmax(empty)
@@ -463,9 +560,10 @@ def fast_step(table: H.HazardTable, c: dict, t1, rec_t, switch_size, leap_days,
     cnext = jnp.where(hj, le, cnext)
     status = jnp.where(commit & ~has_free, STATUS_OVERFLOW, c["status"])
     # --- redraw the class pool whose counts changed (memoryless)
-    w_new = class_group_weights(_pick(hk, d), _pick(hk, r), cak, crpk)
+    dk_new = _pick(hk, _pool_weights(d, pmode) if pool else d)
+    w_new = class_group_weights(dk_new, _pick(hk, r), cak, crpk)
     tk = table.next_time(w_new, T, -jnp.log(u[U_REDRAW]))
-    upd = hk & (~finish) & is_class
+    upd = hk & (~finish) & upd_kinds
     class_next = jnp.where(upd, tk, c["class_next"])
     class_fresh = jnp.where(upd, False, c["class_fresh"])
     # a pool that received returned cells draws a new time at the next iteration
@@ -473,11 +571,61 @@ def fast_step(table: H.HazardTable, c: dict, t1, rec_t, switch_size, leap_days,
     class_fresh = class_fresh | hr
     any_left = (jnp.sum(d) + jnp.sum(r) > 0) | jnp.any(ckind != EMPTY)
     clearance_day = first_clearance((~finish) & ~any_left, c["clearance_day"], T)
-    return dict(d=d, r=r, class_next=class_next, class_fresh=class_fresh, ckind=ckind,
-                ccount=ccount, ccls=ccls, csince=csince, cnext=cnext,
-                switch_day=switch_day, t=jnp.where(finish, c["t"], T), records=records,
-                it=c["it"] + 1, done=finish, status=status, clearance_day=clearance_day,
-                class_a=ca, class_rp=crp, key=k_loop)
+    out = dict(d=d, r=r, class_next=class_next, class_fresh=class_fresh, ckind=ckind,
+               ccount=ccount, ccls=ccls, csince=csince, cnext=cnext,
+               switch_day=switch_day, t=jnp.where(finish, c["t"], T), records=records,
+               it=c["it"] + 1, done=finish, status=status, clearance_day=clearance_day,
+               class_a=ca, class_rp=crp, key=k_loop)
+    if pool:
+        # a pool grown above the threshold (returns) starts leaping: a leap of length 0 now,
+        # and its exact clock is redrawn without its dormant cells at the next iteration
+        enter = (~pst["pmode"]) & (d > pool_leap_above) & (~finish)
+        pst.update(pmode=pst["pmode"] | enter, pnext=jnp.where(enter, T, pst["pnext"]),
+                   psince=jnp.where(enter, T, pst["psince"]))
+        out.update(pst, class_next=jnp.where(enter, T, class_next),
+                   class_fresh=class_fresh | enter)
+    return out
+
+
+def _pool_events(table, c, d, r, T, finish, is_react, is_pool, hk, cak, crpk, u, key, le,
+                 above):
+    """The dormant-pool events of `fast_step` for class k (one-hot hk): a pending reactivation
+    (D -> R now; the time of the next one) or a leap ending at T (its deaths; then, if the pool
+    is still above `above`, the counts of the next leap to `le` and its first reactivation
+    time; else back to exact events). Returns (d, r, pool carry entries)."""
+    pick = lambda name: _pick(hk, c[name])  # noqa: E731
+    z = jnp.zeros_like(cak)
+    wg_react = (crpk, z, z, z, z)
+    act_r = (~finish) & is_react
+    act_p = (~finish) & is_pool
+    # pending reactivation of class k
+    m_left = pick("pm") - 1.0
+    t_r, v_r = pool_react_time(table, wg_react, pick("psince"), pick("pv"), m_left,
+                               pick("plr"), u[U_CHANNEL], pick("pnext"))
+    # leap of class k ending at T: its deaths (and any reactivation left, by rounding)
+    left = pick("pm")
+    dk = _pick(hk, d) - pick("pdie") - left
+    stay = dk > above
+    go = stay & (le < jnp.inf)
+    tau = jnp.where(go, le - T, 0.0)
+    avg = table.averages(T, jnp.where(go, le, T), H.D_CHANNELS)
+    lr = crpk * avg[0] * tau
+    ld = (avg[1] + cak * avg[2]) * tau
+    nr, nd, _ = pool_leap_counts(key, jnp.where(go, dk, 0.0), lr, ld)
+    t_p, _ = pool_react_time(table, wg_react, T, 1.0, nr, lr, u[U_CHANNEL], le)
+    hr_, hp = hk & act_r, hk & act_p
+    d = jnp.where(hr_, d - 1.0, jnp.where(hp, dk, d))
+    r = jnp.where(hr_, r + 1.0, jnp.where(hp, r + left, r))
+    sel = lambda a_r, a_p, name: jnp.where(hr_, a_r, jnp.where(hp, a_p, c[name]))  # noqa: E731
+    pst = dict(pmode=jnp.where(hp, stay, c["pmode"]),
+               pnext=sel(c["pnext"], jnp.where(stay, le, jnp.inf), "pnext"),
+               psince=sel(c["psince"], T, "psince"),
+               pdie=sel(c["pdie"], nd, "pdie"),
+               pm=sel(m_left, nr, "pm"),
+               pv=sel(v_r, 1.0, "pv"),
+               plr=sel(c["plr"], lr, "plr"),
+               rnext=sel(t_r, t_p, "rnext"))
+    return d, r, pst
 
 
 def fast_final(c: dict):

@@ -115,7 +115,12 @@ class AgentOptions(eqx.Module):
     accelerator). `backend` (fast method): "auto" runs the event loop as one GPU kernel on a
     GPU when all replicates share one parameter set (`agents.kernel`), else the vmapped XLA
     loop; "xla" always the XLA loop; "pallas" the kernel (interpreted, slowly, without a GPU);
-    `kernel_block` replicates per kernel program (a power of two)."""
+    `kernel_block` replicates per kernel program (a power of two).
+    `pool_leap_above` (fast method; default inf, off): a class pool of more dormant cells than
+    this advances its D cells by binomial leaps on the clones' leap grid (deaths counted at
+    the leap end; the leap's reactivations drawn as a count and fired at their own times, so R
+    stays exact; `loops.pool_leap_counts`), exact events again once it is not above it. Not
+    in the GPU kernel: backend "auto" then runs the XLA loop, "pallas" is refused."""
 
     method: str = eqx.field(static=True, default="exact")
     count_days: tuple = eqx.field(static=True, default=(), converter=_days)
@@ -131,6 +136,7 @@ class AgentOptions(eqx.Module):
     chunk_size: int | None = eqx.field(static=True, default=None)
     backend: str = eqx.field(static=True, default="auto")
     kernel_block: int = eqx.field(static=True, default=64)
+    pool_leap_above: float = eqx.field(static=True, default=float("inf"), converter=float)
 
     def __check_init__(self):
         if self.method not in ("exact", "fast"):
@@ -142,6 +148,16 @@ class AgentOptions(eqx.Module):
                              f"{self.initial_count!r}")
         if not self.switch_size >= 2 or not self.leap_days > 0:
             raise ValueError("need switch_size >= 2, leap_days > 0")
+        if not self.pool_leap_above >= 0:
+            raise ValueError(f"pool_leap_above must be >= 0 (inf: off), got "
+                             f"{self.pool_leap_above!r}")
+        if self.pool_leap_above < float("inf"):
+            if self.method != "fast":
+                raise ValueError("pool_leap_above applies to the fast method only")
+            if self.backend == "pallas":
+                raise ValueError("pool_leap_above < inf is not implemented in the GPU kernel "
+                                 "(backend='pallas'): use backend='auto' or 'xla', which run "
+                                 "the XLA loop")
 
 
 class AgentState(eqx.Module):
@@ -325,32 +341,43 @@ def _replicate_keys(key, n):
     return tuple(jax.vmap(lambda k, j=j: jax.random.fold_in(k, j))(keys) for j in range(3))
 
 
-def _use_kernel(backend: str, method: str) -> bool:
-    if method != "fast" or backend == "xla":
+def _use_kernel(backend: str, method: str, pool_leap: bool = False) -> bool:
+    if method != "fast" or backend == "xla" or pool_leap:  # pool leaps: the XLA loop only
         return False
     return backend == "pallas" or jax.default_backend() == "gpu"
 
 
-def _sharded(backend: str, method: str) -> bool:
+def _sharded(backend: str, method: str, pool_leap: bool = False) -> bool:
     """Split each chunk's lanes over the local devices (one loop per device, `shard_map`):
     the XLA loop with several devices, e.g. one CPU device per core (`devices.use_cpu_cores`)."""
-    return jax.local_device_count() > 1 and not _use_kernel(backend, method)
+    return jax.local_device_count() > 1 and not _use_kernel(backend, method, pool_leap)
 
 
 def _run_chunk_impl(method, table, table_axis, states, keys, t0, t1, rec_t, switch_size,
-                    max_events, leap_days, late_leap_days, backend="auto", kernel_block=64):
+                    max_events, leap_days, late_leap_days, backend="auto", kernel_block=64,
+                    pool_leap_above=None):
     """Event loops of one chunk of lanes (`_run_lanes`); when `_sharded`, each local device
-    runs its share (the chunk is then a multiple of the device count)."""
+    runs its share (the chunk is then a multiple of the device count). `pool_leap_above`:
+    None (off) or the threshold as an array (one compiled loop for every threshold)."""
     args = (t0, t1, rec_t, switch_size, max_events, leap_days, late_leap_days)
-    if not _sharded(backend, method):
-        return _run_lanes(method, table, table_axis, states, keys, *args, backend, kernel_block)
+    pool_leap = pool_leap_above is not None
+    if not _sharded(backend, method, pool_leap):
+        return _run_lanes(method, table, table_axis, states, keys, *args, backend, kernel_block,
+                          pool_leap_above)
     from jax.sharding import PartitionSpec as P
 
     from dormancy_model.engine.rk import local_mesh
 
+    if pool_leap:  # the threshold travels as one more shared argument
+        args = (*args, pool_leap_above)
+
     def local(table, states, keys, *args):
+        if pool_leap:
+            *args, above = args
+        else:
+            above = None
         return _run_lanes(method, table, table_axis, states, keys, *args, backend,
-                          kernel_block)
+                          kernel_block, above)
 
     lanes, shared = P("lanes"), P()
     return jax.shard_map(local, mesh=local_mesh(),
@@ -360,19 +387,21 @@ def _run_chunk_impl(method, table, table_axis, states, keys, t0, t1, rec_t, swit
 
 
 def _run_lanes(method, table, table_axis, states, keys, t0, t1, rec_t, switch_size,
-               max_events, leap_days, late_leap_days, backend="auto", kernel_block=64):
+               max_events, leap_days, late_leap_days, backend="auto", kernel_block=64,
+               pool_leap_above=None):
     if method == "exact":
         init = lambda tb, s, k: E.exact_init(tb, s, k, t0, rec_t)  # noqa: E731
         step = lambda tb, c: E.exact_step(tb, c, t1, rec_t, switch_size)  # noqa: E731
         final = E.exact_final
     else:
         init = lambda tb, s, k: E.fast_init(tb, s, k, t0, t1, rec_t,  # noqa: E731
-                                            leap_days, late_leap_days)
+                                            leap_days, late_leap_days, pool_leap_above)
         step = lambda tb, c: E.fast_step(tb, c, t1, rec_t, switch_size,  # noqa: E731
-                                         leap_days, late_leap_days)
+                                         leap_days, late_leap_days, pool_leap_above)
         final = E.fast_final
     carry = jax.vmap(init, in_axes=(table_axis, 0, 0))(table, states, keys)
-    if _use_kernel(backend, method) and AK.supported(table, table_axis, carry):
+    if _use_kernel(backend, method, pool_leap_above is not None) and AK.supported(
+            table, table_axis, carry):
         carry = AK.run_fast_kernel(table, carry, t1, rec_t, switch_size, leap_days,
                                    late_leap_days, max_events, block=kernel_block)
         return jax.vmap(final)(carry)
@@ -482,14 +511,17 @@ def simulate_agents(model: DormancyModel, params: Parameters, schedule: Schedule
     if chunk_size is None:  # lock-step loops: wide enough to amortise each iteration
         chunk_size = 8192 if jax.default_backend() == "cpu" else 131072
     chunk = int(min(max(chunk_size, 1), n_run))
-    if _sharded(o.backend, method):  # each device gets an equal share of a chunk's lanes
+    # each device gets an equal share of a chunk's lanes
+    if _sharded(o.backend, method, o.pool_leap_above < float("inf")):
         chunk = -(-chunk // jax.local_device_count()) * jax.local_device_count()
     # lock-step chunks run until their busiest lane is done: group lanes of similar load
     # (results per lane do not depend on the grouping)
     order = np.asarray(_load_order(method, states, n))
     identity = bool(np.all(order == np.arange(n)))
     outs = []
+    # only passed when on: the compiled programs of the default stay those of before
     f64 = lambda x: jnp.asarray(x, jnp.float64)  # noqa: E731
+    pool = (f64(o.pool_leap_above),) if o.pool_leap_above < float("inf") else ()
     for start in range(0, n, chunk):
         sl = order[np.arange(start, start + chunk) % n]  # pad the last chunk by wrapping
         if identity and start + chunk <= n:  # contiguous: slice instead of gather
@@ -501,7 +533,7 @@ def simulate_agents(model: DormancyModel, params: Parameters, schedule: Schedule
                          jax.tree_util.tree_map(take, states), take(k_run), f64(t0), f64(t1),
                          jnp.asarray(rec_days), f64(switch_size), jnp.asarray(max_events),
                          f64(leap_days), f64(max(o.late_leap_days, leap_days)), o.backend,
-                         int(o.kernel_block))
+                         int(o.kernel_block), *pool)
         outs.append(out)  # stays on the device
         if progress is not None:
             jax.block_until_ready(out)  # results stay on the device: report finished work

@@ -93,11 +93,13 @@ def agent_chunk(m: int) -> int:
 
 
 def _run_group(model, params: Parameters, dosing: Dosing, key, *, t0, t1, assess_days,
-               initial=None, method="fast", chunk=512):
+               initial=None, method="fast", chunk=512, agent_options=None):
     """Agent calls for a group of patients sharing one dosing: split into calls of at most
     `chunk` patients, each padded (repeating its first patient) to a power of two, so that a
-    whole run uses few distinct array shapes (each new shape costs a compile)."""
+    whole run uses few distinct array shapes (each new shape costs a compile).
+    `agent_options`: more `AgentOptions` fields (e.g. pool_leap_above)."""
     simulate_agents = _agent_simulator()
+    extra = dict(agent_options or {})
     n = int(np.shape(params["k_dr"])[0])
     parts, finals = [], []
     for c, start in enumerate(range(0, n, chunk)):
@@ -108,7 +110,7 @@ def _run_group(model, params: Parameters, dosing: Dosing, key, *, t0, t1, assess
                                 for k, v in params.values.items()})
         # the cells were drawn at screening (integers), so the agents start from exactly them
         options = AgentOptions(method=method, initial_count="fixed", chunk_size=agent_chunk(m),
-                               assess_days=assess_days)
+                               assess_days=assess_days, **extra)
         kw = dict(n_replicates=m, key=jax.random.fold_in(key, c), t1=float(t1), options=options)
         if initial is not None:
             kw.update(initial=take_rows(initial, idx), t0=float(t0))
@@ -148,15 +150,20 @@ class TrialResult:
 def trial(design: TrialDesign, params: Parameters | None = None, *, key,
           replicates: int = 100, population: Population | None = None,
           model: DormancyModel | None = None, method: str = "fast",
-          chunk: int = 512, progress=None) -> TrialResult:
+          chunk: int = 512, progress=None, agent_options: dict | None = None) -> TrialResult:
     """Simulate `replicates` independent trials of `design`; deterministic given `key`.
 
     `params` default to the packaged `human` parameter set; `population` gives the
     virtual-patient variability (default `Population()`); `method` is the agent model's
     ("fast": pooled D/R classes and exact-in-law clone leaps; "exact": every event);
     `chunk` caps the patients per agent call (memory and compile shapes);
-    `progress(step, total, text)` is called between agent calls.
+    `progress(step, total, text)` is called between agent calls. `agent_options`: more
+    `AgentOptions` fields for every agent call, e.g. {"pool_leap_above": 1e3} (dormant pools
+    above 1,000 cells leap; default none: the protocol's own options only).
     """
+    reserved = {"method", "initial_count", "chunk_size", "assess_days"} & set(agent_options or {})
+    if reserved:
+        raise ValueError(f"agent_options cannot set {sorted(reserved)}: the protocol sets them")
     params = load_model_parameters("human") if params is None else params
     population = population or Population()
     model = model or DormancyModel()
@@ -188,7 +195,8 @@ def trial(design: TrialDesign, params: Parameters | None = None, *, key,
         if arm is None:  # observation arm: one aspirate after observation_days, no RFS
             out, _ = _run_group(model, scr.params, arm_dosing(d, None), jax.random.fold_in(kg, 0),
                                 t0=0.0, t1=d.observation_days, assess_days=[d.observation_days],
-                                method=method, chunk=chunk)
+                                method=method, chunk=chunk,
+                                agent_options=agent_options)
             df["count_C3"] = out["aspirate"][:, 0]
             df["agent_status"] = S.names(out["status"])
             for c in ("extension", "cleared_true_eot", "cleared_observed", "cleared_eot_observed",
@@ -217,7 +225,7 @@ def trial(design: TrialDesign, params: Parameters | None = None, *, key,
             out, fs = _run_group(model, take_rows(scr.params, idx), arm_dosing(d, arm,
                                  stop_day=stop_day), jax.random.fold_in(kg, int(s)),
                                  t0=0.0, t1=end_plan, assess_days=a_days, method=method,
-                                 chunk=chunk)
+                                 chunk=chunk, agent_options=agent_options)
             for j, a in enumerate(a_names):
                 cols["count_" + a][idx] = out["aspirate"][:, j]
             clear_a[idx], relapse_a[idx] = out["clearance_day"], out["relapse_day"]
@@ -242,7 +250,7 @@ def trial(design: TrialDesign, params: Parameters | None = None, *, key,
                                                               stop_day=stop_day),
                     jax.random.fold_in(kg, 1000 + 2 * s + int(e)), t0=end_plan,
                     t1=d.horizon_days, assess_days=days, initial=take_rows(fs, sel), method=method,
-                    chunk=chunk)
+                    chunk=chunk, agent_options=agent_options)
                 if e:
                     cols["count_C12"][idx] = out["aspirate"][:, 0]
                 cols["count_post"][idx] = out["aspirate"][:, -1]
