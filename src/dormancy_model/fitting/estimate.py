@@ -35,7 +35,7 @@ import numpy as np
 import optax
 
 from dormancy_model import status as S
-from dormancy_model.fitting.objective import Objective
+from dormancy_model.fitting.objective import NUISANCE, PK_SIGMAS, Objective
 from dormancy_model.fitting.study import Study
 from dormancy_model.model.integrate import FixedSteps, SolverOptions
 from dormancy_model.params.table import Parameters
@@ -115,6 +115,7 @@ class FitResult:
     n_evaluations: int = 0
     # population fit (`population.study_fit`): the fit file's population block; empty: pooled
     population: dict = field(default_factory=dict)
+    n_pk: int = 0  # drug concentrations (pk.csv rows) among n_obs
 
     @property
     def n_converged(self) -> int:
@@ -152,6 +153,11 @@ class FitResult:
                     f"{o['bic']:.2f}  {o['n_animals']} animals  "
                     f"{'converged' if pop['converged'] else 'NOT CONVERGED'}  ")
         rows = [head + f"{self.n_converged}/{len(self.starts)} starts converged"]
+        if self.n_pk:
+            fixed = {k: v for k, v in (self.settings.get("pk_sigma_fixed") or {}).items()
+                     if k not in self.names}
+            rows.append(f"  PK: {self.n_pk} concentrations" + "".join(
+                f"; {k} fixed at {v:.4g}" for k, v in fixed.items()))
         for n in self.names:
             rows.append(f"  {n:<20} {self.estimate[n]:.4g}  95% CI [{self.ci_low[n]:.4g}, "
                         f"{self.ci_high[n]:.4g}]")
@@ -513,6 +519,8 @@ def fit(study: Study, params: Parameters, free, *, options: FitOptions = FitOpti
                     adam_steps=options.adam_steps, adam_lr=options.adam_lr,
                     **options.optimizer.describe(),
                     prior=prior, sigma_fixed=None if "burden_sigma" in obj.names else sigma,
+                    **({} if not obj.n_pk else {"pk_sigma_fixed": {
+                        n: NUISANCE[n]["value"] for n in PK_SIGMAS if n not in obj.names}}),
                     solver=_solver_settings(obj.options), profile=list(profile),
                     profile_points=options.profile_points)
     return FitResult(
@@ -524,6 +532,7 @@ def fit(study: Study, params: Parameters, free, *, options: FitOptions = FitOpti
         ci_high=dict(zip(obj.names, map(float, ci_hi), strict=True)),
         identifiable=identifiable, objective=float(f_best[0]), loglik_burden=float(lb[0]),
         loglik_relapse=float(lr[0]), aic=2 * k + 2 * float(f_best[0]), n_obs=obj.n_obs,
+        n_pk=obj.n_pk,
         starts=start_rows, hessian=H.tolist(), covariance=np.asarray(cov).tolist(),
         profiles=prof, settings=settings, seed=int(seed),
         wall_time_s=time.perf_counter() - t0, n_evaluations=obj.n_evaluations - n0)

@@ -9,6 +9,11 @@
   at the lagged times), the expectation over the relapse-lag law L of a surviving clone as a
   fixed Gauss rule (`observables.lag_reads`, the switch size `observables.SWITCH_SIZE`). A
   relapse at t contributes ``log h(t) - Lambda(t)``, a censored mouse ``-Lambda(t)``.
+* Drug concentrations (optional pk.csv): log-normal (proportional error) around the model's
+  whole-blood concentration of the drug at the sampling day (divided by the drug's
+  blood/plasma ratio for a plasma sample), one sd per drug, ``log c ~ Normal(log C(t), s)``;
+  a value below the LLOQ contributes ``Phi((log LLOQ - log C(t)) / s)`` (M3, Beal 2001).
+  Closed-form PK: no ODE solve (`pk_log_median`, `pk_loglik_unit`).
 * Draws from both laws (`sample_burden_unit`, `sample_relapse_unit`) for simulated replicate
   studies (visual predictive checks, `fitting.vpc`), next to the log-likelihoods they mirror.
 * Joint: the sum. Optional priors from the parameter table: Normal in each parameter's scale
@@ -88,7 +93,45 @@ def study_prediction(model, params, arrays: StudyArrays, options) -> ArmPredicti
 # grid do not need to (they are not read by the per-unit laws)
 ROW_AXES = StudyArrays(dosing=None, grid=None, **{k: 0 for k in (
     "burden_idx", "burden_log_y", "burden_log_lod", "burden_log_fraction", "burden_censored",
-    "burden_mask", "surv_idx", "surv_event", "surv_mask", "body_weight_kg")})
+    "burden_mask", "surv_idx", "surv_event", "surv_mask", "body_weight_kg", "pk_day",
+    "pk_log_y", "pk_log_lloq", "pk_drug", "pk_plasma", "pk_censored", "pk_mask")})
+
+
+def pk_log_median(model: DormancyModel, params: Parameters, dosing: Dosing, rows):
+    """log of the predicted concentration (ng/mL, in the row's matrix) of each of a unit's
+    (Np,) PK rows: the drug's whole-blood concentration from the closed-form course of
+    `dosing` (one unit's schedule) at the row's day, divided by the blood/plasma ratio for a
+    plasma row. `rows`: `pk_day`, `pk_drug`, `pk_plasma` of a `StudyArrays` unit."""
+    course = model.drug_course(params, dosing)
+    ex = jax.vmap(course.exposure)(rows.pk_day)
+    hcq = rows.pk_drug == 0
+    conc = jnp.where(hcq, ex.hcq, ex.eve)
+    ratio = jnp.where(hcq, params["hcq_blood_plasma_ratio"], params["eve_blood_plasma_ratio"])
+    return jnp.log(jnp.maximum(conc, TINY)) - jnp.where(rows.pk_plasma, jnp.log(ratio), 0.0)
+
+
+def pk_loglik_unit(mu, rows, sigma_hcq, sigma_eve):
+    """Log-likelihood of one unit's PK rows (scalar): log-normal with sd `sigma_hcq` or
+    `sigma_eve` around `mu` = `pk_log_median` (proportional error), a row below the LLOQ
+    censored (M3: log Phi((log LLOQ - mu) / sd))."""
+    sigma = jnp.where(rows.pk_drug == 0, sigma_hcq, sigma_eve)
+    z = (rows.pk_log_y - mu) / sigma
+    dens = -rows.pk_log_y - jnp.log(sigma) - 0.5 * LOG_2PI - 0.5 * z**2
+    cens = norm.logcdf((rows.pk_log_lloq - mu) / sigma)
+    ll = jnp.where(rows.pk_censored, cens, dens)
+    return jnp.sum(jnp.where(rows.pk_mask, ll, 0.0))
+
+
+def pk_loglik(model, params, arrays: StudyArrays, sigma_hcq, sigma_eve):
+    """Log-likelihood of the PK rows of every unit (scalar; 0.0 without PK rows). The units'
+    schedules are `arrays.dosing` (leading unit axis)."""
+    if arrays.pk_mask is None:
+        return jnp.zeros(())
+
+    def unit(dosing, rows):
+        return pk_loglik_unit(pk_log_median(model, params, dosing, rows), rows, sigma_hcq,
+                              sigma_eve)
+    return jnp.sum(jax.vmap(unit, in_axes=(0, ROW_AXES))(arrays.dosing, arrays))
 
 
 def burden_log_median(pred: ArmPrediction, rows):
@@ -161,13 +204,18 @@ def relapse_loglik(pred: ArmPrediction, arrays: StudyArrays):
     return jnp.sum(jax.vmap(relapse_loglik_unit, in_axes=(0, ROW_AXES))(pred, arrays))
 
 
-def joint_loglik(model, params, arrays, sigma, options, weights=(1.0, 1.0)):
+def joint_loglik(model, params, arrays, sigma, options, weights=(1.0, 1.0), pk_sigma=None):
     """(joint log-likelihood, burden part, relapse part, solver status: the arms' statuses
-    combined by `status.reduce`)."""
+    combined by `status.reduce`). With PK rows in `arrays` (and `pk_sigma` = (sd of HCQ, sd
+    of EVE)) the joint value also holds `pk_loglik` (not in the burden or relapse part); a
+    study without PK rows gives exactly the value it gave before PK rows existed."""
     pred = study_prediction(model, params, arrays, options)
     lb = burden_loglik(pred, arrays, sigma)
     lr = relapse_loglik(pred, arrays)
-    return weights[0] * lb + weights[1] * lr, lb, lr, S.reduce(pred.status)
+    ll = weights[0] * lb + weights[1] * lr
+    if arrays.pk_mask is not None:
+        ll = ll + pk_loglik(model, params, arrays, *pk_sigma)
+    return ll, lb, lr, S.reduce(pred.status)
 
 
 def log_prior(scaled_values, centre, width):

@@ -55,7 +55,12 @@ MIN_LANES = 4
 NUISANCE = {
     "burden_sigma": dict(value=0.5, bounds=(0.05, 3.0), scale="log", unit="1",
                          source="sd of log residual count (log-normal measurement noise)"),
+    "pk_sigma_hcq": dict(value=0.3, bounds=(0.01, 3.0), scale="log", unit="1",
+                         source="sd of log HCQ concentration (pk.csv; proportional error)"),
+    "pk_sigma_eve": dict(value=0.3, bounds=(0.01, 3.0), scale="log", unit="1",
+                         source="sd of log EVE concentration (pk.csv; proportional error)"),
 }
+PK_SIGMAS = ("pk_sigma_hcq", "pk_sigma_eve")
 
 
 @dataclass(frozen=True)
@@ -108,6 +113,7 @@ class ObjectiveData(eqx.Module):
     s_hi: jax.Array
     s_table: jax.Array
     sigma_fixed: jax.Array
+    pk_sigma_fixed: jax.Array  # (2,) sd of log HCQ and EVE concentrations when not free
     names: tuple = eqx.field(static=True)
     model_names: tuple = eqx.field(static=True)
     options: SolverOptions = eqx.field(static=True)
@@ -122,7 +128,9 @@ def _nll_z(data: ObjectiveData, z):
     vals = dict(zip(data.names, list(x), strict=True))
     p = data.base.replace(**{n: vals[n] for n in data.model_names})
     sigma = vals.get("burden_sigma", data.sigma_fixed)
-    ll, lb, lr, status = joint_loglik(data.model, p, data.arrays, sigma, data.options)
+    pk_sigma = tuple(vals.get(n, data.pk_sigma_fixed[i]) for i, n in enumerate(PK_SIGMAS))
+    ll, lb, lr, status = joint_loglik(data.model, p, data.arrays, sigma, data.options,
+                                      pk_sigma=pk_sigma)
     nll = -ll
     if data.use_prior:
         nll = nll - log_prior(s, data.s_table, data.s_hi - data.s_lo)
@@ -141,7 +149,9 @@ class Objective:
 
     `study`: a `Study`; `params`: the full parameter set (values of the fixed parameters; body
     weight is replaced by the study's); `free`: names (model parameters and/or `burden_sigma`;
-    when `burden_sigma` is not free it is fixed at `sigma`). `batch`: points per compiled call
+    when `burden_sigma` is not free it is fixed at `sigma`; `pk_sigma_hcq`, `pk_sigma_eve`:
+    the sd of the log concentrations of a study with pk.csv, fixed at their `NUISANCE`
+    values when not free). `batch`: points per compiled call
     (at least `MIN_LANES`: smaller batches are padded); the results do not depend on it.
     """
 
@@ -163,12 +173,15 @@ class Objective:
         self.s_lo = np.array([to_scale(f.lower, f.scale) for f in self.free])
         self.s_hi = np.array([to_scale(f.upper, f.scale) for f in self.free])
         self.s_table = np.array([to_scale(f.table_value, f.scale) for f in self.free])
+        self.n_pk = (0 if self.arrays.pk_mask is None
+                     else int(np.asarray(self.arrays.pk_mask).sum()))
         self.n_obs = int(np.asarray(self.arrays.burden_mask).sum()
-                         + np.asarray(self.arrays.surv_mask).sum())
+                         + np.asarray(self.arrays.surv_mask).sum()) + self.n_pk
         self.data = ObjectiveData(
             arrays=self.arrays, base=self.base, codes=jnp.asarray(self.codes),
             s_lo=jnp.asarray(self.s_lo), s_hi=jnp.asarray(self.s_hi),
             s_table=jnp.asarray(self.s_table), sigma_fixed=jnp.asarray(float(sigma)),
+            pk_sigma_fixed=jnp.asarray([NUISANCE[n]["value"] for n in PK_SIGMAS]),
             names=self.names, model_names=tuple(f.name for f in self.free if not f.nuisance),
             options=self.options, model=self.model, use_prior=self.prior)
         self.n_evaluations = 0

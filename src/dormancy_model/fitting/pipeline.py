@@ -77,6 +77,17 @@ def _names(v) -> tuple:
     return tuple(n.strip() for n in v if n.strip())
 
 
+def pk_sigmas(study, free) -> tuple:
+    """The PK residual sds to fit along `free` (names): ``pk_sigma_<drug>`` of each drug
+    measured in the study's pk.csv, unless `free` names it already (then none is added)."""
+    from dormancy_model.fitting.study import PK_DRUGS
+
+    if study.pk is None:
+        return ()
+    return tuple(f"pk_sigma_{d}" for i, d in enumerate(PK_DRUGS)
+                 if np.any(study.pk.drug == i) and f"pk_sigma_{d}" not in free)
+
+
 def run_fit(study_path, model_path, free, options=None, *, out, figures=None, arms=None,
             progress=None, method="pooled", random=(), covariance="diagonal", laplace=None,
             on_iteration=None, nuts=None, covariates=()):
@@ -115,6 +126,7 @@ def run_fit(study_path, model_path, free, options=None, *, out, figures=None, ar
                          f"{bw_spec.in_file_unit(hi):g}] {bw_spec.unit}")
     free = tuple(n.strip() for n in free) if not isinstance(free, str) else tuple(
         n.strip() for n in free.split(",") if n.strip())
+    free = free + pk_sigmas(study, free)
     random = _names(random)
     if method not in METHODS:
         raise InputError("--method", "method", f"unknown method {method!r} "

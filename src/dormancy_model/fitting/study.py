@@ -13,6 +13,7 @@ Formats (a study is a directory holding the three files):
       burden = "burden.csv"        # optional file names (relative to the study directory)
       survival = "survival.csv"
       animals = "animals.csv"      # optional per-animal covariate table
+      pk = "pk.csv"                # optional drug concentrations (PK observations)
 
       [arms.hcq60_chronic]
       schedule = "mouse-hcq60-chronic"   # a preset name (`dormancy schedules`) or a schedule
@@ -35,6 +36,19 @@ Formats (a study is a directory holding the three files):
   covariate filled in, and every row must name one of them. A population fit can put covariate
   effects of these columns (and of the animal's arm) on typical values
   (`fitting.population.covariates`, ``dormancy fit --covariate k_dr~body_weight_g``).
+
+* ``pk.csv`` (optional, named by ``study.pk``): one row per drug concentration,
+  ``mouse_id, arm, day, drug, matrix, conc_ng_ml`` and optionally ``lloq_ng_ml``. ``day``:
+  days since the first dose (fractions for hours: 2 h = 0.0833), from 0 to the study's last
+  burden or survival day; ``drug`` ``hcq`` or ``eve``; ``matrix`` ``whole_blood`` or
+  ``plasma`` (the model's concentrations are whole blood; a plasma value is predicted as the
+  whole-blood one divided by the parameter ``hcq_blood_plasma_ratio`` /
+  ``eve_blood_plasma_ratio``); ``conc_ng_ml`` > 0. Below the lower limit of quantification:
+  leave ``conc_ng_ml`` empty and give ``lloq_ng_ml`` (> 0); a value below its row's
+  ``lloq_ng_ml`` is treated the same. Such a row is a censored observation (M3, Beal 2001:
+  its likelihood is P(c < LLOQ)). A ``mouse_id`` belongs to one arm (also across burden.csv
+  and survival.csv). The likelihood is log-normal with one residual sd per drug
+  (`likelihood.pk_loglik_unit`, nuisance parameters ``pk_sigma_hcq``, ``pk_sigma_eve``).
 
 Files are UTF-8 (a byte-order mark is ignored). The study's ``body_weight_g`` must be plausible
 for its species (`units.BODY_WEIGHT_KG`) and, in a fit, within the model's body_weight bounds.
@@ -67,9 +81,13 @@ from dormancy_model.units import body_weight_problem
 BURDEN_COLUMNS = ("mouse_id", "arm", "day", "residual_cells", "detection_limit")
 BURDEN_OPTIONAL = ("sampled_fraction", "dormant_count", "proliferating_count")
 SURVIVAL_COLUMNS = ("mouse_id", "arm", "day", "event")
+PK_COLUMNS = ("mouse_id", "arm", "day", "drug", "matrix", "conc_ng_ml")
+PK_OPTIONAL = ("lloq_ng_ml",)
+PK_DRUGS = ("hcq", "eve")  # code = index
+PK_MATRICES = ("whole_blood", "plasma")  # code = index
 ANIMAL_COLUMNS = ("mouse_id",)
 STUDY_FIELDS = {"name", "species", "body_weight_g", "synthetic", "description", "burden",
-                "survival", "animals", "seed", "generator"}
+                "survival", "animals", "seed", "generator", "pk"}
 
 
 @dataclass(frozen=True)
@@ -107,6 +125,24 @@ class SurvivalRows:
 
 
 @dataclass(frozen=True)
+class PKRows:
+    """Drug-concentration rows (numpy, one entry per row of pk.csv)."""
+
+    mouse_id: np.ndarray
+    arm: np.ndarray  # arm index
+    day: np.ndarray
+    drug: np.ndarray  # index into PK_DRUGS
+    matrix: np.ndarray  # index into PK_MATRICES
+    conc: np.ndarray  # ng/mL (NaN: below the LLOQ, value not given)
+    lloq: np.ndarray  # ng/mL (NaN: none given)
+
+    @property
+    def censored(self) -> np.ndarray:
+        return np.isnan(self.conc) | (self.conc < np.where(np.isnan(self.lloq), -np.inf,
+                                                          self.lloq))
+
+
+@dataclass(frozen=True)
 class AnimalTable:
     """The per-animal covariate table: `ids` (n,) and `covariates` {column: (n,) array}
     (``body_weight_g`` as floats in g, other columns as text); `source` the file and `lines`
@@ -141,6 +177,7 @@ class Study:
     description: str
     data_hash: str  # sha256 of study.toml + both CSV files (+ animals.csv when given)
     animals: AnimalTable | None = None  # the optional per-animal covariate table
+    pk: PKRows | None = None  # the optional drug-concentration rows
 
     @property
     def arm_names(self) -> tuple[str, ...]:
@@ -177,7 +214,8 @@ class Study:
         return Study(self.name, self.species, self.body_weight_kg,
                      tuple(self.arms[i] for i in keep), sel(self.burden, BurdenRows),
                      sel(self.survival, SurvivalRows), self.path, self.synthetic,
-                     self.description, self.data_hash + ":" + ",".join(arms), self.animals)
+                     self.description, self.data_hash + ":" + ",".join(arms), self.animals,
+                     None if self.pk is None else sel(self.pk, PKRows))
 
 
 # ----------------------------------------------------------------------------- reading
@@ -320,6 +358,52 @@ def _read_survival(path: Path, arm_names) -> SurvivalRows:
     return SurvivalRows(np.array(ids), np.array(arms, int), np.array(days), np.array(events, int))
 
 
+def _read_pk(path: Path, arm_names, burden: BurdenRows, survival: SurvivalRows) -> PKRows:
+    """The drug-concentration rows, checked against the arms and the animals of the study."""
+    src = str(path)
+    end = float(max(np.max(burden.day, initial=0.0), np.max(survival.day, initial=0.0)))
+    arm_of = {str(m): (int(a), f) for f, rows in (("burden.csv", burden),
+                                                  ("survival.csv", survival))
+              for m, a in zip(rows.mouse_id, rows.arm, strict=True)}
+    out = {k: [] for k in ("mouse_id", "arm", "day", "drug", "matrix", "conc", "lloq")}
+    for no, r in _read_csv(path, PK_COLUMNS, PK_OPTIONAL):
+        mid = r["mouse_id"]
+        if not mid:
+            raise InputError(f"{src}:{no}", "mouse_id", "empty")
+        arm = _arm_index(src, no, r["arm"], arm_names)
+        first = arm_of.setdefault(mid, (arm, f"pk.csv line {no}"))
+        if first[0] != arm:
+            raise InputError(f"{src}:{no}", "mouse_id", f"mouse {mid!r} is in arm "
+                             f"{arm_names[first[0]]!r} ({first[1]}): one arm per mouse")
+        day = _num(src, no, "day", r["day"], minimum=0.0)
+        if day > end:
+            raise InputError(f"{src}:{no}", "day", f"{day:g} is after the study's last "
+                             f"burden or survival day ({end:g})")
+        for col, names, key in (("drug", PK_DRUGS, "drug"), ("matrix", PK_MATRICES, "matrix")):
+            if r[col] not in names:
+                raise InputError(f"{src}:{no}", col, f"unknown {col} {r[col]!r}"
+                                 f"{suggest(r[col], names)} (known: {', '.join(names)})")
+            out[key].append(names.index(r[col]))
+        text = r.get("lloq_ng_ml", "")
+        lloq = _num(src, no, "lloq_ng_ml", text, minimum=0.0, strict=True) if text else math.nan
+        if r["conc_ng_ml"]:
+            conc = _num(src, no, "conc_ng_ml", r["conc_ng_ml"], minimum=0.0, strict=True)
+        elif text:
+            conc = math.nan  # below the LLOQ
+        else:
+            raise InputError(f"{src}:{no}", "conc_ng_ml", "empty without lloq_ng_ml (a value "
+                             "below the limit of quantification: leave it empty and give "
+                             "lloq_ng_ml)")
+        out["mouse_id"].append(mid)
+        out["arm"].append(arm)
+        out["day"].append(day)
+        out["conc"].append(conc)
+        out["lloq"].append(lloq)
+    return PKRows(np.array(out["mouse_id"]), np.array(out["arm"], int), np.array(out["day"]),
+                  np.array(out["drug"], int), np.array(out["matrix"], int),
+                  np.array(out["conc"]), np.array(out["lloq"]))
+
+
 def _read_animals(path: Path, species: str, burden: BurdenRows,
                   survival: SurvivalRows) -> AnimalTable:
     """The covariate table, checked against the animals of the two data files."""
@@ -415,17 +499,21 @@ def load_study(path: str | Path) -> Study:
     survival_path = root / str(meta.get("survival", "survival.csv"))
     burden = _read_burden(burden_path, names)
     survival = _read_survival(survival_path, names)
-    animals = None
+    animals = pk = None
     h = hashlib.sha256(raw)
     h.update(burden_path.read_bytes())
     h.update(survival_path.read_bytes())
+    if "pk" in meta:
+        pk_path = root / str(meta["pk"])
+        pk = _read_pk(pk_path, names, burden, survival)
+        h.update(pk_path.read_bytes())
     if "animals" in meta:
         animals_path = root / str(meta["animals"])
         animals = _read_animals(animals_path, species, burden, survival)
         h.update(animals_path.read_bytes())
     return Study(str(meta.get("name", root.name)), species, float(bw) / 1000.0, tuple(arms),
                  burden, survival, str(root), bool(meta.get("synthetic", False)),
-                 str(meta.get("description", "")), h.hexdigest(), animals)
+                 str(meta.get("description", "")), h.hexdigest(), animals, pk)
 
 
 # ----------------------------------------------------------------------------- arrays
@@ -453,6 +541,14 @@ class StudyArrays(eqx.Module):
     # problem, the study's for an arm; not read by the likelihood (covariate models on typical
     # values read the table itself: `population.covariates.study_covariates`)
     body_weight_kg: jax.Array | None = None
+    # drug-concentration rows (Np per unit at most); None when the study has no pk.csv
+    pk_day: jax.Array | None = None  # (A, Np) days since the first dose
+    pk_log_y: jax.Array | None = None  # (A, Np) log observed ng/mL (0 if censored)
+    pk_log_lloq: jax.Array | None = None  # (A, Np) log LLOQ (0 if none)
+    pk_drug: jax.Array | None = None  # (A, Np) int, index into PK_DRUGS
+    pk_plasma: jax.Array | None = None  # (A, Np) bool, plasma (else whole blood)
+    pk_censored: jax.Array | None = None  # (A, Np) bool, below the LLOQ
+    pk_mask: jax.Array | None = None  # (A, Np) bool
 
 
 def _pad_events(evs, dtype):
@@ -498,11 +594,12 @@ def study_arrays(study: Study, dtype=jnp.float64) -> StudyArrays:
     b, s = study.burden, study.survival
     return unit_arrays(study, b.arm, s.arm, A, np.searchsorted(grid, b.day),
                        np.searchsorted(grid, s.day),
-                       stacked_dosing([a.schedule for a in study.arms], dtype), grid, dtype)
+                       stacked_dosing([a.schedule for a in study.arms], dtype), grid, dtype,
+                       pk_owner=None if study.pk is None else study.pk.arm)
 
 
 def unit_arrays(study: Study, burden_owner, surv_owner, n: int, bidx, sidx, dosing, grid,
-                dtype=jnp.float64, body_weight_kg=None) -> StudyArrays:
+                dtype=jnp.float64, body_weight_kg=None, pk_owner=None) -> StudyArrays:
     """`StudyArrays` with the observations grouped by unit (an arm, or one animal): burden and
     survival rows of unit u are those whose owner is u, padded and masked; `bidx`/`sidx` index
     each row's day in its unit's `grid`; `body_weight_kg` (n,) per unit (default: the study's
@@ -518,6 +615,19 @@ def unit_arrays(study: Study, burden_owner, surv_owner, n: int, bidx, sidx, dosi
     sidx_p, smask = pad_rows(surv_owner, sidx, n, 0)
     sev, _ = pad_rows(surv_owner, s.event.astype(float), n, 0.0)
     f = lambda x: jnp.asarray(x, dtype)  # noqa: E731
+    pk = {}
+    if pk_owner is not None:
+        r = study.pk
+        cens = r.censored
+        for key, vals, fill in (
+                ("pk_day", r.day, 0.0),
+                ("pk_log_y", np.log(np.where(cens, 1.0, r.conc)), 0.0),
+                ("pk_log_lloq", np.log(np.where(np.isnan(r.lloq), 1.0, r.lloq)), 0.0),
+                ("pk_drug", r.drug, 0), ("pk_plasma", r.matrix == 1, False),
+                ("pk_censored", cens, False)):
+            v, pk["pk_mask"] = pad_rows(pk_owner, vals, n, fill)
+            pk[key] = f(v) if np.asarray(vals).dtype.kind == "f" else jnp.asarray(v)
+        pk["pk_mask"] = jnp.asarray(pk["pk_mask"])
     return StudyArrays(
         dosing=dosing, grid=f(grid),
         burden_idx=jnp.asarray(cols["bidx"]), burden_log_y=f(cols["log_y"]),
@@ -525,4 +635,4 @@ def unit_arrays(study: Study, burden_owner, surv_owner, n: int, bidx, sidx, dosi
         burden_censored=jnp.asarray(cols["cens"]), burden_mask=jnp.asarray(bmask),
         surv_idx=jnp.asarray(sidx_p), surv_event=f(sev), surv_mask=jnp.asarray(smask),
         body_weight_kg=f(np.full(n, study.body_weight_kg) if body_weight_kg is None
-                         else np.asarray(body_weight_kg, float)))
+                         else np.asarray(body_weight_kg, float)), **pk)

@@ -29,7 +29,7 @@ from dormancy_model.params.table import Parameters, load_model_parameters
 from dormancy_model.params.transforms import SCALES, to_scale
 
 FORMAT = "dormancy-fit/1"
-NUISANCE = ("burden_sigma",)
+NUISANCE = ("burden_sigma", "pk_sigma_hcq", "pk_sigma_eve")
 
 
 def read_fit(path: str | Path) -> dict:

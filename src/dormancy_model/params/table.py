@@ -41,6 +41,8 @@ REGISTRY: dict[str, str] = {
     "lesion_growth_rate": "1/day", "detection_size": "cells", "aspirate_fraction": "1",
     "dormant_initial": "cells", "reactivating_initial": "cells", "proliferating_initial": "cells",
     "history_days": "day", "body_weight": "kg",
+    # whole-blood / plasma concentration ratios (PK observations in plasma, `fitting.study`)
+    "hcq_blood_plasma_ratio": "1", "eve_blood_plasma_ratio": "1",
 }
 
 # Physical limits, enforced whatever bounds a file declares (value and both bounds): every
@@ -48,7 +50,8 @@ REGISTRY: dict[str, str] = {
 # (they divide); body_weight must be plausible for the file's species (units.BODY_WEIGHT_KG).
 FRACTIONS = ("eve_f", "hcq_f", "eve_imax", "hcq_imax", "aspirate_fraction")
 STRICTLY_POSITIVE = ("eve_v1", "eve_v2", "hcq_v1", "hcq_v2", "eve_ic50", "hcq_ic50",
-                     "mtor_k", "deficit_k", "detection_size")
+                     "mtor_k", "deficit_k", "detection_size", "hcq_blood_plasma_ratio",
+                     "eve_blood_plasma_ratio")
 
 
 def physical_problem(name: str, internal_value: float, species: str) -> str | None:
