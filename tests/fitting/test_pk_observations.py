@@ -160,3 +160,34 @@ def test_pooled_fit_recovers_hcq_cl_and_pk_sigma(tmp_path):
     assert res.n_pk == 30
     for name, truth in (("hcq_cl", truth_cl), ("pk_sigma_hcq", truth_sd)):
         assert res.ci_low[name] < truth < res.ci_high[name], (name, res.summary())
+
+
+@pytest.mark.slow
+def test_population_pk_per_animal_sums_to_pooled_and_follows_random_effects(tmp_path):
+    """Population fit: every PK row belongs to its animal; at eta = 0 the animals' PK
+    log-likelihoods add up to the pooled one, and a random effect on hcq_cl changes only
+    the HCQ animals' values."""
+    import jax.numpy as jnp
+
+    from dormancy_model.fitting.population.animals import study_problem
+
+    study = load_study(write_study(tmp_path / "s"))
+    params = load_model_parameters("mouse")
+    prob = study_problem(study, params, ["hcq_cl", "pk_sigma_hcq"], ["hcq_cl"])
+    assert prob.n_obs == 2 + len(PK_ROWS)
+    lik, ids = prob.likelihood, prob.animal_ids
+    theta = jnp.asarray([np.log(float(params["hcq_cl"])), np.log(0.3)])
+    import jax
+
+    def per_animal(eta):
+        return np.array([float(lik.pk(prob.phi(theta, jnp.asarray([eta[i]])),
+                                      jax.tree.map(lambda v, i=i: v[i], prob.animals)))
+                         for i in range(len(ids))])
+
+    zero = per_animal(np.zeros(len(ids)))
+    p = params.replace(body_weight=study.body_weight_kg)
+    pooled = float(pk_loglik(DormancyModel(), p, study_arrays(study), 0.3, 0.3))
+    assert zero.sum() == pytest.approx(pooled, rel=1e-10)
+    shifted = per_animal(np.where(np.array(ids) == "h1", 0.5, 0.0))
+    changed = np.array(ids)[~np.isclose(shifted, zero, rtol=1e-12)]
+    assert changed.tolist() == ["h1"]

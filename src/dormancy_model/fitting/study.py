@@ -159,7 +159,9 @@ class AnimalTable:
             return np.full(len(ids), float(default_kg))
         pos = {a: i for i, a in enumerate(self.ids)}
         w = np.asarray(self.covariates["body_weight_g"], float)
-        return np.array([w[pos[str(a)]] for a in ids]) / 1000.0
+        # an animal with PK rows only (not in the table): the study's weight
+        return np.array([w[pos[str(a)]] / 1000.0 if str(a) in pos else float(default_kg)
+                         for a in ids])
 
 
 @dataclass(frozen=True)

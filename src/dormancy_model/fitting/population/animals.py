@@ -44,9 +44,11 @@ from dormancy_model.errors import InputError, suggest
 from dormancy_model.fitting.likelihood import (
     arm_prediction,
     burden_loglik_unit,
+    pk_log_median,
+    pk_loglik_unit,
     relapse_loglik_unit,
 )
-from dormancy_model.fitting.objective import NUISANCE, free_parameters
+from dormancy_model.fitting.objective import NUISANCE, PK_SIGMAS, free_parameters
 from dormancy_model.fitting.population.covariates import check_covariates, study_covariates
 from dormancy_model.fitting.population.problem import (
     AbstractAnimalLikelihood,
@@ -76,6 +78,19 @@ class StudyAnimalLikelihood(AbstractAnimalLikelihood):
     arm_dosing: object = None
     arm_of: jax.Array | None = None
     tabulate: bool = eqx.field(static=True, default=False)
+    # sd of log HCQ and EVE concentrations when not free (a study with pk.csv)
+    pk_sigma_fixed: jax.Array | None = None
+
+    def pk(self, phi, animal: StudyArrays):
+        """PK log-likelihood of one animal (0.0 without PK rows): its concentrations under
+        its own parameters (random effects on hcq_cl, eve_cl, ... act here)."""
+        if animal.pk_mask is None:
+            return jnp.zeros(())
+        p, _ = self.params(phi)
+        x = from_scale_codes_jnp(phi, self.codes)
+        vals = dict(zip(self.names, list(x), strict=True))
+        sd = [vals.get(n, self.pk_sigma_fixed[i]) for i, n in enumerate(PK_SIGMAS)]
+        return pk_loglik_unit(pk_log_median(self.model, p, animal.dosing, animal), animal, *sd)
 
     def params(self, phi):
         """(model `Parameters`, burden sd) at phi (d,)."""
@@ -115,7 +130,9 @@ class StudyAnimalLikelihood(AbstractAnimalLikelihood):
 
     def __call__(self, phi, animal, shared=None):
         lb, lr, status = self.parts(phi, animal, shared)
-        return lb + lr, status
+        if animal.pk_mask is None:
+            return lb + lr, status
+        return lb + lr + self.pk(phi, animal), status
 
 
 class _Recording(dict):
@@ -169,7 +186,8 @@ def animal_table(study: Study):
     arms raises InputError."""
     ids, arm = [], []
     index = {}
-    for src, rows in (("burden", study.burden), ("survival", study.survival)):
+    sources = (("burden", study.burden), ("survival", study.survival))
+    for src, rows in sources + ((("pk", study.pk),) if study.pk is not None else ()):
         for mid, a in zip(rows.mouse_id, rows.arm, strict=True):
             mid = str(mid)
             if mid in index:
@@ -186,6 +204,14 @@ def animal_table(study: Study):
     b_of = np.array([index[str(m)] for m in study.burden.mouse_id], int)
     s_of = np.array([index[str(m)] for m in study.survival.mouse_id], int)
     return tuple(ids), np.array(arm, int), b_of, s_of
+
+
+def pk_owner(study: Study, ids):
+    """The animal (index into `ids`) of each PK row; None without pk.csv."""
+    if study.pk is None:
+        return None
+    index = {m: i for i, m in enumerate(ids)}
+    return np.array([index[str(m)] for m in study.pk.mouse_id], int)
 
 
 def animal_arrays(study: Study, dtype=jnp.float64):
@@ -206,7 +232,8 @@ def animal_arrays(study: Study, dtype=jnp.float64):
     arm_dosing = stacked_dosing([a.schedule for a in study.arms], dtype)
     dosing = jax.tree.map(lambda x: x[jnp.asarray(arm)], arm_dosing)
     arrays = unit_arrays(study, b_of, s_of, n, bidx, sidx, dosing, grid, dtype,
-                         body_weight_kg=study.animal_body_weight_kg(ids))
+                         body_weight_kg=study.animal_body_weight_kg(ids),
+                         pk_owner=pk_owner(study, ids))
     t_end = float(max(np.max(b.day, initial=0.0), np.max(s.day, initial=0.0)))
     return ids, arrays, t_end
 
@@ -254,10 +281,12 @@ def study_problem(study: Study, params: Parameters, free, random, *, covariance=
         t_end=jnp.asarray(t_end), names=names,
         model_names=tuple(f.name for f in fp if not f.nuisance), options=options,
         model=model, arm_dosing=arm_dosing, arm_of=jnp.asarray(arm),
-        tabulate=tabulate and isinstance(options, FixedSteps) and not reads & shifted)
+        tabulate=tabulate and isinstance(options, FixedSteps) and not reads & shifted,
+        pk_sigma_fixed=jnp.asarray([NUISANCE[n]["value"] for n in PK_SIGMAS]))
     lo = np.array([to_scale(f.lower, f.scale) for f in fp])
     hi = np.array([to_scale(f.upper, f.scale) for f in fp])
-    n_obs = int(np.asarray(arrays.burden_mask).sum() + np.asarray(arrays.surv_mask).sum())
+    n_obs = int(np.asarray(arrays.burden_mask).sum() + np.asarray(arrays.surv_mask).sum()
+                + (0 if arrays.pk_mask is None else np.asarray(arrays.pk_mask).sum()))
     # the problem orders random effects as the typical values
     random = tuple(n for n in names if n in random)
     return PopulationProblem(likelihood=lik, animals=arrays, lower=jnp.asarray(lo),
