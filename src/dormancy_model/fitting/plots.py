@@ -46,6 +46,8 @@ def plot_burden_dose(study, days, residual, sigma, fraction=1.0):
             xs, mean = [], []
             for x, i in enumerate(arms if drugs else arms[:1]):
                 xpos = x + 1 if drugs else 0
+                if not (b.arm == i).any():  # an arm without counts (e.g. PK rows only)
+                    continue
                 rows = (b.arm == i) & (b.day == b.day[b.arm == i].min())
                 day = b.day[rows][0] if rows.any() else None
                 y = np.where(b.censored[rows], b.detection_limit[rows], b.cells[rows])
