@@ -158,19 +158,25 @@ def _solve(model: DormancyModel, params: Parameters, dosing: Dosing, ts, options
     p_found = O.founding_probability(params)
     reads = O.lag_reads(ts, params, ts[0], switch_size)  # (n, K) lagged times of the law
     k = reads.times.shape[-1]
-    grid = O.marrow_grid(ts[0], ts[-1], params, switch_size)  # (M + 1,) marrow/lesion reads
-    # save at the output times, at the K lagged times of each and at the grid, merged in order
-    all_ts = jnp.concatenate([ts, reads.times.reshape(-1), jnp.clip(grid, ts[0], ts[-1])])
+    mreads = O.marrow_reads(ts, params, ts[0], switch_size)  # (n, J) clone-age reads
+    j = mreads.times.shape[-1]
+    grid = O.marrow_grid(ts[0], ts[-1], params, switch_size)  # (M + 1,) lesion reads
+    # save at the output times, at the K lagged times of each, at the J marrow reads of each
+    # and at the grid, merged in order
+    all_ts = jnp.concatenate([ts, reads.times.reshape(-1), mreads.times.reshape(-1),
+                              jnp.clip(grid, ts[0], ts[-1])])
     order = jnp.argsort(all_ts)
     inverse = jnp.argsort(order)
     sol = integrate(model, params, course, ts[0], ts[-1], options,
                     dfx.SaveAt(ts=all_ts[order]))
     ys = sol.ys[inverse]
-    y, y_lag, y_grid = ys[:n], ys[n:n + n * k].reshape(n, k, ys.shape[-1]), ys[n + n * k:]
+    y, y_lag = ys[:n], ys[n:n + n * k].reshape(n, k, ys.shape[-1])
+    y_mar = ys[n + n * k:n + n * k + n * j, 3].reshape(n, j)
+    y_grid = ys[n + n * k + n * j:]
     hazard = O.cumulative_hazard(y_lag[..., 3], reads, p_found)
     # E on the grid: the solve's from t0, the history's closed form before it
     esc_g = jnp.where(grid < ts[0], O.grid_history(grid, ts[0], params), y_grid[:, 3])
-    marrow_p = O.marrow_proliferating(ts, y[:, 3], grid, esc_g, params, switch_size)
+    marrow_p = O.marrow_proliferating(y[:, 3], y_mar, mreads, params["proliferating_initial"])
     lesions = O.lesion_cells(ts, grid, esc_g, params, switch_size)
     ex = jax.vmap(course.exposure)(ts)
     m = R.mtor_activity(ex.eve, params)

@@ -9,10 +9,11 @@ when IV), the same spectral projectors `simulate` uses. Steps are clipped to eve
 the lane, so no step crosses a kink of the concentrations. Cell rates come from
 `rates.cell_rates`, the single source of the biology.
 
-Outputs per lane: residual burden D + R + P at `residual_days`, relapse-free probability
-exp(-p_found E_L[E(t - L)]) at `rfs_days` (E read at the lagged times t - L_q of the relapse-lag
-law, `observables.lag_reads`, as `simulate` does) and
-P(DTC+) = 1 - exp(-f (D + R + P)) at `assessment_days`.
+Outputs per lane: residual burden (the marrow DTCs D + R + marrow P, as `simulate`:
+`observables.marrow_proliferating` on E read at the clone ages of `observables.marrow_reads`)
+at `residual_days`, relapse-free probability exp(-p_found E_L[E(t - L)]) at
+`rfs_days` (E read at the lagged times t - L_q of the relapse-lag law, `observables.lag_reads`,
+as `simulate` does) and P(DTC+) = 1 - exp(-f marrow) at `assessment_days`.
 """
 
 from __future__ import annotations
@@ -219,7 +220,9 @@ def solve_outputs_impl(varying: dict, base: Parameters, table: ScheduleTable, si
     rfs_days = jnp.asarray(days.rfs_days, dt)
     reads = O.lag_reads(rfs_days, full, t0)  # (N, T, K) lagged times of the relapse law
     lagged = reads.times.reshape(n, -1)
-    saves = jnp.concatenate([jnp.broadcast_to(out_days, (n, out_days.size)), lagged], axis=1)
+    mreads = O.marrow_reads(jnp.broadcast_to(out_days, (n, out_days.size)), full, t0)
+    saves = jnp.concatenate([jnp.broadcast_to(out_days, (n, out_days.size)), lagged,
+                             mreads.times.reshape(n, -1)], axis=1)
     order = jnp.argsort(saves, axis=1)
     saves_sorted = jnp.take_along_axis(saves, order, axis=1)
     y0 = (*O.initial_cells(full), jnp.zeros((n,), dt))
@@ -230,12 +233,15 @@ def solve_outputs_impl(varying: dict, base: Parameters, table: ScheduleTable, si
                         expected_steps)
     inv = jnp.argsort(order, axis=1)
     ys = [jnp.take_along_axis(v, inv, axis=1) for v in sol.ys]
-    n_out = out_days.size
-    cells = ys[0][:, :n_out] + ys[1][:, :n_out] + ys[2][:, :n_out]
+    n_out, n_lag = out_days.size, lagged.shape[1]
+    # marrow DTCs D + R + marrow P (clones below the switch size; `observables`), as `simulate`
+    marrow_p = O.marrow_proliferating(ys[3][:, :n_out], ys[3][:, n_out + n_lag:].reshape(
+        mreads.times.shape), mreads, full["proliferating_initial"][:, None])
+    cells = ys[0][:, :n_out] + ys[1][:, :n_out] + marrow_p
     pos = {d: i for i, d in enumerate(sorted(set(days.residual_days) | set(days.assessment_days)))}
     ridx = jnp.asarray([pos[d] for d in days.residual_days], jnp.int32)
     aidx = jnp.asarray([pos[d] for d in days.assessment_days], jnp.int32)
-    e_lag = ys[3][:, n_out:].reshape(reads.times.shape)
+    e_lag = ys[3][:, n_out:n_out + n_lag].reshape(reads.times.shape)
     degenerate = (gap["eve"] < 1e-6) | (gap["hcq"] < 1e-6)
     status = S.combine(sol.status, jnp.where(degenerate, S.DEGENERATE_PK, S.OK)).astype(jnp.int8)
     return dict(
