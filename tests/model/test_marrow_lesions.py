@@ -82,8 +82,8 @@ def test_lesion_and_marrow_laws_against_quadrature(human):
     (scipy quad over Y) to 2%; the marrow P (`marrow_reads`: Gauss-Legendre over the clone
     ages) equals phi times the scipy quadrature of the clone kernel e^(r a) q(S p_found
     e^(-r a)) over the ages to 5e-4 while the flux's jump at day -400 lies inside the kernel's
-    window (measured 2.8e-4 at day 0: a kink of E(t) - E(t - a) in a), and to 1e-5 once it is
-    older than the window (measured 2e-6)."""
+    window (a kink of E(t) - E(t - a) in a), and to 1e-4 once it is older than the window
+    (measured 3.6e-5 with the 2 x 12 nodes)."""
     p = human
     phi, start, ts = 0.01, -400.0, jnp.asarray([0.0, 100.0, 500.0, 900.0])
     grid, esc = _constant_flux(p, phi, start, float(ts[-1]))
@@ -123,7 +123,7 @@ def test_lesion_and_marrow_laws_against_quadrature(human):
     ref = np.array([phi * integrate.quad(kernel, 0.0, float(t) - start, limit=200)[0]
                     for t in ts])
     np.testing.assert_allclose(marrow, ref, rtol=5e-4)
-    np.testing.assert_allclose(marrow[-2:], ref[-2:], rtol=1e-5)
+    np.testing.assert_allclose(marrow[-2:], ref[-2:], rtol=1e-4)
 
 
 def test_clone_kernel_limits(human):

@@ -349,7 +349,7 @@ def grid_history(grid, t0, p):
     return esc
 
 
-MARROW_NODES = 48  # Gauss-Legendre nodes (2 panels of 24) of the marrow P law over clone ages
+MARROW_NODES = 24  # Gauss-Legendre nodes (2 panels of 12) of the marrow P law over clone ages
 
 
 @lru_cache(maxsize=4)
@@ -397,8 +397,10 @@ def marrow_reads(t, p, t0, switch_size=SWITCH_SIZE, nodes: int = MARROW_NODES) -
     span = peak + jnp.where(pos, 16.0, 8.0)
     rate = jnp.maximum(jnp.abs(r), 1e-3)
     x, w = (jnp.asarray(v, dt) for v in _legendre(nodes // 2))
-    # two panels, [0, peak] and [peak, span]: 32 nodes on one panel are 0.7% off at the human
-    # defaults, 2 x 16 within 2e-4 and 2 x 24 within 2e-6 (the kernel's turn is steep)
+    # two panels, [0, peak] and [peak, span]: against scipy quad at the human defaults, 32
+    # nodes on one panel are 0.7% off, 2 x 8 4%, 2 x 10 0.8%, 2 x 12 4e-5, 2 x 16 2e-4, 2 x 24
+    # 2e-6 (the kernel's turn is steep). 2 x 12: every node is a save point (a step end) of
+    # the sweep lanes' engine, whose program grows with the saves
     lo = jnp.concatenate([jnp.zeros_like(peak), peak], axis=-1)
     width = jnp.concatenate([peak, span - peak], axis=-1)
     u = lo[..., :, None] + 0.5 * width[..., :, None] * (x + 1.0)
