@@ -148,7 +148,10 @@ def _ode_arm(model, p, preset, rng, days, burden_mice, survival_mice, sigma):
     fine = np.arange(0.0, STUDY_END + 1e-9, 0.1)
     ts = np.unique(np.concatenate([fine, days]))
     tr = simulate(model, p, PRESETS[preset], ts=ts).raise_if_failed()
-    residual, lam = np.asarray(tr.residual), np.asarray(tr.hazard)
+    # the fit's burden observable (fitting.likelihood.arm_prediction): D + R + the ODE's P,
+    # lesions included, as the agents' counts (not `residual`, the marrow DTCs)
+    residual = np.asarray(tr.dormant + tr.reactivating + tr.proliferating)
+    lam = np.asarray(tr.hazard)
     counts = []
     for i in range(burden_mice):
         mean = SAMPLED_FRACTION * residual[np.searchsorted(ts, days[i % 2])]

@@ -5,9 +5,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax.numpy as jnp
 import pytest
 
 import dormancy_model as dm
+from dormancy_model.model import observables as O
 from dormancy_model.model.observables import initial_cells
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.py"))
@@ -35,9 +37,15 @@ def check_simulate_arms(out: str) -> None:
     rows = [[float(x) for x in ln.split()[1:]] for ln in lines[head + 1:] if ln.strip()]
     days = [r[0] for r in rows]
     assert days == [28.0 * i for i in range(len(days))] and days[-1] >= 336, days
-    # 100 dormant cells plus the reactivating cells the untreated history leaves at day 0
-    day0 = float(sum(initial_cells(dm.load_model_parameters("human"))))
-    assert day0 > 100.0 and rows[0][1] == pytest.approx(day0) and rows[0][2] == rows[0][3] == 0.0
+    # the marrow at day 0: 100 dormant cells, the reactivating cells the untreated history
+    # leaves, and the marrow clones it founded (marrow P from the history's escape alone)
+    hp = dm.load_model_parameters("human")
+    day0 = float(sum(initial_cells(hp)))
+    mr = O.marrow_reads(jnp.zeros(1), hp, 0.0)
+    clones = float(O.marrow_proliferating(jnp.zeros(1), jnp.zeros_like(mr.times), mr,
+                                          hp["proliferating_initial"])[0])
+    assert day0 > 100.0 and clones > 0 and rows[0][2] == rows[0][3] == 0.0
+    assert rows[0][1] == pytest.approx(day0 + clones, rel=1e-5)
     on = [r for r in rows if 0 < r[0] <= 168]
     assert all(r[2] > 0 and r[3] > 0 for r in on)  # HCQ and EVE levels during treatment
     assert rows[-1][3] < 1e-6 * on[-1][3]  # EVE washed out after the last cycle

@@ -87,6 +87,7 @@ def test_same_key_same_result_different_key_different(model, human):
     assert not np.array_equal(a.counts, c.counts)
 
 
+@pytest.mark.slow  # moved from the fast suite (10-minute budget, session 8)
 def test_replicate_i_does_not_depend_on_n_or_padding(model, human):
     """n is padded to a few compiled sizes (13 -> 14 lanes, 20 -> 20): replicate i of a run
     with per-patient parameters depends only on the key and i, aspirates included."""

@@ -133,6 +133,7 @@ def test_kernel_random_numbers_match_jax():
         np.testing.assert_array_equal(np.stack(u, axis=1), np.asarray(u_ref))
 
 
+@pytest.mark.slow  # moved from the fast suite (10-minute budget, session 8)
 def test_fast_kernel_equals_vmapped_loop(model, active):
     """The fast event loop as a GPU kernel (`agents_kernel`, run by Pallas' interpreter here)
     draws the same random numbers and makes the same events as the vmapped XLA loop: equal

@@ -91,6 +91,7 @@ def _mean_field_z(model, p, res, days, years, schedule):
     return np.array(z_mean), np.array(z_var), np.array(z_rfs)
 
 
+@pytest.mark.slow  # moved from the fast suite (10-minute budget, session 8)
 def test_pool_leap_matches_mean_field_large_pool(model, human):
     """100,000 dormant cells (fixed), clever-hcq (the deficit death hazard varies within each
     day with HCQ and kills most cells by day 168), pools leaping above 200 cells: mean D, R, P

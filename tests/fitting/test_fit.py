@@ -183,6 +183,7 @@ def test_fit_json_roundtrip_and_apply(result, setup, tmp_path):
         apply_fit(params, bad)
 
 
+@pytest.mark.slow  # moved from the fast suite (10-minute budget, session 8)
 def test_readme_cli_example_fit_then_simulate(tmp_path, monkeypatch, capsys):
     lines = [ln for ln in _readme_block("bash").splitlines() if ln.startswith("dormancy ")]
     assert len(lines) == 2

@@ -80,6 +80,7 @@ def test_gradient_matches_finite_differences():
     np.testing.assert_allclose(g, fd, rtol=2e-3)
 
 
+@pytest.mark.slow  # moved from the fast suite (10-minute budget, session 8)
 def test_design_beats_exhaustive_grid(setup):
     spec, params, res, pats = setup
     assert res.feasible and res.best is not None

@@ -91,7 +91,8 @@ def test_store_layout(reference_store, spec):
     assert (ds["status"].values == 0).all()
 
 
-@pytest.mark.parametrize("method,rtol", [("tsit5", 1e-10), ("rk4", 1e-9)])
+@pytest.mark.parametrize("method,rtol", [("tsit5", 1e-10),
+                                         pytest.param("rk4", 1e-9, marks=pytest.mark.slow)])
 def test_float64_engine_matches_simulate(spec, method, rtol):
     """Every lane of the sweep equals an individual `simulate` call (float64, tight tolerances):
     residual and P(DTC+) to 1e-6 relative, relapse-free to 1e-7 absolute; for the default
@@ -179,6 +180,7 @@ def _five_lane_outputs():
     return {k: np.asarray(v).tolist() for k, v in out.items()}
 
 
+@pytest.mark.slow  # moved from the fast suite (10-minute budget, session 8)
 def test_lanes_split_over_two_cpu_devices_equal_one_device():
     """One JAX CPU device per core (`devices.use_cpu_cores`, as `dormancy sweep` does): the
     engine splits the lanes over the devices with shard_map, padding 5 lanes to 6; every lane
@@ -206,7 +208,7 @@ def _engine_lanes(n=6, seed=0):
     return p, vals, table, np.arange(n) % 2, days
 
 
-@pytest.mark.parametrize("method", ["tsit5", "rk4"])
+@pytest.mark.parametrize("method", ["tsit5", pytest.param("rk4", marks=pytest.mark.slow)])
 def test_pallas_kernel_equals_xla_loop(method):
     """The GPU kernel (`engine_pallas`, run by Pallas' interpreter here) executes the same loop
     body as the XLA lock-step loop: identical step counts and statuses, outputs equal to 1e-12,
@@ -480,6 +482,7 @@ def test_example_specs_parse(root):
     assert (opts.backend, opts.block, opts.event_step) == ("auto", 128, 0.5)
 
 
+@pytest.mark.slow  # moved from the fast suite (10-minute budget, session 8)
 def test_readme_sweep_example_runs(root, monkeypatch):
     import re
 
