@@ -208,7 +208,8 @@ def _engine_lanes(n=6, seed=0):
     return p, vals, table, np.arange(n) % 2, days
 
 
-@pytest.mark.parametrize("method", ["tsit5", pytest.param("rk4", marks=pytest.mark.slow)])
+@pytest.mark.slow  # moved from the fast suite (10-minute budget, session 8): 34 + 32 s
+@pytest.mark.parametrize("method", ["tsit5", "rk4"])
 def test_pallas_kernel_equals_xla_loop(method):
     """The GPU kernel (`engine_pallas`, run by Pallas' interpreter here) executes the same loop
     body as the XLA lock-step loop: identical step counts and statuses, outputs equal to 1e-12,
