@@ -52,7 +52,8 @@ OUTPUT_UNITS = {"residual": "cells", "relapse_free": "1", "p_dtc_positive": "1"}
 OUTPUT_DAY_DIM = {"residual": "residual_day", "relapse_free": "rfs_day",
                   "p_dtc_positive": "assessment_day"}
 OUTPUT_DOC = {
-    "residual": "residual burden D + R + P (cells) at residual_day",
+    "residual": "residual burden: the marrow DTCs D + R + marrow P (cells; lesions apart, as "
+                "simulate's residual) at residual_day",
     "relapse_free": "relapse-free probability exp(-Lambda) at rfs_day",
     "p_dtc_positive": "probability that one bone-marrow aspirate shows >= 1 DTC at assessment_day",
     "status": "solver status code, named by flag_values / flag_meanings (dormancy_model.status)",
