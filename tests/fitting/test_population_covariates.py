@@ -388,11 +388,136 @@ def test_cli_laplace_fit_with_covariates_writes_and_prints_the_effects(tmp_path,
     assert "beta(dormant_initial~body_weight_g)" in out and "beta(k_dr~arm=" in out
 
 
-def test_vpc_refuses_a_fit_with_covariate_effects():
-    """A VPC would simulate the animals without their covariate effects: refused, one line."""
-    from dormancy_model.fitting.vpc.model import _population
+def _covariate_fit(tmp_path, ref, rows_extra=()):
+    """A population fit file of the weighted study at its truth: dormant_initial 2000 (the
+    vehicle arm, median weight), beta 1.0 on body weight, log 2.5 for the treated arm, a tiny
+    Omega, no EBEs."""
+    from dormancy_model.fitting.files import write_fit
+    from dormancy_model.fitting.study import load_study
+    from dormancy_model.params.table import load_model_parameters
+    from fit_files import make_fit_result
 
-    pop = dict(random_effects=["k_dr"], omega=[[0.1]], covariates=[dict(label="k_dr~arm=x")])
-    with pytest.raises(InputError, match="fit.json: population.covariates: a VPC of a fit "
-                                         "with covariate effects is not supported"):
-        _population(pop, ("k_dr",), "fit.json")
+    params = load_model_parameters("mouse")
+    study = load_study(tmp_path / "s")
+    est = {"dormant_initial": 2000.0, "burden_sigma": 0.25}
+    result = make_fit_result(params, est, np.diag([0.01, 0.01]))
+    rows = [dict(parameter="dormant_initial", covariate="body_weight_g", model="power",
+                 level=None, reference=ref, label="dormant_initial~body_weight_g",
+                 estimate=1.0),
+            dict(parameter="dormant_initial", covariate="arm", model="categorical",
+                 level="hcq120-chronic", reference="vehicle",
+                 label="dormant_initial~arm=hcq120-chronic", estimate=float(np.log(2.5))),
+            *rows_extra]
+    result.population = dict(method="laplace", random_effects=["dormant_initial"],
+                             omega=[[1e-6]], objective={}, covariates=rows)
+    path = tmp_path / "fit.json"
+    write_fit(path, result, study, "mouse", params)
+    return params, study, path
+
+
+@pytest.mark.slow
+def test_vpc_simulates_each_animal_with_its_covariates(tmp_path):
+    """A VPC of a covariate fit: the typical prediction (PRED) of every burden row is the
+    adaptive-solver residual of that mouse at 2000 x (w / w_ref)^1 x 2.5 (treated arm), each
+    mouse's own weight from animals.csv (fixed step grid vs adaptive: rtol 2e-3); with the
+    effects dropped the PRED of the heavy and light mice would be equal."""
+    from dormancy_model.fitting.vpc.model import fitted_model
+    from dormancy_model.fitting.vpc.simulate import simulate_replicates
+    from dormancy_model.model.ode import DormancyModel
+    from dormancy_model.model.simulate import simulate
+    from dormancy_model.params.fitfile import read_fit
+    from dormancy_model.params.table import load_model_parameters
+    from dormancy_model.pk.presets import get_schedule
+
+    truth = load_model_parameters("mouse").replace(dormant_initial=2000.0, body_weight=0.025)
+    ref = _weighted_study(tmp_path / "s", truth, 1.0, {"vehicle": 1.0, "hcq120-chronic": 2.5},
+                          0.0, 0.25, 3, [28.0], 3)
+    params, study, path = _covariate_fit(tmp_path, ref)
+    fitted = fitted_model(read_fit(path), params, str(path))
+    sims = simulate_replicates(fitted, study, params, replicates=4, key=__import__(
+        "jax").random.key(0))
+    weights = dict(line.split(",") for line in (tmp_path / "s" / "animals.csv").read_text()
+                   .splitlines()[1:])
+    b = study.burden
+    fold = {"vehicle": 1.0, "hcq120-chronic": 2.5}
+    presets = {"vehicle": "mouse-vehicle", "hcq120-chronic": "mouse-hcq120-chronic"}
+    expect = []
+    for mid, a, day in zip(b.mouse_id, b.arm, b.day, strict=True):
+        arm = study.arms[a].name
+        d0 = 2000.0 * float(weights[mid]) / ref * fold[arm]
+        tr = simulate(DormancyModel(), truth.replace(dormant_initial=d0),
+                      get_schedule(presets[arm], species="mouse"), ts=np.array([0.0, day]))
+        expect.append(float(np.asarray(tr.residual)[1]))
+    np.testing.assert_allclose(np.exp(sims.pred_log), expect, rtol=2e-3)
+    assert np.ptp(np.asarray(expect)[b.arm == 0]) > 0.1 * np.mean(expect)
+
+
+def _plain_weighted_study(root: Path, n_per_arm: int, seed: int) -> float:
+    """The layout of `_weighted_study` (weights in animals.csv, two arms) with made-up counts
+    (no solve): for checks that do not read the data. Returns the median weight."""
+    rng = np.random.default_rng(seed)
+    arms = {"vehicle": "mouse-vehicle", "hcq120-chronic": "mouse-hcq120-chronic"}
+    w = rng.uniform(18.0, 32.0, n_per_arm * len(arms))
+    ref = float(np.median(np.concatenate([w, np.full(len(arms), np.median(w))])))
+    rows, animals, k = [], [], 0
+    for arm in arms:
+        for j in range(n_per_arm):
+            rows.append(f"{arm}-b{j:02d},{arm},28,100,1")
+            animals.append(f"{arm}-b{j:02d},{w[k]:.6g}")
+            k += 1
+        animals.append(f"{arm}-s00,{ref:.6g}")
+    root.mkdir()
+    (root / "study.toml").write_text(
+        '[study]\nname = "cov_test"\nspecies = "mouse"\nbody_weight_g = 25.0\nsynthetic = '
+        'true\nanimals = "animals.csv"\n'
+        + "".join(f'\n[arms.{a}]\nschedule = "{p}"\n' for a, p in arms.items()))
+    (root / "burden.csv").write_text("mouse_id,arm,day,residual_cells,detection_limit\n"
+                                     + "\n".join(rows) + "\n")
+    (root / "survival.csv").write_text("mouse_id,arm,day,event\n" + "".join(
+        f"{a}-s00,{a},7,0\n" for a in arms))
+    (root / "animals.csv").write_text("mouse_id,body_weight_g\n" + "\n".join(animals) + "\n")
+    return ref
+
+
+def test_vpc_covariate_shift_is_the_closed_form(tmp_path):
+    """Each animal's shift of log dormant_initial in a VPC of a covariate fit: log(w / w_ref)
+    x 1.0 + log 2.5 in the treated arm (its weight from animals.csv); other parameters 0."""
+    from dormancy_model.fitting.population.animals import animal_table
+    from dormancy_model.fitting.vpc.model import covariate_shift, fitted_model
+    from dormancy_model.params.fitfile import read_fit
+
+    ref = _plain_weighted_study(tmp_path / "s", 3, 5)
+    params, study, path = _covariate_fit(tmp_path, ref)
+    fitted = fitted_model(read_fit(path), params, str(path))
+    ids, arm_of, _, _ = animal_table(study)
+    weights = dict(line.split(",") for line in (tmp_path / "s" / "animals.csv").read_text()
+                   .splitlines()[1:])
+    shift = covariate_shift(fitted, study, ids, arm_of)
+    j = fitted.names.index("dormant_initial")
+    expect = [np.log(float(weights[a]) / ref) + np.log(2.5) * (study.arms[k].name != "vehicle")
+              for a, k in zip(ids, arm_of, strict=True)]
+    np.testing.assert_allclose(shift[:, j], expect, rtol=1e-12, atol=1e-12)
+    assert np.all(np.delete(shift, j, axis=1) == 0.0)
+
+
+def test_vpc_of_a_covariate_fit_names_what_the_study_lacks(tmp_path):
+    """A fit whose covariate the study's animals.csv does not have, or whose effect row is
+    malformed: one InputError naming the file and field."""
+    from dormancy_model.fitting.vpc.model import _population, fitted_model
+    from dormancy_model.fitting.vpc.simulate import simulate_replicates
+    from dormancy_model.params.fitfile import read_fit
+
+    ref = _plain_weighted_study(tmp_path / "s", 2, 4)
+    extra = [dict(parameter="dormant_initial", covariate="age_weeks", model="power", level=None,
+                  reference=8.0, label="dormant_initial~age_weeks", estimate=0.5)]
+    params, study, path = _covariate_fit(tmp_path, ref, extra)
+    fitted = fitted_model(read_fit(path), params, str(path))
+    with pytest.raises(InputError, match=r"animals.csv: age_weeks: no such column"):
+        simulate_replicates(fitted, study, params, replicates=2,
+                            key=__import__("jax").random.key(0))
+    bad = dict(random_effects=["k_dr"], omega=[[0.1]],
+               covariates=[dict(parameter="k_dr", covariate="arm", model="linear",
+                                label="k_dr~arm=x", estimate=0.1, reference="vehicle")])
+    with pytest.raises(InputError, match=r"fit.json: population.covariates\[0\].model: must "
+                                         "be power or categorical"):
+        _population(bad, ("k_dr",), "fit.json")

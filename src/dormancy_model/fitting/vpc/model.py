@@ -10,8 +10,14 @@
   typical-value block for a population fit; `params.fitfile.fit_covariance`, nuisance
   parameters marginalised out), used only when parameter uncertainty is asked for.
 
-Every problem is one `InputError` naming the fit file and the field; a fit with covariate
-effects on its typical values (`population.covariates`) is refused (not simulated yet).
+* a population fit with covariate effects on its typical values (`population.covariates`,
+  `dormancy fit --covariate`): each effect's specification and estimate (`covariates`); the
+  simulated animals get phi_i = typical + X_i beta + E eta_i with X_i from the study's own
+  animals (`covariate_shift`: the same design rows as the fit, `population.covariates.
+  study_covariates`), so a VPC of such a fit simulates each animal with its covariates (the
+  betas are held at their estimates; `--uncertainty` draws the typical values only).
+
+Every problem is one `InputError` naming the fit file and the field.
 """
 
 from __future__ import annotations
@@ -46,6 +52,8 @@ class FittedModel:
     omega: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
     ebe: dict | None = None
     covariance: np.ndarray | None = None  # (d, d) on the transform scale, or None
+    covariates: tuple = ()  # (specification text, effect label, beta) per effect
+    source: str = ""  # the fit file (named by errors)
 
     @property
     def codes(self) -> np.ndarray:
@@ -114,7 +122,7 @@ def fitted_model(doc: dict, params: Parameters, src: str, *, uncertainty: bool =
         raise InputError(src, "estimates.burden_sigma.internal_value", f"{sigma:g} must be > 0")
     kw = dict(names=tuple(names), scales=tuple(scales), typical=np.array(typical),
               lower=np.array(lower), upper=np.array(upper), sigma=float(sigma),
-              method=str(doc.get("method", "pooled")))
+              method=str(doc.get("method", "pooled")), source=src)
     pop = doc.get("population")
     if pop is not None:
         kw.update(_population(pop, tuple(names), src))
@@ -128,10 +136,6 @@ def fitted_model(doc: dict, params: Parameters, src: str, *, uncertainty: bool =
 def _population(pop, names: tuple, src: str) -> dict:
     if not isinstance(pop, dict):
         raise InputError(src, "population", "not a table")
-    if pop.get("covariates"):
-        raise InputError(src, "population.covariates", "a VPC of a fit with covariate effects "
-                         "is not supported (its simulated animals would miss them); fit "
-                         "without --covariate for a VPC")
     random = pop.get("random_effects")
     if not isinstance(random, list) or not random or not all(isinstance(r, str) for r in random):
         raise InputError(src, "population.random_effects", "missing or not a list of names")
@@ -160,4 +164,68 @@ def _population(pop, names: tuple, src: str) -> dict:
         if not isinstance(eta, list) or len(eta) != q:
             raise InputError(src, f"population.ebe.{a}.eta", f"not a list of {q} numbers")
         ebe[str(a)] = np.array([x if _finite(x) else np.nan for x in eta], float)
-    return dict(random=tuple(random), omega=omega, ebe=ebe or None)
+    return dict(random=tuple(random), omega=omega, ebe=ebe or None,
+                covariates=_covariate_rows(pop.get("covariates") or [], names, src))
+
+
+def _covariate_rows(rows, names: tuple, src: str) -> tuple:
+    """(specification, label, beta) per effect row of `population.covariates`; the
+    specification names the fit's reference (`@`), so the study's design rows are the fit's."""
+    if not isinstance(rows, list):
+        raise InputError(src, "population.covariates", "not a list of effects")
+    out = []
+    for k, r in enumerate(rows):
+        where = f"population.covariates[{k}]"
+        if not isinstance(r, dict):
+            raise InputError(src, where, "not a table")
+        for key in ("parameter", "covariate", "model", "label"):
+            if not isinstance(r.get(key), str) or not r[key]:
+                raise InputError(src, f"{where}.{key}", "missing or not a text")
+        if r["parameter"] not in names:
+            raise InputError(src, f"{where}.parameter", f"{r['parameter']!r} is not among the "
+                             "estimates")
+        if r["model"] not in ("power", "categorical"):
+            raise InputError(src, f"{where}.model", f"must be power or categorical, got "
+                             f"{r['model']!r}")
+        if not _finite(r.get("estimate")):
+            raise InputError(src, f"{where}.estimate", "missing or not a finite number")
+        ref = r.get("reference")
+        if r["model"] == "power" and not (_finite(ref) and ref > 0):
+            raise InputError(src, f"{where}.reference", "the power model's reference must be "
+                             "a positive number")
+        if r["model"] == "categorical" and not isinstance(ref, str):
+            raise InputError(src, f"{where}.reference", "the reference level must be a text")
+        spec = f"{r['parameter']}~{r['covariate']}:{r['model']}@{ref!r}" \
+            if r["model"] == "power" else f"{r['parameter']}~{r['covariate']}:categorical@{ref}"
+        out.append((spec, r["label"], float(r["estimate"])))
+    return tuple(out)
+
+
+def covariate_shift(fitted: FittedModel, study, ids, arm_of) -> np.ndarray:
+    """X_i beta (n, d) on the transform scale for the study's animals `ids` (n) in arms
+    `arm_of` (n): zero without covariate effects. The design rows are built from the study by
+    the fit's own rules (`population.covariates.study_covariates`, the fit's references);
+    a covariate the study lacks (or an animal without a value) is an InputError naming the
+    study's file and field, an effect the study's design does not produce one naming the
+    fit file."""
+    from dormancy_model.fitting.population.covariates import study_covariates
+
+    shift = np.zeros((len(ids), len(fitted.names)))
+    if not fitted.covariates:
+        return shift
+    specs = list(dict.fromkeys(spec for spec, _, _ in fitted.covariates))
+    cm = study_covariates(study, ids, arm_of, specs, list(fitted.names), list(fitted.scales),
+                          source=f"{fitted.source} population.covariates")
+    beta = {label: b for _, label, b in fitted.covariates}
+    design = np.asarray(cm.design)
+    for col, (e, j) in enumerate(zip(cm.effects, cm.target, strict=True)):
+        if e.label not in beta:
+            raise InputError(fitted.source, "population.covariates", f"no estimate for the "
+                             f"effect {e.label!r} that the study's animals give (levels of the "
+                             "study differ from the fit's)")
+        shift[:, j] += design[:, col] * beta[e.label]
+    if len({e.label for e in cm.effects}) != len(beta):
+        extra = sorted(set(beta) - {e.label for e in cm.effects})
+        raise InputError(fitted.source, "population.covariates", f"effect(s) {', '.join(extra)} "
+                         "have no animals in the study")
+    return shift

@@ -7,8 +7,10 @@ limits and censoring days, and draws its data from the laws the likelihood score
 (`likelihood.sample_burden_unit`, `likelihood.sample_relapse_unit`, on `arm_prediction`):
 
 * parameters: a pooled fit's estimates for every animal; a population fit's animals each get
-  phi_i = typical + E eta_i, eta_i ~ Normal(0, Omega) (transform scale), new animals in every
-  replicate; with `uncertainty`, each replicate first draws its typical values from
+  phi_i = typical + X_i beta + E eta_i, eta_i ~ Normal(0, Omega) (transform scale), new
+  animals in every replicate, X_i beta the covariate effects of a fit with covariates (each
+  animal's own covariates, `model.covariate_shift`; zero otherwise); with `uncertainty`, each
+  replicate first draws its typical values from
   Normal(estimate, covariance of the estimates) on the transform scale, clipped to the bounds;
 * burden rows: log-normal counts around f x residual(day), censored below the row's
   detection limit (the latent log count is kept for the NPDE);
@@ -47,7 +49,7 @@ from dormancy_model.fitting.study import (
     stacked_dosing,
     unit_arrays,
 )
-from dormancy_model.fitting.vpc.model import FittedModel, psd_factor
+from dormancy_model.fitting.vpc.model import FittedModel, covariate_shift, psd_factor
 from dormancy_model.model.integrate import FixedSteps
 from dormancy_model.model.ode import DormancyModel
 from dormancy_model.params.table import Parameters
@@ -178,6 +180,7 @@ def simulate_replicates(fitted: FittedModel, study: Study, params: Parameters, *
     if fitted.population:
         n_units, b_own, s_own = len(ids), b_of, s_of
         dosing = jax.tree.map(lambda x: x[jnp.asarray(animal_arm)], arm_dosing)
+        shift = covariate_shift(fitted, study, ids, animal_arm)  # (U, d)
     else:
         n_units, b_own, s_own = len(study.arms), b.arm, s.arm
         dosing = arm_dosing
@@ -204,7 +207,7 @@ def simulate_replicates(fitted: FittedModel, study: Study, params: Parameters, *
     if fitted.population:
         z = np.stack([np.asarray(jax.random.normal(k, (n_units, q))) for k in k_eta])
         eta = z @ psd_factor(fitted.omega).T  # (R, U, q)
-        phi = theta[:, None, :] + eta @ fitted.selection().T
+        phi = theta[:, None, :] + shift + eta @ fitted.selection().T
     else:
         phi = np.broadcast_to(theta[:, None, :], (replicates, n_units, d))
 
@@ -217,11 +220,12 @@ def simulate_replicates(fitted: FittedModel, study: Study, params: Parameters, *
         pred, ipred = median[b_own, bs], None
     else:
         # the predictions (typical values; each animal's EBEs) ride along as extra rows
-        extra = [np.broadcast_to(fitted.typical, (n_units, d))]
+        typical = fitted.typical + (shift if fitted.population else 0.0)
+        extra = [np.broadcast_to(typical, (n_units, d))]
         ebe = None
         if fitted.population and fitted.ebe:
             ebe = np.array([fitted.ebe.get(a, np.full(q, np.nan)) for a in ids])
-            extra.append(fitted.typical + np.nan_to_num(ebe) @ fitted.selection().T)
+            extra.append(typical + np.nan_to_num(ebe) @ fitted.selection().T)
         phi = np.concatenate([phi, np.stack(extra)])
         kd_all = jnp.concatenate([k_data, k_data[:len(extra)]])
         total = phi.shape[0]
