@@ -9,6 +9,8 @@ informed by the concentrations alone.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from scipy import stats
@@ -58,20 +60,42 @@ def test_pk_loglik_matches_scipy(tmp_path):
         course = model.drug_course(params, _arm(arrays.dosing, r.arm[i]))
         ex = course.exposure(r.day[i])
         c = float(ex.hcq if r.drug[i] == 0 else ex.eve)
-        if r.matrix[i] == 1:
-            c /= float(params["hcq_blood_plasma_ratio" if r.drug[i] == 0
-                              else "eve_blood_plasma_ratio"])
+        # the mouse set's HCQ concentrations are plasma, its EVE whole blood ([meta])
+        set_matrix = "plasma" if r.drug[i] == 0 else "whole_blood"
+        row_matrix = ("whole_blood", "plasma")[r.matrix[i]]
+        ratio = float(params["hcq_blood_plasma_ratio" if r.drug[i] == 0
+                             else "eve_blood_plasma_ratio"])
+        if (set_matrix, row_matrix) == ("whole_blood", "plasma"):
+            c /= ratio
+        elif (set_matrix, row_matrix) == ("plasma", "whole_blood"):
+            c *= ratio
         s = s_hcq if r.drug[i] == 0 else s_eve
         if np.isnan(r.conc[i]) or r.conc[i] < np.nan_to_num(r.lloq[i], nan=-1):
             want += stats.norm.logcdf((np.log(r.lloq[i]) - np.log(c)) / s)
         else:
             want += stats.lognorm.logpdf(r.conc[i], s=s, scale=c)
     assert r.censored.tolist() == [False, False, True, False, True, False]
+    assert params.matrices == ("plasma", "whole_blood")
     assert got == pytest.approx(want, rel=1e-10)
     # the sd of the other drug and the plasma ratio matter
     assert float(pk_loglik(model, params, arrays, s_hcq, 0.2)) != pytest.approx(got)
     p2 = params.replace(hcq_blood_plasma_ratio=2.0)
     assert float(pk_loglik(model, p2, arrays, s_hcq, s_eve)) != pytest.approx(got)
+
+
+def test_parameter_file_matrix_is_checked(tmp_path):
+    """`[meta] hcq_matrix` names the sample matrix of a set's concentrations: the human set
+    is whole blood for both drugs; an unknown matrix is one line naming the file and field."""
+    from dormancy_model.errors import InputError
+    from dormancy_model.params.table import load_parameters
+
+    assert load_model_parameters("human").matrices == ("whole_blood", "whole_blood")
+    src = Path(load_model_parameters("mouse").source).read_text()
+    bad = tmp_path / "bad.toml"
+    bad.write_text(src.replace('hcq_matrix = "plasma"', 'hcq_matrix = "serum"'))
+    with pytest.raises(InputError, match=r"bad.toml: meta.hcq_matrix: must be one of "
+                                         "whole_blood, plasma, got 'serum'"):
+        load_parameters(bad)
 
 
 def _arm(events, a):
@@ -135,7 +159,8 @@ def test_objective_without_pk_is_bitwise_unchanged():
 
 @pytest.mark.slow
 def test_pooled_fit_recovers_hcq_cl_and_pk_sigma(tmp_path):
-    """Simulated HCQ concentrations (seed 0): 30 whole-blood samples of the hcq120-chronic
+    """Simulated HCQ concentrations (seed 0): 30 plasma samples (the mouse set's matrix) of the
+    hcq120-chronic
     arm at days 0.1-20, truth hcq_cl = 1.6 x the table value and sd 0.25 (log-normal),
     values below 5 ng/mL reported as below the LLOQ. A pooled fit of hcq_cl and pk_sigma_hcq
     puts both truths inside the 95% CIs."""
@@ -153,7 +178,7 @@ def test_pooled_fit_recovers_hcq_cl_and_pk_sigma(tmp_path):
     rows = []
     for i, t in enumerate(days):
         c = float(course.exposure(t).hcq) * np.exp(truth_sd * rng.standard_normal())
-        rows.append(f"m{i},hcq120-chronic,{t},hcq,whole_blood,"
+        rows.append(f"m{i},hcq120-chronic,{t},hcq,plasma,"
                     + (f"{c:.6g},5" if c >= 5 else ",5"))
     study = load_study(write_study(tmp_path / "s", rows))
     res = fit(study, params, ["hcq_cl", "pk_sigma_hcq"], starts=4, seed=0)

@@ -10,8 +10,9 @@
   fixed Gauss rule (`observables.lag_reads`, the switch size `observables.SWITCH_SIZE`). A
   relapse at t contributes ``log h(t) - Lambda(t)``, a censored mouse ``-Lambda(t)``.
 * Drug concentrations (optional pk.csv): log-normal (proportional error) around the model's
-  whole-blood concentration of the drug at the sampling day (divided by the drug's
-  blood/plasma ratio for a plasma sample), one sd per drug, ``log c ~ Normal(log C(t), s)``;
+  concentration of the drug at the sampling day in the sample's matrix (the parameter set's
+  matrix, `[meta] hcq_matrix` / `eve_matrix`, converted by the drug's blood/plasma ratio when
+  the sample's differs), one sd per drug, ``log c ~ Normal(log C(t), s)``;
   a value below the LLOQ contributes ``Phi((log LLOQ - log C(t)) / s)`` (M3, Beal 2001).
   Closed-form PK: no ODE solve (`pk_log_median`, `pk_loglik_unit`).
 * Draws from both laws (`sample_burden_unit`, `sample_relapse_unit`) for simulated replicate
@@ -99,15 +100,21 @@ ROW_AXES = StudyArrays(dosing=None, grid=None, **{k: 0 for k in (
 
 def pk_log_median(model: DormancyModel, params: Parameters, dosing: Dosing, rows):
     """log of the predicted concentration (ng/mL, in the row's matrix) of each of a unit's
-    (Np,) PK rows: the drug's whole-blood concentration from the closed-form course of
-    `dosing` (one unit's schedule) at the row's day, divided by the blood/plasma ratio for a
-    plasma row. `rows`: `pk_day`, `pk_drug`, `pk_plasma` of a `StudyArrays` unit."""
+    (Np,) PK rows: the drug's concentration from the closed-form course of `dosing` (one
+    unit's schedule) at the row's day, in the matrix the parameter set describes
+    (`Parameters.concentration_matrix`: whole blood for the human set, plasma for the mouse
+    HCQ), converted by the blood/plasma ratio when the row's matrix differs (divided for a
+    plasma row of a whole-blood set, multiplied for a whole-blood row of a plasma set).
+    `rows`: `pk_day`, `pk_drug`, `pk_plasma` of a `StudyArrays` unit."""
     course = model.drug_course(params, dosing)
     ex = jax.vmap(course.exposure)(rows.pk_day)
     hcq = rows.pk_drug == 0
     conc = jnp.where(hcq, ex.hcq, ex.eve)
     ratio = jnp.where(hcq, params["hcq_blood_plasma_ratio"], params["eve_blood_plasma_ratio"])
-    return jnp.log(jnp.maximum(conc, TINY)) - jnp.where(rows.pk_plasma, jnp.log(ratio), 0.0)
+    set_plasma = jnp.where(hcq, params.concentration_matrix("hcq") == "plasma",
+                           params.concentration_matrix("eve") == "plasma")
+    shift = set_plasma.astype(float) - rows.pk_plasma.astype(float)  # +1, 0 or -1
+    return jnp.log(jnp.maximum(conc, TINY)) + shift * jnp.log(ratio)
 
 
 def pk_loglik_unit(mu, rows, sigma_hcq, sigma_eve):

@@ -41,9 +41,11 @@ Formats (a study is a directory holding the three files):
   ``mouse_id, arm, day, drug, matrix, conc_ng_ml`` and optionally ``lloq_ng_ml``. ``day``:
   days since the first dose (fractions for hours: 2 h = 0.0833), from 0 to the study's last
   burden or survival day; ``drug`` ``hcq`` or ``eve``; ``matrix`` ``whole_blood`` or
-  ``plasma`` (the model's concentrations are whole blood; a plasma value is predicted as the
-  whole-blood one divided by the parameter ``hcq_blood_plasma_ratio`` /
-  ``eve_blood_plasma_ratio``); ``conc_ng_ml`` > 0. Below the lower limit of quantification:
+  ``plasma`` (the parameter set says which matrix its concentrations are, ``[meta]
+  hcq_matrix`` / ``eve_matrix``: whole blood for the human set and the mouse EVE, plasma for
+  the mouse HCQ; a sample in the other matrix is predicted through the parameter
+  ``hcq_blood_plasma_ratio`` / ``eve_blood_plasma_ratio``, whole blood = ratio x plasma);
+  ``conc_ng_ml`` > 0. Below the lower limit of quantification:
   leave ``conc_ng_ml`` empty and give ``lloq_ng_ml`` (> 0); a value below its row's
   ``lloq_ng_ml`` is treated the same. Such a row is a censored observation (M3, Beal 2001:
   its likelihood is P(c < LLOQ)). A ``mouse_id`` belongs to one arm (also across burden.csv

@@ -37,9 +37,11 @@ COLUMNS = {
                     "not yet detected), a mean over patients, most of whom have none",
     "ode_proliferating_all": "cells: the ODE's state P, all proliferating cells (marrow clones "
                              "and lesions, detected ones included); not a marrow count",
-    "hcq_ng_ml": "ng/mL: HCQ in blood",
+    "hcq_ng_ml": "ng/mL: HCQ in the parameter set's sample matrix ([meta] hcq_matrix: whole "
+                 "blood for the human set, plasma for the mouse set)",
     "hcq_effect_ng_ml": "ng/mL: HCQ at its effect site",
-    "eve_ng_ml": "ng/mL: everolimus in blood",
+    "eve_ng_ml": "ng/mL: everolimus in the parameter set's sample matrix ([meta] eve_matrix: "
+                 "whole blood in both shipped sets)",
     "mtor_activity": "1: mTORC1 activity relative to untreated",
     "autophagy_demand": "1: autophagy demand relative to untreated",
     "autophagy_flux": "1: autophagy flux relative to untreated",

@@ -82,6 +82,8 @@ def _check_physical(path: str, specs, species: str) -> None:
                       f"{s.in_file_unit(v):g} {s.unit}: {problem}")
 
 
+MATRICES = ("whole_blood", "plasma")  # what a set's drug concentrations are ([meta])
+
 PK_SCALED = ("eve_cl", "eve_v1", "eve_q", "eve_v2", "hcq_cl", "hcq_v1", "hcq_q", "hcq_v2")
 
 
@@ -119,6 +121,9 @@ class Parameters(eqx.Module):
     name: str = eqx.field(static=True)
     species: str = eqx.field(static=True)
     source: str = eqx.field(static=True)
+    # the sample matrix the PK parameters describe, (HCQ, EVE): "whole_blood" or "plasma"
+    # (`[meta] hcq_matrix` / `eve_matrix`; `concentration_matrix`)
+    matrices: tuple = eqx.field(static=True, default=("whole_blood", "whole_blood"))
 
     def __getitem__(self, key: str):
         try:
@@ -134,6 +139,11 @@ class Parameters(eqx.Module):
     def spec(self) -> dict[str, ParameterSpec]:
         return {s.name: s for s in self.specs}
 
+    def concentration_matrix(self, drug: str) -> str:
+        """"whole_blood" or "plasma": what the set's concentrations of `drug` (hcq, eve) are,
+        i.e. the matrix its PK parameters (clearance, volumes) and PD potencies refer to."""
+        return self.matrices[("hcq", "eve").index(drug)]
+
     @property
     def pk_per_kg(self) -> bool:
         return self.spec["eve_cl"].per_kg
@@ -145,7 +155,7 @@ class Parameters(eqx.Module):
         updates = {**(values or {}), **updates}
         self._check_names(updates)
         return Parameters({**self.values, **updates}, self.specs, self.name, self.species,
-                          self.source)
+                          self.source, self.matrices)
 
     def replace(self, **updates) -> Parameters:
         """`with_values`, each value as a JAX array of the dtype of the value it replaces:
@@ -271,8 +281,14 @@ def load_parameters(path: str | Path, dtype=None) -> Parameters:
     _check_physical(path, specs, str(meta.get("species", "unknown")))
     dtype = dtype or jnp.result_type(float)
     values = {s.name: jnp.asarray(s.value, dtype=dtype) for s in specs}
+    matrices = []
+    for drug in ("hcq", "eve"):
+        m = meta.get(f"{drug}_matrix", "whole_blood")
+        if m not in MATRICES:
+            _fail(path, f"meta.{drug}_matrix", f"must be one of {', '.join(MATRICES)}, got {m!r}")
+        matrices.append(m)
     p = Parameters(values, specs, str(meta.get("name", Path(path).stem)),
-                   str(meta.get("species", "unknown")), path)
+                   str(meta.get("species", "unknown")), path, tuple(matrices))
     p.check_bounds(path)
     return p
 
