@@ -122,11 +122,33 @@ class CalibrationResult:
 
 
 def calibrate(design: TrialDesign, params: Parameters, *, key, population: Population | None
-              = None, replicates: int = 16, span: float = 1.0, points: int = 3,
-              targets: dict = TARGETS, check_replicates: int | None = None,
-              method: str = "fast", progress=None) -> CalibrationResult:
+              = None, replicates: int | None = None, span: float = 1.0,
+              points: int | None = None, targets: dict = TARGETS,
+              check_replicates: int | None = None, method: str = "fast", progress=None,
+              mode: str = "point", **posterior_options):
     """Fit the typical delta_max and k_dr (see module doc). `span`: grid half-width in ln units
-    around the parameter file's values; `points` per axis."""
+    around the parameter file's values; `points` per axis (default 3); `replicates` trials per
+    grid point (default 16).
+
+    `mode="posterior"`: the posterior calibration instead (`posterior.calibrate_posterior`:
+    `points` design points (default 64), `replicates` trials each (default 32); more options,
+    e.g. `names`, `chains`, `warmup`, `samples`, `box_sd`, go through `posterior_options`);
+    returns a `posterior.PosteriorResult`."""
+    if mode == "posterior":
+        from dormancy_model.trials.posterior import calibrate_posterior
+
+        if targets is not TARGETS:
+            raise ValueError("posterior mode takes `likelihood.PublishedTargets` as "
+                             "posterior_options['targets']")
+        kw = dict(points=64 if points is None else points,
+                  replicates=32 if replicates is None else replicates, method=method,
+                  progress=progress)
+        return calibrate_posterior(design, params, key=key, population=population,
+                                   **{**kw, **posterior_options})
+    if mode != "point":
+        raise ValueError(f"mode must be 'point' or 'posterior', got {mode!r}")
+    replicates = 16 if replicates is None else replicates
+    points = 3 if points is None else points
     population = population or Population()
     base = population.base_params(params)
     center = np.log([float(base[n]) for n in CALIBRATED])

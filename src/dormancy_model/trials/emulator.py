@@ -97,9 +97,9 @@ def fit_emulator(theta, values: dict, mc_var: dict | None = None, *, centre=None
     for name, y in values.items():
         y = np.asarray(y, float)
         ok = np.isfinite(y)
-        if ok.sum() < p + 2:
+        if ok.sum() < p + 1:
             raise ValueError(f"emulator output {name!r}: {int(ok.sum())} usable design points, "
-                             f"need >= {p + 2} for {p} quadratic coefficients")
+                             f"need >= {p + 1} for {p} quadratic coefficients")
         F, yy = F_all[ok], y[ok]
         xtx_inv = np.linalg.pinv(F.T @ F)
         beta = xtx_inv @ F.T @ yy

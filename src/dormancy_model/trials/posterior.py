@@ -421,7 +421,7 @@ def calibrate_posterior(design, params, *, key, population=None, names=DEFAULT_P
     """Posterior over the population parameters `names` (see the module doc)."""
     prior = default_prior(params, population, names, box_sd)
     targets = targets or L.PublishedTargets.clever(L.p_followed(design, THREE_YEARS_DAYS))
-    need = n_features(len(names)) + 2
+    need = n_features(len(names)) + 1
     if points < need:
         raise ValueError(f"points must be >= {need} for a quadratic emulator in "
                          f"{len(names)} parameters, got {points}")
@@ -440,3 +440,80 @@ def calibrate_posterior(design, params, *, key, population=None, names=DEFAULT_P
     res.settings["inference_seconds"] = round(time.perf_counter() - t, 1)
     res.settings["targets"] = targets.describe()
     return res
+
+
+# ----------------------------------------------------------------------------- the file
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _jsonable(x.tolist())
+    if isinstance(x, (np.floating, float)):
+        v = float(x)
+        return v if math.isfinite(v) else None
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, np.bool_):
+        return bool(x)
+    return x
+
+
+def posterior_record(res: PosteriorResult, params, seed: int, command: str | None = None,
+                     git_commit: str = "unknown") -> dict:
+    """JSON-ready posterior file: provenance, priors, targets, design, emulator CV,
+    diagnostics, summary, emulated posterior predictive and every draw (natural units)."""
+    import datetime as _dt
+
+    from dormancy_model._version import __version__
+
+    names = res.names
+    design = [{**{n: float(np.exp(t[i])) for i, n in enumerate(names)},
+               **{k: res.design_values[k][j] for k in res.design_values}}
+              for j, t in enumerate(res.design_theta)]
+    rec = {
+        "what": "posterior over population parameters of the virtual CLEVER trial",
+        "created_utc": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "git_commit": git_commit,
+        "package_version": __version__,
+        "command": command,
+        "seed": seed,
+        "parameter_file": params.source,
+        "method": __doc__.split("Method:")[1].strip(),
+        "units": "natural: delta_max and k_dr in 1/day, load_median in cells, load_sigma "
+                 "(log-SD) and cv_* dimensionless; draws and design in the same units",
+        "parameters": list(names),
+        "priors": res.prior.describe(),
+        "targets": res.settings.get("targets"),
+        "settings": {k: v for k, v in res.settings.items() if k != "targets"},
+        "diagnostics": {k: v for k, v in res.diagnostics.items() if k != "emulator_cv"},
+        "emulator_cv": res.diagnostics.get("emulator_cv"),
+        "posterior_median": res.values(),
+        "summary": res.summary.to_dict(orient="records"),
+        "posterior_predictive_emulated": res.predictive.to_dict(orient="records"),
+        "design": design,
+        "draws": {n: np.exp(res.draws[n]).tolist() for n in names},
+    }
+    return _jsonable(rec)
+
+
+def write_netcdf(res: PosteriorResult, path, attrs: dict) -> None:
+    """The arviz InferenceData (log-unit draws, sample stats) as NetCDF, with provenance."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    idata = res.idata
+    for k, v in attrs.items():
+        idata.posterior.attrs[k] = str(v)
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".nc")
+    os.close(fd)
+    try:
+        idata.to_netcdf(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
