@@ -176,7 +176,7 @@ CASES = {
          "--posterior, got 2"),
         (["--posterior", "--chains", "0"], "--chains: chains: must be >= 1, got 0"),
         (["--posterior", "--box-sd", "0"], "--box-sd: box_sd: must be in (0, 4], got 0"),
-        (["--posterior", "--box-sd", "4"], "--box-sd: box_sd: design box of delta_max"),
+        (["--posterior", "--box-sd", "4.5"], "--box-sd: box_sd: must be in (0, 4], got 4.5"),
         (["--posterior", "--out", "c.txt"], "c.txt: --out: must be a .json file path"),
         (["--posterior", "--out", "taken.json"], "taken.json: --out: is a directory"),
     ],

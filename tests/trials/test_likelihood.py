@@ -183,3 +183,8 @@ def test_point_quantities_on_a_hand_built_trial_table():
     assert v["logit_late"] == pytest.approx(math.log(0.01 / 0.99))  # (0 + 0.5) / (49 + 1)
     # both relapses in the cleared group (i = 0 is even): all events in one group -> NaN
     assert math.isnan(v["log_hr"])
+    # every trial's reduction capped (no post-treatment DTC anywhere): the sd is floored
+    trials.loc[trials["arm"] == "EVE", "reduction_C3"] = 1.0
+    v, _ = point_quantities(pats, trials)
+    assert v["z_mean:EVE"] == pytest.approx(math.log(0.01))
+    assert v["z_logsd:EVE"] == pytest.approx(math.log(0.05))

@@ -130,13 +130,20 @@ def interval_covers(res, truth, level=0.90):
     return np.array(out)
 
 
-def test_fake_posterior_covers_a_known_truth_and_contracts():
-    """One seed, a synthetic trial 20 times CLEVER's size from a known theta: every 99% and at
-    least 4 of 5 90% intervals hold the truth, the identified parameters' posteriors are much
-    narrower than the prior, and the sampler's diagnostics are clean."""
+@pytest.fixture(scope="module")
+def fake_fit():
+    """One seed, a synthetic trial 20 times CLEVER's size from a known theta."""
     prior = fake_prior()
     truth = prior.mu + prior.log_sd * np.array([0.8, -0.6, 0.5, -0.4, 0.7])
     res, _ = fake_posterior(11, truth=truth, scale=20)
+    return res, truth
+
+
+def test_fake_posterior_covers_a_known_truth_and_contracts(fake_fit):
+    """Every 99% and at least 4 of 5 90% intervals hold the truth, the identified
+    parameters' posteriors are much narrower than the prior, and the sampler's diagnostics are
+    clean."""
+    res, truth = fake_fit
     assert interval_covers(res, truth, 0.99).all()
     assert interval_covers(res, truth, 0.90).sum() >= 4
     sd_ratio = res.summary.set_index("parameter")["sd_ratio"]
@@ -146,6 +153,33 @@ def test_fake_posterior_covers_a_known_truth_and_contracts():
     assert len(d["emulator_cv"]) == 11
     # the posterior predictive of the given targets covers them (emulated)
     assert res.predictive["inside_90"].mean() >= 0.7
+
+
+def test_posterior_file_has_draws_diagnostics_and_provenance(fake_fit, tmp_path):
+    import json
+
+    import arviz as az
+
+    from dormancy_model import load_model_parameters
+
+    res, _ = fake_fit
+    res.settings["targets"] = {"note": "fake"}
+    rec = P.posterior_record(res, load_model_parameters("human"), 11, "cmd line", "abc123")
+    text = json.dumps(rec, allow_nan=False)  # strict JSON: no NaN / inf
+    back = json.loads(text)
+    assert back["command"] == "cmd line" and back["git_commit"] == "abc123"
+    assert back["seed"] == 11 and back["targets"] == {"note": "fake"}
+    assert set(back["draws"]) == set(NAMES)
+    assert np.asarray(back["draws"]["a"]).shape == (2, 300)
+    np.testing.assert_allclose(np.log(back["draws"]["b"]), res.draws["b"], rtol=1e-12)
+    assert {"max_rhat", "min_ess_bulk", "divergences", "ess_tail"} <= set(back["diagnostics"])
+    assert len(back["design"]) == 64 and len(back["emulator_cv"]) == 11
+    assert back["priors"]["a"]["median"] == pytest.approx(0.05)
+    P.write_netcdf(res, tmp_path / "p.nc", {"git_commit": "abc123"})
+    idata = az.from_netcdf(tmp_path / "p.nc")
+    assert idata.posterior["ln_a"].shape == (2, 300)
+    assert idata.posterior.attrs["git_commit"] == "abc123"
+    assert [p.name for p in tmp_path.iterdir()] == ["p.nc"]  # no temporary left
 
 
 @pytest.mark.slow
@@ -163,3 +197,28 @@ def test_fake_posterior_coverage_over_seeds_is_nominal_two_sided():
     # 60 intervals, nominal 0.9: binomial sd 0.039; band +-2.5 sd, capped below 1
     assert 0.80 <= rate <= 0.98, (rate, cover.mean(0))
     assert np.mean(ratio, 0)[[0, 1]].max() < 0.7
+
+
+@pytest.mark.slow
+def test_tiny_real_posterior_calibration_end_to_end(tmp_path, capsys):
+    """The real trial through the CLI: one calibrated parameter (delta_max), 4 design points x
+    3 trials, a short NUTS run; the file has the draws and the provenance."""
+    import json
+
+    from cli_run import run
+
+    out = tmp_path / "fits" / "post.json"
+    code, stdout, err = run(["calibrate", "--posterior", "--parameters", "delta_max",
+                             "--design-points", "4", "--replicates", "3", "--chains", "2",
+                             "--warmup", "50", "--samples", "50", "--seed", "3", "--out",
+                             str(out)], capsys)
+    assert code == 0, err
+    assert "R-hat max" in stdout
+    rec = json.loads(out.read_text())
+    assert rec["command"].startswith("dormancy calibrate --posterior")
+    assert rec["settings"]["points"] == 4 and rec["settings"]["trials"] == 12
+    assert np.asarray(rec["draws"]["delta_max"]).shape == (2, 50)
+    lo, hi = rec["priors"]["delta_max"]["box"]
+    assert lo <= np.min(rec["draws"]["delta_max"]) <= np.max(rec["draws"]["delta_max"]) <= hi
+    assert len(rec["design"]) == 4 and "logit_rfs:HCQ" in rec["design"][0]
+    assert (tmp_path / "fits" / "post.nc").exists()

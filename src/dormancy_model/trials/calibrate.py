@@ -18,6 +18,11 @@ Method (simulation-based, common random numbers):
 The HR is weighted weakly (log scale, sd 1): with ~2 relapses per 51-patient trial it is hardly
 estimable in one trial (published 95% CI 0.01-3.4); the surface uses the HR pooled over all
 simulated patients.
+
+`calibrate(..., mode="posterior")` (CLI `dormancy calibrate --posterior`) is the posterior
+calibration instead: an explicit likelihood of each published statistic (`likelihood.py`), an
+emulator of the model's quantities over a Sobol design of replicated trials, and NUTS over five
+population parameters (`posterior.py`).
 """
 
 from __future__ import annotations

@@ -197,7 +197,7 @@ def run_posterior_calibration(out: Path, *, model: str = "human", points: int = 
     try:
         P.default_prior(params, None, names, box_sd)
     except ValueError as e:
-        raise InputError("--box-sd", "box_sd", str(e)) from None
+        raise InputError(str(model), "parameters", str(e)) from None
     t = time.perf_counter()
     tick = progress or (lambda text: None)
     res = P.calibrate_posterior(

@@ -6,7 +6,7 @@ Parameters (theta, natural log of each; `PARAMETERS`):
 name               meaning                                           prior (log-normal)
 =================  ================================================  =========================
 delta_max          typical drug-induced death of dormant cells       parameter file's value,
-                                                                     log-sd 1.0
+                                                                     log-sd 0.8
 k_dr               typical per-cell reactivation                     file's value, log-sd 1.5
 load_median        median DTC load of screened candidates (cells)    the value solved for 30%
                                                                      positivity, log-sd 1.0
@@ -20,8 +20,9 @@ calibration): the published 55/184 then enters as a binomial with its sampling u
 the k_dr x load ridge that the relapse data leave (the parameter table: "only k_dr x load is
 constrained") shows in the posterior instead of being fixed by construction. Priors are centred
 on the parameter file's values, not on the packaged point calibration (which used the same
-data); each is truncated to a design box of +-`box_sd` prior SDs (default 2.5, inside the
-parameter table's bounds), where the emulator is fitted, so it is never extrapolated.
+data); each is truncated to a design box of +-`box_sd` prior SDs (default 2.5; cut to the
+parameter table's bounds where it would leave them), where the emulator is fitted, so it is
+never extrapolated.
 
 Method:
 1. a scrambled Sobol design of `points` parameter points in the box; at each point `replicates`
@@ -54,10 +55,10 @@ from dormancy_model.trials.emulator import QuadraticEmulator, fit_emulator, n_fe
 
 THREE_YEARS_DAYS = 3 * 365.25
 DEFAULT_PARAMETERS = ("delta_max", "k_dr", "load_median", "load_sigma", "cv_delta_max")
-PRIOR_LOG_SD = {"delta_max": 1.0, "k_dr": 1.5, "load_median": 1.0, "load_sigma": 0.5,
+PRIOR_LOG_SD = {"delta_max": 0.8, "k_dr": 1.5, "load_median": 1.0, "load_sigma": 0.5,
                 "cv_delta_max": 0.5, "cv_k_dr": 0.5}
 PRIOR_SOURCE = {
-    "delta_max": "parameter file value (assumption, docs/pkpd_anchors.md); log-sd 1.0 keeps "
+    "delta_max": "parameter file value (assumption, docs/pkpd_anchors.md); log-sd 0.8 keeps "
                  "+-2.5 SD inside the table's bounds [0.001, 0.5] /day",
     "k_dr": "parameter file value (assumption; only k_dr x load is constrained); log-sd 1.5",
     "load_median": "solved for the 30% screening positivity at the default load_sigma "
@@ -66,6 +67,7 @@ PRIOR_SOURCE = {
     "cv_delta_max": "population.py default 0.5 (assumption); log-sd 0.5",
     "cv_k_dr": "population.py default 0.76 (Ribba 2012 IIV 76% [S11]); log-sd 0.5",
 }
+Z_SD_FLOOR = 0.05  # smallest sd over trials of z = ln(1 - reduction) (5% relative)
 EMULATED = ("logit_rfs", "logit_late", "log_hr", "z_mean", "z_logsd")
 
 
@@ -76,6 +78,7 @@ class Prior:
     log_sd: np.ndarray
     box_sd: float = 2.5
     sources: dict = field(default_factory=dict)
+    bounds: np.ndarray | None = None  # (d, 2) natural-unit limits of the box (parameter table)
 
     @property
     def mu(self):
@@ -83,11 +86,13 @@ class Prior:
 
     @property
     def lower(self):
-        return self.mu - self.box_sd * self.log_sd
+        lo = self.mu - self.box_sd * self.log_sd
+        return lo if self.bounds is None else np.maximum(lo, np.log(self.bounds[:, 0]))
 
     @property
     def upper(self):
-        return self.mu + self.box_sd * self.log_sd
+        hi = self.mu + self.box_sd * self.log_sd
+        return hi if self.bounds is None else np.minimum(hi, np.log(self.bounds[:, 1]))
 
     def describe(self) -> dict:
         return {n: {"median": float(m), "log_sd": float(s),
@@ -111,16 +116,14 @@ def default_prior(params, population=None, names=DEFAULT_PARAMETERS, box_sd: flo
     if unknown:
         raise ValueError(f"unknown calibration parameters {unknown}; known: {sorted(current)}")
     sd = {**PRIOR_LOG_SD, **(log_sd or {})}
+    spec = params.spec
+    bounds = np.array([spec[n].bounds if n in spec else (1e-300, np.inf) for n in names],
+                      float)
     prior = Prior(tuple(names), np.array([current[n] for n in names]),
                   np.array([sd[n] for n in names], float), box_sd,
-                  {n: PRIOR_SOURCE[n] for n in names})
-    spec = params.spec
-    for n, lo, hi in zip(names, prior.lower, prior.upper, strict=True):
-        if n in spec:
-            blo, bhi = spec[n].bounds
-            if math.exp(lo) < blo or math.exp(hi) > bhi:
-                raise ValueError(f"design box of {n} [{math.exp(lo):.3g}, {math.exp(hi):.3g}] "
-                                 f"leaves the parameter table's bounds [{blo:g}, {bhi:g}]")
+                  {n: PRIOR_SOURCE[n] for n in names}, bounds)
+    if np.any(prior.lower >= prior.upper) or np.any(~np.isfinite(prior.mu)):
+        raise ValueError("a prior median lies outside its parameter's bounds")
     return prior
 
 
@@ -174,7 +177,9 @@ def point_quantities(patients: pd.DataFrame, trials: pd.DataFrame, arms=L.ARMS,
         z = L.reduction_to_z(trials.loc[trials["arm"] == a, "reduction_C3"].to_numpy(float))
         z = z[np.isfinite(z)]
         if z.size >= 3:
-            sd = float(np.std(z, ddof=1))
+            # floor: where every trial's reduction is capped (no post-treatment DTC in any
+            # trial: r = 1 -> 0.99) the spread is 0; Z_SD_FLOOR keeps ln sd finite
+            sd = max(float(np.std(z, ddof=1)), Z_SD_FLOOR)
             val[f"z_mean:{a}"], var[f"z_mean:{a}"] = float(z.mean()), sd ** 2 / z.size
             val[f"z_logsd:{a}"], var[f"z_logsd:{a}"] = math.log(sd), 1 / (2 * (z.size - 1))
         else:
