@@ -222,3 +222,43 @@ def test_tiny_real_posterior_calibration_end_to_end(tmp_path, capsys):
     assert lo <= np.min(rec["draws"]["delta_max"]) <= np.max(rec["draws"]["delta_max"]) <= hi
     assert len(rec["design"]) == 4 and "logit_rfs:HCQ" in rec["design"][0]
     assert (tmp_path / "fits" / "post.nc").exists()
+
+
+def test_library_calibrate_has_a_posterior_mode(monkeypatch):
+    """`calibrate(mode="posterior")` hands over to `calibrate_posterior` with the posterior
+    defaults (64 points x 32 trials) and its own options; the point mode is untouched."""
+    from dormancy_model import load_model_parameters
+    from dormancy_model.trials import calibrate as C
+    from dormancy_model.trials.design import clever_design
+
+    seen = {}
+    monkeypatch.setattr(P, "calibrate_posterior", lambda *a, **kw: seen.update(kw) or "post")
+    p = load_model_parameters("human")
+    assert C.calibrate(clever_design(), p, key=jax.random.key(0), mode="posterior",
+                       chains=2) == "post"
+    assert seen["points"] == 64 and seen["replicates"] == 32 and seen["chains"] == 2
+    with pytest.raises(ValueError, match="mode must be"):
+        C.calibrate(clever_design(), p, key=jax.random.key(0), mode="grid")
+
+
+def test_default_prior_is_centred_on_the_current_values_inside_the_bounds():
+    from dormancy_model import load_model_parameters
+    from dormancy_model.trials.population import Population
+
+    p = load_model_parameters("human")
+    prior = P.default_prior(p)
+    assert prior.names == P.DEFAULT_PARAMETERS and len(prior.names) >= 5
+    d = prior.describe()
+    assert d["delta_max"]["median"] == pytest.approx(float(p["delta_max"]))
+    assert d["k_dr"]["median"] == pytest.approx(float(p["k_dr"]))
+    assert d["load_median"]["median"] == pytest.approx(Population().median_load(p))
+    for n in ("delta_max", "k_dr"):
+        lo, hi = p.spec[n].bounds
+        assert lo <= d[n]["box"][0] < d[n]["median"] < d[n]["box"][1] <= hi
+    # a Population at theta carries every calibrated value
+    pop = P.population_at(np.log([0.03, 1e-6, 50.0, 1.5, 0.7]), prior.names, Population())
+    assert pop.typical == pytest.approx({"delta_max": 0.03, "k_dr": 1e-6})
+    assert pop.load_median == pytest.approx(50.0) and pop.load_sigma == pytest.approx(1.5)
+    assert pop.cv["delta_max"] == pytest.approx(0.7) and pop.cv["k_dr"] == 0.76
+    with pytest.raises(ValueError, match="unknown calibration parameters"):
+        P.default_prior(p, names=("delta_max", "k_rd"))

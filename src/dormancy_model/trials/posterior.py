@@ -308,9 +308,10 @@ def run_nuts(loglik, prior: Prior, *, key, chains: int = 4, warmup: int = 500,
     k_init, k_run = jax.random.split(key)
     # over-dispersed starts, as R-hat assumes: uniform on (-2, 2) in z, most of the design box
     init = jax.random.uniform(k_init, (chains, len(prior.names)), minval=-2.0, maxval=2.0)
-    mcmc = MCMC(NUTS(potential_fn=potential, target_accept_prob=0.9), num_warmup=warmup,
-                num_samples=samples, num_chains=chains, chain_method="sequential",
-                progress_bar=False)
+    # dense mass matrix: 5 parameters, and the relapse data leave a k_dr x load ridge
+    mcmc = MCMC(NUTS(potential_fn=potential, target_accept_prob=0.9, dense_mass=True),
+                num_warmup=warmup, num_samples=samples, num_chains=chains,
+                chain_method="sequential", progress_bar=False)
     mcmc.run(k_run, init_params=init if chains > 1 else init[0],
              extra_fields=("diverging", "accept_prob", "num_steps"))
     z = mcmc.get_samples(group_by_chain=True)
