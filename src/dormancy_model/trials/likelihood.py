@@ -11,7 +11,7 @@ posterior calibration (`trials/posterior.py`). Published numbers (DeMichele et a
   A KM estimate with one event is 1 - 1/n_at_risk: 91.7% = 11/12 and 92.9% = 13/14 give the
   numbers at risk (12, 14); for the 100% arm (no event) the number at risk at 3 years is the
   arm's expected number followed that long (n x P(censoring > 3 y) under the design's follow-up
-  law, 21 x 0.63 -> 13). The model side is p_a = the pooled KM 3-year RFS of arm a over all
+  law, 21 x 0.635 -> 13). The model side is p_a = the pooled KM 3-year RFS of arm a over all
   replicated trials (a per-patient probability with censoring handled as in the trial). Chosen
   over a synthetic likelihood because the published statistic IS a (censored) proportion and
   one or zero events per arm make any Gaussian approximation poor.
@@ -198,9 +198,9 @@ class PublishedTargets:
     published: dict = field(default_factory=dict)
 
     @classmethod
-    def clever(cls, p_followed_3y: float = 0.633) -> PublishedTargets:
+    def clever(cls, p_followed_3y: float = 0.635) -> PublishedTargets:
         """CLEVER [S1, S2]; `p_followed_3y`: P(censoring > 3 y) of the follow-up law
-        (`p_followed(clever_design(), 3 * 365.25)` = 0.633)."""
+        (`p_followed(clever_design(), 3 * 365.25)` = 0.635)."""
         km = {"HCQ": 0.917, "EVE": 0.929, "HCQ+EVE": 1.0}
         arm_n = {"HCQ": 15, "EVE": 15, "HCQ+EVE": 21}
         rfs = {a: landmark_counts(km[a], arm_n[a], p_followed_3y) for a in ARMS}
