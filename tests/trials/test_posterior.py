@@ -135,7 +135,7 @@ def fake_fit():
     """One seed, a synthetic trial 20 times CLEVER's size from a known theta."""
     prior = fake_prior()
     truth = prior.mu + prior.log_sd * np.array([0.8, -0.6, 0.5, -0.4, 0.7])
-    res, _ = fake_posterior(11, truth=truth, scale=20)
+    res, _ = fake_posterior(11, truth=truth, scale=20, warmup=200, samples=200)
     return res, truth
 
 
@@ -170,14 +170,14 @@ def test_posterior_file_has_draws_diagnostics_and_provenance(fake_fit, tmp_path)
     assert back["command"] == "cmd line" and back["git_commit"] == "abc123"
     assert back["seed"] == 11 and back["targets"] == {"note": "fake"}
     assert set(back["draws"]) == set(NAMES)
-    assert np.asarray(back["draws"]["a"]).shape == (2, 300)
+    assert np.asarray(back["draws"]["a"]).shape == (2, 200)
     np.testing.assert_allclose(np.log(back["draws"]["b"]), res.draws["b"], rtol=1e-12)
     assert {"max_rhat", "min_ess_bulk", "divergences", "ess_tail"} <= set(back["diagnostics"])
     assert len(back["design"]) == 64 and len(back["emulator_cv"]) == 11
     assert back["priors"]["a"]["median"] == pytest.approx(0.05)
     P.write_netcdf(res, tmp_path / "p.nc", {"git_commit": "abc123"})
     idata = az.from_netcdf(tmp_path / "p.nc")
-    assert idata.posterior["ln_a"].shape == (2, 300)
+    assert idata.posterior["ln_a"].shape == (2, 200)
     assert idata.posterior.attrs["git_commit"] == "abc123"
     assert [p.name for p in tmp_path.iterdir()] == ["p.nc"]  # no temporary left
 
