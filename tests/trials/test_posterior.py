@@ -151,6 +151,8 @@ def test_fake_posterior_covers_a_known_truth_and_contracts(fake_fit):
     d = res.diagnostics
     assert d["max_rhat"] < 1.05 and d["min_ess_bulk"] > 100 and d["divergences"] == 0, d
     assert len(d["emulator_cv"]) == 11
+    # a short test run may be flagged for R-hat > 1.01 or ESS < 400, never for the rest
+    assert all(w.startswith(("R-hat", "bulk ESS")) for w in d["warnings"]), d["warnings"]
     # the posterior predictive of the given targets covers them (emulated)
     assert res.predictive["inside_90"].mean() >= 0.7
 
@@ -172,7 +174,8 @@ def test_posterior_file_has_draws_diagnostics_and_provenance(fake_fit, tmp_path)
     assert set(back["draws"]) == set(NAMES)
     assert np.asarray(back["draws"]["a"]).shape == (2, 200)
     np.testing.assert_allclose(np.log(back["draws"]["b"]), res.draws["b"], rtol=1e-12)
-    assert {"max_rhat", "min_ess_bulk", "divergences", "ess_tail"} <= set(back["diagnostics"])
+    assert {"max_rhat", "min_ess_bulk", "divergences", "ess_tail",
+            "warnings"} <= set(back["diagnostics"])
     assert len(back["design"]) == 64 and len(back["emulator_cv"]) == 11
     assert back["priors"]["a"]["median"] == pytest.approx(0.05)
     P.write_netcdf(res, tmp_path / "p.nc", {"git_commit": "abc123"})
@@ -264,3 +267,18 @@ def test_default_prior_is_centred_on_the_current_values_inside_the_bounds():
     assert pop.cv["delta_max"] == pytest.approx(0.7) and pop.cv["k_dr"] == 0.76
     with pytest.raises(ValueError, match="unknown calibration parameters"):
         P.default_prior(p, names=("delta_max", "k_rd"))
+
+
+def test_quality_warnings_flag_bad_chains_box_edges_and_emulator_misfit():
+    import pandas as pd
+
+    good = {"max_rhat": 1.002, "min_ess_bulk": 900.0, "divergences": 0,
+            "emulator_cv": [{"output": "log_hr", "loo_z_rms": 1.1}]}
+    summ = pd.DataFrame([{"parameter": "k_dr", "at_box_edge": 0.0}])
+    assert P.quality_warnings(good, summ) == []
+    bad = {"max_rhat": 1.2, "min_ess_bulk": 50.0, "divergences": 3,
+           "emulator_cv": [{"output": "log_hr", "loo_z_rms": 3.0}]}
+    summ = pd.DataFrame([{"parameter": "k_dr", "at_box_edge": 0.2}])
+    w = " | ".join(P.quality_warnings(bad, summ))
+    for text in ("R-hat 1.200", "bulk ESS 50", "3 divergent", "k_dr: 20%", "emulator log_hr"):
+        assert text in w, w

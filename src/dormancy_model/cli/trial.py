@@ -147,6 +147,8 @@ def _posterior_cmd(model, replicates, design_points, parameters, chains, warmup,
     typer.echo(f"R-hat max {d['max_rhat']:.3f}, bulk ESS min {d['min_ess_bulk']:.0f}, "
                f"{d['divergences']} divergences; emulator LOO RMSE "
                + ", ".join(f"{c['output']} {c['loo_rmse']:.2g}" for c in rec["emulator_cv"]))
+    for w in d["warnings"]:
+        typer.echo(f"warning: {w}")
     typer.echo(f"wrote {out}" + (f" and {out.with_suffix('.nc')}" if netcdf else "")
                + f" ({rec['wall_seconds']:.0f} s)")
 

@@ -361,6 +361,26 @@ def summarize(draws: dict, prior: Prior) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def quality_warnings(diag: dict, summary: pd.DataFrame) -> list[str]:
+    """Plain-language flags for a posterior that should not be used as is."""
+    out = []
+    if np.isfinite(diag["max_rhat"]) and diag["max_rhat"] > 1.01:
+        out.append(f"R-hat {diag['max_rhat']:.3f} > 1.01: chains disagree; run longer")
+    if diag["min_ess_bulk"] < 400:
+        out.append(f"bulk ESS {diag['min_ess_bulk']:.0f} < 400: too few effective draws")
+    if diag["divergences"]:
+        out.append(f"{diag['divergences']} divergent transitions")
+    for r in summary.itertuples():
+        if r.at_box_edge > 0.05:
+            out.append(f"{r.parameter}: {r.at_box_edge:.0%} of the draws at the design box's "
+                       "edge: widen --box-sd (the emulator is not fitted beyond it)")
+    for c in diag.get("emulator_cv", []):
+        if c["loo_z_rms"] > 2:
+            out.append(f"emulator {c['output']}: leave-one-out errors {c['loo_z_rms']:.1f}x "
+                       "their predicted sd: more design points or a narrower box")
+    return out
+
+
 def emulated_predictive(draws: dict, prior: Prior, emulator, exact, targets, *, key,
                         max_draws: int = 2000) -> pd.DataFrame:
     """Posterior predictive 90% interval of each published statistic through the emulator
@@ -415,6 +435,7 @@ def posterior_from_design(theta, values, mc_var, prior: Prior, exact, targets, *
     draws = {n: th[..., i] for i, n in enumerate(prior.names)}
     summ = summarize(draws, prior)
     pp = emulated_predictive(draws, prior, em, exact, targets, key=k_pred)
+    diag["warnings"] = quality_warnings(diag, summ)
     return PosteriorResult(prior.names, prior, draws, np.asarray(theta), values, mc_var, em,
                            diag, summ, pp, dict(settings or {}), idata)
 
