@@ -165,6 +165,20 @@ CASES = {
         (["--out", "taken.json"], "taken.json: --out: is a directory, not a file"),
         (["--out", "a_file/c.json"], "a_file/c.json: --out: output directory cannot be "
          "written (a_file is a file)"),
+        (["--design-points", "64"], "--design-points: design_points: only with --posterior"),
+        (["--posterior", "--points", "4"], "--points: points: only without --posterior"),
+        (["--posterior", "--design-points", "5"], "--design-points: design_points: must be >= "
+         "22 for a quadratic emulator in 5 parameters, got 5"),
+        (["--posterior", "--parameters", "k_drr"], "--parameters: parameters: unknown "
+         "calibration parameter 'k_drr' (did you mean 'k_dr'"),
+        (["--posterior", "--parameters", "k_dr,k_dr"], "--parameters: parameters: duplicate"),
+        (["--posterior", "--replicates", "2"], "--replicates: replicates: must be >= 3 with "
+         "--posterior, got 2"),
+        (["--posterior", "--chains", "0"], "--chains: chains: must be >= 1, got 0"),
+        (["--posterior", "--box-sd", "0"], "--box-sd: box_sd: must be in (0, 4], got 0"),
+        (["--posterior", "--box-sd", "4.5"], "--box-sd: box_sd: must be in (0, 4], got 4.5"),
+        (["--posterior", "--out", "c.txt"], "c.txt: --out: must be a .json file path"),
+        (["--posterior", "--out", "taken.json"], "taken.json: --out: is a directory"),
     ],
     "simulate": [
         (["--schedule", "heavy.toml"], "heavy.toml: body_weight_kg: 7000 kg is not a plausible"),

@@ -54,22 +54,64 @@ def trial_cmd(
 
 def calibrate_cmd(
     model: str = typer.Option("human", "--model", help="parameter set name or TOML file"),
-    replicates: int = typer.Option(16, "--replicates", help="trials per grid point (>= 1)"),
-    check_replicates: int = typer.Option(32, "--check-replicates",
-                                         help="trials of the check at the optimum (>= 1)"),
-    points: int = typer.Option(3, "--points", help="grid points per axis (>= 3)"),
-    span: float = typer.Option(1.0, "--span", help="grid half-width in ln units, in (0, 5]"),
+    posterior: bool = typer.Option(False, "--posterior",
+                                   help="posterior calibration (emulator + NUTS) of the "
+                                   "population parameters, written with its draws"),
+    replicates: int = typer.Option(None, "--replicates", help="trials per grid / design point "
+                                   "(default 16; 32 with --posterior, >= 3)"),
+    check_replicates: int = typer.Option(None, "--check-replicates",
+                                         help="trials of the check at the optimum (default 32)"),
+    points: int = typer.Option(None, "--points", help="grid points per axis (>= 3, default 3)"),
+    span: float = typer.Option(None, "--span", help="grid half-width in ln units, in (0, 5] "
+                               "(default 1)"),
+    design_points: int = typer.Option(None, "--design-points",
+                                      help="--posterior: Sobol design points (default 64)"),
+    parameters: str = typer.Option(None, "--parameters",
+                                   help="--posterior: comma-separated calibrated parameters "
+                                   "(default delta_max,k_dr,load_median,load_sigma,"
+                                   "cv_delta_max; also cv_k_dr)"),
+    chains: int = typer.Option(None, "--chains", help="--posterior: NUTS chains (default 4)"),
+    warmup: int = typer.Option(None, "--warmup", help="--posterior: warm-up draws per chain "
+                               "(default 500)"),
+    samples: int = typer.Option(None, "--samples", help="--posterior: draws per chain "
+                                "(default 500)"),
+    box_sd: float = typer.Option(None, "--box-sd", help="--posterior: design box half-width "
+                                 "in prior SDs, in (0, 4] (default 2.5)"),
+    netcdf: bool = typer.Option(True, "--netcdf/--no-netcdf",
+                                help="--posterior: also write the arviz NetCDF (OUT.nc)"),
     seed: int = typer.Option(2026, "--seed", help="random seed"),
-    out: Path = typer.Option(Path("out/clever_calibration.json"), "--out",
-                             help="calibration JSON path (use it with trial --calibration)"),
+    out: Path = typer.Option(None, "--out",
+                             help="JSON path (default out/clever_calibration.json; "
+                             "fits/clever_posterior.json with --posterior)"),
 ):
-    """Calibrate the typical delta_max and k_dr to the published CLEVER results; writes the
-    calibration JSON with the reported-vs-simulated check."""
+    """Calibrate the typical delta_max and k_dr to the published CLEVER results (writes the
+    calibration JSON with the reported-vs-simulated check), or with --posterior the posterior
+    over the population parameters (writes the draws with diagnostics and provenance)."""
+    from dormancy_model.errors import InputError
+
+    point_only = {"--points": points, "--span": span, "--check-replicates": check_replicates}
+    post_only = {"--design-points": design_points, "--parameters": parameters,
+                 "--chains": chains, "--warmup": warmup, "--samples": samples,
+                 "--box-sd": box_sd}
+    wrong = point_only if posterior else post_only
+    for flag, v in wrong.items():
+        if v is not None:
+            raise InputError(flag, flag[2:].replace("-", "_"),
+                             "only without --posterior" if posterior else "only with --posterior")
     from dormancy_model.engine.devices import use_cpu_cores
 
     use_cpu_cores()  # before any JAX operation: one CPU device per core
+    if posterior:
+        _posterior_cmd(model, replicates, design_points, parameters, chains, warmup, samples,
+                       box_sd, netcdf, seed, out)
+        return
     from dormancy_model.trials.pipeline import run_calibration
 
+    replicates = 16 if replicates is None else replicates
+    check_replicates = 32 if check_replicates is None else check_replicates
+    points = 3 if points is None else points
+    span = 1.0 if span is None else span
+    out = Path("out/clever_calibration.json") if out is None else out
     command = (f"dormancy calibrate --model {model} --replicates {replicates} --check-replicates "
                f"{check_replicates} --points {points} --span {span:g} --seed {seed} --out {out}")
     res, _ = run_calibration(out, model=model, replicates=replicates,
@@ -78,6 +120,37 @@ def calibrate_cmd(
     typer.echo(res.check.drop(columns=["source"]).to_string())
     typer.echo(f"wrote {out}: " + ", ".join(f"{k} = {v:.4g} /day"
                                             for k, v in res.values.items()))
+
+
+def _posterior_cmd(model, replicates, design_points, parameters, chains, warmup, samples,
+                   box_sd, netcdf, seed, out):
+    from dormancy_model.trials import posterior as P
+    from dormancy_model.trials.pipeline import run_posterior_calibration
+
+    names = (P.DEFAULT_PARAMETERS if parameters is None
+             else tuple(s.strip() for s in parameters.split(",")))
+    kw = dict(points=64 if design_points is None else design_points,
+              replicates=32 if replicates is None else replicates,
+              chains=4 if chains is None else chains, warmup=500 if warmup is None else warmup,
+              samples=500 if samples is None else samples,
+              box_sd=2.5 if box_sd is None else box_sd)
+    out = Path("fits/clever_posterior.json") if out is None else out
+    command = (f"dormancy calibrate --posterior --model {model} --design-points {kw['points']} "
+               f"--replicates {kw['replicates']} --parameters {','.join(names)} --chains "
+               f"{kw['chains']} --warmup {kw['warmup']} --samples {kw['samples']} --box-sd "
+               f"{kw['box_sd']:g} --{'' if netcdf else 'no-'}netcdf --seed {seed} --out {out}")
+    res, rec = run_posterior_calibration(out, model=model, parameters=names, seed=seed,
+                                         netcdf=netcdf, command=command, progress=typer.echo,
+                                         **kw)
+    typer.echo(res.summary.to_string(index=False))
+    d = rec["diagnostics"]
+    typer.echo(f"R-hat max {d['max_rhat']:.3f}, bulk ESS min {d['min_ess_bulk']:.0f}, "
+               f"{d['divergences']} divergences; emulator LOO RMSE "
+               + ", ".join(f"{c['output']} {c['loo_rmse']:.2g}" for c in rec["emulator_cv"]))
+    for w in d["warnings"]:
+        typer.echo(f"warning: {w}")
+    typer.echo(f"wrote {out}" + (f" and {out.with_suffix('.nc')}" if netcdf else "")
+               + f" ({rec['wall_seconds']:.0f} s)")
 
 
 def register(app: typer.Typer) -> None:

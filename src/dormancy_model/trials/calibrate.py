@@ -18,6 +18,11 @@ Method (simulation-based, common random numbers):
 The HR is weighted weakly (log scale, sd 1): with ~2 relapses per 51-patient trial it is hardly
 estimable in one trial (published 95% CI 0.01-3.4); the surface uses the HR pooled over all
 simulated patients.
+
+`calibrate(..., mode="posterior")` (CLI `dormancy calibrate --posterior`) is the posterior
+calibration instead: an explicit likelihood of each published statistic (`likelihood.py`), an
+emulator of the model's quantities over a Sobol design of replicated trials, and NUTS over five
+population parameters (`posterior.py`).
 """
 
 from __future__ import annotations
@@ -122,11 +127,33 @@ class CalibrationResult:
 
 
 def calibrate(design: TrialDesign, params: Parameters, *, key, population: Population | None
-              = None, replicates: int = 16, span: float = 1.0, points: int = 3,
-              targets: dict = TARGETS, check_replicates: int | None = None,
-              method: str = "fast", progress=None) -> CalibrationResult:
+              = None, replicates: int | None = None, span: float = 1.0,
+              points: int | None = None, targets: dict = TARGETS,
+              check_replicates: int | None = None, method: str = "fast", progress=None,
+              mode: str = "point", **posterior_options):
     """Fit the typical delta_max and k_dr (see module doc). `span`: grid half-width in ln units
-    around the parameter file's values; `points` per axis."""
+    around the parameter file's values; `points` per axis (default 3); `replicates` trials per
+    grid point (default 16).
+
+    `mode="posterior"`: the posterior calibration instead (`posterior.calibrate_posterior`:
+    `points` design points (default 64), `replicates` trials each (default 32); more options,
+    e.g. `names`, `chains`, `warmup`, `samples`, `box_sd`, go through `posterior_options`);
+    returns a `posterior.PosteriorResult`."""
+    if mode == "posterior":
+        from dormancy_model.trials.posterior import calibrate_posterior
+
+        if targets is not TARGETS:
+            raise ValueError("posterior mode takes `likelihood.PublishedTargets` as "
+                             "posterior_options['targets']")
+        kw = dict(points=64 if points is None else points,
+                  replicates=32 if replicates is None else replicates, method=method,
+                  progress=progress)
+        return calibrate_posterior(design, params, key=key, population=population,
+                                   **{**kw, **posterior_options})
+    if mode != "point":
+        raise ValueError(f"mode must be 'point' or 'posterior', got {mode!r}")
+    replicates = 16 if replicates is None else replicates
+    points = 3 if points is None else points
     population = population or Population()
     base = population.base_params(params)
     center = np.log([float(base[n]) for n in CALIBRATED])

@@ -141,3 +141,76 @@ def run_calibration(out: Path, *, model: str = "human", replicates: int = 16,
     prepare_out_dir(out.parent)
     atomic_write_json(out, rec)
     return res, rec
+
+
+def run_posterior_calibration(out: Path, *, model: str = "human", points: int = 64,
+                              replicates: int = 32, parameters=None, chains: int = 4,
+                              warmup: int = 500, samples: int = 500, box_sd: float = 2.5,
+                              seed: int = 2026, netcdf: bool = True, method: str = "fast",
+                              command: str | None = None, progress=None):
+    """Posterior calibration of the CLEVER design's population parameters
+    (`posterior.calibrate_posterior`), written to the JSON file `out` (draws, diagnostics,
+    provenance) and, with `netcdf`, the arviz InferenceData next to it (`out` with suffix
+    .nc). Every input is validated before any work. Returns (PosteriorResult, record)."""
+    import jax
+
+    from dormancy_model.errors import suggest
+    from dormancy_model.io import atomic_write_json, check_out_file, prepare_out_dir
+    from dormancy_model.params.table import load_model_parameters
+    from dormancy_model.trials import posterior as P
+    from dormancy_model.trials.calibrate import _git_commit
+    from dormancy_model.trials.design import clever_design
+    from dormancy_model.trials.emulator import n_features
+
+    names = tuple(P.DEFAULT_PARAMETERS if parameters is None else parameters)
+    if not names:
+        raise InputError("--parameters", "parameters", "empty")
+    for n in names:
+        if n not in P.PRIOR_LOG_SD:
+            raise InputError("--parameters", "parameters", f"unknown calibration parameter "
+                             f"{n!r}{suggest(n, P.PRIOR_LOG_SD)}; known: "
+                             + ", ".join(P.PRIOR_LOG_SD))
+    if len(set(names)) != len(names):
+        raise InputError("--parameters", "parameters", "duplicate names")
+    need = n_features(len(names)) + 1
+    if points < need:
+        raise InputError("--design-points", "design_points", f"must be >= {need} for a "
+                         f"quadratic emulator in {len(names)} parameters, got {points}")
+    if replicates < 3:  # the synthetic likelihood needs a spread over trials
+        raise InputError("--replicates", "replicates", f"must be >= 3 with --posterior, "
+                         f"got {replicates}")
+    for flag, v, lo in (("--chains", chains, 1), ("--warmup", warmup, 10),
+                        ("--samples", samples, 10)):
+        if v < lo:
+            raise InputError(flag, flag[2:], f"must be >= {lo}, got {v}")
+    check_range("--box-sd", "box_sd", box_sd, 0, 4, lo_open=True)
+    if method not in ("fast", "exact"):
+        raise InputError("--method", "method", f"must be fast or exact, got {method!r}")
+    check_seed("--seed", "seed", seed)
+    out = Path(out)
+    if out.suffix != ".json":
+        raise InputError(str(out), "--out", "must be a .json file path")
+    check_out_file(out)
+    if netcdf:
+        check_out_file(out.with_suffix(".nc"))
+    params = load_model_parameters(model)
+    try:
+        P.default_prior(params, None, names, box_sd)
+    except ValueError as e:
+        raise InputError(str(model), "parameters", str(e)) from None
+    t = time.perf_counter()
+    tick = progress or (lambda text: None)
+    res = P.calibrate_posterior(
+        clever_design(), params, key=jax.random.key(seed), names=names, points=points,
+        replicates=replicates, chains=chains, warmup=warmup, samples=samples, box_sd=box_sd,
+        method=method,
+        progress=lambda i, n, s: tick(f"{s} {i}/{n} ({time.perf_counter() - t:.0f} s)"))
+    rec = P.posterior_record(res, params, seed, command, _git_commit())
+    rec["wall_seconds"] = round(time.perf_counter() - t, 1)
+    prepare_out_dir(out.parent)
+    atomic_write_json(out, rec)
+    if netcdf:
+        P.write_netcdf(res, out.with_suffix(".nc"), {
+            "git_commit": rec["git_commit"], "command": command, "seed": seed,
+            "posterior_json": out.name})
+    return res, rec

@@ -1,0 +1,546 @@
+"""Posterior calibration of the virtual CLEVER trial's population parameters.
+
+Parameters (theta, natural log of each; `PARAMETERS`):
+
+=================  ================================================  =========================
+name               meaning                                           prior (log-normal)
+=================  ================================================  =========================
+delta_max          typical drug-induced death of dormant cells       parameter file's value,
+                                                                     log-sd 0.8
+k_dr               typical per-cell reactivation                     file's value, log-sd 1.5
+load_median        median DTC load of screened candidates (cells)    the value solved for 30%
+                                                                     positivity, log-sd 1.0
+load_sigma         log-SD of the DTC load                            1.0, log-sd 0.5
+cv_delta_max       between-patient CV of delta_max (sensitivity)     0.5, log-sd 0.5
+cv_k_dr            between-patient CV of k_dr (optional)             0.76, log-sd 0.5
+=================  ================================================  =========================
+
+The load median is a free parameter (not solved for the screening positivity as in the point
+calibration): the published 55/184 then enters as a binomial with its sampling uncertainty, and
+the k_dr x load ridge that the relapse data leave (the parameter table: "only k_dr x load is
+constrained") shows in the posterior instead of being fixed by construction. Priors are centred
+on the parameter file's values, not on the packaged point calibration (which used the same
+data); each is truncated to a design box of +-`box_sd` prior SDs (default 2.5; cut to the
+parameter table's bounds where it would leave them), where the emulator is fitted, so it is
+never extrapolated.
+
+Method:
+1. a scrambled Sobol design of `points` parameter points in the box; at each point `replicates`
+   virtual trials are simulated with the SAME key (common random numbers) through
+   `protocol.trial` (the CLEVER design without its observation arm, which no target uses);
+2. per point, the model quantities the likelihood needs (`point_quantities`): pooled KM 3-year
+   RFS per arm (logit), P(relapse after 3 years | relapse-free and followed at 3 years) (logit),
+   pooled Cox log HR cleared vs persistent, and the mean and log-sd over trials of
+   z = ln(1 - DTC reduction at C3) per arm, each with its Monte-Carlo variance;
+3. a quadratic emulator of each quantity (`emulator.py`) with its uncertainty, checked by
+   leave-one-out cross-validation; the screening probability is exact (`likelihood.py`);
+4. NUTS (numpyro, several chains) on the emulated log-likelihood of every published statistic
+   (`likelihood.joint_loglik`) plus the log priors; diagnostics: R-hat, bulk and tail ESS
+   (arviz), divergences, mean acceptance.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from dormancy_model.trials import likelihood as L
+from dormancy_model.trials.emulator import QuadraticEmulator, fit_emulator, n_features
+
+THREE_YEARS_DAYS = 3 * 365.25
+DEFAULT_PARAMETERS = ("delta_max", "k_dr", "load_median", "load_sigma", "cv_delta_max")
+PRIOR_LOG_SD = {"delta_max": 0.8, "k_dr": 1.5, "load_median": 1.0, "load_sigma": 0.5,
+                "cv_delta_max": 0.5, "cv_k_dr": 0.5}
+PRIOR_SOURCE = {
+    "delta_max": "parameter file value (assumption, docs/pkpd_anchors.md); log-sd 0.8 keeps "
+                 "+-2.5 SD inside the table's bounds [0.001, 0.5] /day",
+    "k_dr": "parameter file value (assumption; only k_dr x load is constrained); log-sd 1.5",
+    "load_median": "solved for the 30% screening positivity at the default load_sigma "
+                   "(population.py); log-sd 1.0",
+    "load_sigma": "population.py default 1.0, near the Ribba 2012 P0 CV of 94% [S11]; log-sd 0.5",
+    "cv_delta_max": "population.py default 0.5 (assumption); log-sd 0.5",
+    "cv_k_dr": "population.py default 0.76 (Ribba 2012 IIV 76% [S11]); log-sd 0.5",
+}
+Z_SD_FLOOR = 0.05  # smallest sd over trials of z = ln(1 - reduction) (5% relative)
+EMULATED = ("logit_rfs", "logit_late", "log_hr", "z_mean", "z_logsd")
+
+
+@dataclass(frozen=True)
+class Prior:
+    names: tuple
+    median: np.ndarray  # natural units (internal: 1/day for rates, cells for the load)
+    log_sd: np.ndarray
+    box_sd: float = 2.5
+    sources: dict = field(default_factory=dict)
+    bounds: np.ndarray | None = None  # (d, 2) natural-unit limits of the box (parameter table)
+
+    @property
+    def mu(self):
+        return np.log(self.median)
+
+    @property
+    def lower(self):
+        lo = self.mu - self.box_sd * self.log_sd
+        return lo if self.bounds is None else np.maximum(lo, np.log(self.bounds[:, 0]))
+
+    @property
+    def upper(self):
+        hi = self.mu + self.box_sd * self.log_sd
+        return hi if self.bounds is None else np.minimum(hi, np.log(self.bounds[:, 1]))
+
+    def describe(self) -> dict:
+        return {n: {"median": float(m), "log_sd": float(s),
+                    "box": [float(math.exp(lo)), float(math.exp(hi))],
+                    "source": self.sources.get(n, "")}
+                for n, m, s, lo, hi in zip(self.names, self.median, self.log_sd, self.lower,
+                                           self.upper, strict=True)}
+
+
+def default_prior(params, population=None, names=DEFAULT_PARAMETERS, box_sd: float = 2.5,
+                  log_sd: dict | None = None) -> Prior:
+    """Log-normal priors around the parameter file's and `Population`'s current values."""
+    from dormancy_model.trials.population import Population
+
+    pop = population or Population()
+    base = pop.base_params(params)
+    current = {"delta_max": float(base["delta_max"]), "k_dr": float(base["k_dr"]),
+               "load_median": pop.median_load(params), "load_sigma": pop.load_sigma,
+               "cv_delta_max": pop.cv.get("delta_max", 0.5), "cv_k_dr": pop.cv.get("k_dr", 0.76)}
+    unknown = [n for n in names if n not in current]
+    if unknown:
+        raise ValueError(f"unknown calibration parameters {unknown}; known: {sorted(current)}")
+    sd = {**PRIOR_LOG_SD, **(log_sd or {})}
+    spec = params.spec
+    bounds = np.array([spec[n].bounds if n in spec else (1e-300, np.inf) for n in names],
+                      float)
+    prior = Prior(tuple(names), np.array([current[n] for n in names]),
+                  np.array([sd[n] for n in names], float), box_sd,
+                  {n: PRIOR_SOURCE[n] for n in names}, bounds)
+    if np.any(prior.lower >= prior.upper) or np.any(~np.isfinite(prior.mu)):
+        raise ValueError("a prior median lies outside its parameter's bounds")
+    return prior
+
+
+def population_at(theta_row, names, population):
+    """The Population with the calibrated parameters set to exp(theta_row)."""
+    v = dict(zip(names, np.exp(np.asarray(theta_row, float)).tolist(), strict=True))
+    typical = {**population.typical, **{k: v[k] for k in ("delta_max", "k_dr") if k in v}}
+    cv = dict(population.cv)
+    for k in ("delta_max", "k_dr"):
+        if f"cv_{k}" in v:
+            cv[k] = v[f"cv_{k}"]
+    kw = dict(typical=typical, cv=cv)
+    if "load_sigma" in v:
+        kw["load_sigma"] = v["load_sigma"]
+    if "load_median" in v:
+        kw["load_median"] = v["load_median"]
+    return population.replace(**kw)
+
+
+def sobol_design(prior: Prior, points: int, seed: int) -> np.ndarray:
+    """(points, d) scrambled Sobol points (theta, log units) in the prior's design box."""
+    import warnings
+
+    from scipy.stats import qmc
+
+    with warnings.catch_warnings():  # balance is best at powers of two (the default 64)
+        warnings.simplefilter("ignore", UserWarning)
+        u = qmc.Sobol(len(prior.names), scramble=True, seed=seed).random(points)
+    return qmc.scale(u, prior.lower, prior.upper)
+
+
+# ----------------------------------------------------------------------------- model quantities
+def _logit(p):
+    return math.log(p) - math.log1p(-p)
+
+
+def point_quantities(patients: pd.DataFrame, trials: pd.DataFrame, arms=L.ARMS,
+                     landmark: float = THREE_YEARS_DAYS) -> tuple[dict, dict]:
+    """Model quantities at one parameter point from its replicated trials (values, MC variances;
+    names as `likelihood.joint_loglik` expects, without the screening probability)."""
+    from dormancy_model.trials.analysis import cox_binary
+
+    val, var = {}, {}
+    for a in arms:
+        g = patients[patients["arm"] == a]
+        n = len(g)
+        s, gw = L.km_landmark_stats(g["rfs_time"], g["rfs_event"], landmark)
+        s = min(max(s, 0.5 / n), 1 - 0.5 / n)  # a pooled KM of 0 or 1 events: continuity
+        val[f"logit_rfs:{a}"] = _logit(s)
+        var[f"logit_rfs:{a}"] = max(gw, s * (1 - s) / n) / (s * (1 - s)) ** 2
+        z = L.reduction_to_z(trials.loc[trials["arm"] == a, "reduction_C3"].to_numpy(float))
+        z = z[np.isfinite(z)]
+        if z.size >= 3:
+            # floor: where every trial's reduction is capped (no post-treatment DTC in any
+            # trial: r = 1 -> 0.99) the spread is 0; Z_SD_FLOOR keeps ln sd finite
+            sd = max(float(np.std(z, ddof=1)), Z_SD_FLOOR)
+            val[f"z_mean:{a}"], var[f"z_mean:{a}"] = float(z.mean()), sd ** 2 / z.size
+            val[f"z_logsd:{a}"], var[f"z_logsd:{a}"] = math.log(sd), 1 / (2 * (z.size - 1))
+        else:
+            for k in ("z_mean", "z_logsd"):
+                val[f"{k}:{a}"], var[f"{k}:{a}"] = np.nan, np.nan
+    tr = patients[patients["arm"].isin(arms)]
+    k, n = L.late_relapse_stats(tr["rfs_time"], tr["rfs_event"], landmark)
+    q = (k + 0.5) / (n + 1.0)
+    val["logit_late"], var["logit_late"] = _logit(q), 1.0 / ((n + 1.0) * q * (1 - q))
+    cox = cox_binary(tr["rfs_time"], tr["rfs_event"], tr["cleared_observed"].astype(float))
+    if cox.estimable:
+        val["log_hr"] = math.log(cox.hr)
+        var["log_hr"] = ((math.log(cox.upper95) - math.log(cox.lower95)) / (2 * L.Z975)) ** 2
+    else:
+        val["log_hr"], var["log_hr"] = np.nan, np.nan
+    return val, var
+
+
+class TrialSimulator:
+    """The virtual CLEVER trial at design points (common random numbers: one key for all)."""
+
+    def __init__(self, design, params, prior: Prior, *, key, replicates: int,
+                 population=None, method: str = "fast", chunk: int = 512):
+        from dormancy_model.trials.population import Population
+
+        self.design = design.replace(observation_n=0)
+        self.params = params
+        self.prior = prior
+        self.population = population or Population()
+        self.key = key
+        self.replicates = int(replicates)
+        self.method = method
+        self.chunk = chunk
+        self.aspirate_fraction = float(self.population.base_params(params)["aspirate_fraction"])
+        self.seconds = 0.0
+
+    def exact(self, theta) -> dict:
+        """The screening probability (exact; the load's median and log-SD from theta when they
+        are calibrated, else the population's)."""
+        names = self.prior.names
+        get = {n: jnp.exp(theta[..., i]) for i, n in enumerate(names)}
+        sigma = get.get("load_sigma", self.population.load_sigma)
+        med = get.get("load_median")
+        if med is None:
+            med = self.population.median_load(self.params)
+        return {"p_screen": L.screening_probability(med, sigma, self.aspirate_fraction)}
+
+    def run(self, theta_points, progress=None) -> tuple[dict, dict]:
+        from dormancy_model.trials.protocol import trial
+
+        vals, vars_ = [], []
+        t0 = time.perf_counter()
+        for i, th in enumerate(np.asarray(theta_points)):
+            pop = population_at(th, self.prior.names, self.population)
+            res = trial(self.design, self.params, key=self.key, replicates=self.replicates,
+                        population=pop, method=self.method, chunk=self.chunk)
+            v, w = point_quantities(res.patients, res.summary())
+            vals.append(v)
+            vars_.append(w)
+            if progress:
+                progress(i + 1, len(theta_points), "design point")
+        self.seconds += time.perf_counter() - t0
+        keys = vals[0].keys()
+        return ({k: np.array([v[k] for v in vals]) for k in keys},
+                {k: np.array([w[k] for w in vars_]) for k in keys})
+
+
+# ----------------------------------------------------------------------------- inference
+@dataclass
+class PosteriorResult:
+    names: tuple
+    prior: Prior
+    draws: dict  # name -> (chains, samples) of theta (log units)
+    design_theta: np.ndarray
+    design_values: dict
+    design_mc_var: dict
+    emulator: QuadraticEmulator
+    diagnostics: dict
+    summary: pd.DataFrame
+    predictive: pd.DataFrame
+    settings: dict = field(default_factory=dict)
+    idata: object = None
+
+    def values(self) -> dict:
+        """Posterior medians in natural units."""
+        return {n: float(np.exp(np.median(self.draws[n]))) for n in self.names}
+
+
+def log_posterior_fn(emulator: QuadraticEmulator, exact, targets: L.PublishedTargets):
+    """theta -> emulated log-likelihood of every published statistic (no prior)."""
+    def loglik(theta):
+        pred = emulator.predict(theta)
+        pred.update(exact(theta))
+        return L.joint_loglik(pred, targets)
+    return loglik
+
+
+def _box_transform(prior: Prior):
+    """Unconstrained z -> theta in the design box, and the log prior density of z (truncated
+    normal in theta plus the log Jacobian of theta = lo + (hi - lo) sigmoid(z))."""
+    lo, hi = jnp.asarray(prior.lower), jnp.asarray(prior.upper)
+    mu, sd = jnp.asarray(prior.mu), jnp.asarray(prior.log_sd)
+
+    def theta_of(z):
+        return lo + (hi - lo) * jax.nn.sigmoid(z)
+
+    def log_prior(z):
+        th = theta_of(z)
+        jac = jnp.log(hi - lo) + jax.nn.log_sigmoid(z) + jax.nn.log_sigmoid(-z)
+        return jnp.sum(-0.5 * ((th - mu) / sd) ** 2 + jac)
+
+    return theta_of, log_prior
+
+
+def run_nuts(loglik, prior: Prior, *, key, chains: int = 4, warmup: int = 500,
+             samples: int = 500):
+    """NUTS (numpyro, `potential_fn` form) on the prior (normal in log units truncated to the
+    design box) + loglik. Returns (theta draws (chains, samples, d), extra fields)."""
+    from numpyro.infer import MCMC, NUTS
+
+    theta_of, log_prior = _box_transform(prior)
+
+    def potential(z):
+        return -(log_prior(z) + loglik(theta_of(z)))
+
+    k_init, k_run = jax.random.split(key)
+    # over-dispersed starts, as R-hat assumes: uniform on (-2, 2) in z, most of the design box
+    init = jax.random.uniform(k_init, (chains, len(prior.names)), minval=-2.0, maxval=2.0)
+    # dense mass matrix: 5 parameters, and the relapse data leave a k_dr x load ridge
+    mcmc = MCMC(NUTS(potential_fn=potential, target_accept_prob=0.9, dense_mass=True),
+                num_warmup=warmup, num_samples=samples, num_chains=chains,
+                chain_method="sequential", progress_bar=False)
+    mcmc.run(k_run, init_params=init if chains > 1 else init[0],
+             extra_fields=("diverging", "accept_prob", "num_steps"))
+    z = mcmc.get_samples(group_by_chain=True)
+    th = np.asarray(jax.vmap(jax.vmap(theta_of))(jnp.asarray(z).reshape(chains, samples, -1)))
+    extra = {k: np.asarray(v).reshape(chains, samples)
+             for k, v in mcmc.get_extra_fields(group_by_chain=True).items()}
+    return th, extra
+
+
+def diagnostics(theta_draws, extra, names) -> tuple[dict, object]:
+    """R-hat, bulk / tail ESS (arviz), divergences, acceptance; and the arviz InferenceData."""
+    import arviz as az
+
+    idata = az.from_dict(
+        posterior={f"ln_{n}": theta_draws[..., i] for i, n in enumerate(names)},
+        sample_stats={"diverging": extra["diverging"], "acceptance_rate": extra["accept_prob"],
+                      "n_steps": extra["num_steps"]})
+    rhat = az.rhat(idata)
+    ess_b = az.ess(idata, method="bulk")
+    ess_t = az.ess(idata, method="tail")
+    div = extra["diverging"]
+    out = {"rhat": {n: float(rhat[f"ln_{n}"]) for n in names},
+           "ess_bulk": {n: float(ess_b[f"ln_{n}"]) for n in names},
+           "ess_tail": {n: float(ess_t[f"ln_{n}"]) for n in names},
+           "divergences": int(div.sum()),
+           "mean_accept_prob": float(np.mean(extra["accept_prob"])),
+           "mean_leapfrog_steps": float(np.mean(extra["num_steps"])),
+           "chains": int(div.shape[0]), "draws_per_chain": int(div.shape[1])}
+    out["max_rhat"] = max(out["rhat"].values())
+    out["min_ess_bulk"] = min(out["ess_bulk"].values())
+    return out, idata
+
+
+def summarize(draws: dict, prior: Prior) -> pd.DataFrame:
+    rows = []
+    for i, n in enumerate(prior.names):
+        x = np.asarray(draws[n]).ravel()
+        q = np.exp(np.quantile(x, [0.05, 0.5, 0.95]))
+        edge = np.mean((x < prior.lower[i] + 0.02 * (prior.upper[i] - prior.lower[i]))
+                       | (x > prior.upper[i] - 0.02 * (prior.upper[i] - prior.lower[i])))
+        rows.append(dict(parameter=n, p05=q[0], median=q[1], p95=q[2],
+                         prior_p05=math.exp(prior.mu[i] - 1.645 * prior.log_sd[i]),
+                         prior_median=float(prior.median[i]),
+                         prior_p95=math.exp(prior.mu[i] + 1.645 * prior.log_sd[i]),
+                         sd_ratio=float(np.std(x) / prior.log_sd[i]),
+                         at_box_edge=float(edge)))
+    return pd.DataFrame(rows)
+
+
+def quality_warnings(diag: dict, summary: pd.DataFrame) -> list[str]:
+    """Plain-language flags for a posterior that should not be used as is."""
+    out = []
+    if np.isfinite(diag["max_rhat"]) and diag["max_rhat"] > 1.01:
+        out.append(f"R-hat {diag['max_rhat']:.3f} > 1.01: chains disagree; run longer")
+    if diag["min_ess_bulk"] < 400:
+        out.append(f"bulk ESS {diag['min_ess_bulk']:.0f} < 400: too few effective draws")
+    if diag["divergences"]:
+        out.append(f"{diag['divergences']} divergent transitions")
+    for r in summary.itertuples():
+        if r.at_box_edge > 0.05:
+            out.append(f"{r.parameter}: {r.at_box_edge:.0%} of the draws at the design box's "
+                       "edge: widen --box-sd (the emulator is not fitted beyond it)")
+    for c in diag.get("emulator_cv", []):
+        if c["loo_z_rms"] > 2:
+            out.append(f"emulator {c['output']}: leave-one-out errors {c['loo_z_rms']:.1f}x "
+                       "their predicted sd: more design points or a narrower box")
+    return out
+
+
+def emulated_predictive(draws: dict, prior: Prior, emulator, exact, targets, *, key,
+                        max_draws: int = 2000) -> pd.DataFrame:
+    """Posterior predictive 90% interval of each published statistic through the emulator
+    (a replicated 51-patient trial's statistic at each posterior draw: binomial counts, the
+    HR estimate's sampling law, the synthetic law of the reductions)."""
+    th = np.stack([np.asarray(draws[n]).ravel() for n in prior.names], -1)
+    rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().astype(np.uint64))
+    th = th[rng.permutation(len(th))[:max_draws]]
+    pred = jax.vmap(lambda t: {**emulator.predict(t), **exact(t)})(jnp.asarray(th))
+    pred = {k: np.asarray(v) for k, v in pred.items()}
+    m = len(th)
+
+    def draw_logit(k):
+        return 1 / (1 + np.exp(-(pred[k] + np.sqrt(pred[k + ":var"]) * rng.standard_normal(m))))
+
+    rows = []
+    pos, scr = targets.screen
+    rows.append(("screen_positivity", "all", pos / scr, rng.binomial(scr, pred["p_screen"]) / scr))
+    for a, (k, n) in targets.rfs.items():
+        rows.append(("rfs_3y (relapse-free/at risk)", a, k / n,
+                     rng.binomial(n, draw_logit(f"logit_rfs:{a}")) / n))
+    k, n = targets.late
+    rows.append(("late relapses", "all treated", k, rng.binomial(n, draw_logit("logit_late"))))
+    se = L.hr_se_from_ci(*targets.hr[1:])
+    rows.append(("hr_cleared", "all treated", targets.hr[0], np.exp(
+        pred["log_hr"] + np.sqrt(se ** 2 + pred["log_hr:var"]) * rng.standard_normal(m))))
+    for a, r in targets.reduction_C3.items():
+        sd = np.exp(pred[f"z_logsd:{a}"] + pred[f"z_logsd:{a}:var"])
+        z = (pred[f"z_mean:{a}"]
+             + np.sqrt(sd ** 2 + pred[f"z_mean:{a}:var"]) * rng.standard_normal(m))
+        rows.append(("reduction_C3", a, r, 1 - np.exp(z)))
+    out = []
+    for stat, arm, obs, x in rows:
+        lo, med, hi = np.quantile(x, [0.05, 0.5, 0.95])
+        out.append(dict(statistic=stat, arm=arm, reported=float(obs), pred_p05=float(lo),
+                        pred_median=float(med), pred_p95=float(hi),
+                        inside_90=bool(lo <= obs <= hi)))
+    return pd.DataFrame(out)
+
+
+def posterior_from_design(theta, values, mc_var, prior: Prior, exact, targets, *, key,
+                          chains: int = 4, warmup: int = 500, samples: int = 500,
+                          settings: dict | None = None) -> PosteriorResult:
+    """Emulator + NUTS + diagnostics from simulated design points (any simulator)."""
+    em = fit_emulator(theta, values, mc_var, centre=(prior.lower + prior.upper) / 2,
+                      half_width=(prior.upper - prior.lower) / 2)
+    k_mcmc, k_pred = jax.random.split(key)
+    th, extra = run_nuts(log_posterior_fn(em, exact, targets), prior, key=k_mcmc,
+                         chains=chains, warmup=warmup, samples=samples)
+    diag, idata = diagnostics(th, extra, prior.names)
+    diag["emulator_cv"] = em.cv_table()
+    draws = {n: th[..., i] for i, n in enumerate(prior.names)}
+    summ = summarize(draws, prior)
+    pp = emulated_predictive(draws, prior, em, exact, targets, key=k_pred)
+    diag["warnings"] = quality_warnings(diag, summ)
+    return PosteriorResult(prior.names, prior, draws, np.asarray(theta), values, mc_var, em,
+                           diag, summ, pp, dict(settings or {}), idata)
+
+
+def calibrate_posterior(design, params, *, key, population=None, names=DEFAULT_PARAMETERS,
+                        points: int = 64, replicates: int = 32, chains: int = 4,
+                        warmup: int = 500, samples: int = 500, box_sd: float = 2.5,
+                        targets: L.PublishedTargets | None = None, method: str = "fast",
+                        progress=None) -> PosteriorResult:
+    """Posterior over the population parameters `names` (see the module doc)."""
+    prior = default_prior(params, population, names, box_sd)
+    targets = targets or L.PublishedTargets.clever(L.p_followed(design, THREE_YEARS_DAYS))
+    need = n_features(len(names)) + 1
+    if points < need:
+        raise ValueError(f"points must be >= {need} for a quadratic emulator in "
+                         f"{len(names)} parameters, got {points}")
+    k_design, k_sim, k_inf = jax.random.split(key, 3)
+    seed = int(np.asarray(jax.random.randint(k_design, (), 0, 2**31 - 1)))
+    theta = sobol_design(prior, points, seed)
+    sim = TrialSimulator(design, params, prior, key=k_sim, replicates=replicates,
+                         population=population, method=method)
+    values, mc_var = sim.run(theta, progress)
+    t = time.perf_counter()
+    settings = dict(points=points, replicates=replicates, trials=points * replicates,
+                    chains=chains, warmup=warmup, samples=samples, box_sd=box_sd, method=method,
+                    design=sim.design.describe(), simulation_seconds=round(sim.seconds, 1))
+    res = posterior_from_design(theta, values, mc_var, prior, sim.exact, targets, key=k_inf,
+                                chains=chains, warmup=warmup, samples=samples, settings=settings)
+    res.settings["inference_seconds"] = round(time.perf_counter() - t, 1)
+    res.settings["targets"] = targets.describe()
+    return res
+
+
+# ----------------------------------------------------------------------------- the file
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _jsonable(x.tolist())
+    if isinstance(x, (np.floating, float)):
+        v = float(x)
+        return v if math.isfinite(v) else None
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, np.bool_):
+        return bool(x)
+    return x
+
+
+def posterior_record(res: PosteriorResult, params, seed: int, command: str | None = None,
+                     git_commit: str = "unknown") -> dict:
+    """JSON-ready posterior file: provenance, priors, targets, design, emulator CV,
+    diagnostics, summary, emulated posterior predictive and every draw (natural units)."""
+    import datetime as _dt
+
+    from dormancy_model._version import __version__
+
+    names = res.names
+    design = [{**{n: float(np.exp(t[i])) for i, n in enumerate(names)},
+               **{k: res.design_values[k][j] for k in res.design_values}}
+              for j, t in enumerate(res.design_theta)]
+    rec = {
+        "what": "posterior over population parameters of the virtual CLEVER trial",
+        "created_utc": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "git_commit": git_commit,
+        "package_version": __version__,
+        "command": command,
+        "seed": seed,
+        "parameter_file": params.source,
+        "method": __doc__.split("Method:")[1].strip(),
+        "units": "natural: delta_max and k_dr in 1/day, load_median in cells, load_sigma "
+                 "(log-SD) and cv_* dimensionless; draws and design in the same units",
+        "parameters": list(names),
+        "priors": res.prior.describe(),
+        "targets": res.settings.get("targets"),
+        "settings": {k: v for k, v in res.settings.items() if k != "targets"},
+        "diagnostics": {k: v for k, v in res.diagnostics.items() if k != "emulator_cv"},
+        "emulator_cv": res.diagnostics.get("emulator_cv"),
+        "posterior_median": res.values(),
+        "summary": res.summary.to_dict(orient="records"),
+        "posterior_predictive_emulated": res.predictive.to_dict(orient="records"),
+        "design": design,
+        "draws": {n: np.exp(res.draws[n]).tolist() for n in names},
+    }
+    return _jsonable(rec)
+
+
+def write_netcdf(res: PosteriorResult, path, attrs: dict) -> None:
+    """The arviz InferenceData (log-unit draws, sample stats) as NetCDF, with provenance."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    idata = res.idata
+    for k, v in attrs.items():
+        idata.posterior.attrs[k] = str(v)
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".nc")
+    os.close(fd)
+    try:
+        idata.to_netcdf(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
