@@ -247,7 +247,8 @@ def solve_outputs_impl(varying: dict, base: Parameters, table: ScheduleTable, si
     return dict(
         residual=cells[:, ridx],
         relapse_free=O.relapse_free(O.cumulative_hazard(e_lag, reads, p_found[:, None])),
-        p_dtc_positive=O.p_dtc_positive(cells[:, aidx], full["aspirate_fraction"][:, None]),
+        p_dtc_positive=O.p_dtc_positive(cells[:, aidx], full["aspirate_fraction"][:, None],
+                                        full["aspirate_dispersion"][:, None]),
         status=status, steps=sol.accepted, rejected=sol.rejected)
 
 

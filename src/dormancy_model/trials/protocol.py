@@ -79,6 +79,18 @@ def _agent_simulator():
     return simulate_agents
 
 
+# Dormant pools above this many cells advance by binomial leaps in trials (fast method;
+# `AgentOptions.pool_leap_above`): the screened loads are ~1e5 cells (median, log-SD 1.5), whose
+# exact dormant deaths would be one event each. Below it the pool's events stay exact.
+POOL_LEAP_ABOVE = 1.0e3
+
+
+def default_agent_options(method: str = "fast") -> dict:
+    """The trials' default extra `AgentOptions`: pool leaps above `POOL_LEAP_ABOVE` dormant
+    cells with the fast method (the exact method has none)."""
+    return {"pool_leap_above": POOL_LEAP_ABOVE} if method == "fast" else {}
+
+
 def _bucket(n: int, chunk: int) -> int:
     """Padded call size: a power of two >= n (at least 32), at most `chunk`."""
     return min(chunk, max(32, 1 << int(np.ceil(np.log2(max(n, 1))))))
@@ -159,7 +171,10 @@ def trial(design: TrialDesign, params: Parameters | None = None, *, key,
     `chunk` caps the patients per agent call (memory and compile shapes);
     `progress(step, total, text)` is called between agent calls. `agent_options`: more
     `AgentOptions` fields for every agent call, e.g. {"pool_leap_above": 1e3} (dormant pools
-    above 1,000 cells leap; default none: the protocol's own options only).
+    above 1,000 cells leap). Default (None): `default_agent_options(method)`, i.e. pool leaps
+    above `POOL_LEAP_ABOVE` cells with the fast method (the marrow loads are ~1e5 cells since
+    the aspirate fraction is aspirate_cells / marrow_cells), the protocol's own options only
+    with the exact method; {} turns the leaps off.
     """
     reserved = {"method", "initial_count", "chunk_size", "assess_days"} & set(agent_options or {})
     if reserved:
@@ -167,6 +182,8 @@ def trial(design: TrialDesign, params: Parameters | None = None, *, key,
     params = load_model_parameters("human") if params is None else params
     population = population or Population()
     model = model or DormancyModel()
+    if agent_options is None:
+        agent_options = default_agent_options(method)
     R = int(replicates)
     d = design
     k_pop, k_sim, k_cens, k_disc = jax.random.split(key, 4)
