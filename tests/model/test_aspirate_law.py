@@ -172,3 +172,20 @@ def test_agent_aspirates_at_a_fixed_pool_match_the_law(model, human):
     ref = _nbinom(2.0, 1.0)  # f N = 0.01 x 200 (+- a death or two in 4,000 replicates)
     assert abs(x.mean() - ref.mean()) < 4 * np.sqrt(ref.var() / x.size)
     assert x.var() == pytest.approx(ref.var(), rel=0.1)
+
+
+def test_prognosis_numbers_false_negatives():
+    """The validation rows' one-aspirate false-negative rates: among candidates with marrow
+    DTCs, and among those whose aspirate expects >= 1 cell (f N >= 1)."""
+    import pandas as pd
+
+    from dormancy_model.trials.validation import prognosis_numbers, prognosis_rows
+
+    cohort = pd.DataFrame({"load": [0, 5, 1e5, 1e6, 1e6], "baseline_count": [0, 0, 0, 3, 0],
+                           "aspirate_mean": [0.0, 1e-5, 0.3, 3.0, 3.0],
+                           "relapse_day": [np.inf, 100.0, np.inf, 500.0, np.inf]})
+    pg = prognosis_numbers(cohort)
+    assert pg["false_negative"] == 0.75 and pg["n_with_dtc"] == 4
+    assert pg["false_negative_expected_1"] == 0.5 and pg["n_expected_1"] == 2
+    row = prognosis_rows(pg)[-1]
+    assert "0.50 of the 2 whose aspirate expects >= 1 cell" in row.note

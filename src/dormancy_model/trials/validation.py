@@ -260,7 +260,9 @@ def untreated_cohort(params: Parameters, population, *, key, n: int,
                         **default_agent_options(method))
     res = simulate_agents(model, p, arm_dosing(clever_design(), None), n_replicates=n,
                           key=jax.random.fold_in(key, 1), t1=5 * DAYS_PER_YEAR, options=opts)
+    f = float(population.base_params(params)["aspirate_fraction"])
     return pd.DataFrame({"load": scr.load, "baseline_count": scr.baseline_count,
+                         "aspirate_mean": f * scr.load.astype(float),
                          "relapse_day": np.asarray(res.relapse_day, float)[:n]})
 
 
@@ -295,6 +297,11 @@ def prognosis_numbers(cohort: pd.DataFrame) -> dict:
         has = cohort["load"].to_numpy() >= 1
         out["false_negative"] = float(np.mean(cnt[has] == 0)) if has.any() else math.nan
         out["n_with_dtc"] = int(has.sum())
+    if "aspirate_mean" in cohort:  # where one aspirate expects >= 1 cell (f N >= 1)
+        big = cohort["aspirate_mean"].to_numpy() >= 1
+        out["false_negative_expected_1"] = float(np.mean(cnt[big] == 0)) if big.any() \
+            else math.nan
+        out["n_expected_1"] = int(big.sum())
     return out
 
 
@@ -532,7 +539,10 @@ def prognosis_rows(pg: dict) -> list[Row]:
                "whose aspirate shows none", "not reported", "-",
             "aspirate_fraction, aspirate_dispersion, load distribution (every candidate carries "
             "marrow DTCs in the model)", "prediction", pg.get("false_negative", math.nan),
-            note=f"of {pg.get('n_with_dtc', 0)} candidates with >= 1 marrow DTC"),
+            note=f"of {pg.get('n_with_dtc', 0)} candidates with >= 1 marrow DTC (every "
+                 f"candidate carries ~1e5, so this is 1 - positivity); "
+                 f"{pg.get('false_negative_expected_1', math.nan):.2f} of the "
+                 f"{pg.get('n_expected_1', 0)} whose aspirate expects >= 1 cell (f N >= 1)"),
     ]
 
 
