@@ -28,7 +28,10 @@ conditional on no relapse before t0.
 Initial cells (when `initial` is None): per replicate Poisson(dormant_initial) dormant cells (and
 Poisson reactivating/proliferating initial counts) with `initial_count="poisson"` (default: the
 DTC load varies between patients, and one aspirate of a Poisson load is again Poisson, as in the
-ODE's P(DTC+) = 1 - exp(-f N)); `initial_count="fixed"` rounds the values instead.
+ODE's P(DTC+) = 1 - exp(-f N) at aspirate_dispersion 0; with dispersion a > 0 a Poisson load
+gives the same negative binomial as the mean field's 1 - (1 + a f N)^(-1/a) only up to the
+load's own Poisson spread, negligible at the ~1e5-cell loads); `initial_count="fixed"` rounds
+the values instead.
 
 Methods: "exact" (every event of every cell) and "fast" (exact events on trait-class pools of
 D and R cells, clones advanced by exact-in-law birth-death leaps of at most `leap_days`; error

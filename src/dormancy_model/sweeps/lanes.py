@@ -13,7 +13,9 @@ Outputs per lane: residual burden (the marrow DTCs D + R + marrow P, as `simulat
 `observables.marrow_proliferating` on E read at the clone ages of `observables.marrow_reads`)
 at `residual_days`, relapse-free probability exp(-p_found E_L[E(t - L)]) at
 `rfs_days` (E read at the lagged times t - L_q of the relapse-lag law, `observables.lag_reads`,
-as `simulate` does) and P(DTC+) = 1 - exp(-f marrow) at `assessment_days`.
+as `simulate` does) and P(DTC+) = 1 - (1 + a f marrow)^(-1/a) (negative binomial, a =
+aspirate_dispersion; 1 - exp(-f marrow) at a = 0; `observables.p_dtc_positive`) at
+`assessment_days`.
 """
 
 from __future__ import annotations
