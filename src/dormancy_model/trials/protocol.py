@@ -80,7 +80,7 @@ def _agent_simulator():
 
 
 # Dormant pools above this many cells advance by binomial leaps in trials (fast method;
-# `AgentOptions.pool_leap_above`): the screened loads are ~1e5 cells (median, log-SD 1.5), whose
+# `AgentOptions.pool_leap_above`): the screened loads are ~1e5 cells (median; log-SD 1.0), whose
 # exact dormant deaths would be one event each. Below it the pool's events stay exact.
 POOL_LEAP_ABOVE = 1.0e3
 

@@ -854,8 +854,9 @@ def render(v: Validation, command: str) -> str:
     lines += ["Between-patient variability of the virtual trial (log-normal CVs, as documented "
               "in `trials/population.py`):", "", _md_table(population_table()), "",
               f"DTC load at screening: log-normal with log-SD {Population().load_sigma:g} "
-              "(assumption between Borgen 2004's relapse by count and the observation arm's "
-              "persistence, `trials/population.py`) and the median solved for the "
+              "(chosen from the untreated prognosis: Braun 2005's relapse-rate ratio and Borgen "
+              "2004's relapse by count; the observation arm's persistence would need a wider "
+              "one, `trials/population.py`) and the median solved for the "
               "screening positivity of 55/184 under the negative-binomial aspirate law.", ""]
     used = "\n".join(lines)
     lines += ["## Sources", "", "Of the numbers compared above (other tags: `docs/SOURCES.md`):",
