@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from dormancy_model import status as S
+from dormancy_model.agents.pipeline import POOL_LEAP_ABOVE
 from dormancy_model.agents.simulate import AgentOptions, take_rows
 from dormancy_model.model.ode import DormancyModel
 from dormancy_model.params.table import Parameters, load_model_parameters
@@ -79,15 +80,10 @@ def _agent_simulator():
     return simulate_agents
 
 
-# Dormant pools above this many cells advance by binomial leaps in trials (fast method;
-# `AgentOptions.pool_leap_above`): the screened loads are ~1e5 cells (median; log-SD 1.0), whose
-# exact dormant deaths would be one event each. Below it the pool's events stay exact.
-POOL_LEAP_ABOVE = 1.0e3
-
-
 def default_agent_options(method: str = "fast") -> dict:
     """The trials' default extra `AgentOptions`: pool leaps above `POOL_LEAP_ABOVE` dormant
-    cells with the fast method (the exact method has none)."""
+    cells with the fast method (the screened loads are ~1e5 cells; below the threshold a pool's
+    events stay exact), none with the exact method."""
     return {"pool_leap_above": POOL_LEAP_ABOVE} if method == "fast" else {}
 
 
