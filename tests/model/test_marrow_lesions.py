@@ -61,8 +61,9 @@ def test_marrow_and_lesions_match_agents_untreated(model, history_observation):
     # the trajectory's split: residual is the marrow, lesions apart, P(DTC+) of the marrow
     np.testing.assert_allclose(np.asarray(tr.residual), np.asarray(
         tr.dormant + tr.reactivating + tr.marrow_proliferating))
+    a = float(p["aspirate_dispersion"])  # negative binomial (tests/model/test_aspirate_law.py)
     np.testing.assert_allclose(np.asarray(tr.p_dtc_positive), -np.expm1(
-        -float(p["aspirate_fraction"]) * np.asarray(tr.marrow)))
+        -np.log1p(a * float(p["aspirate_fraction"]) * np.asarray(tr.marrow)) / a))
     df = tr.to_dataframe()
     for col in ("marrow_proliferating", "residual", "lesion_cells", "ode_proliferating_all"):
         assert col in df.columns

@@ -28,8 +28,9 @@ Z_TOL = 3.5
 @pytest.fixture(scope="module")
 def no_history(human):
     """The human set without the untreated history (tests/model/test_history.py covers it) and
-    with the reactivation these tests were powered for (5e-5/day): the lag law alone."""
-    return human.replace(history_days=0.0, k_dr=5e-5)
+    with the reactivation these tests were powered for (5e-5/day) at their load (100 dormant
+    cells; the packaged load is ~1e5 cells since the DTC unit is one cell): the lag law alone."""
+    return human.replace(history_days=0.0, k_dr=5e-5, dormant_initial=100.0)
 
 
 def _rates(b, d, **kw):

@@ -113,7 +113,7 @@ PHYSICAL = [
      "1.5 1: a fraction must be in [0, 1]"),
     ("human", "eve_f", dict(value="1.2", bounds="[0.1, 1.5]"), "eve_f.value",
      "1.2 1: a fraction must be in [0, 1]"),
-    ("human", "aspirate_fraction", dict(bounds="[1e-05, 2.0]"), "aspirate_fraction.bounds",
+    ("human", "aspirate_fraction", dict(bounds="[1e-08, 2.0]"), "aspirate_fraction.bounds",
      "a fraction must be in [0, 1]"),
     ("human", "hcq_v1", dict(bounds="[0.0, 5000.0]", scale='"lin"'), "hcq_v1.bounds",
      "0 L: must be > 0"),

@@ -146,12 +146,12 @@ def test_load_calibration_refuses_bad_values(tmp_path, text, field, problem):
 
 
 def test_load_calibration_checks_the_model_bounds(tmp_path):
-    p = load_model_parameters("human")  # k_dr bounds [1e-8, 1e-2] /day
+    p = load_model_parameters("human")  # k_dr bounds [1e-12, 1e-5] /day
     path = tmp_path / "c.json"
     path.write_text(json.dumps({"estimates": {"k_dr": {"internal_value": 0.5}}}))
     assert C.load_calibration(path) == {"k_dr": 0.5}  # no model: only physical checks
     with pytest.raises(InputError, match=r"estimates.k_dr.internal_value: 0.5 1/day is outside "
-                       r"the bounds of .*human.toml \[1e-08, 0.01\] 1/day"):
+                       r"the bounds of .*human.toml \[1e-12, 1e-05\] 1/day"):
         C.load_calibration(path, p)
     assert C.load_calibration(None, p) == C.load_calibration()  # the packaged one is in bounds
 

@@ -173,18 +173,26 @@ def test_patient_table_carries_each_patients_sensitivities(run):
 
 def test_agent_options_reach_every_agent_call():
     """`trial(agent_options=...)` adds AgentOptions fields (here dormant-pool leaps) to every
-    agent call of both phases; the protocol's own fields cannot be overridden; default off."""
+    agent call of both phases; the protocol's own fields cannot be overridden; by default pool
+    leaps above `POOL_LEAP_ABOVE` cells with the fast method (marrow loads ~1e5 cells), none
+    with the exact method; {} turns them off."""
     rec = Recorder()
     mp = pytest.MonkeyPatch()
     mp.setattr(T, "_agent_simulator", lambda: rec)
     try:
         d = clever_design(sizes=(4, 4, 4), observation_n=3)
         T.trial(d, key=jax.random.key(1), replicates=3)
+        assert all(c["options"].pool_leap_above == T.POOL_LEAP_ABOVE for c in rec.calls)
+        rec.calls.clear()
+        T.trial(d, key=jax.random.key(1), replicates=3, agent_options={})
         assert all(c["options"].pool_leap_above == np.inf for c in rec.calls)
         rec.calls.clear()
-        T.trial(d, key=jax.random.key(1), replicates=3, agent_options={"pool_leap_above": 1e3})
+        T.trial(d, key=jax.random.key(1), replicates=3, method="exact")
+        assert all(c["options"].pool_leap_above == np.inf for c in rec.calls)
+        rec.calls.clear()
+        T.trial(d, key=jax.random.key(1), replicates=3, agent_options={"pool_leap_above": 5e2})
         assert rec.calls and any(c["initial"] for c in rec.calls)
-        assert all(c["options"].pool_leap_above == 1e3 for c in rec.calls)
+        assert all(c["options"].pool_leap_above == 5e2 for c in rec.calls)
         with pytest.raises(ValueError, match="method"):
             T.trial(d, key=jax.random.key(1), replicates=3, agent_options={"method": "exact"})
     finally:

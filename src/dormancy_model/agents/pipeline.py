@@ -9,6 +9,12 @@ from typing import TYPE_CHECKING
 
 from dormancy_model.errors import InputError, check_seed
 
+# Dormant pools above this many cells advance by binomial leaps in the packaged runs (the agents
+# CLI, the demo and the trials; fast method, `AgentOptions.pool_leap_above`): since the DTC load
+# is counted in cells (aspirate_fraction = aspirate_cells / marrow_cells) the human marrow holds
+# ~1e5 DTCs, one exact event per dormant death would cost ~1e5 events per patient under drug.
+POOL_LEAP_ABOVE = 1.0e3
+
 if TYPE_CHECKING:  # importing this module stays light (no JAX): the CLI reads its constants
     from dormancy_model.agents.simulate import AgentOptions, Heterogeneity
 
@@ -58,7 +64,8 @@ def run_agents(out, *, model: str = "human", schedule: str = "clever-combo",
     from dormancy_model.units import DAYS_PER_YEAR
 
     het = heterogeneity or Heterogeneity()
-    options = options or AgentOptions(method="fast", assess_days=CLEVER_ASSESS_DAYS)
+    options = options or AgentOptions(method="fast", assess_days=CLEVER_ASSESS_DAYS,
+                                      pool_leap_above=POOL_LEAP_ABOVE)
     if replicates < 1:
         raise InputError("--replicates", "replicates", f"must be >= 1, got {replicates}")
     check_seed("--seed", "seed", seed)

@@ -16,8 +16,9 @@ reads the same growth law: its relapse lag is the birth-death time of a survivin
 `switch_size` (random, from the clone's limit law) plus this deterministic growth
 (`model.observables`; both use `observables.SWITCH_SIZE` by default). Clearance = no cells
 (and no lesion) left; its day is the last death. Aspirates at `assess_days`:
-Poisson(aspirate_fraction * marrow cells) DTCs seen, DTC+ when >= 1; the marrow cells are D, R
-and the clones below the switch size (a lesion is not in the marrow).
+negative-binomial counts of mean aspirate_fraction * marrow cells (dispersion
+`aspirate_dispersion`, Poisson at 0; `observables.draw_counts`), DTC+ when >= 1; the marrow
+cells are D, R and the clones below the switch size (a lesion is not in the marrow).
 
 History: with `history_days` T > 0 (and no initial state given) the replicates first live T
 days without drug from dormant cells only (`_history`; the mean field has the same period in
@@ -27,7 +28,10 @@ conditional on no relapse before t0.
 Initial cells (when `initial` is None): per replicate Poisson(dormant_initial) dormant cells (and
 Poisson reactivating/proliferating initial counts) with `initial_count="poisson"` (default: the
 DTC load varies between patients, and one aspirate of a Poisson load is again Poisson, as in the
-ODE's P(DTC+) = 1 - exp(-f N)); `initial_count="fixed"` rounds the values instead.
+ODE's P(DTC+) = 1 - exp(-f N) at aspirate_dispersion 0; with dispersion a > 0 a Poisson load
+gives the same negative binomial as the mean field's 1 - (1 + a f N)^(-1/a) only up to the
+load's own Poisson spread, negligible at the ~1e5-cell loads); `initial_count="fixed"` rounds
+the values instead.
 
 Methods: "exact" (every event of every cell) and "fast" (exact events on trait-class pools of
 D and R cells, clones advanced by exact-in-law birth-death leaps of at most `leap_days`; error
@@ -608,8 +612,8 @@ def _lesion_lanes(kind):
 
 
 @eqx.filter_jit
-def _device_outcomes(growth, detect, fraction, final, records, lesion_rows, k_asp, rec_days,
-                     count_idx, assess_idx, switch_size, t1, kind_key):
+def _device_outcomes(growth, detect, fraction, dispersion, final, records, lesion_rows, k_asp,
+                     rec_days, count_idx, assess_idx, switch_size, t1, kind_key):
     """Relapse days, cell counts (lesions at their deterministic size), marrow P, cells in
     undetected lesions and aspirates of every lane, on the device (only these arrays go to the
     host). Lesions are rare: their sizes are
@@ -634,7 +638,9 @@ def _device_outcomes(growth, detect, fraction, final, records, lesion_rows, k_as
     lam = O.aspirate_mean(records[:, assess_idx, :].sum(axis=2), fraction)
     marrow_p = records[:, count_idx, 2]
     records = records.at[lesion_rows, :, 2].add(size.sum(axis=2), mode="drop")
-    asp = jax.vmap(lambda k, lm: jax.random.poisson(k, lm))(k_asp, lam)
+    # negative binomial (gamma-mixed Poisson) per aspirate; dispersion 0: Poisson, same draws
+    disp = jnp.broadcast_to(dispersion, (lam.shape[0], 1) if jnp.ndim(dispersion) else ())
+    asp = jax.vmap(O.draw_counts, in_axes=(0, 0, 0 if disp.ndim else None))(k_asp, lam, disp)
     clearance_day = final["clearance_day"]
     cleared = jnp.isfinite(clearance_day) & (clearance_day <= t1)
     return dict(relapsed=relapsed, relapse_day=jnp.where(relapsed, relapse_day, jnp.inf),
@@ -656,7 +662,8 @@ def _outcomes(params, batched, final, records, status, n_events, rec_days, count
     lesion = np.concatenate([lesion, np.full(k - lesion.size, n_run)])
     idx = {d: j for j, d in enumerate(rec_days)}
     out = _device_outcomes(get("lesion_growth_rate"), get("detection_size"),
-                           get("aspirate_fraction"), final, records, lesion, k_asp,
+                           get("aspirate_fraction"), get("aspirate_dispersion"), final,
+                           records, lesion, k_asp,
                            jnp.asarray(rec_days), np.array([idx[d] for d in count_days], int),
                            np.array([idx[d] for d in assess_days], int),
                            jnp.asarray(switch_size, jnp.float64), jnp.asarray(t1, jnp.float64),

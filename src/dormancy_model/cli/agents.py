@@ -53,7 +53,7 @@ def agents_cmd(
     use_cpu_cores()  # before any JAX operation: one CPU device per core
     from rich.progress import Progress
 
-    from dormancy_model.agents.pipeline import FILES, run_agents
+    from dormancy_model.agents.pipeline import FILES, POOL_LEAP_ABOVE, run_agents
     from dormancy_model.agents.simulate import AgentOptions, Heterogeneity
 
     if method not in ("fast", "exact"):
@@ -67,7 +67,8 @@ def agents_cmd(
         raise InputError("--leap-days", "leap_days", f"must be > 0, got {leap_days:g}")
     options = AgentOptions(method=method, assess_days=parse_days(assess_days, "--assess-days"),
                            switch_size=switch_size, leap_days=leap_days,
-                           initial_count=initial_count)
+                           initial_count=initial_count,
+                           pool_leap_above=POOL_LEAP_ABOVE if method == "fast" else float("inf"))
     with Progress(transient=True) as bar:
         task = bar.add_task(f"{replicates} virtual patients ({method})", total=replicates)
         res = run_agents(out, model=model, schedule=schedule, cycles=cycles,

@@ -129,6 +129,7 @@ def stage_agents(out: Path) -> str:
     chance events per virtual patient (agents/)."""
     import jax
 
+    from dormancy_model.agents.pipeline import POOL_LEAP_ABOVE
     from dormancy_model.agents.report import plot_agents, plot_arms_agents, summarize_agents
     from dormancy_model.agents.simulate import AgentOptions, simulate_agents
     from dormancy_model.io import atomic_savefig, atomic_write_csv, atomic_write_json
@@ -143,7 +144,7 @@ def stage_agents(out: Path) -> str:
     t1 = 5 * DAYS_PER_YEAR
     count_days = [float(d) for d in range(0, int(t1), 28)] + [t1]
     options = AgentOptions(method="fast", count_days=count_days,
-                           assess_days=(84.0, 168.0, 350.0))
+                           assess_days=(84.0, 168.0, 350.0), pool_leap_above=POOL_LEAP_ABOVE)
     results, summaries = {}, {}
     for i, arm in enumerate(ARMS):
         res = simulate_agents(model, params, get_schedule(arm), n_replicates=AGENT_PATIENTS,

@@ -33,8 +33,14 @@ by `simulate`, the fit likelihood, the sweep lanes and the agents.
   X (old parameters).
 * Per lesion (agents): each clone is an agent; the relapse day is its switch day plus
   `lesion_growth_days(switch_size, detection_size, rate)`.
-* One aspirate samples each cell with probability f = `aspirate_fraction`: Poisson(f N) DTCs
-  seen, P(DTC+) = 1 - exp(-f N).
+* One aspirate (`aspirate_*`): the cytospins analyse `aspirate_cells` mononuclear cells out of a
+  marrow pool of `marrow_cells`, so each DTC is seen with probability f = `aspirate_fraction`
+  = aspirate_cells / marrow_cells (params/data/human.toml). The sampled region's DTC density
+  varies (DTCs cluster; the aspirate site, its blood dilution and the slide area differ), so
+  the count is a gamma-mixed Poisson, i.e. negative binomial: Poisson(f N G), G ~ Gamma(shape
+  1/a, mean 1) per aspirate, a = `aspirate_dispersion` (the squared CV of G): mean f N,
+  variance f N + a (f N)^2, P(DTC+) = 1 - (1 + a f N)^(-1/a). a = 0 is exactly Poisson,
+  P(DTC+) = 1 - exp(-f N).
 
 `p` is a `Parameters` or a mapping of (broadcastable) arrays.
 """
@@ -240,13 +246,55 @@ def relapse_free(cum_hazard):
 
 
 def aspirate_mean(cells, fraction):
-    """Mean number of DTCs one aspirate sees: f N (the Poisson mean)."""
+    """Mean number of DTCs one aspirate sees: f N."""
     return fraction * cells
 
 
-def p_dtc_positive(cells, fraction):
-    """Probability that one aspirate shows >= 1 DTC: 1 - exp(-f N) (Poisson sampling)."""
-    return -jnp.expm1(-aspirate_mean(cells, fraction))
+def _positive_nb(mean, dispersion):
+    """1 - (1 + a m)^(-1/a) for a > 0, 1 - exp(-m) at a = 0 (a broadcast against m; both
+    branches finite, so gradients are too)."""
+    a = jnp.asarray(dispersion, jnp.result_type(mean, float))
+    pos = a > 0
+    a_s = jnp.where(pos, a, 1.0)
+    return jnp.where(pos, -jnp.expm1(-jnp.log1p(a_s * mean) / a_s), -jnp.expm1(-mean))
+
+
+def p_dtc_positive(cells, fraction, dispersion=0.0):
+    """Probability that one aspirate shows >= 1 DTC: 1 - (1 + a f N)^(-1/a) (negative
+    binomial, a = `aspirate_dispersion`), 1 - exp(-f N) at a = 0 (Poisson)."""
+    return _positive_nb(aspirate_mean(cells, fraction), dispersion)
+
+
+def aspirate_variance(cells, fraction, dispersion=0.0):
+    """Variance of the count one aspirate sees: m + a m^2, m = f N."""
+    m = aspirate_mean(cells, fraction)
+    return m + dispersion * m * m
+
+
+def draw_counts(key, mean, dispersion=0.0):
+    """Aspirate counts (jax) of mean `mean` (f N): Poisson(m G), G ~ Gamma(1/a, mean 1), a =
+    dispersion (broadcast against m). At a = 0, G = 1 and the draw is exactly
+    jax.random.poisson(key, m) (the gamma factor uses its own key, fold_in(key, 1))."""
+    m = jnp.asarray(mean)
+    a = jnp.broadcast_to(jnp.asarray(dispersion, m.dtype), m.shape)
+    pos = a > 0
+    shape = jnp.where(pos, 1.0 / jnp.where(pos, a, 1.0), 1.0)
+    g = jax.random.gamma(jax.random.fold_in(key, 1), shape, dtype=m.dtype) / shape
+    return jax.random.poisson(key, jnp.where(pos, m * g, m))
+
+
+def draw_aspirate(key, cells, fraction, dispersion=0.0):
+    """Counts seen by one aspirate of each of `cells` DTCs (jax; `draw_counts` of f N)."""
+    return draw_counts(key, aspirate_mean(cells, fraction), dispersion)
+
+
+def draw_aspirate_np(rng, cells, fraction, dispersion=0.0):
+    """The same law with a numpy Generator (host side, the trial's screening). At a = 0 it is
+    rng.poisson(f N) and draws nothing else, so Poisson streams are unchanged."""
+    lam = fraction * np.asarray(cells, float)
+    if dispersion > 0:
+        lam = lam * rng.gamma(1.0 / dispersion, dispersion, size=lam.shape)
+    return rng.poisson(lam)
 
 
 # ---------------------------------------------------------------- marrow DTCs and lesions

@@ -190,7 +190,8 @@ def _solve(model: DormancyModel, params: Parameters, dosing: Dosing, ts, options
     return Trajectory(
         times=ts, dormant=y[:, 0], reactivating=y[:, 1], proliferating=y[:, 2],
         marrow_proliferating=marrow_p, lesion_cells=lesions, escaped=y[:, 3], hazard=hazard,
-        p_dtc_positive=O.p_dtc_positive(marrow, params["aspirate_fraction"]),
+        p_dtc_positive=O.p_dtc_positive(marrow, params["aspirate_fraction"],
+                                        params["aspirate_dispersion"]),
         hcq_ng_ml=ex.hcq, hcq_effect_ng_ml=ex.hcq_effect, eve_ng_ml=ex.eve, mtor_activity=m,
         autophagy_demand=aut.demand, autophagy_flux=aut.flux, autophagy_deficit=aut.deficit,
         status=status, num_steps=sol.stats["num_steps"])

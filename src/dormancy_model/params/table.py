@@ -39,6 +39,7 @@ REGISTRY: dict[str, str] = {
     "deficit_k": "1", "deficit_hill": "1",
     # relapse, detection, initial state, body
     "lesion_growth_rate": "1/day", "detection_size": "cells", "aspirate_fraction": "1",
+    "aspirate_cells": "cells", "marrow_cells": "cells", "aspirate_dispersion": "1",
     "dormant_initial": "cells", "reactivating_initial": "cells", "proliferating_initial": "cells",
     "history_days": "day", "body_weight": "kg",
     # whole-blood / plasma concentration ratios (PK observations in plasma, `fitting.study`)
@@ -51,6 +52,7 @@ REGISTRY: dict[str, str] = {
 FRACTIONS = ("eve_f", "hcq_f", "eve_imax", "hcq_imax", "aspirate_fraction")
 STRICTLY_POSITIVE = ("eve_v1", "eve_v2", "hcq_v1", "hcq_v2", "eve_ic50", "hcq_ic50",
                      "mtor_k", "deficit_k", "detection_size", "hcq_blood_plasma_ratio",
+                     "aspirate_cells", "marrow_cells",
                      "eve_blood_plasma_ratio")
 
 
@@ -208,6 +210,20 @@ def _fail(path, field, problem):
     raise InputError(path, field, problem)
 
 
+ASPIRATE_RTOL = 0.01  # aspirate_fraction vs aspirate_cells / marrow_cells in a file
+
+
+def _check_aspirate(path: str, v: dict) -> None:
+    """A file's aspirate_fraction is aspirate_cells / marrow_cells (the MNC analysed per
+    aspirate over the marrow pool; `model.observables`), to 1%. The model reads
+    aspirate_fraction only: `Parameters.replace(aspirate_fraction=...)` overrides it."""
+    derived = v["aspirate_cells"] / v["marrow_cells"]
+    if abs(v["aspirate_fraction"] - derived) > ASPIRATE_RTOL * derived:
+        _fail(path, "parameters.aspirate_fraction.value",
+              f"{v['aspirate_fraction']:g} is not aspirate_cells / marrow_cells = {derived:.4g} "
+              f"(the fraction of the marrow pool one aspirate analyses)")
+
+
 def _parse_spec(path: str, name: str, entry) -> ParameterSpec:
     field = f"parameters.{name}"
     if not isinstance(entry, dict):
@@ -279,6 +295,7 @@ def load_parameters(path: str | Path, dtype=None) -> Parameters:
         if s.per_kg and s.name not in PK_SCALED:
             _fail(path, f"parameters.{s.name}.unit", "only PK volumes and clearances may be per kg")
     _check_physical(path, specs, str(meta.get("species", "unknown")))
+    _check_aspirate(path, {s.name: s.value for s in specs})
     dtype = dtype or jnp.result_type(float)
     values = {s.name: jnp.asarray(s.value, dtype=dtype) for s in specs}
     matrices = []

@@ -13,7 +13,9 @@ Outputs per lane: residual burden (the marrow DTCs D + R + marrow P, as `simulat
 `observables.marrow_proliferating` on E read at the clone ages of `observables.marrow_reads`)
 at `residual_days`, relapse-free probability exp(-p_found E_L[E(t - L)]) at
 `rfs_days` (E read at the lagged times t - L_q of the relapse-lag law, `observables.lag_reads`,
-as `simulate` does) and P(DTC+) = 1 - exp(-f marrow) at `assessment_days`.
+as `simulate` does) and P(DTC+) = 1 - (1 + a f marrow)^(-1/a) (negative binomial, a =
+aspirate_dispersion; 1 - exp(-f marrow) at a = 0; `observables.p_dtc_positive`) at
+`assessment_days`.
 """
 
 from __future__ import annotations
@@ -247,7 +249,8 @@ def solve_outputs_impl(varying: dict, base: Parameters, table: ScheduleTable, si
     return dict(
         residual=cells[:, ridx],
         relapse_free=O.relapse_free(O.cumulative_hazard(e_lag, reads, p_found[:, None])),
-        p_dtc_positive=O.p_dtc_positive(cells[:, aidx], full["aspirate_fraction"][:, None]),
+        p_dtc_positive=O.p_dtc_positive(cells[:, aidx], full["aspirate_fraction"][:, None],
+                                        full["aspirate_dispersion"][:, None]),
         status=status, steps=sol.accepted, rejected=sol.rejected)
 
 

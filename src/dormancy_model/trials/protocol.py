@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from dormancy_model import status as S
+from dormancy_model.agents.pipeline import POOL_LEAP_ABOVE
 from dormancy_model.agents.simulate import AgentOptions, take_rows
 from dormancy_model.model.ode import DormancyModel
 from dormancy_model.params.table import Parameters, load_model_parameters
@@ -77,6 +78,13 @@ def _agent_simulator():
     from dormancy_model.agents.simulate import simulate_agents
 
     return simulate_agents
+
+
+def default_agent_options(method: str = "fast") -> dict:
+    """The trials' default extra `AgentOptions`: pool leaps above `POOL_LEAP_ABOVE` dormant
+    cells with the fast method (the screened loads are ~1e5 cells; below the threshold a pool's
+    events stay exact), none with the exact method."""
+    return {"pool_leap_above": POOL_LEAP_ABOVE} if method == "fast" else {}
 
 
 def _bucket(n: int, chunk: int) -> int:
@@ -159,7 +167,10 @@ def trial(design: TrialDesign, params: Parameters | None = None, *, key,
     `chunk` caps the patients per agent call (memory and compile shapes);
     `progress(step, total, text)` is called between agent calls. `agent_options`: more
     `AgentOptions` fields for every agent call, e.g. {"pool_leap_above": 1e3} (dormant pools
-    above 1,000 cells leap; default none: the protocol's own options only).
+    above 1,000 cells leap). Default (None): `default_agent_options(method)`, i.e. pool leaps
+    above `POOL_LEAP_ABOVE` cells with the fast method (the marrow loads are ~1e5 cells since
+    the aspirate fraction is aspirate_cells / marrow_cells), the protocol's own options only
+    with the exact method; {} turns the leaps off.
     """
     reserved = {"method", "initial_count", "chunk_size", "assess_days"} & set(agent_options or {})
     if reserved:
@@ -167,6 +178,8 @@ def trial(design: TrialDesign, params: Parameters | None = None, *, key,
     params = load_model_parameters("human") if params is None else params
     population = population or Population()
     model = model or DormancyModel()
+    if agent_options is None:
+        agent_options = default_agent_options(method)
     R = int(replicates)
     d = design
     k_pop, k_sim, k_cens, k_disc = jax.random.split(key, 4)
