@@ -34,17 +34,26 @@ def test_screening_loglik_on_a_hand_built_screen():
     assert float(L.screening_probability(med, sig, f)) == pytest.approx(ref, rel=1e-8)
     # a point mass (sigma -> 0) gives the single-load probability
     assert float(L.screening_probability(100.0, 1e-9, f)) == pytest.approx(p_each, rel=1e-9)
+    # negative binomial (dispersion a): E[1 - (1 + a fe N)^(-1/a)] over the load
+    a = 1.0
+    ref = integrate.quad(lambda x: stats.norm.pdf(x) * (1 - (1 + a * fe * med * np.exp(
+        sig * x)) ** (-1 / a)), -12, 12)[0]
+    assert float(L.screening_probability(med, sig, f, a)) == pytest.approx(ref, rel=1e-8)
 
 
 def test_screening_probability_matches_the_sampler():
-    """The exact probability equals the simulated screening's acceptance rate."""
+    """The probability equals the simulated screening's acceptance rate (the packaged
+    negative-binomial aspirate and the human scale, a load median 2x the one solved for 30%)."""
     from dormancy_model import load_model_parameters
     from dormancy_model.trials.population import Population, sample_patients
 
     params = load_model_parameters("human")
-    pop = Population(load_median=60.0, load_sigma=1.2)
+    med = 2 * Population().median_load(params)
+    pop = Population(load_median=med, load_sigma=1.2)
     s = sample_patients(jax.random.key(3), 4000, pop, params)
-    p = float(L.screening_probability(60.0, 1.2, float(params["aspirate_fraction"])))
+    p = float(L.screening_probability(med, 1.2, float(params["aspirate_fraction"]),
+                                      float(params["aspirate_dispersion"])))
+    assert float(params["aspirate_dispersion"]) > 0
     rate = 4000 / s.n_screened
     assert rate == pytest.approx(p, abs=4 * math.sqrt(p * (1 - p) / s.n_screened))
 

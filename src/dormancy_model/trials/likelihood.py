@@ -87,15 +87,22 @@ def normal_loglik(x, mean, var):
 
 
 # ----------------------------------------------------------------------------- per statistic
-def screening_probability(load_median, load_sigma, aspirate_fraction, order: int = 60):
+def screening_probability(load_median, load_sigma, aspirate_fraction, dispersion=0.0,
+                          order: int = 60):
     """P(one screening aspirate sees >= 1 DTC): the candidate's cells are Poisson(N),
-    N ~ LogNormal(ln load_median, load_sigma^2), the aspirate Poisson(f x cells), so
-    P = E[1 - exp(-N (1 - e^-f))] (`population.sample_patients`), Gauss-Hermite in ln N."""
+    N ~ LogNormal(ln load_median, load_sigma^2), the aspirate Poisson(f x cells x G) with G
+    ~ Gamma of mean 1 and variance a = `dispersion` (negative binomial, `observables.
+    p_dtc_positive`; a = 0: G = 1). Given G, P(none seen) = exp(-N (1 - e^(-f G))); with
+    f G << 1 (f = 2.7e-6) this is exp(-fe G N), fe = 1 - e^-f (relative error < f G / 2),
+    so P = E[1 - (1 + a fe N)^(-1/a)] (exactly E[1 - exp(-fe N)] at a = 0), Gauss-Hermite
+    in ln N (`population.sample_patients`)."""
     x, w = np.polynomial.hermite_e.hermegauss(order)
     fe = -np.expm1(-float(aspirate_fraction))
-    m = jnp.asarray(load_median, float)[..., None] * jnp.exp(
+    m = fe * jnp.asarray(load_median, float)[..., None] * jnp.exp(
         jnp.asarray(load_sigma, float)[..., None] * x)
-    return jnp.sum(w * -jnp.expm1(-fe * m), axis=-1) / math.sqrt(2 * math.pi)
+    a = float(dispersion)
+    p = -jnp.expm1(-jnp.log1p(a * m) / a) if a > 0 else -jnp.expm1(-m)
+    return jnp.sum(w * p, axis=-1) / math.sqrt(2 * math.pi)
 
 
 def screening_loglik(positive, screened, p):

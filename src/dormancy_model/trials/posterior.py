@@ -213,7 +213,9 @@ class TrialSimulator:
         self.replicates = int(replicates)
         self.method = method
         self.chunk = chunk
-        self.aspirate_fraction = float(self.population.base_params(params)["aspirate_fraction"])
+        base = self.population.base_params(params)
+        self.aspirate_fraction = float(base["aspirate_fraction"])
+        self.aspirate_dispersion = float(base["aspirate_dispersion"])
         self.seconds = 0.0
 
     def exact(self, theta) -> dict:
@@ -225,7 +227,8 @@ class TrialSimulator:
         med = get.get("load_median")
         if med is None:
             med = self.population.median_load(self.params)
-        return {"p_screen": L.screening_probability(med, sigma, self.aspirate_fraction)}
+        return {"p_screen": L.screening_probability(med, sigma, self.aspirate_fraction,
+                                                    self.aspirate_dispersion)}
 
     def run(self, theta_points, progress=None) -> tuple[dict, dict]:
         from dormancy_model.trials.protocol import trial
