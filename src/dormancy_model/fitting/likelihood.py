@@ -7,7 +7,9 @@
   ``Lambda(t) = p_found E_L[E(t - L)]`` (`Trajectory.hazard`) and its rate
   ``h(t) = p_found E_L[k_RP g(M(t - L)) R(t - L)]`` (the escape flux from `rates.cell_rates`,
   at the lagged times), the expectation over the relapse-lag law L of a surviving clone as a
-  fixed Gauss rule (`observables.lag_reads`, the switch size `observables.SWITCH_SIZE`). A
+  fixed Gauss rule (`observables.lag_reads`, the switch size `observables.SWITCH_SIZE`), the
+  lesions on the growth clock of the arm's EVE course (`model.clock`; h gets its chain-rule
+  factor). A
   relapse at t contributes ``log h(t) - Lambda(t)``, a censored mouse ``-Lambda(t)``.
 * Drug concentrations (optional pk.csv): log-normal (proportional error) around the model's
   whole-blood concentration of the drug at the sampling day (divided by the drug's
@@ -31,6 +33,7 @@ from jax.scipy.stats import norm
 
 from dormancy_model import status as S
 from dormancy_model.fitting.study import StudyArrays
+from dormancy_model.model import clock as C
 from dormancy_model.model import observables as O
 from dormancy_model.model import rates as R
 from dormancy_model.model.integrate import FixedSteps, SolverOptions, finite_status
@@ -71,7 +74,10 @@ def arm_prediction(model: DormancyModel, params: Parameters, dosing: Dosing, gri
     else:
         at, status = options.dense_tabulated(model, params, *signals)
     p_found = O.founding_probability(params)
-    reads = O.lag_reads(grid, params, t0)  # (G, K) lagged times of the relapse-lag law
+    # lesions grow on the growth clock of the arm's EVE course (`model.clock`; the identity,
+    # to the bit, for an arm without EVE)
+    clock = C.course_clock(course, params, t0, t1)
+    reads = O.lag_reads(grid, params, t0, clock=clock)  # (G, K) lagged times of the law
     y = jax.vmap(at)(grid)
     yl = jax.vmap(jax.vmap(at))(reads.times)  # (G, K, 4)
     ex = jax.vmap(jax.vmap(course.exposure))(reads.times)

@@ -20,13 +20,15 @@ the clock ends at the horizon, or once the drug is gone). Untreated, D is exactl
 quantity below reduces to today's untreated arithmetic bit for bit (`lost_days` returns 0.0).
 
 Nodes (`clock_nodes`): after every effective EVE dose time tau_k, the offsets
-`OFFSET_HOURS` (0, 0.5 h, ..., 32 days), each clipped to the next EVE dose (so the
+`OFFSET_HOURS` (0, 7.5 min, ..., 32 days), each clipped to the next EVE dose (so the
 absorption peak is resolved and no cell spans a dose, where the concentration has a kink),
 plus `UNIFORM_CELLS` equal cells over the whole span. Per cell, a 3-point Gauss-Legendre rule
 of the gate (as the agents' hazard table, `agents.hazard`). The grid has a static size (the
 number of EVE dose events), so the clock is built inside jit, vmap and grad alike. Against
 scipy quad of the gate over the CLEVER EVE course (tests/model/test_clock.py) it is within
-1e-6 days per 168 days of dosing.
+4e-5 days at the nodes over 168 days of daily dosing; between nodes, where it is linear, within
+0.025 days (in the washout, where the gate recovers within days and the cells are 1-4 days
+long): minutes in a relapse day.
 """
 
 from __future__ import annotations
@@ -40,7 +42,12 @@ from dormancy_model.model import rates as R
 from dormancy_model.pk.closed_form import HIGHEST, DoseEvents, PKSolution, drug_system, solve_pk
 
 # node offsets after each effective EVE dose (hours), clipped to the next dose
-OFFSET_HOURS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 24.0, 48.0, 96.0, 192.0, 384.0, 768.0)
+# (the first cells are short: at the human defaults EVE rises from 0 to its peak within about
+# an hour of the effective dose time, and with (0, 0.5 h, 1 h, 2 h, ...) the 3-point rule was
+# 1.6e-4 days off per dose; with these offsets 4e-8, against scipy quad; the washout offsets
+# bound the linear interpolation between nodes, 0.025 days)
+OFFSET_HOURS = (0.0, 0.125, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0,
+                20.0, 24.0, 36.0, 48.0, 72.0, 96.0, 144.0, 192.0, 288.0, 384.0, 768.0)
 UNIFORM_CELLS = 64
 
 _GL_X = np.array([-np.sqrt(3.0 / 5.0), 0.0, np.sqrt(3.0 / 5.0)])
