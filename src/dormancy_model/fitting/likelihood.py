@@ -56,7 +56,7 @@ class ArmPrediction(eqx.Module):
 
 def arm_prediction(model: DormancyModel, params: Parameters, dosing: Dosing, grid,
                    options: SolverOptions | FixedSteps, t1=None,
-                   signals=None) -> ArmPrediction:
+                   signals=None, clock=None) -> ArmPrediction:
     """Solve one arm once and read it at the grid days and at the grid days minus each node of
     the relapse-lag law, with the step strategy `options` (`integrate.SolverOptions`: adaptive,
     dense output, the same equations, controller and initial state as `simulate`; dense output
@@ -66,7 +66,8 @@ def arm_prediction(model: DormancyModel, params: Parameters, dosing: Dosing, gri
     population fit reads its own few days (non-decreasing, `grid[0]` = 0) from a solve to the
     end of the study, the same solve as its arm's in the pooled fit. `signals`: (step grid,
     drug signals at its stage times) of this arm from `FixedSteps.stage_times` (the population
-    fit's animals share their arm's, `population.animals`), read instead of computed."""
+    fit's animals share their arm's, `population.animals`), read instead of computed; `clock`
+    likewise the arm's lesion growth clock (`model.clock.course_clock` from grid[0] to t1)."""
     course = model.drug_course(params, dosing)
     t0, t1 = grid[0], (grid[-1] if t1 is None else t1)
     if signals is None:
@@ -76,7 +77,8 @@ def arm_prediction(model: DormancyModel, params: Parameters, dosing: Dosing, gri
     p_found = O.founding_probability(params)
     # lesions grow on the growth clock of the arm's EVE course (`model.clock`; the identity,
     # to the bit, for an arm without EVE)
-    clock = C.course_clock(course, params, t0, t1)
+    if clock is None:
+        clock = C.course_clock(course, params, t0, t1)
     reads = O.lag_reads(grid, params, t0, clock=clock)  # (G, K) lagged times of the law
     y = jax.vmap(at)(grid)
     yl = jax.vmap(jax.vmap(at))(reads.times)  # (G, K, 4)

@@ -1,0 +1,114 @@
+"""Lesions under the drugs: an agent lesion grows on the growth clock of its EVE course
+(`model.clock`), its relapse day the clock's inversion; the mean field's relapse-free
+probability under EVE, with the untreated history, agrees with the agents (and the old
+drug-insensitive lesion law does not).
+
+Mean field vs agents: z = (agent fraction - mean-field value) / sqrt(q (1 - q) / n), q the
+mean-field value clipped to [1/n, 1 - 1/n]; |z| <= 3.5 at each day (as in
+tests/model/test_relapse_law.py)."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import dormancy_model as dm
+from dormancy_model.agents import loops as E
+from dormancy_model.agents.simulate import AgentOptions, AgentState, simulate_agents
+from dormancy_model.model import clock as C
+from dormancy_model.model import observables as O
+from dormancy_model.model.simulate import _solve
+from dormancy_model.pk.closed_form import Dosing
+
+Z_TOL = 3.5
+
+
+def test_seeded_lesion_relapse_day_is_the_clock_inversion(model, human):
+    """Four replicates, each one lesion seeded at the switch size at days -200, -30, 10 and 150
+    (before, during and after clever-eve's 168 days): the relapse day is the first t with
+    kappa(t) - kappa(switch day) = tau of the clock (`GrowthClock.reached`), later than the
+    untreated switch day + tau for lesions growing under EVE, and the cells of an undetected
+    lesion are S exp(g (kappa(t) - kappa(switch day))). (Untreated, the relapse day is the
+    switch day + tau exactly: the agents then skip the clock, today's law.)"""
+    p = human.replace(dormant_initial=0.0)
+    sigma = np.array([-200.0, -30.0, 10.0, 150.0])
+    s = O.SWITCH_SIZE
+    slots = AgentOptions().clone_slots
+    kind = np.zeros((4, slots), np.int64)
+    kind[:, 0] = E.LESION
+    count = np.zeros((4, slots))
+    count[:, 0] = s
+    switch = np.full((4, slots), np.inf)
+    switch[:, 0] = sigma
+    arrays = dict(d=np.zeros((4, 1)), r=np.zeros((4, 1)), class_a=np.ones((4, 1)),
+                  class_rp=np.ones((4, 1)), clone_kind=kind, clone_count=count,
+                  clone_cls=np.zeros((4, slots), np.int64), switch_day=switch,
+                  clearance_day=np.full(4, np.inf))
+    state = AgentState({k: jnp.asarray(v) for k, v in arrays.items()}, "fast")
+    days = (0.0, 100.0, 300.0)
+    g = float(p["lesion_growth_rate"])
+    tau = math.log(float(p["detection_size"]) / s) / g
+    t1 = 900.0
+    out = {}
+    for arm in ("clever-eve",):
+        out[arm] = simulate_agents(model, p, dm.get_schedule(arm), n_replicates=4,
+                                   key=jax.random.PRNGKey(1), t1=t1, initial=state,
+                                   options=AgentOptions(method="fast", count_days=days))
+        assert out[arm].ok, out[arm].message
+    clock = C.dosing_clock(p, Dosing.from_schedule(dm.get_schedule("clever-eve")).eve, 0.0, t1)
+    expect = np.asarray(clock.reached(jnp.asarray(sigma), tau))
+    got = out["clever-eve"].relapse_day
+    np.testing.assert_allclose(got, expect, rtol=0, atol=1e-9)
+    assert np.all(got[:3] > sigma[:3] + tau + 20.0)  # slowed by EVE (from day 0 to 168)
+    age = np.asarray(clock.elapsed(jnp.asarray(sigma)[:, None], jnp.asarray(days)[None, :]))
+    cells = np.where((age >= 0) & (age < tau), s * np.exp(g * np.maximum(age, 0.0)), 0.0)
+    np.testing.assert_allclose(out["clever-eve"].lesion_cells, cells, rtol=1e-9)
+
+
+def _mf_vs_agents(model, params, arm, n, seed, days, t1):
+    """(z, z of the old drug-insensitive lesion law) of the agents' relapse-free fraction
+    against the mean field at `days`."""
+    sched = dm.get_schedule(arm)
+    res = simulate_agents(model, params, sched, n_replicates=n, key=jax.random.PRNGKey(seed),
+                          t1=t1, options=AgentOptions(method="fast"))
+    assert res.ok, res.message
+    ts = jnp.arange(0.0, t1 + 0.5)
+    p64 = params.astype(jnp.float64)
+    dosing = Dosing.from_schedule(sched)
+    opts = dm.SolverOptions()
+    z, z_old = [], []
+    for with_clock, zs in ((True, z), (False, z_old)):
+        tr = _solve(model, p64, dosing, ts, opts, jnp.asarray(O.SWITCH_SIZE), with_clock)
+        assert tr.ok
+        for day in days:
+            mf = float(np.exp(-np.interp(day, np.asarray(ts), np.asarray(tr.hazard))))
+            q = min(max(mf, 1.0 / n), 1.0 - 1.0 / n)
+            agent = float(np.mean(~(res.relapse_day <= day)))
+            zs.append((agent - mf) / math.sqrt(q * (1 - q) / n))
+    return np.array(z), np.array(z_old)
+
+
+def test_agents_match_mean_field_under_eve_fast(model, human):
+    """clever-combo with a 400-day untreated history, 400 replicates (fast method), a high
+    hazard (k_dr 2.25e-5, 300 dormant cells: lesions founded before day 0 relapse during and
+    after treatment): relapse-free at days 90, 168, 250 and 365 within |z| <= 3.5 of the
+    mean field; the old law (lesions insensitive to EVE) is off by more (asserted)."""
+    p = human.replace(history_days=400.0, k_dr=2.25e-5, dormant_initial=300.0)
+    z, z_old = _mf_vs_agents(model, p, "clever-combo", 400, 7, (90.0, 168.0, 250.0, 365.0),
+                             365.0)
+    assert np.all(np.abs(z) <= Z_TOL), z
+    assert np.max(np.abs(z_old)) > Z_TOL, z_old
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arm", ["clever-combo", "clever-eve"])
+def test_agents_match_mean_field_under_eve(model, human, arm):
+    """As the fast test at 4,000 replicates through the packaged 2-year history, to 3 years:
+    relapse-free at days 90, 168, 250, 365, 550 and 730 within |z| <= 3.5; the old law fails."""
+    p = human.replace(history_days=730.0, k_dr=2.25e-5, dormant_initial=300.0)
+    z, z_old = _mf_vs_agents(model, p, arm, 4000, 11,
+                             (90.0, 168.0, 250.0, 365.0, 550.0, 730.0), 3 * 365.25)
+    assert np.all(np.abs(z) <= Z_TOL), z
+    assert np.max(np.abs(z_old)) > Z_TOL, z_old
