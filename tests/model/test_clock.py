@@ -28,10 +28,11 @@ def eve_course(human):
 def test_clock_matches_quad_of_the_gate(human, eve_course):
     """kappa(t) against scipy quad of rho = g(M(C_EVE(u))) between the effective dose times
     (kinks): at the clock's nodes (dose times, the end of the horizon) within 1e-4 days over
-    168 days of daily EVE (measured 4e-5), between nodes (linear in between: inside dosing
-    intervals, in the washout where the gate recovers within days) within 0.03 days (measured
-    0.025 at day 172); the drug slows the clock (kappa(168) well below 168), rho is in (0, 1]
-    and the clock runs at 1 day per day after the washout."""
+    168 days of daily EVE (measured 4e-5), between nodes (inside dosing intervals, in the
+    washout where the gate recovers within days; the quadratic rho of each cell) within 5e-4
+    days (measured 1.8e-4 on a dense grid; linear interpolation between the nodes was 0.025
+    days off); the drug slows the clock (kappa(168) well below 168), rho is in (0, 1] and the
+    clock runs at 1 day per day after the washout."""
     dosing, course, clock = eve_course
     obs = jax.jit(lambda u: R.lesion_growth_factor(
         R.drug_signals(course.observe(u)[0], 0.0, human)))
@@ -45,7 +46,7 @@ def test_clock_matches_quad_of_the_gate(human, eve_course):
     ref = np.interp(days, edges, np.concatenate([[0.0], np.cumsum(pieces)]))
     err = np.asarray(clock.at(jnp.asarray(days))) - ref
     assert np.max(np.abs(err[:4])) < 1e-4, err
-    assert np.max(np.abs(err[4:])) < 0.03, err
+    assert np.max(np.abs(err[4:])) < 5e-4, err
     assert ref[2] < 0.95 * tau[-1]
     rho = np.asarray(jax.vmap(obs)(jnp.linspace(0.0, 200.0, 4001)))
     assert np.all(rho > 0) and np.all(rho <= 1.0)
@@ -76,14 +77,14 @@ def test_clock_inverse_round_trip(eve_course):
 
 def test_untreated_clock_is_the_identity(human):
     """Without EVE (HCQ alone) the clock has no lost days at all, and the mean field's reads
-    with it are today's to the bit (the factor of the hazard rate is exactly 1)."""
+    with it are today's to the bit, op by op (the factor of the hazard rate is exactly 1)."""
     dosing = Dosing.from_schedule(dm.get_schedule("clever-hcq"))
     clock = jax.jit(C.dosing_clock)(human, dosing.eve, 0.0, 2000.0)
     assert np.all(np.asarray(clock.delay) == 0.0)
     t = jnp.linspace(0.0, 2000.0, 301)
-    reads = jax.jit(O.lag_reads)
-    plain = reads(t, human, 0.0)
-    clocked = reads(t, human, 0.0, clock=clock)
+    # op by op: separately compiled programs may round differently (1 ulp: XLA's fusions)
+    plain = O.lag_reads(t, human, 0.0)
+    clocked = O.lag_reads(t, human, 0.0, clock=clock)
     for a, b in zip(plain[:4], clocked[:4], strict=True):
         assert np.array_equal(np.asarray(a), np.asarray(b))
     assert np.all(np.asarray(clocked.rate_factor) == 1.0)

@@ -14,7 +14,9 @@ kappa depends on the patient's PK and EVE-effect parameters and the dosing only,
 cell states, so it is built before any solve from the closed-form PK (`pk.closed_form`).
 
 Representation (`GrowthClock`): nodes t_i and the lost days D_i = integral (1 - rho) up to
-t_i (non-decreasing, 0 at the first node), linear in between; kappa(t) = t - t_first - D(t).
+t_i (non-decreasing, 0 at the first node); within a cell rho is the quadratic through its
+values at the cell's 3 Gauss-Legendre points (so D is cubic there, continuous at the nodes,
+and the inverse is a Newton solve in one cell); kappa(t) = t - t_first - D(t).
 Before the first node (no EVE before it) D = 0, after the last one D stays constant (rho = 1:
 the clock ends at the horizon, or once the drug is gone). Untreated, D is exactly 0 and every
 quantity below reduces to today's untreated arithmetic bit for bit (`lost_days` returns 0.0).
@@ -26,9 +28,9 @@ plus `UNIFORM_CELLS` equal cells over the whole span. Per cell, a 3-point Gauss-
 of the gate (as the agents' hazard table, `agents.hazard`). The grid has a static size (the
 number of EVE dose events), so the clock is built inside jit, vmap and grad alike. Against
 scipy quad of the gate over the CLEVER EVE course (tests/model/test_clock.py) it is within
-4e-5 days at the nodes over 168 days of daily dosing; between nodes, where it is linear, within
-0.025 days (in the washout, where the gate recovers within days and the cells are 1-4 days
-long): minutes in a relapse day.
+4e-5 days at the nodes over 168 days of daily dosing and within 2e-4 days between them (in
+the washout, where the gate recovers within days and the cells are 1-4 days long; linear
+interpolation between the nodes was 0.025 days off there).
 """
 
 from __future__ import annotations
@@ -44,8 +46,7 @@ from dormancy_model.pk.closed_form import HIGHEST, DoseEvents, PKSolution, drug_
 # node offsets after each effective EVE dose (hours), clipped to the next dose
 # (the first cells are short: at the human defaults EVE rises from 0 to its peak within about
 # an hour of the effective dose time, and with (0, 0.5 h, 1 h, 2 h, ...) the 3-point rule was
-# 1.6e-4 days off per dose; with these offsets 4e-8, against scipy quad; the washout offsets
-# bound the linear interpolation between nodes, 0.025 days)
+# 1.6e-4 days off per dose; with these offsets 4e-8, against scipy quad)
 OFFSET_HOURS = (0.0, 0.125, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0,
                 20.0, 24.0, 36.0, 48.0, 72.0, 96.0, 144.0, 192.0, 288.0, 384.0, 768.0)
 UNIFORM_CELLS = 64
@@ -60,46 +61,73 @@ def _cell(times, t):
     return jnp.clip(jnp.searchsorted(times, t, side="right") - 1, 0, times.shape[0] - 2)
 
 
-def _interp(t, xp, fp):
-    """Piecewise-linear fp(t) over the sorted xp (repeats allowed), constant outside."""
-    i = _cell(xp, t)
-    dx = xp[i + 1] - xp[i]
-    frac = jnp.clip(jnp.where(dx > 0, (t - xp[i]) / jnp.where(dx > 0, dx, 1.0), 0.0), 0.0, 1.0)
-    return fp[i] + frac * (fp[i + 1] - fp[i])
+_S = float(np.sqrt(3.0 / 5.0))
 
 
 class GrowthClock(eqx.Module):
-    """kappa(t) = t - times[0] - D(t), D the piecewise-linear lost days `delay` at the nodes
-    `times` (both (N,), sorted; D(times[0]) = 0). The methods take scalar or array times of
-    any shape; the clock itself is one patient's (vmap it for several)."""
+    """kappa(t) = t - times[0] - D(t), D the lost days: `delay` at the nodes `times` (both
+    (N,), sorted; D(times[0]) = 0) and, within a cell, the integral of 1 - rho with rho the
+    quadratic through its values `rho` (N - 1, 3) at the cell's 3 Gauss-Legendre points (whose
+    integral over the cell is the rule's: the nodes' values). The methods take scalar or array
+    times of any shape; the clock itself is one patient's (vmap it for several)."""
 
     times: jax.Array
     delay: jax.Array
+    rho: jax.Array
+
+    def _local(self, t):
+        """(cell i, half width, local coordinate x in [-1, 1], quadratic coefficients of rho
+        in x) of t's cell."""
+        i = _cell(self.times, t)
+        a, b = self.times[i], self.times[i + 1]
+        half = 0.5 * (b - a)
+        pos = half > 0
+        x = jnp.clip(jnp.where(pos, (t - a) / jnp.where(pos, half, 1.0) - 1.0, -1.0), -1.0, 1.0)
+        r1, r2, r3 = self.rho[i, 0], self.rho[i, 1], self.rho[i, 2]
+        coef = (r2, (r3 - r1) / (2.0 * _S), (0.5 * (r1 + r3) - r2) / (_S * _S))
+        return i, half, x, coef
+
+    @staticmethod
+    def _integral(half, x, coef):
+        """half * integral_{-1}^{x} rho(u) du of the quadratic rho (exact)."""
+        c0, c1, c2 = coef
+        return half * (c0 * (x + 1.0) + c1 * 0.5 * (x * x - 1.0) + c2 * (x * x * x + 1.0) / 3.0)
 
     def lost(self, t):
         """D(t): days lost to the drug between the first node and t (0 before it)."""
-        return _interp(t, self.times, self.delay)
+        i, half, x, coef = self._local(t)
+        return self.delay[i] + (half * (x + 1.0) - self._integral(half, x, coef))
 
     def at(self, t):
         """kappa(t), untreated-equivalent days since the first node."""
         return (t - self.times[0]) - self.lost(t)
 
     def rate(self, t):
-        """d kappa / dt at t: the cell average of rho in t's cell, 1 outside the nodes."""
-        i = _cell(self.times, t)
-        dx = self.times[i + 1] - self.times[i]
-        inside = (t >= self.times[0]) & (t < self.times[-1]) & (dx > 0)
-        slope = (self.delay[i + 1] - self.delay[i]) / jnp.where(dx > 0, dx, 1.0)
-        return jnp.where(inside, 1.0 - slope, 1.0)
+        """d kappa / dt at t: rho (the quadratic of t's cell), 1 outside the nodes."""
+        _, half, x, (c0, c1, c2) = self._local(t)
+        inside = (t >= self.times[0]) & (t < self.times[-1]) & (half > 0)
+        return jnp.where(inside, c0 + x * (c1 + x * c2), 1.0)
 
     def inverse(self, k):
-        """The t with kappa(t) = k (slope 1 outside the nodes)."""
+        """The t with kappa(t) = k (slope 1 outside the nodes): the cell from the nodes'
+        kappa, then Newton on the cell's cubic kappa from the linear guess."""
         v = self.times - self.times[0] - self.delay  # kappa at the nodes, non-decreasing
         i = _cell(v, k)
         dv = v[i + 1] - v[i]
-        frac = jnp.where(dv > 0, (k - v[i]) / jnp.where(dv > 0, dv, 1.0), 0.0)
+        target = k - v[i]
+        x = jnp.clip(jnp.where(dv > 0, 2.0 * target / jnp.where(dv > 0, dv, 1.0) - 1.0, -1.0),
+                     -1.0, 1.0)
+        a = self.times[i]
+        half = 0.5 * (self.times[i + 1] - a)
+        r1, r2, r3 = self.rho[i, 0], self.rho[i, 1], self.rho[i, 2]
+        coef = (r2, (r3 - r1) / (2.0 * _S), (0.5 * (r1 + r3) - r2) / (_S * _S))
+        c0, c1, c2 = coef
+        for _ in range(4):
+            slope = half * jnp.maximum(c0 + x * (c1 + x * c2), 1e-6)
+            step = (self._integral(half, x, coef) - target) / jnp.where(half > 0, slope, 1.0)
+            x = jnp.clip(x - jnp.where(half > 0, step, 0.0), -1.0, 1.0)
         below, above = k < v[0], k >= v[-1]
-        inner = self.times[i] + jnp.clip(frac, 0.0, 1.0) * (self.times[i + 1] - self.times[i])
+        inner = a + half * (x + 1.0)
         return jnp.where(below, self.times[0] + k, jnp.where(
             above, self.times[-1] + (k - v[-1]), inner))
 
@@ -127,7 +155,7 @@ class GrowthClock(eqx.Module):
 def identity_clock(dtype=jnp.float64) -> GrowthClock:
     """The untreated clock (kappa(t) = t - t_first, D = 0)."""
     z = jnp.zeros(2, dtype)
-    return GrowthClock(z.at[1].set(1.0), z)
+    return GrowthClock(z.at[1].set(1.0), z, jnp.ones((1, 3), dtype))
 
 
 def clock_nodes(eve_tau, t0, t1, offset_hours=OFFSET_HOURS, uniform: int = UNIFORM_CELLS):
@@ -160,7 +188,7 @@ def growth_clock(eve: PKSolution, params, t0, t1, offset_hours=OFFSET_HOURS,
     rho = R.lesion_growth_factor(R.drug_signals(c, jnp.zeros_like(c), params))
     lost = jnp.matmul(1.0 - rho, jnp.asarray(_GL_W, nodes.dtype), precision=HIGHEST) * (b - a)
     delay = jnp.concatenate([jnp.zeros(1, nodes.dtype), jnp.cumsum(lost)])
-    return GrowthClock(nodes, delay)
+    return GrowthClock(nodes, delay, rho)
 
 
 def course_clock(course, params, t0, t1) -> GrowthClock:

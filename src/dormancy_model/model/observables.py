@@ -227,14 +227,14 @@ def _clock_reads(clock, t, tau):
     (..., N) and tau (...) batch over the leading axes of t (..., T)."""
     from dormancy_model.model.clock import GrowthClock
 
-    def one(times, delay, tt, ta):
-        c = GrowthClock(times, delay)
+    def one(times, delay, rho, tt, ta):
+        c = GrowthClock(times, delay, rho)
         extra = c.lost_back(tt, ta)
         r = tt - ta - extra
         return extra, c.rate(tt) / c.rate(r)
 
-    f = jnp.vectorize(one, signature="(n),(n),(m),()->(m),(m)")
-    return f(clock.times, clock.delay, t, tau)
+    f = jnp.vectorize(one, signature="(n),(n),(c,g),(m),()->(m),(m)")
+    return f(clock.times, clock.delay, clock.rho, t, tau)
 
 
 def lag_reads(t, p, t0, switch_size=SWITCH_SIZE, nodes: int = LAG_NODES,
