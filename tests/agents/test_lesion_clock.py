@@ -126,7 +126,8 @@ def _mf_vs_agents(model, params, arm, n, seed, days, t1):
     return np.array(z), np.array(z_old)
 
 
-def test_agents_match_mean_field_under_eve_fast(model, human):
+@pytest.mark.slow  # 12-40 s (an agent run through a history): over the fast suite's budget
+def test_agents_match_mean_field_under_eve_small(model, human):
     """clever-combo with a 400-day untreated history, 400 replicates (fast method), a high
     hazard (k_dr 2.25e-5, 300 dormant cells: lesions founded before day 0 relapse during and
     after treatment): relapse-free at days 90, 168, 250 and 365 within |z| <= 3.5 of the
