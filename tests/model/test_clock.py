@@ -95,22 +95,25 @@ def test_untreated_clock_is_the_identity(human):
 @pytest.mark.slow  # ~15 s alone (two compiled solves); the factor's fast check: round trip
 def test_fit_hazard_under_eve(model, human):
     """Under EVE (clever-eve, with the history): the fit's arm prediction gives simulate's
-    Lambda, and its hazard rate, with the clock's chain-rule factor, integrates to it
-    (trapezoid on an hourly grid: the factor varies within each day with the EVE doses;
-    within 1e-3 of the largest Lambda); without the factor it would not (checked)."""
+    Lambda, and its hazard rate, with the clock's chain-rule factor, is Lambda's derivative
+    (central differences, h = 1e-4 days, at 150 random days in [1, 400]: within 1e-4 of the
+    largest rate); without the factor it is not (checked: the factor rho(t) / rho(r(t)) swings
+    with each EVE dose)."""
     sched = dm.get_schedule("clever-eve")
-    grid = jnp.linspace(0.0, 400.0, 9601)
-    opts = dm.SolverOptions(rtol=1e-8, atol=1e-11)
+    mid = np.sort(np.random.default_rng(0).uniform(1.0, 400.0, 150))
+    h = 1e-4
+    grid = jnp.asarray(np.concatenate([[0.0], np.stack([mid - h, mid, mid + h], 1).ravel()]))
+    opts = dm.SolverOptions(rtol=1e-10, atol=1e-13)
     dosing = Dosing.from_schedule(sched)
     pred = jax.jit(arm_prediction, static_argnums=(0, 4))(model, human, dosing, grid, opts)
     tr = dm.simulate(model, human, sched, ts=grid, options=opts)
     lam, rate = np.asarray(pred.cum_hazard), np.asarray(pred.hazard_rate)
     assert int(pred.status) == 0 and lam[-1] > 0
     np.testing.assert_allclose(lam, np.asarray(tr.hazard), rtol=1e-6, atol=1e-12)
-    integral = integrate.cumulative_trapezoid(rate, np.asarray(grid), initial=0.0)
-    assert np.max(np.abs(integral - lam)) < 1e-3 * lam.max()
-    clock = C.dosing_clock(human, dosing.eve, 0.0, 400.0)
+    fd = (lam[3::3] - lam[1::3]) / (2 * h)
+    got = rate[2::3]
+    assert np.max(np.abs(got - fd)) < 1e-4 * np.max(np.abs(fd)), np.max(np.abs(got - fd))
+    clock = C.dosing_clock(human, dosing.eve, 0.0, float(grid[-1]))
     reads = O.lag_reads(grid, human, 0.0, clock=clock)
-    bare = rate / np.asarray(reads.rate_factor)
-    integral = integrate.cumulative_trapezoid(bare, np.asarray(grid), initial=0.0)
-    assert np.max(np.abs(integral - lam)) > 1e-2 * lam.max()
+    bare = got / np.asarray(reads.rate_factor)[2::3]
+    assert np.max(np.abs(bare - fd)) > 1e-2 * np.max(np.abs(fd))
