@@ -91,6 +91,71 @@ class ReferenceModel:
         to_switch = np.maximum((np.log(switch_size * r / b) - y) / r, 0.0)
         return to_switch + np.log(p["detection_size"] / switch_size) / p["lesion_growth_rate"], w
 
+    def gate(self, ec):
+        """mTOR gate g(M) from the EVE amount in the central compartment (mg)."""
+        p = self.p
+        M = 1.0 - p["eve_imax"] * _hill(1000.0 * ec / self.vol["eve"][0], p["eve_ic50"],
+                                        p["eve_hill"])
+        kn = p["mtor_k"] ** p["mtor_hill"]
+        mn = max(M, 0.0) ** p["mtor_hill"]
+        return mn * (kn + 1.0) / (kn + mn)
+
+    def growth_clock(self, schedule, t1, rtol=1e-11, atol=1e-13):
+        """kappa(t) = integral_0^t g(M(u)) du (the lesions' growth clock; t before 0: t), from
+        the EVE ODE with a clock state, solved between EVE doses with DOP853 and its dense
+        output (the EVE system alone is not stiff)."""
+        p = self.p
+        (v1, v2), (cl, q) = self.vol["eve"], self.flow["eve"]
+        ka = p["eve_ka"]
+
+        def rhs(t, y):
+            a, c, per, _ = y
+            return [-ka * a, ka * a - cl / v1 * c - q / v1 * c + q / v2 * per,
+                    q / v1 * c - q / v2 * per, self.gate(c)]
+
+        events = [e for e in self.dose_events(schedule) if e[1] in (4, 5) and e[0] < t1]
+        y, t, segs, i = np.zeros(4), 0.0, [], 0
+        while i < len(events) and events[i][0] <= t:
+            y[events[i][1] - 4] += events[i][2]
+            i += 1
+        for tb in sorted({e[0] for e in events if e[0] > 0} | {t1}):
+            sol = solve_ivp(rhs, (t, tb), y, method="DOP853", rtol=rtol, atol=atol,
+                            dense_output=True)
+            if not sol.success:
+                raise RuntimeError(sol.message)
+            segs.append((t, tb, sol.sol))
+            y, t = sol.y[:, -1].copy(), tb
+            while i < len(events) and events[i][0] <= t:
+                y[events[i][1] - 4] += events[i][2]
+                i += 1
+
+        ends = np.array([b for _, b, _ in segs])
+
+        def kappa(x):
+            if x <= 0.0:
+                return x
+            j = int(np.searchsorted(ends, x))
+            if j < len(segs):
+                return float(segs[j][2](x)[3])
+            return float(segs[-1][2](segs[-1][1])[3]) + (x - segs[-1][1])
+
+        return kappa
+
+    def detected_switch(self, schedule, ts, tau):
+        """r(t): the latest switch day of a lesion detected by t, kappa(r) = kappa(t) - tau
+        (brentq on the clock; kappa(x) <= x, so r is in [kappa(t) - tau, t])."""
+        from scipy.optimize import brentq
+
+        kappa = self.growth_clock(schedule, float(np.max(ts)))
+        out = []
+        for t in ts:
+            target = kappa(t) - tau
+            if target <= 0.0:
+                out.append(target)
+            else:
+                out.append(brentq(lambda x, k=target: kappa(x) - k, target, t, xtol=1e-10))
+        return np.array(out)
+
     def history(self, rtol=1e-11, atol=1e-14):
         """The untreated history of `history_days` T before day 0, solved numerically: from one
         dormant cell at -T (no drug, so the full right-hand side with empty PK states), scaled
@@ -121,6 +186,9 @@ class ReferenceModel:
         lags, weights = self.relapse_lags(switch_size)
         ts = np.asarray(ts, float)
         raw = ts[:, None] - lags[None, :]
+        if any(e[1] == 4 for e in self.dose_events(schedule)):  # EVE: lesions on the clock
+            tau = np.log(p["detection_size"] / switch_size) / p["lesion_growth_rate"]
+            raw = raw + (self.detected_switch(schedule, ts, tau) - (ts - tau))[:, None]
         lagged = np.maximum(raw, ts[0])
         want = np.unique(np.concatenate([ts, lagged.ravel()]))
         r_hist, psi = self.history()

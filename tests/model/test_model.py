@@ -124,7 +124,7 @@ def test_more_drug_or_longer_never_increases_residual(residual_at_end, h1, h2, e
 
 
 # ------------------------------------------------------------------ independent solver agreement
-def _compare_with_radau(model, p, sched, ts):
+def _compare_with_radau(model, p, sched, ts, hazard_rtol=1e-6):
     ref = ReferenceModel({k: float(v) for k, v in p.values.items()}, per_kg=p.pk_per_kg)
     states, hazard = ref.solve(sched, ts, method="Radau", rtol=1e-10, atol=1e-12)
     tr = dm.simulate(model, p, sched, ts=ts, options=dm.SolverOptions(rtol=1e-11, atol=1e-13))
@@ -134,7 +134,8 @@ def _compare_with_radau(model, p, sched, ts):
         err = np.max(np.abs(got - states[:, i])) / np.max(np.abs(states[:, i]))
         assert err < 1e-6, (k, err)
     if hazard.max() > 0:
-        assert np.max(np.abs(np.asarray(tr.hazard) - hazard)) / hazard.max() < 1e-6
+        err = np.max(np.abs(np.asarray(tr.hazard) - hazard)) / hazard.max()
+        assert err < hazard_rtol, err
     conc = np.asarray(tr.hcq_effect_ng_ml)
     assert np.max(np.abs(conc - states[:, 10])) / np.max(np.abs(states[:, 10])) < 1e-6
     return tr
@@ -147,7 +148,10 @@ def test_full_model_matches_scipy_radau_short(model, human):
 
 def test_full_model_matches_scipy_radau_hazard(model, human):
     """Short relapse lags (fast clone growth r = 0.4/day, quick lesions) so that every node of
-    the lagged hazard (lags 52-109 days) is exercised within a short Radau run."""
+    the lagged hazard (lags 52-109 days) is exercised within a short Radau run. Under EVE the
+    lesions grow on the growth clock, which the reference integrates as an ODE state (DOP853,
+    rtol 1e-11) and inverts by brentq: within 1e-6 of the largest hazard, as before (with the
+    package's clock linear between its nodes it was 1.2e-4 off)."""
     p = human.replace(lambda_p=1.0, delta_p=0.6, lesion_growth_rate=0.2, detection_size=1e7)
     tr = _compare_with_radau(model, p, dm.get_schedule("clever-combo", cycles=1),
                              np.linspace(0, 150, 61))

@@ -10,8 +10,13 @@ hazard table of `agents_hazard` (rates vary within a day with the drugs; event t
 by inverting the integrated hazard, never from rates frozen over a day).
 
 A clone that reaches `switch_size` cells becomes a lesion that grows deterministically at
-`lesion_growth_rate`: relapse is declared when it reaches `detection_size`, i.e.
-`ln(detection_size / switch_size) / lesion_growth_rate` days after the switch. The mean field
+`lesion_growth_rate` times the mTOR gate (`rates.lesion_growth_factor`: EVE slows lesions of
+every size, HCQ does not act on them): relapse is declared when it reaches `detection_size`,
+i.e. tau = `ln(detection_size / switch_size) / lesion_growth_rate` untreated-equivalent days
+after the switch: the first t with kappa(t) - kappa(switch day) >= tau on the growth clock
+kappa of the replicate's EVE course (`model.clock`, the same gate as the division channel of
+the hazard table; per replicate when the parameters are), and its size at a count day is
+switch_size e^(g (kappa(t) - kappa(switch day))). Without EVE kappa(t) = t. The mean field
 reads the same growth law: its relapse lag is the birth-death time of a surviving clone to
 `switch_size` (random, from the clone's limit law) plus this deterministic growth
 (`model.observables`; both use `observables.SWITCH_SIZE` by default). Clearance = no cells
@@ -53,6 +58,7 @@ from dormancy_model import status as S
 from dormancy_model.agents import kernel as AK
 from dormancy_model.agents import loops as E
 from dormancy_model.agents.hazard import hazard_nodes, hazard_table
+from dormancy_model.model import clock as C
 from dormancy_model.model import observables as O
 from dormancy_model.model import rates as Rt
 from dormancy_model.model.ode import DormancyModel
@@ -554,7 +560,7 @@ def simulate_agents(model: DormancyModel, params: Parameters, schedule: Schedule
         out = jax.tree_util.tree_map(lambda x: x[jnp.asarray(rows)], out)
     final, records, status, n_events = out
     return _outcomes(params, batched, final, records, status, n_events, rec_days, count_days,
-                     assess_days, k_asp, switch_size, t1, method, n)
+                     assess_days, k_asp, switch_size, t1, method, n, dosing, t0)
 
 
 def _history(model, params, dosing: Dosing, n: int, key, t0: float, het: Heterogeneity,
@@ -590,7 +596,9 @@ def _history(model, params, dosing: Dosing, n: int, key, t0: float, het: Heterog
     detect = np.asarray(params["detection_size"], float)
     if grow.ndim:
         grow, detect = grow[:, None], detect[:, None]
-    detected = (states[kind_key] == E.LESION) & (  # the relapse day of `_device_outcomes`
+    # the relapse day of `_device_outcomes`: no drug in the history, so the growth clock is the
+    # identity there (kappa(t) = t) and the day is the switch day plus tau
+    detected = (states[kind_key] == E.LESION) & (
         states["switch_day"] + np.asarray(O.lesion_growth_days(o.switch_size, detect, grow))
         <= t0)
     states[kind_key] = np.where(detected, E.EMPTY, states[kind_key])
@@ -611,27 +619,63 @@ def _lesion_lanes(kind):
     return jnp.any(kind == E.LESION, axis=1)
 
 
+def _clocked_lesions(clock, sw, rec_days, tau):
+    """Under a growth clock (one replicate's, or shared): each lesion's relapse day (the first
+    t with kappa(t) - kappa(switch day) >= tau, (..., S)) and its clock age
+    kappa(t) - kappa(switch day) at the record days ((..., R, S))."""
+    relapse = clock.reached(sw, tau)
+    age = clock.elapsed(sw[..., None, :], rec_days[:, None])
+    return relapse, age
+
+
 @eqx.filter_jit
 def _device_outcomes(growth, detect, fraction, dispersion, final, records, lesion_rows, k_asp,
-                     rec_days, count_idx, assess_idx, switch_size, t1, kind_key):
+                     rec_days, count_idx, assess_idx, switch_size, t1, kind_key, clock=None,
+                     clock_rows=None):
     """Relapse days, cell counts (lesions at their deterministic size), marrow P, cells in
     undetected lesions and aspirates of every lane, on the device (only these arrays go to the
     host). Lesions are rare: their sizes are
-    computed on `lesion_rows` only (padded with out-of-range rows, which are dropped)."""
+    computed on `lesion_rows` only (padded with out-of-range rows, which are dropped).
+
+    Lesions grow on the growth clock (`model.clock`): `clock` one `GrowthClock` shared by
+    every replicate, or `clock_rows` = (EVE dosing, t0, t1, parameters of the lesion rows (k,))
+    to build each lesion row's own; neither: no EVE, kappa(t) = t (the untreated law)."""
     switch = jnp.where(final[kind_key] == E.LESION, final["switch_day"], jnp.inf)  # (n, S)
-    # per lesion: each lesion's own switch day plus its growth to detection (the ODE's mean
-    # field reads the same growth law in its lag law, see model.observables.relapse_lag)
-    relapse_day = jnp.min(switch + O.lesion_growth_days(switch_size, detect, growth), axis=1)
-    relapsed = relapse_day <= t1
     sw = switch.at[lesion_rows].get(mode="fill", fill_value=jnp.inf)  # (k, S)
     g, cap = (x.at[lesion_rows].get(mode="clip")[:, :, None] if x.ndim else x
               for x in (growth, detect))
     dt = rec_days[None, :, None] - sw[:, None, :]  # (k, R, S); -inf where no lesion
-    grown = switch_size * jnp.exp(g * jnp.maximum(dt, 0.0))
+    if clock is None and clock_rows is None:
+        # per lesion: each lesion's own switch day plus its growth to detection (the ODE's
+        # mean field reads the same growth law in its lag law, see observables.relapse_lag)
+        relapse_day = jnp.min(switch + O.lesion_growth_days(switch_size, detect, growth),
+                              axis=1)
+        grown = switch_size * jnp.exp(g * jnp.maximum(dt, 0.0))
+        # undetected: before the lesion's relapse day (switch day + growth to detection)
+        undetected_at = (dt >= 0) & (dt < O.lesion_growth_days(switch_size, cap, g))
+    else:
+        tau = O.lesion_growth_days(switch_size, cap, g)  # (k, 1, 1) or scalar
+        if clock is not None:
+            rel, age = _clocked_lesions(clock, sw, rec_days, tau[..., 0] if jnp.ndim(tau)
+                                        else tau)
+        else:
+            eve, c0, c1, rows = clock_rows
+            dyn, static = eqx.partition(rows, eqx.is_array)
+
+            def one(args):
+                d, s_row, ta = args
+                ck = C.dosing_clock(eqx.combine(d, static), eve, c0, c1)
+                return _clocked_lesions(ck, s_row, rec_days, ta)
+
+            rel, age = jax.lax.map(one, (dyn, sw, tau[:, 0, 0]), batch_size=64)
+        # each lesion's relapse day on the clock; rows without a lesion stay at inf
+        relapse_day = jnp.full(switch.shape[0], jnp.inf, rel.dtype).at[lesion_rows].set(
+            jnp.min(rel, axis=1), mode="drop")
+        grown = switch_size * jnp.exp(g * jnp.maximum(age, 0.0))
+        undetected_at = (dt >= 0) & (age < tau)
+    relapsed = relapse_day <= t1
     size = jnp.where(dt >= 0, jnp.minimum(grown, cap), 0.0)
-    # undetected: before the lesion's relapse day (switch day + growth to detection)
-    undetected = jnp.where((dt >= 0) & (dt < O.lesion_growth_days(switch_size, cap, g)), grown,
-                           0.0)
+    undetected = jnp.where(undetected_at, grown, 0.0)
     lesion_cells = jnp.zeros(records.shape[:2]).at[lesion_rows].add(undetected.sum(axis=2),
                                                                      mode="drop")
     # the aspirate samples the marrow: D, R and the clones below the switch size, not lesions
@@ -649,25 +693,44 @@ def _device_outcomes(growth, detect, fraction, dispersion, final, records, lesio
                 lesion_cells=lesion_cells[:, count_idx], aspirate_count=asp)
 
 
+@eqx.filter_jit
+def _shared_clock(params, eve, t0, t1):
+    return C.dosing_clock(params, eve, t0, t1)
+
+
 def _outcomes(params, batched, final, records, status, n_events, rec_days, count_days,
-              assess_days, k_asp, switch_size, t1, method, n) -> AgentResult:
+              assess_days, k_asp, switch_size, t1, method, n, dosing=None,
+              t0=0.0) -> AgentResult:
     """Outcomes of replicates 0..n-1 from the rows of all n_run (>= n) lanes; `params` has
-    n_run rows when batched."""
+    n_run rows when batched. `dosing`: the run's, for the lesions' growth clock (None or no
+    EVE: the identity clock)."""
     get = lambda name: jnp.asarray(params[name], jnp.float64)[:, None] if batched else \
         jnp.asarray(float(params[name]), jnp.float64)  # noqa: E731
     kind_key = "kind" if method == "exact" else "clone_kind"
     lesion = np.nonzero(np.asarray(_lesion_lanes(final[kind_key])))[0]
+    any_lesion = lesion.size > 0
     n_run = len(status)
     k = 8 if lesion.size <= 8 else 1 << (lesion.size - 1).bit_length()  # few shapes
     lesion = np.concatenate([lesion, np.full(k - lesion.size, n_run)])
     idx = {d: j for j, d in enumerate(rec_days)}
+    clock = clock_rows = None
+    if dosing is not None and any_lesion and C.has_eve(dosing):
+        f64 = lambda x: jnp.asarray(x, jnp.float64)  # noqa: E731
+        eve = dosing.eve
+        if batched:  # each lesion row's own clock (its PK and EVE-effect parameters)
+            rows = jax.tree_util.tree_map(
+                lambda x: jnp.asarray(x)[jnp.asarray(np.minimum(lesion, n_run - 1))]
+                if eqx.is_array(x) and jnp.ndim(x) else x, params)
+            clock_rows = (eve, f64(t0), f64(t1), rows)
+        else:
+            clock = _shared_clock(params, eve, f64(t0), f64(t1))
     out = _device_outcomes(get("lesion_growth_rate"), get("detection_size"),
                            get("aspirate_fraction"), get("aspirate_dispersion"), final,
                            records, lesion, k_asp,
                            jnp.asarray(rec_days), np.array([idx[d] for d in count_days], int),
                            np.array([idx[d] for d in assess_days], int),
                            jnp.asarray(switch_size, jnp.float64), jnp.asarray(t1, jnp.float64),
-                           kind_key)
+                           kind_key, clock, clock_rows)
     out, status, n_events = jax.device_get((out, status, n_events))
     out = {k: v[:n] for k, v in out.items()}
     state = AgentState(final if n == n_run else {k: v[:n] for k, v in final.items()}, method)

@@ -7,7 +7,9 @@
   ``Lambda(t) = p_found E_L[E(t - L)]`` (`Trajectory.hazard`) and its rate
   ``h(t) = p_found E_L[k_RP g(M(t - L)) R(t - L)]`` (the escape flux from `rates.cell_rates`,
   at the lagged times), the expectation over the relapse-lag law L of a surviving clone as a
-  fixed Gauss rule (`observables.lag_reads`, the switch size `observables.SWITCH_SIZE`). A
+  fixed Gauss rule (`observables.lag_reads`, the switch size `observables.SWITCH_SIZE`), the
+  lesions on the growth clock of the arm's EVE course (`model.clock`; h gets its chain-rule
+  factor). A
   relapse at t contributes ``log h(t) - Lambda(t)``, a censored mouse ``-Lambda(t)``.
 * Drug concentrations (optional pk.csv): log-normal (proportional error) around the model's
   concentration of the drug at the sampling day in the sample's matrix (the parameter set's
@@ -32,6 +34,7 @@ from jax.scipy.stats import norm
 
 from dormancy_model import status as S
 from dormancy_model.fitting.study import StudyArrays
+from dormancy_model.model import clock as C
 from dormancy_model.model import observables as O
 from dormancy_model.model import rates as R
 from dormancy_model.model.integrate import FixedSteps, SolverOptions, finite_status
@@ -54,7 +57,7 @@ class ArmPrediction(eqx.Module):
 
 def arm_prediction(model: DormancyModel, params: Parameters, dosing: Dosing, grid,
                    options: SolverOptions | FixedSteps, t1=None,
-                   signals=None) -> ArmPrediction:
+                   signals=None, clock=None) -> ArmPrediction:
     """Solve one arm once and read it at the grid days and at the grid days minus each node of
     the relapse-lag law, with the step strategy `options` (`integrate.SolverOptions`: adaptive,
     dense output, the same equations, controller and initial state as `simulate`; dense output
@@ -64,7 +67,8 @@ def arm_prediction(model: DormancyModel, params: Parameters, dosing: Dosing, gri
     population fit reads its own few days (non-decreasing, `grid[0]` = 0) from a solve to the
     end of the study, the same solve as its arm's in the pooled fit. `signals`: (step grid,
     drug signals at its stage times) of this arm from `FixedSteps.stage_times` (the population
-    fit's animals share their arm's, `population.animals`), read instead of computed."""
+    fit's animals share their arm's, `population.animals`), read instead of computed; `clock`
+    likewise the arm's lesion growth clock (`model.clock.course_clock` from grid[0] to t1)."""
     course = model.drug_course(params, dosing)
     t0, t1 = grid[0], (grid[-1] if t1 is None else t1)
     if signals is None:
@@ -72,7 +76,11 @@ def arm_prediction(model: DormancyModel, params: Parameters, dosing: Dosing, gri
     else:
         at, status = options.dense_tabulated(model, params, *signals)
     p_found = O.founding_probability(params)
-    reads = O.lag_reads(grid, params, t0)  # (G, K) lagged times of the relapse-lag law
+    # lesions grow on the growth clock of the arm's EVE course (`model.clock`; the identity,
+    # to the bit, for an arm without EVE)
+    if clock is None:
+        clock = C.course_clock(course, params, t0, t1)
+    reads = O.lag_reads(grid, params, t0, clock=clock)  # (G, K) lagged times of the law
     y = jax.vmap(at)(grid)
     yl = jax.vmap(jax.vmap(at))(reads.times)  # (G, K, 4)
     ex = jax.vmap(jax.vmap(course.exposure))(reads.times)

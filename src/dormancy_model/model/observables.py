@@ -32,7 +32,19 @@ by `simulate`, the fit likelihood, the sweep lanes and the agents.
   rule was about 2x closer than equal-probability strata and 3x closer than Gauss-Laguerre in
   X (old parameters).
 * Per lesion (agents): each clone is an agent; the relapse day is its switch day plus
-  `lesion_growth_days(switch_size, detection_size, rate)`.
+  `lesion_growth_days(switch_size, detection_size, rate)` untreated-equivalent days.
+* Lesions under the drugs (issue 14). Past the switch size a lesion grows at
+  g rho(t), rho = `rates.lesion_growth_factor` (the mTOR gate g(M(t)), 1 untreated: EVE is
+  cytostatic on lesions, HCQ does not act on them), so its size and detection follow the
+  growth clock kappa(t) = integral rho (`model.clock`): S e^(g (kappa(t) - kappa(sigma)))
+  cells, detected at the first t with kappa(t) - kappa(sigma) >= tau. kappa depends on the
+  drug exposure only, so the mean field keeps precomputed reads: a clone escaping at e is
+  detected by t iff kappa(e + T_q) <= kappa(t) - tau, i.e. E is read at
+  kappa^-1(kappa(t) - tau) - T_q (`lag_reads(..., clock=)`, exact for the lag law), the
+  hazard rate gets the factor rho(t) / rho(kappa^-1(kappa(t) - tau)) and the lesion cells
+  read the clock too (`lesion_cells`). Approximation kept: the switch lags T_q are those of
+  untreated birth-death growth (above), and the marrow P law stays at untreated rates (below).
+  The agents read the same clock per lesion (`agents.simulate`).
 * One aspirate (`aspirate_*`): the cytospins analyse `aspirate_cells` mononuclear cells out of a
   marrow pool of `marrow_cells`, so each DTC is seen with probability f = `aspirate_fraction`
   = aspirate_cells / marrow_cells (params/data/human.toml). The sampled region's DTC density
@@ -202,28 +214,64 @@ class LagReads(NamedTuple):
     `pre` (..., T, K): w_q (Psi(min(t - L_q, t0) - t0) - Psi(-L_q)), the history's escape that
     is detected in (t0, t] (clones founded before t0 - L_q were detected before the start:
     the hazard is conditional on no relapse before t0), and `pre_rate` (..., T, K):
-    w_q psi(t - L_q - t0), its flux. Both are 0 without a history."""
+    w_q psi(t - L_q - t0), its flux. Both are 0 without a history.
+
+    With a growth clock (`lag_reads(..., clock=)`) the lag L_q is T_q + (t - r(t)), r(t) the
+    latest switch time detected by t (kappa(r) = kappa(t) - tau), and `rate_factor` (..., T)
+    is dr/dt = rho(t) / rho(r(t)), the chain-rule factor of the hazard rate; None without a
+    clock (factor 1)."""
 
     times: object
     weights: object
     pre: object
     pre_rate: object
+    rate_factor: object = None
 
 
-def lag_reads(t, p, t0, switch_size=SWITCH_SIZE, nodes: int = LAG_NODES) -> LagReads:
+def _clock_reads(clock, t, tau):
+    """(D(t) - D(r), rho(t) / rho(r)) (..., T) for r = clock.back(t, tau): the clock's arrays
+    (..., N) and tau (...) batch over the leading axes of t (..., T)."""
+    from dormancy_model.model.clock import GrowthClock
+
+    def one(times, delay, rho, tt, ta):
+        c = GrowthClock(times, delay, rho)
+        extra = c.lost_back(tt, ta)
+        r = tt - ta - extra
+        return extra, c.rate(tt) / c.rate(r)
+
+    f = jnp.vectorize(one, signature="(n),(n),(c,g),(m),()->(m),(m)")
+    return f(clock.times, clock.delay, clock.rho, t, tau)
+
+
+def lag_reads(t, p, t0, switch_size=SWITCH_SIZE, nodes: int = LAG_NODES,
+              clock=None) -> LagReads:
     """Lagged read times and weights of the relapse law for the output times t (..., T); p's
-    arrays broadcast against the leading axes (...) of t."""
+    arrays broadcast against the leading axes (...) of t.
+
+    `clock`: the lesions' growth clock (`model.clock.GrowthClock`, arrays (..., N) over the
+    same leading axes, or None: untreated lesions, today's reads bit for bit). A clone escaping
+    at e switches at e + T_q and is detected by t iff kappa(e + T_q) <= kappa(t) - tau, so the
+    read time is r(t) - T_q with r(t) = kappa^-1(kappa(t) - tau) (exact: kappa is monotone and
+    depends on the drug exposure only), computed as t - L_q - (D(t) - D(r)). The switch lags
+    T_q stay those of untreated birth-death growth (the approximation of `relapse_lag`); the
+    untreated history before t0 has kappa(t) = t."""
     t = jnp.asarray(t)
     y, w = (jnp.asarray(v, t.dtype) for v in lag_rule(nodes))
     keys = ("lambda_p", "delta_p", "detection_size", "lesion_growth_rate") + HISTORY_KEYS
     p_b = {k: jnp.asarray(p[k], t.dtype)[..., None, None] for k in keys}
     lag = relapse_lag(p_b, y, switch_size)  # (..., 1, K)
     raw = t[..., :, None] - lag
+    factor = None
+    if clock is not None:
+        tau = lesion_growth_days(switch_size, p_b["detection_size"],
+                                 p_b["lesion_growth_rate"])[..., 0, 0]
+        extra, factor = _clock_reads(clock, t, tau)
+        raw = raw - extra[..., :, None]
     zero = jnp.zeros((), t.dtype)
     esc, flux = history_escape(p_b, jnp.minimum(raw - t0, 0.0))
     esc0, _ = history_escape(p_b, -lag)
     return LagReads(jnp.maximum(raw, t0), jnp.where(raw > t0, w, zero),
-                    w * (esc - esc0), w * jnp.where(raw > t0, zero, flux))
+                    w * (esc - esc0), w * jnp.where(raw > t0, zero, flux), factor)
 
 
 def cumulative_hazard(escaped_lagged, reads: LagReads, p_found):
@@ -235,9 +283,11 @@ def cumulative_hazard(escaped_lagged, reads: LagReads, p_found):
 def hazard_rate(commitment_lagged, reactivating_lagged, reads: LagReads, p_found):
     """h(t) = p_found sum_q w_q k_RP g(M(t - L_q)) R(t - L_q) (1/day, (..., T)): the escape
     flux at the lagged times (`commitment_lagged` = `rates.cell_rates(...).commitment` there),
-    from the history where t - L_q is before the start."""
-    return p_found * jnp.sum(reads.weights * commitment_lagged * reactivating_lagged
-                             + reads.pre_rate, axis=-1)
+    from the history where t - L_q is before the start. With a growth clock, times the
+    chain-rule factor `reads.rate_factor` (the lagged reads move at dr/dt)."""
+    h = p_found * jnp.sum(reads.weights * commitment_lagged * reactivating_lagged
+                          + reads.pre_rate, axis=-1)
+    return h if reads.rate_factor is None else h * reads.rate_factor
 
 
 def relapse_free(cum_hazard):
@@ -326,7 +376,9 @@ def draw_aspirate_np(rng, cells, fraction, dispersion=0.0):
 #   switch), against MODEL.md must-hold 3; the drug acts on marrow P through the escape.
 # * Lesion cells. A clone that switched at sigma is a lesion of S e^(g (t - sigma)) cells
 #   (g = lesion_growth_rate) until it is detected at sigma + tau, tau = ln(detection / S) / g,
-#   when it is a relapse and leaves the count (the relapsed patient's other lesions stay). With
+#   when it is a relapse and leaves the count (the relapsed patient's other lesions stay; under
+#   the drugs t - sigma is the growth clock's kappa(t) - kappa(sigma), see "Lesions under the
+#   drugs" above). With
 #   the switch lag T_q of the relapse law's nodes (`switch_lag`, weights w_q), the expected cells
 #   in undetected lesions are
 #       L(t) = p_found S sum_q w_q I(t - T_q),  I(u) = integral_(u - tau)^u e^(g (u - s)) dE(s),
@@ -473,11 +525,14 @@ def marrow_proliferating(escaped, escaped_read, reads: MarrowReads, proliferatin
 
 
 def lesion_cells(ts, grid, esc_g, p, switch_size=SWITCH_SIZE, nodes: int = LAG_NODES,
-                 batch: int = 256):
+                 batch: int = 256, clock=None):
     """Expected cells in undetected lesions (T,) at the output times ts (T,) from the
-    cumulative escape at the grid times (`esc_g`, (M + 1,)); p's arrays scalars."""
+    cumulative escape at the grid times (`esc_g`, (M + 1,)); p's arrays scalars. `clock`: the
+    lesions' growth clock (`model.clock.GrowthClock`; None: untreated lesions)."""
     g = p["lesion_growth_rate"]
     tau = lesion_growth_days(switch_size, p["detection_size"], g)
+    if clock is not None:
+        return _lesion_cells_clock(ts, grid, esc_g, p, switch_size, nodes, batch, clock, g, tau)
     lo, hi = grid[:-1], grid[1:]
     flux = (esc_g[1:] - esc_g[:-1]) / (hi - lo)
 
@@ -492,5 +547,30 @@ def lesion_cells(ts, grid, esc_g, p, switch_size=SWITCH_SIZE, nodes: int = LAG_N
     y, w = (jnp.asarray(v, ts.dtype) for v in lag_rule(nodes))
     lag = switch_lag(p, y, switch_size)  # (K,)
     reads = jnp.interp(ts[:, None] - lag[None, :], grid, at_grid, left=0.0)  # (T, K)
+    pf = founding_probability(p)
+    return jnp.where(pf > 0, pf, 0.0) * switch_size * (reads @ w)
+
+
+def _lesion_cells_clock(ts, grid, esc_g, p, switch_size, nodes, batch, clock, g, tau):
+    """`lesion_cells` under a growth clock: a clone escaping at s switches at s + T_q and at t
+    is a lesion of S e^(g (kappa(t) - kappa(s + T_q))) cells, undetected while that clock
+    difference is below tau. Per node q the grid cells are mapped to the clock of their switch
+    times, kappa(grid + T_q), with the escape linear in the clock within a cell, and the
+    window integral of the untreated law is taken in clock units at kappa(t)."""
+    y, w = (jnp.asarray(v, ts.dtype) for v in lag_rule(nodes))
+    lag = switch_lag(p, y, switch_size)  # (K,)
+    kv = clock.at(grid[None, :] + lag[:, None])  # (K, M + 1) clock of the switch times
+    lo, hi = kv[:, :-1], kv[:, 1:]
+    width = hi - lo
+    flux = (esc_g[1:] - esc_g[:-1])[None, :] / jnp.where(width > 0, width, 1.0)
+
+    def window(k):  # (K,): escape switched in (k - tau, k] in clock units, weighted e^(g (k - v))
+        a, b = jnp.maximum(lo, k - tau), jnp.minimum(hi, k)
+        inside = (a < b) & (width > 0)
+        a, b = jnp.where(inside, a, k), jnp.where(inside, b, k)
+        return jnp.sum(jnp.where(inside, flux * (jnp.exp(g * (k - a)) - jnp.exp(g * (k - b))),
+                                 0.0), axis=-1) / g
+
+    reads = jax.lax.map(window, clock.at(ts), batch_size=batch)  # (T, K)
     pf = founding_probability(p)
     return jnp.where(pf > 0, pf, 0.0) * switch_size * (reads @ w)

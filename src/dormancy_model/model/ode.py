@@ -4,7 +4,8 @@ States integrated numerically (cells): dormant D, reactivating R, proliferating 
 cumulative escape E = integral of the flux into P. The PK is not integrated (see `pk.py`), so
 the ODE is small and non-stiff. The relapse hazard is Lambda(t) = p_found * E_L[E(t - L)] over
 the growth-lag law L of a surviving clone, read from E at a fixed set of lagged times
-(`observables.lag_reads`).
+(`observables.lag_reads`; under EVE the lesions' part of the lag runs on the growth clock of
+`model.clock`, precomputed from the closed-form PK).
 """
 
 from __future__ import annotations

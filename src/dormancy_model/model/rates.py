@@ -23,6 +23,8 @@ Mechanism (MODEL.md sections 2-3, refined):
   capacity; the combination is stronger than either without any synergy factor.
 * mTOR gate  g(M) = M^n (K^n + 1) / (K^n + M^n),  g(1) = 1: reactivation, commitment and
   division need mTORC1 activity.
+* lesions (clones past the switch size) grow at lesion_growth_rate * rho, rho = g(M)
+  (`lesion_growth_factor`): EVE slows them (cytostatic), HCQ does not act on them directly.
 * dormant death  delta_D = delta_D0 + a delta_max deficit^h / (K_d^h + deficit^h), with `a` the
   cell's autophagy dependence (1 for the mean-field model).
 """
@@ -108,6 +110,20 @@ def drug_signals(c_eve, ce_hcq, p) -> DrugSignals:
     m = mtor_activity(c_eve, p)
     aut = autophagy(m, lysosomal_block(ce_hcq, p), p)
     return DrugSignals(mtor_gate(m, p), hill(aut.deficit, p["deficit_k"], p["deficit_hill"]))
+
+
+def lesion_growth_factor(s: DrugSignals):
+    """rho = g(M) in (0, 1], the factor on the net growth rate `lesion_growth_rate` of an
+    established lesion (a clone past the switch size, `observables.SWITCH_SIZE`); 1 untreated.
+
+    In an established lesion division and its mitosis-coupled death both slow with mTORC1
+    activity, so the net growth rate scales with the same mTOR gate as division
+    (`rates_from_signals`): EVE is cytostatic on lesions (net growth slowed, never reversed:
+    rho > 0 as long as EVE's Imax < 1 or M > 0) and there is no drug-insensitive class of
+    proliferating cells. HCQ has no direct effect on proliferating cells in this model (its
+    lysosomal block acts through the autophagy deficit, on dormant cells), so rho depends on
+    EVE only. Lesions integrate rho into their growth clock (`model.clock`)."""
+    return s.gate
 
 
 def rates_from_signals(s: DrugSignals, p, autophagy_dependence=1.0,

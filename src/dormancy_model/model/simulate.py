@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dormancy_model import status as S
+from dormancy_model.model import clock as C
 from dormancy_model.model import observables as O
 from dormancy_model.model import rates as R
 from dormancy_model.model.integrate import (
@@ -154,11 +155,13 @@ def save_grid(t1: float, save_every_hours: float = 24.0) -> np.ndarray:
 
 @eqx.filter_jit
 def _solve(model: DormancyModel, params: Parameters, dosing: Dosing, ts, options: SolverOptions,
-           switch_size):
+           switch_size, with_clock: bool = True):
     course = model.drug_course(params, dosing)
     n = ts.shape[0]
     p_found = O.founding_probability(params)
-    reads = O.lag_reads(ts, params, ts[0], switch_size)  # (n, K) lagged times of the law
+    # the lesions' growth clock (EVE slows them; `model.clock`): None without EVE (identity)
+    clock = C.course_clock(course, params, ts[0], ts[-1]) if with_clock else None
+    reads = O.lag_reads(ts, params, ts[0], switch_size, clock=clock)  # (n, K) lagged times
     k = reads.times.shape[-1]
     mreads = O.marrow_reads(ts, params, ts[0], switch_size)  # (n, J) clone-age reads
     j = mreads.times.shape[-1]
@@ -179,7 +182,7 @@ def _solve(model: DormancyModel, params: Parameters, dosing: Dosing, ts, options
     # E on the grid: the solve's from t0, the history's closed form before it
     esc_g = jnp.where(grid < ts[0], O.grid_history(grid, ts[0], params), y_grid[:, 3])
     marrow_p = O.marrow_proliferating(y[:, 3], y_mar, mreads, params["proliferating_initial"])
-    lesions = O.lesion_cells(ts, grid, esc_g, params, switch_size)
+    lesions = O.lesion_cells(ts, grid, esc_g, params, switch_size, clock=clock)
     ex = jax.vmap(course.exposure)(ts)
     m = R.mtor_activity(ex.eve, params)
     aut = R.autophagy(m, R.lysosomal_block(ex.hcq_effect, params), params)
@@ -211,7 +214,9 @@ def simulate(model: DormancyModel, params: Parameters, schedule: Schedule | Dosi
     Relapse (`Trajectory.hazard`): Lambda(t) = p_found E_L[E(t - L)], the escape flux E read at
     the `observables.LAG_NODES` lagged times t - L_q of the relapse-lag law of a surviving clone
     (birth-death growth to `switch_size` cells, the agents' `AgentOptions.switch_size`, then
-    deterministic growth to the detection size; `model.observables`).
+    deterministic growth to the detection size; `model.observables`). Lesions grow on the
+    growth clock of the EVE course (`model.clock`: net growth slowed by the mTOR gate), built
+    from the closed-form PK before the solve; without EVE it is the identity (skipped).
     """
     options = options or SolverOptions()
     if options.dtype == "float64" and not jax.config.jax_enable_x64:
@@ -228,4 +233,5 @@ def simulate(model: DormancyModel, params: Parameters, schedule: Schedule | Dosi
     dosing = jax.tree_util.tree_map(
         lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, dosing)
     params = params.astype(dtype)
-    return _solve(model, params, dosing, ts, options, jnp.asarray(switch_size, dtype))
+    return _solve(model, params, dosing, ts, options, jnp.asarray(switch_size, dtype),
+                  C.has_eve(dosing))

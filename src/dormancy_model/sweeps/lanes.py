@@ -13,9 +13,9 @@ Outputs per lane: residual burden (the marrow DTCs D + R + marrow P, as `simulat
 `observables.marrow_proliferating` on E read at the clone ages of `observables.marrow_reads`)
 at `residual_days`, relapse-free probability exp(-p_found E_L[E(t - L)]) at
 `rfs_days` (E read at the lagged times t - L_q of the relapse-lag law, `observables.lag_reads`,
-as `simulate` does) and P(DTC+) = 1 - (1 + a f marrow)^(-1/a) (negative binomial, a =
-aspirate_dispersion; 1 - exp(-f marrow) at a = 0; `observables.p_dtc_positive`) at
-`assessment_days`.
+with each lane's lesion growth clock of its EVE course, `model.clock`, as `simulate` does)
+and P(DTC+) = 1 - (1 + a f marrow)^(-1/a) (negative binomial, a = aspirate_dispersion;
+1 - exp(-f marrow) at a = 0; `observables.p_dtc_positive`) at `assessment_days`.
 """
 
 from __future__ import annotations
@@ -30,10 +30,11 @@ import numpy as np
 from dormancy_model import status as S
 from dormancy_model.engine.pallas import take_rows
 from dormancy_model.engine.rk import AbstractLaneProblem, EngineOptions, solve_sharded
+from dormancy_model.model import clock as C
 from dormancy_model.model import observables as O
 from dormancy_model.model import rates as R
 from dormancy_model.params.table import Parameters
-from dormancy_model.pk.closed_form import HIGHEST, drug_system
+from dormancy_model.pk.closed_form import HIGHEST, DoseEvents, drug_system
 from dormancy_model.pk.schedule import Schedule
 
 DRUG_MODES = {"eve": 3, "hcq": 4}
@@ -220,7 +221,8 @@ def solve_outputs_impl(varying: dict, base: Parameters, table: ScheduleTable, si
     t0 = jnp.zeros((), dt)
     out_days = jnp.asarray(sorted(set(days.residual_days) | set(days.assessment_days)), dt)
     rfs_days = jnp.asarray(days.rfs_days, dt)
-    reads = O.lag_reads(rfs_days, full, t0)  # (N, T, K) lagged times of the relapse law
+    clock = _lane_clocks(full, base, tab, sid, t0, rfs_days) if rfs_days.size else None
+    reads = O.lag_reads(rfs_days, full, t0, clock=clock)  # (N, T, K) lagged times
     lagged = reads.times.reshape(n, -1)
     mreads = O.marrow_reads(jnp.broadcast_to(out_days, (n, out_days.size)), full, t0)
     saves = jnp.concatenate([jnp.broadcast_to(out_days, (n, out_days.size)), lagged,
@@ -252,6 +254,23 @@ def solve_outputs_impl(varying: dict, base: Parameters, table: ScheduleTable, si
         p_dtc_positive=O.p_dtc_positive(cells[:, aidx], full["aspirate_fraction"][:, None],
                                         full["aspirate_dispersion"][:, None]),
         status=status, steps=sol.accepted, rejected=sol.rejected)
+
+
+def _lane_clocks(full: dict, base: Parameters, tab: ScheduleTable, sid, t0, rfs_days):
+    """The lesions' growth clock of every lane (`model.clock`, arrays (N, nodes)) from its EVE
+    schedule (a row of `tab`) and its PK and EVE-effect parameters, to the last RFS day;
+    the identity (no lost days) for a schedule without EVE, so untreated lanes read exactly
+    today's law."""
+    t1 = jnp.max(rfs_days)
+    far = t1 + 1e6  # padded events (time +inf, amount 0) moved to a finite day after t1
+
+    def one(values, k):
+        times = tab.times["eve"][k]
+        ev = DoseEvents(jnp.where(jnp.isfinite(times), times, far), tab.amount["eve"][k],
+                        tab.per_kg["eve"][k], tab.oral["eve"][k])
+        return C.dosing_clock(base.with_values(values), ev, t0, t1)
+
+    return jax.vmap(one)(full, sid.astype(jnp.int32))
 
 
 _solve_outputs_jit = eqx.filter_jit(solve_outputs_impl)

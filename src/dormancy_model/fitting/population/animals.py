@@ -55,6 +55,7 @@ from dormancy_model.fitting.population.problem import (
     PopulationProblem,
 )
 from dormancy_model.fitting.study import Study, StudyArrays, stacked_dosing, unit_arrays
+from dormancy_model.model.clock import course_clock
 from dormancy_model.model.integrate import FixedSteps
 from dormancy_model.model.ode import DormancyModel
 from dormancy_model.params.table import Parameters
@@ -101,7 +102,8 @@ class StudyAnimalLikelihood(AbstractAnimalLikelihood):
 
     def shared(self, phi_typical):
         """What every animal of an arm shares at the typical values phi_typical (d,): the step
-        grid and the drug signals at its stage times (`rates.DrugSignals`), per animal
+        grid and the drug signals at its stage times (`rates.DrugSignals`), and the lesions'
+        growth clock (`model.clock`: it reads a subset of what the signals read), per animal
         (leading animal axis, gathered from one computation per arm); None when the random
         effects reach the signals (a random effect on a PK or drug-effect parameter: then
         each animal's are its own) or `tabulate` is off. Exact: the signals depend on the
@@ -115,7 +117,8 @@ class StudyAnimalLikelihood(AbstractAnimalLikelihood):
             ts, stages = self.options.stage_times(course, dosing, jnp.zeros_like(self.t_end),
                                                   self.t_end)
             sig = self.model.drug_signals_at(stages.ravel(), p, course)
-            return ts, jax.tree.map(lambda v: v.reshape(stages.shape), sig)
+            clock = course_clock(course, p, jnp.zeros_like(self.t_end), self.t_end)
+            return ts, jax.tree.map(lambda v: v.reshape(stages.shape), sig), clock
 
         return jax.tree.map(lambda v: v[self.arm_of], jax.vmap(arm)(self.arm_dosing))
 
@@ -124,7 +127,8 @@ class StudyAnimalLikelihood(AbstractAnimalLikelihood):
         `shared`: this animal's row of `shared(...)` (or None)."""
         p, sigma = self.params(phi)
         pred = arm_prediction(self.model, p, animal.dosing, animal.grid, self.options,
-                              t1=self.t_end, signals=shared)
+                              t1=self.t_end, signals=None if shared is None else shared[:2],
+                              clock=None if shared is None else shared[2])
         return (burden_loglik_unit(pred, animal, sigma), relapse_loglik_unit(pred, animal),
                 pred.status)
 
