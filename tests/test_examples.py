@@ -67,7 +67,9 @@ def test_simulate_arms_check_can_fail():
         check_simulate_arms(good)  # the combination leaves more cells than no drug
 
 
-@pytest.mark.parametrize("script", EXAMPLES, ids=[p.name for p in EXAMPLES])
+@pytest.mark.parametrize("script", [  # simulate_arms.py (44 s) in the slow suite: budget
+    pytest.param(p, marks=pytest.mark.slow) if p.name == "simulate_arms.py" else p
+    for p in EXAMPLES], ids=[p.name for p in EXAMPLES])
 def test_example_runs(script):
     r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
                        cwd=script.parent.parent)

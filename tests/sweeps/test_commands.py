@@ -169,7 +169,7 @@ def test_sampled_sweep_outputs_follow_k_dr(method, tmp_path):
     if method == "fit":
         from fit_files import write_fit_file
 
-        write_fit_file(tmp_path / "fit.json", "human", {"k_dr": 2e-4}, [[0.5]])
+        write_fit_file(tmp_path / "fit.json", "human", {"k_dr": 2e-9}, [[0.5]])
         extra = 'fit = "fit.json"'
     text = SAMPLED.format(method=method, n=8, params='["k_dr"]', extra=extra)
     spec = _parse(text, str(tmp_path / "spec.toml"))
@@ -192,7 +192,7 @@ def test_cli_sweep_of_virtual_animals(tmp_path, capsys):
     compiled program is reused (this file runs on one worker)."""
     from population_fit_files import write_population_fit_file
 
-    write_population_fit_file(tmp_path / "pop.json", "human", {"k_dr": 2e-4}, ("k_dr",), [1.0])
+    write_population_fit_file(tmp_path / "pop.json", "human", {"k_dr": 2e-9}, ("k_dr",), [1.0])
     text = SAMPLED.format(method="population", n=8, params="", extra='fit = "pop.json"').replace(
         "parameters = \n", "")
     (tmp_path / "spec.toml").write_text(text)

@@ -109,14 +109,14 @@ def test_unchanged_spec_resumes(work, monkeypatch):
 
 
 def test_edited_parameter_file_refused_then_fresh(work, capsys, monkeypatch):
-    """Editing the referenced parameter file (k_dr 4e-6 -> 4e-4 /day): the CLI refuses with one
+    """Editing the referenced parameter file (k_dr 3e-9 -> 3e-7 /day per cell): the CLI refuses with one
     line naming the file and --fresh, touching nothing; --fresh recomputes every chunk with the
     new file, and faster reactivation lowers every relapse-free probability."""
     p = work / "my_human.toml"
     text = p.read_text()
-    assert text.count("value = 4.0e-6\nunit = \"1/day\"") == 1
-    p.write_text(text.replace("value = 4.0e-6\nunit = \"1/day\"",
-                              "value = 4.0e-4\nunit = \"1/day\""))
+    assert text.count("value = 3.0e-9\nunit = \"1/day\"") == 1
+    p.write_text(text.replace("value = 3.0e-9\nunit = \"1/day\"",
+                              "value = 3.0e-7\nunit = \"1/day\""))
     before, _ = _data("ref.zarr")
     meta = (work / "ref.zarr" / "zarr.json").read_text()
     code, out, err = run(["sweep", "spec.toml", "--out", "ref.zarr"], capsys)

@@ -36,7 +36,7 @@ hcq_dose = [0.5, 1.0]
 
 [parameters.k_dr]
 grid = "log"
-range = [1e-5, 1e-3]
+range = [1e-9, 1e-7]
 n = 3
 
 [samples]

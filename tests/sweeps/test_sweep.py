@@ -91,8 +91,9 @@ def test_store_layout(reference_store, spec):
     assert (ds["status"].values == 0).all()
 
 
-@pytest.mark.parametrize("method,rtol", [("tsit5", 1e-10),
-                                         pytest.param("rk4", 1e-9, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("method,rtol", [  # both slow (50 s each): fast-suite budget
+    pytest.param("tsit5", 1e-10, marks=pytest.mark.slow),
+    pytest.param("rk4", 1e-9, marks=pytest.mark.slow)])
 def test_float64_engine_matches_simulate(spec, method, rtol):
     """Every lane of the sweep equals an individual `simulate` call (float64, tight tolerances):
     residual and P(DTC+) to 1e-6 relative, relapse-free to 1e-7 absolute; for the default

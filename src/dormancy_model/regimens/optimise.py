@@ -106,8 +106,14 @@ class DesignResult:
 
 def _aug_lagrangian(fun_grad, cons, cons_jac, z0, *, history, tag, max_outer=6, tol=1e-4):
     """Minimise f(z) subject to c(z) <= 0 over the unit box (PHR augmented Lagrangian with
-    L-BFGS-B inner solves). Returns (z, f, worst violation) of the best outer iterate."""
+    L-BFGS-B inner solves). Returns (z, f, worst violation) of the best outer iterate.
+
+    The objective enters the Lagrangian divided by |f(z0)| (its size at the start), so the
+    balance between objective and constraints does not depend on the objective's unit (cells
+    per patient differ by 1e3 between DTC scales; with the raw objective a fixed rho left the
+    optimum 1.5% outside a constraint)."""
     m = len(cons(z0))
+    unit = 1.0 / max(abs(float(fun_grad(np.asarray(z0, float))[0])), 1e-12)
     lam, rho = np.zeros(m), 100.0
     z, prev_viol = np.asarray(z0, float), np.inf
     best = None
@@ -118,8 +124,8 @@ def _aug_lagrangian(fun_grad, cons, cons_jac, z0, *, history, tag, max_outer=6, 
             s = np.maximum(0.0, lam + rho * c)
             history.append({**tag, "outer": outer, "objective": -f,
                             "max_violation": float(np.max(c, initial=0.0))})
-            val = f + float(np.sum(s**2 - lam**2)) / (2 * rho)
-            return val, g + J.T @ s
+            val = unit * f + float(np.sum(s**2 - lam**2)) / (2 * rho)
+            return val, unit * g + J.T @ s
 
         r = optimize.minimize(L, z, jac=True, method="L-BFGS-B", bounds=[(0.0, 1.0)] * len(z),
                               options=dict(maxiter=25, ftol=1e-9, gtol=1e-4))
