@@ -66,6 +66,7 @@ def test_relapse_power_closed_form():
     assert relapse_power(0.5, 400) < 0.05  # the fast suite's n cannot see 5 points
 
 
+@pytest.mark.slow  # fast-suite budget (35 s; its powered twin is slow too)
 def test_fast_agrees_with_exact(model, active):
     """A small smoke check (n = 400 per method: with |z| < 4 it detects only differences of
     about 17 points in relapse probability with 80% power); the powered comparison is the slow

@@ -23,6 +23,7 @@ def test_count_grid():
     assert count_grid(56.0) == [0, 28, 56.0]
 
 
+@pytest.mark.slow  # fast-suite budget (61 s from a fresh clone)
 def test_files_equal_a_direct_simulation(model, human, tmp_path):
     options = dm.AgentOptions(method="fast", assess_days=(84.0, 168.0))
     het = dm.Heterogeneity(autophagy_cv=0.3)

@@ -8,6 +8,7 @@ import pytest
 from cli_run import run
 
 
+@pytest.mark.slow  # fast-suite budget (44 s from a fresh clone)
 def test_agents_writes_outputs(tmp_path, capsys, root):
     out = tmp_path / "o"
     code, stdout, err = run(["agents", "--model", str(root / "src/dormancy_model/params/data/human.toml"),
