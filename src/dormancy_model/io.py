@@ -330,16 +330,27 @@ def atomic_write_csv(path: str | Path, df) -> None:
     atomic_write_text(path, df.to_csv(index=False))
 
 
-def atomic_savefig(fig, path: str | Path, **kw) -> None:
+def atomic_write_with(path: str | Path, write, suffix: str | None = None) -> None:
+    """`write(tmp)` into a temporary file in `path`'s directory, then renamed onto `path`
+    (never half a file; the temporary file is removed if `write` fails)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path.name),
-                               suffix=path.suffix)
+                               suffix=path.suffix if suffix is None else suffix)
     os.close(fd)
     try:
-        fig.savefig(tmp, **kw)
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
     remove_stale(path.parent, path.name)
+
+
+def atomic_savefig(fig, path: str | Path, **kw) -> None:
+    atomic_write_with(path, lambda tmp: fig.savefig(tmp, **kw))
+
+
+def atomic_write_netcdf(idata, path: str | Path) -> None:
+    """An arviz InferenceData as NetCDF (h5netcdf engine), atomically."""
+    atomic_write_with(path, lambda tmp: idata.to_netcdf(tmp, engine="h5netcdf"), ".nc")

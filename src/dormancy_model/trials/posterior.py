@@ -530,20 +530,9 @@ def posterior_record(res: PosteriorResult, params, seed: int, command: str | Non
 
 def write_netcdf(res: PosteriorResult, path, attrs: dict) -> None:
     """The arviz InferenceData (log-unit draws, sample stats) as NetCDF, with provenance."""
-    import os
-    import tempfile
-    from pathlib import Path
+    from dormancy_model.io import atomic_write_netcdf
 
     idata = res.idata
     for k, v in attrs.items():
         idata.posterior.attrs[k] = str(v)
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".nc")
-    os.close(fd)
-    try:
-        idata.to_netcdf(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_netcdf(idata, path)

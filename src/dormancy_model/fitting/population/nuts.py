@@ -232,17 +232,7 @@ def summarise(idata, options: NutsOptions, wall: float = 0.0) -> NutsSummary:
 
 
 def save_netcdf(idata, path) -> None:
-    """Write the InferenceData as NetCDF (h5netcdf), atomically (a temporary file renamed)."""
-    import os
-    import tempfile
-    from pathlib import Path
+    """Write the InferenceData as NetCDF (h5netcdf), atomically (`io.atomic_write_netcdf`)."""
+    from dormancy_model.io import atomic_write_netcdf
 
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".nc")
-    os.close(fd)
-    try:
-        idata.to_netcdf(tmp, engine="h5netcdf")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_netcdf(idata, path)
