@@ -274,6 +274,21 @@ def test_covariate_with_the_pooled_method_is_refused(studies, capsys):
 # ----------------------------------------------------------------------------- mouse study
 
 
+def _write_weighted_files(root: Path, arms: dict, rows: list, animals: list) -> None:
+    """The study files of the weighted studies: burden `rows`, `animals` (id, weight) in
+    animals.csv, one censored survival mouse per arm (the format needs one)."""
+    root.mkdir()
+    (root / "study.toml").write_text(
+        '[study]\nname = "cov_test"\nspecies = "mouse"\nbody_weight_g = 25.0\nsynthetic = '
+        'true\nanimals = "animals.csv"\n'
+        + "".join(f'\n[arms.{a}]\nschedule = "{p}"\n' for a, p in arms.items()))
+    (root / "burden.csv").write_text("mouse_id,arm,day,residual_cells,detection_limit\n"
+                                     + "\n".join(rows) + "\n")
+    (root / "survival.csv").write_text("mouse_id,arm,day,event\n" + "".join(
+        f"{a}-s00,{a},7,0\n" for a in arms))
+    (root / "animals.csv").write_text("mouse_id,body_weight_g\n" + "\n".join(animals) + "\n")
+
+
 def _weighted_study(root: Path, truth, beta_w, arm_fold, sd, sigma, n_per_arm, days, seed):
     """A study simulated by the adaptive ODE solve: each burden mouse's dormant_initial is
     truth x (w / median w)^beta_w x arm_fold[arm] x exp(eta), eta ~ Normal(0, sd), weights
@@ -302,16 +317,7 @@ def _weighted_study(root: Path, truth, beta_w, arm_fold, sd, sigma, n_per_arm, d
             animals.append(f"{arm}-b{j:02d},{w[k]:.6g}")
             k += 1
         animals.append(f"{arm}-s00,{ref:.6g}")
-    root.mkdir()
-    (root / "study.toml").write_text(
-        '[study]\nname = "cov_test"\nspecies = "mouse"\nbody_weight_g = 25.0\nsynthetic = '
-        'true\nanimals = "animals.csv"\n'
-        + "".join(f'\n[arms.{a}]\nschedule = "{p}"\n' for a, p in arms.items()))
-    (root / "burden.csv").write_text("mouse_id,arm,day,residual_cells,detection_limit\n"
-                                     + "\n".join(rows) + "\n")
-    (root / "survival.csv").write_text("mouse_id,arm,day,event\n" + "".join(
-        f"{a}-s00,{a},7,0\n" for a in arms))
-    (root / "animals.csv").write_text("mouse_id,body_weight_g\n" + "\n".join(animals) + "\n")
+    _write_weighted_files(root, arms, rows, animals)
     return ref
 
 
@@ -466,16 +472,7 @@ def _plain_weighted_study(root: Path, n_per_arm: int, seed: int) -> float:
             animals.append(f"{arm}-b{j:02d},{w[k]:.6g}")
             k += 1
         animals.append(f"{arm}-s00,{ref:.6g}")
-    root.mkdir()
-    (root / "study.toml").write_text(
-        '[study]\nname = "cov_test"\nspecies = "mouse"\nbody_weight_g = 25.0\nsynthetic = '
-        'true\nanimals = "animals.csv"\n'
-        + "".join(f'\n[arms.{a}]\nschedule = "{p}"\n' for a, p in arms.items()))
-    (root / "burden.csv").write_text("mouse_id,arm,day,residual_cells,detection_limit\n"
-                                     + "\n".join(rows) + "\n")
-    (root / "survival.csv").write_text("mouse_id,arm,day,event\n" + "".join(
-        f"{a}-s00,{a},7,0\n" for a in arms))
-    (root / "animals.csv").write_text("mouse_id,body_weight_g\n" + "\n".join(animals) + "\n")
+    _write_weighted_files(root, arms, rows, animals)
     return ref
 
 
