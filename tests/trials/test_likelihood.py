@@ -150,8 +150,9 @@ def test_clever_targets_and_joint_loglik_sum_the_terms():
     t = L.PublishedTargets.clever(pf)
     assert t.rfs == {"HCQ": (11, 12), "EVE": (13, 14), "HCQ+EVE": (13, 13)}
     assert t.late == (0, 31)
+    assert t.cleared == (41, 51)
     pred = {"p_screen": 0.3, "logit_late": -3.0, "logit_late:var": 0.0, "log_hr": -1.0,
-            "log_hr:var": 0.0}
+            "log_hr:var": 0.0, "logit_cleared": 1.2, "logit_cleared:var": 0.0}
     for a in L.ARMS:
         pred.update({f"logit_rfs:{a}": 2.5, f"logit_rfs:{a}:var": 0.0, f"z_mean:{a}": -1.5,
                      f"z_mean:{a}:var": 0.0, f"z_logsd:{a}": math.log(0.5),
@@ -162,8 +163,9 @@ def test_clever_targets_and_joint_loglik_sum_the_terms():
     ref += stats.binom.logpmf(0, 31, special.expit(-3.0))
     ref += stats.norm.logpdf(math.log(0.21), -1.0, L.hr_se_from_ci(0.01, 3.4))
     ref += sum(stats.norm.logpdf(math.log(1 - r), -1.5, 0.5) for r in (0.80, 0.78, 0.87))
+    ref += stats.binom.logpmf(41, 51, special.expit(1.2))
     assert float(L.joint_loglik(pred, t)) == pytest.approx(ref, rel=1e-9)
-    assert len(parts) == 9
+    assert len(parts) == 10
     # differentiable
     g = jax.grad(lambda x: L.joint_loglik({**pred, "log_hr": x}, t))(-1.0)
     assert float(g) == pytest.approx((math.log(0.21) + 1.0) / L.hr_se_from_ci(0.01, 3.4) ** 2)
@@ -190,6 +192,11 @@ def test_point_quantities_on_a_hand_built_trial_table():
     assert v["z_logsd:HCQ+EVE"] == pytest.approx(math.log(z.std(ddof=1)))
     assert w["z_mean:HCQ+EVE"] == pytest.approx(z.var(ddof=1) / 4)
     assert v["logit_late"] == pytest.approx(math.log(0.01 / 0.99))  # (0 + 0.5) / (49 + 1)
+    assert "logit_cleared" not in v  # no last on-treatment aspirate column
+    pats["cleared_eot_observed"] = np.arange(len(pats)) % 4 != 0  # 38 of 51 DTC-
+    v, w = point_quantities(pats, trials)
+    assert v["logit_cleared"] == pytest.approx(math.log(38.5 / 13.5))  # (k + 0.5) / (n + 1)
+    assert w["logit_cleared"] == pytest.approx(52 / (38.5 * 13.5))
     # both relapses in the cleared group (i = 0 is even): all events in one group -> NaN
     assert math.isnan(v["log_hr"])
     # every trial's reduction capped (no post-treatment DTC anywhere): the sd is floored

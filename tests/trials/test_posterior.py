@@ -65,7 +65,8 @@ class FakeSimulator:
         u = (theta - self.c) / self.h
         u0, u1, u2, u3, u4 = (u[..., i] for i in range(5))
         out = {"logit_late": -3.0 + 1.5 * u1 + 0.4 * u2,
-               "log_hr": -1.0 + 2.0 * u4 - 0.4 * u0 + 0.1 * xp.sin(u3)}
+               "log_hr": -1.0 + 2.0 * u4 - 0.4 * u0 + 0.1 * xp.sin(u3),
+               "logit_cleared": 1.4 + 0.8 * u0 - 1.0 * u4 - 0.5 * u3 + 0.1 * u4 ** 2}
         for j, a in enumerate(L.ARMS):
             out[f"logit_rfs:{a}"] = 2.6 + 0.3 * j - 1.5 * u1 + 0.3 * u0 - 0.3 * u2 + 0.1 * u1 ** 2
             out[f"z_mean:{a}"] = -1.6 - 0.1 * j - 2.0 * u0 + 0.2 * u4 ** 2 + 0.05 * xp.sin(2 * u0)
@@ -100,7 +101,8 @@ class FakeSimulator:
             screen=(int(rng.binomial(n_scr, p_scr)), n_scr), rfs=rfs,
             late=(int(rng.binomial(n_late, ex(t["logit_late"]))), n_late),
             hr=(hr, hr * math.exp(-L.Z975 * se), hr * math.exp(L.Z975 * se)),
-            reduction_C3=red)
+            reduction_C3=red,
+            cleared=(int(rng.binomial(51 * scale, ex(t["logit_cleared"]))), 51 * scale))
 
 
 def fake_posterior(seed, *, truth=None, scale=1, points=64, chains=2, warmup=300, samples=300):
@@ -150,7 +152,7 @@ def test_fake_posterior_covers_a_known_truth_and_contracts(fake_fit):
     assert (sd_ratio[["a", "b", "e"]] < 0.5).all(), sd_ratio
     d = res.diagnostics
     assert d["max_rhat"] < 1.05 and d["min_ess_bulk"] > 100 and d["divergences"] == 0, d
-    assert len(d["emulator_cv"]) == 11
+    assert len(d["emulator_cv"]) == 12
     # a short test run may be flagged for R-hat > 1.01 or ESS < 400, never for the rest
     assert all(w.startswith(("R-hat", "bulk ESS")) for w in d["warnings"]), d["warnings"]
     # the posterior predictive of the given targets covers them (emulated)
@@ -176,7 +178,7 @@ def test_posterior_file_has_draws_diagnostics_and_provenance(fake_fit, tmp_path)
     np.testing.assert_allclose(np.log(back["draws"]["b"]), res.draws["b"], rtol=1e-12)
     assert {"max_rhat", "min_ess_bulk", "divergences", "ess_tail",
             "warnings"} <= set(back["diagnostics"])
-    assert len(back["design"]) == 64 and len(back["emulator_cv"]) == 11
+    assert len(back["design"]) == 64 and len(back["emulator_cv"]) == 12
     assert back["priors"]["a"]["median"] == pytest.approx(0.05)
     P.write_netcdf(res, tmp_path / "p.nc", {"git_commit": "abc123"})
     idata = az.from_netcdf(tmp_path / "p.nc")

@@ -31,7 +31,8 @@ Method:
 2. per point, the model quantities the likelihood needs (`point_quantities`): pooled KM 3-year
    RFS per arm (logit), P(relapse after 3 years | relapse-free and followed at 3 years) (logit),
    pooled Cox log HR cleared vs persistent, and the mean and log-sd over trials of
-   z = ln(1 - DTC reduction at C3) per arm, each with its Monte-Carlo variance;
+   z = ln(1 - DTC reduction at C3) per arm, the pooled fraction DTC- at the last on-treatment
+   aspirate (logit), each with its Monte-Carlo variance;
 3. a quadratic emulator of each quantity (`emulator.py`) with its uncertainty, checked by
    leave-one-out cross-validation; the screening probability is exact (`likelihood.py`);
 4. NUTS (numpyro, several chains) on the emulated log-likelihood of every published statistic
@@ -68,7 +69,7 @@ PRIOR_SOURCE = {
     "cv_k_dr": "population.py default 0.76 (Ribba 2012 IIV 76% [S11]); log-sd 0.5",
 }
 Z_SD_FLOOR = 0.05  # smallest sd over trials of z = ln(1 - reduction) (5% relative)
-EMULATED = ("logit_rfs", "logit_late", "log_hr", "z_mean", "z_logsd")
+EMULATED = ("logit_rfs", "logit_late", "log_hr", "z_mean", "z_logsd", "logit_cleared")
 
 
 @dataclass(frozen=True)
@@ -189,6 +190,10 @@ def point_quantities(patients: pd.DataFrame, trials: pd.DataFrame, arms=L.ARMS,
     k, n = L.late_relapse_stats(tr["rfs_time"], tr["rfs_event"], landmark)
     q = (k + 0.5) / (n + 1.0)
     val["logit_late"], var["logit_late"] = _logit(q), 1.0 / ((n + 1.0) * q * (1 - q))
+    if "cleared_eot_observed" in tr:  # DTC- at the last on-treatment aspirate, pooled
+        k, n = int(tr["cleared_eot_observed"].sum()), len(tr)
+        q = (k + 0.5) / (n + 1.0)  # continuity: every patient cleared (or none) stays finite
+        val["logit_cleared"], var["logit_cleared"] = _logit(q), 1.0 / ((n + 1.0) * q * (1 - q))
     cox = cox_binary(tr["rfs_time"], tr["rfs_event"], tr["cleared_observed"].astype(float))
     if cox.estimable:
         val["log_hr"] = math.log(cox.hr)
@@ -415,6 +420,10 @@ def emulated_predictive(draws: dict, prior: Prior, emulator, exact, targets, *, 
         z = (pred[f"z_mean:{a}"]
              + np.sqrt(sd ** 2 + pred[f"z_mean:{a}:var"]) * rng.standard_normal(m))
         rows.append(("reduction_C3", a, r, 1 - np.exp(z)))
+    if targets.cleared is not None and "logit_cleared" in pred:
+        k, n = targets.cleared
+        rows.append(("cleared at the last on-treatment aspirate", "all treated", k / n,
+                     rng.binomial(n, draw_logit("logit_cleared")) / n))
     out = []
     for stat, arm, obs, x in rows:
         lo, med, hi = np.quantile(x, [0.05, 0.5, 0.95])
