@@ -4,6 +4,7 @@ every published PK, PD, trial and prognosis number beside the model's, computed 
 
 Run from the repository root:
     python scripts/validation.py [--replicates 40] [--seed 1] [--untreated 4000] [--out docs]
+        [--posterior fits/clever_posterior.json [--replicates-per-draw 8]]
 The acceptance of issue 14 uses --replicates 200; the default 40 takes a few minutes on 2 CPU
 cores.
 """
@@ -24,6 +25,11 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="human", help="parameter set name or TOML file")
     ap.add_argument("--method", default="fast", choices=("fast", "exact"),
                     help="agent method")
+    ap.add_argument("--posterior", default=None,
+                    help="posterior file (dormancy calibrate --posterior): the trial rows "
+                    "become the posterior predictive check over its draws")
+    ap.add_argument("--replicates-per-draw", type=int, default=8,
+                    help="with --posterior: trials per posterior draw (default 8)")
     ap.add_argument("--out", type=Path, default=Path("docs"), help="output directory")
     a = ap.parse_args(argv)
 
@@ -36,10 +42,14 @@ def main(argv=None) -> int:
     command = (f"python scripts/validation.py --replicates {a.replicates} --seed {a.seed} "
                f"--untreated {a.untreated}"
                + (f" --model {a.model}" if a.model != "human" else "")
-               + (f" --method {a.method}" if a.method != "fast" else ""))
+               + (f" --method {a.method}" if a.method != "fast" else "")
+               + (f" --posterior {a.posterior}" if a.posterior else "")
+               + (f" --replicates-per-draw {a.replicates_per_draw}"
+                  if a.posterior and a.replicates_per_draw != 8 else ""))
     try:
         v = V.build(replicates=a.replicates, seed=a.seed, untreated=a.untreated, model=a.model,
-                    method=a.method, progress=lambda t: print(t, flush=True))
+                    method=a.method, progress=lambda t: print(t, flush=True),
+                    posterior=a.posterior, replicates_per_draw=a.replicates_per_draw)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

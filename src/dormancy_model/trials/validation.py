@@ -556,9 +556,15 @@ class Validation:
 
 
 def build(*, replicates: int = 40, seed: int = 1, untreated: int = 4000, model: str = "human",
-          method: str = "fast", progress=None) -> Validation:
+          method: str = "fast", progress=None, posterior=None,
+          replicates_per_draw: int = 8) -> Validation:
     """Compute every row (see module doc). `untreated`: screened candidates in the untreated
-    cohort (about 30% of them screen-positive)."""
+    cohort (about 30% of them screen-positive).
+
+    `posterior` (a posterior file path, `dormancy calibrate --posterior`): the trial rows become
+    the posterior predictive check: `replicates` trials over replicates / replicates_per_draw
+    posterior draws (`predictive.posterior_trials`), so each interval carries the parameter
+    uncertainty and the replicate noise; the PD and prognosis rows use the posterior median."""
     from dormancy_model.errors import InputError
     from dormancy_model.trials.calibrate import DEFAULT_CALIBRATION, load_calibration
     from dormancy_model.trials.design import clever_design
@@ -573,7 +579,19 @@ def build(*, replicates: int = 40, seed: int = 1, untreated: int = 4000, model: 
     t0 = time.perf_counter()
     timings = {}
     params = load_model_parameters(model)
-    typical = load_calibration()
+    post = None
+    if posterior is not None:
+        from dormancy_model.trials.predictive import PosteriorDraws
+
+        post = PosteriorDraws.load(posterior)
+        if replicates_per_draw < 1 or replicates % replicates_per_draw:
+            raise InputError("--replicates", "replicates", f"must be a multiple of the "
+                             f"replicates per posterior draw ({replicates_per_draw}), got "
+                             f"{replicates}")
+        median_pop = post.population(post.median())
+        typical = dict(median_pop.typical)
+    else:
+        typical = load_calibration()
     typical_params = params.replace(**typical)
     pk = pk_numbers(params)
     timings["pk"] = time.perf_counter() - t0
@@ -582,11 +600,19 @@ def build(*, replicates: int = 40, seed: int = 1, untreated: int = 4000, model: 
     timings["pd"] = time.perf_counter() - t0 - timings["pk"]
     tick(f"PD ({timings['pd']:.0f} s)")
     key = jax.random.key(seed)
-    pop = Population().replace(typical=typical)
+    pop = Population().replace(typical=typical) if post is None else median_pop
     t1 = time.perf_counter()
-    res = trial(clever_design(), params, key=key, replicates=replicates, population=pop,
-                method=method)
-    trials = res.summary()
+    if post is None:
+        res = trial(clever_design(), params, key=key, replicates=replicates, population=pop,
+                    method=method)
+        trials = res.summary()
+    else:
+        from dormancy_model.trials.predictive import posterior_trials
+
+        res, trials = posterior_trials(
+            clever_design(), params, post, key=key, draws=replicates // replicates_per_draw,
+            replicates_per_draw=replicates_per_draw, method=method,
+            progress=lambda i, n: tick(f"posterior draw {i}/{n}") if i % 5 == 0 else None)
     timings["trial"] = time.perf_counter() - t1
     tick(f"{replicates} trials ({timings['trial']:.0f} s)")
     t1 = time.perf_counter()
@@ -598,8 +624,12 @@ def build(*, replicates: int = 40, seed: int = 1, untreated: int = 4000, model: 
     rows = pk_rows(pk) + pd_rows(pdn) + trial_rows(trials, res.patients) + prognosis_rows(pg)
     table = pd.DataFrame([r.record() for r in rows])[COLUMNS]
     timings["total"] = time.perf_counter() - t0
+    calib = (f"dormancy_model/trials/data/{DEFAULT_CALIBRATION}" if post is None else
+             f"posterior {posterior} ({replicates // replicates_per_draw} draws x "
+             f"{replicates_per_draw} trials; PD and prognosis at the posterior median)")
     meta = dict(replicates=replicates, seed=seed, untreated=untreated, model=model,
-                method=method, calibration=f"dormancy_model/trials/data/{DEFAULT_CALIBRATION}",
+                method=method, calibration=calib,
+                posterior=None if post is None else str(posterior),
                 git=_git_state(), date=_dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
                 timings=timings, backend=jax.default_backend(),
                 devices=len(jax.devices()), machine=platform.machine())
@@ -712,7 +742,9 @@ def render(v: Validation, command: str) -> str:
         f"Generated {m['date']} from git {m['git']} by `{command}`: {m['replicates']} "
         f"replicated CLEVER trials (seed {m['seed']}), an untreated cohort of {m['untreated']} "
         f"screened candidates, parameter set `{m['model']}`, agent method `{m['method']}`, "
-        f"population typical values from `{m['calibration']}`. Runtime {tm['total']:.0f} s "
+        + (f"population typical values from `{m['calibration']}`" if not m.get("posterior")
+           else f"population parameters from the {m['calibration']}")
+        + f". Runtime {tm['total']:.0f} s "
         f"on {m['devices']} {m['backend']} device(s) ({m['machine']}): PK {tm['pk']:.0f} s, PD "
         f"{tm['pd']:.0f} s, trials {tm['trial']:.0f} s, untreated cohort "
         f"{tm['untreated']:.0f} s.",
@@ -730,7 +762,12 @@ def render(v: Validation, command: str) -> str:
         "- *model*: for replicated trial statistics the median over replicated trials and, in "
         "brackets, the 5% and 95% quantiles (the simulated 90% interval of what one 51-patient "
         "trial would show); otherwise the model's value (PK/PD: the packaged human parameters; "
-        "PD reductions and the prognosis use the trial's calibrated typical values).",
+        "PD reductions and the prognosis use the trial's calibrated typical values)."
+        + (" **Posterior predictive check:** the trials were simulated over posterior draws of "
+           "the population parameters (`dormancy calibrate --posterior`), so each trial "
+           "interval is the posterior predictive 90% interval (parameter uncertainty and "
+           "replicate noise together); PD and prognosis rows use the posterior median."
+           if m.get("posterior") else ""),
         "- *inside*: computed from the numbers in `validation.csv` by "
         "`dormancy_model.trials.validation.inside`:",
         *[f"  - `{k}`: {d}" for k, d in CRITERIA.items()],

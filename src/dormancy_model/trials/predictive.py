@@ -1,0 +1,125 @@
+"""Posterior predictive trials: replicated virtual CLEVER trials over posterior draws.
+
+The posterior file (`dormancy calibrate --posterior`, `posterior.posterior_record`) holds draws
+of the population parameters (natural units). A posterior predictive trial is one replicated
+trial at one draw: `posterior_trials` takes `draws` parameter sets from the file (a seeded
+choice without replacement over all chains) and simulates `replicates_per_draw` trials at each,
+so the spread of a statistic over all trials carries the parameter uncertainty and the
+replicate noise together. Each draw's trials use their own key (`fold_in(key, draw)`), the
+trial numbers run over draws (trial = draw x replicates_per_draw + replicate) and the patient
+and trial tables carry a `draw` column.
+
+`PosteriorDraws` is the loaded file: names, the draws as an (n, d) array, the median, and the
+`Population` at any draw (`population_at`: the same map the calibration used).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import jax
+import numpy as np
+import pandas as pd
+
+from dormancy_model.errors import InputError
+
+
+@dataclass(frozen=True)
+class PosteriorDraws:
+    names: tuple
+    draws: np.ndarray  # (n, d), natural units
+    source: str
+    record: dict
+
+    @classmethod
+    def load(cls, path, option: str = "--posterior") -> PosteriorDraws:
+        """Read a posterior file; a missing or malformed file is an `InputError` naming
+        `option`."""
+        p = Path(path)
+        if not p.is_file():
+            raise InputError(option, str(p), "no such posterior file")
+        try:
+            rec = json.loads(p.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise InputError(str(p), "(file)", f"not a JSON posterior file ({e})") from None
+        names = rec.get("parameters") if isinstance(rec, dict) else None
+        draws = rec.get("draws") if isinstance(rec, dict) else None
+        if not names or not isinstance(draws, dict) or set(names) - set(draws):
+            raise InputError(str(p), "parameters/draws", "needs 'parameters' and 'draws' for "
+                             "each of them (the file `dormancy calibrate --posterior` writes)")
+        from dormancy_model.trials.posterior import PRIOR_LOG_SD
+
+        unknown = [n for n in names if n not in PRIOR_LOG_SD]
+        if unknown:
+            raise InputError(str(p), "parameters", f"unknown population parameters {unknown}")
+        try:
+            cols = [np.asarray(draws[n], float).ravel() for n in names]
+        except (TypeError, ValueError):
+            raise InputError(str(p), "draws", "must be numbers") from None
+        if len({c.size for c in cols}) != 1 or cols[0].size == 0:
+            raise InputError(str(p), "draws", "every parameter needs the same, non-zero number "
+                             "of draws")
+        x = np.stack(cols, -1)
+        if not np.all(np.isfinite(x) & (x > 0)):
+            raise InputError(str(p), "draws", "must be finite and positive")
+        return cls(tuple(names), x, str(p), rec)
+
+    @property
+    def n(self) -> int:
+        return self.draws.shape[0]
+
+    def median(self) -> dict:
+        return {n: float(np.median(self.draws[:, i])) for i, n in enumerate(self.names)}
+
+    def choose(self, k: int, seed: int) -> np.ndarray:
+        """Indices of k draws (without replacement while k <= n), seeded."""
+        rng = np.random.default_rng(seed)
+        if k <= self.n:
+            return np.sort(rng.choice(self.n, size=k, replace=False))
+        return rng.choice(self.n, size=k, replace=True)
+
+    def population(self, i, base=None):
+        """The `Population` at draw i (or at a dict of natural values, e.g. `median()`)."""
+        from dormancy_model.trials.population import Population
+        from dormancy_model.trials.posterior import population_at
+
+        v = i if isinstance(i, dict) else dict(zip(self.names, self.draws[i], strict=True))
+        theta = np.log([v[n] for n in self.names])
+        return population_at(theta, self.names, base or Population())
+
+
+def posterior_trials(design, params, posterior: PosteriorDraws, *, key, draws: int,
+                     replicates_per_draw: int, method: str = "fast", base_population=None,
+                     progress=None):
+    """(patients, trials): `draws` posterior draws x `replicates_per_draw` replicated trials
+    (see the module doc). `progress(i, n)` after each draw."""
+    from dormancy_model.trials.protocol import TrialResult, trial
+
+    if draws < 1 or replicates_per_draw < 1:
+        raise ValueError("need draws >= 1 and replicates_per_draw >= 1")
+    seed = int(np.asarray(jax.random.randint(jax.random.fold_in(key, 0x5050), (), 0,
+                                             2**31 - 1)))
+    idx = posterior.choose(draws, seed)
+    pats, summ, screens = [], [], []
+    for j, i in enumerate(idx):
+        pop = posterior.population(int(i), base_population)
+        res = trial(design, params, key=jax.random.fold_in(key, j),
+                    replicates=replicates_per_draw, population=pop, method=method)
+        s = res.summary()
+        off = j * replicates_per_draw
+        for df in (res.patients, s, res.screening):
+            df["trial"] = df["trial"] + off
+            df["draw"] = int(i)
+        pats.append(res.patients)
+        summ.append(s)
+        screens.append(res.screening)
+        if progress:
+            progress(j + 1, len(idx))
+    patients = pd.concat(pats, ignore_index=True)
+    out = TrialResult(patients, pd.concat(screens, ignore_index=True), design,
+                      draws * replicates_per_draw,
+                      f"method={method}; posterior {posterior.source}, {draws} draws x "
+                      f"{replicates_per_draw}")
+    return out, pd.concat(summ, ignore_index=True)
