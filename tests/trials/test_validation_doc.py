@@ -18,6 +18,7 @@ EXPECTED = [
     "HCQ terminal half-life", "HCQ time to 96%",
     "lysosomal block after 6 cycles, 400", "lysosomal block after 6 cycles, 800",
     "lysosomal block after 6 cycles, 1200", "HCQ 400 mg/day alone", "HCQ 1,200 mg/day alone",
+    "within-arm DTC reduction baseline -> C3 implied for HCQ 1,200",
     "mTORC1 inhibition at steady state, 10 mg", "mTORC1 inhibition at steady state, 5 mg",
     "screening positivity",
     "3-year RFS (Kaplan-Meier), HCQ", "3-year RFS (Kaplan-Meier), EVE",
@@ -84,6 +85,25 @@ def test_inside_rule_on_constructed_rows():
                      "ref_point": 2.0}) == "no"
     assert V.inside({**base, "criterion": "direction", "model_value": np.nan,
                      "ref_point": 2.0}) == "NA"
+
+
+def test_hcq_scale_compares_like_with_like_through_the_regression_to_the_mean():
+    """CLEVER's 80% is within-arm (drug effect and the enrolment's regression to the mean):
+    the drug-only mean-field number is compared through the observation arm's pooled
+    regression, 1 - (1 - drug)(1 - regression), computed from hand-built counts."""
+    obs = pd.DataFrame({"arm": "observation", "baseline_count": [1, 1, 2, 4],
+                        "count_C3": [0, 1, 0, 2]})
+    treated = pd.DataFrame({"arm": "HCQ", "baseline_count": [9], "count_C3": [0]})
+    reg = V.observation_regression(pd.concat([obs, treated]))
+    assert reg == pytest.approx(1 - 3 / 8)
+    assert math.isnan(V.observation_regression(treated))
+    drug_row, both = V.hcq_scale_rows("PD", 0.6, reg)
+    assert drug_row.criterion == "prediction" and drug_row.model_value == 0.6
+    assert both.model_value == pytest.approx(1 - 0.4 * 3 / 8)  # 0.85: inside 70-90%
+    assert V.inside(both.record()) == "yes"
+    assert V.inside(V.hcq_scale_rows("PD", 0.1, reg)[1].record()) == "no"  # 0.66
+    (only,) = V.hcq_scale_rows("PD", 0.6, math.nan)  # no observation arm: drug effect alone
+    assert only.criterion == "value_in_range" and V.inside(only.record()) == "no"
 
 
 @pytest.fixture(scope="module")
