@@ -170,3 +170,50 @@ def test_pool_leap_agrees_with_exact_events_two_sample(model, human):
     z = np.array(z)
     assert np.all(np.abs(z) <= Z_TOL), z
     assert lp.n_events.mean() < 0.5 * ex.n_events.mean()
+
+
+def test_pool_leap_at_the_packaged_threshold_agrees_with_exact_events(model, human):
+    """The packaged threshold (`POOL_LEAP_ABOVE`, 30 cells; 1e3 before issue 15): 400 dormant
+    cells (fixed) in 4 trait classes under a strong drug death (delta_max 0.1: most pools cross
+    30 cells within weeks and 85% of the replicates clear by day 400), 480 replicates leaping
+    above the threshold against 480 with exact events for every cell (a threshold above every
+    pool: the same compiled loop). Seeded: the mean and variance of D and R at day 84 and of D
+    at day 400 (two-sample z), the cleared proportion (two proportions) within |z| <= 3.5 and
+    the law of the clearance day (two-sample KS, p > 1e-3). The leap's approximations are per
+    cell (`loops.pool_leap_counts`), so a low threshold must leave these laws unchanged; a
+    clearance day resolved only at the leap ends, or a wrong hand-over from leaps to exact
+    events, would show here. Shapes as `_small` (24-lane chunks): no new compilation."""
+    from scipy.stats import ks_2samp
+
+    from dormancy_model.agents.pipeline import POOL_LEAP_ABOVE
+
+    assert POOL_LEAP_ABOVE == 30.0
+    p = human.replace(k_dr=1e-3, detection_size=1e4, delta_max=0.1, lambda_p=0.3,
+                      delta_p=0.27, dormant_initial=400.0, k_pd=0.0)
+    n = 480
+
+    def run(seed, above):
+        res = simulate_agents(model, p, dm.get_schedule("clever-combo"), n_replicates=n,
+                              key=jax.random.PRNGKey(seed), t1=400.0,
+                              heterogeneity=Heterogeneity(autophagy_cv=0.8, reactivation_cv=0.5,
+                                                          strata=2),
+                              options=AgentOptions(method="fast", switch_size=50.0,
+                                                   count_days=(84.0, 400.0),
+                                                   initial_count="fixed", chunk_size=24,
+                                                   pool_leap_above=above))
+        assert res.ok, res.message
+        return res
+
+    ex, lp = run(11, 1e9), run(12, POOL_LEAP_ABOVE)
+    z = []
+    for j, s in ((0, 0), (0, 1), (1, 0)):
+        z.extend(_two_sample_z(lp.counts[:, j, s], ex.counts[:, j, s]))
+    a, b = lp.cleared, ex.cleared
+    pool = (a.sum() + b.sum()) / (2 * n)
+    z.append((a.mean() - b.mean()) / math.sqrt(max(pool * (1 - pool) * 2 / n, 1e-12)))
+    z = np.array(z)
+    assert np.all(np.abs(z) <= Z_TOL), z
+    assert 0.5 < b.mean() < 0.98, b.mean()  # clearance is the common outcome
+    ks = ks_2samp(np.minimum(lp.clearance_day, 1e4), np.minimum(ex.clearance_day, 1e4))
+    assert ks.pvalue > 1e-3, ks
+    assert lp.n_events.mean() < 0.8 * ex.n_events.mean()  # the pools leapt

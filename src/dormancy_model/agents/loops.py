@@ -377,7 +377,10 @@ def pool_leap_counts(key, d, lr, ld):
     clever-combo the drugs move the death hazard within each day, and the split's error is at
     most 0.76% of one leap's p_react (a = 1; 3.8% at a = 5), +0.17% (a = 1) of a cell's
     probability of reactivating within a year (`benchmarks/pool_leap_bench.py
-    --split-error`)."""
+    --split-error`). Both errors are per cell: given the two probabilities the counts are the
+    exact multinomial of d independent cells whatever d is, so the pool size above which pools
+    leap (`pipeline.POOL_LEAP_ABOVE`, 30) moves no approximation (tests/agents/test_pool_leap.py
+    compares leaps above it with exact events)."""
     lt = lr + ld
     p_leave = -jnp.expm1(-lt)
     pos = lt > 0

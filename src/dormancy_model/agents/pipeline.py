@@ -13,7 +13,19 @@ from dormancy_model.errors import InputError, check_seed
 # CLI, the demo and the trials; fast method, `AgentOptions.pool_leap_above`): since the DTC load
 # is counted in cells (aspirate_fraction = aspirate_cells / marrow_cells) the human marrow holds
 # ~1e5 DTCs, one exact event per dormant death would cost ~1e5 events per patient under drug.
-POOL_LEAP_ABOVE = 1.0e3
+# Why 30 (1e3 before, issue 15): the leap's two approximations are per cell (the split of a
+# cell's leaving probability between reactivation and death, `loops.pool_leap_counts`, and the
+# law of a reactivation time within the leap, `loops.pool_react_time`); given them the counts
+# of a leap are the exact multinomial of independent cells, for any pool size, so the threshold
+# moves no approximation. It only decides where exact events take over: the last cells of a
+# pool die at their own times (the clearance day is exact as long as no leap takes a pool from
+# above the threshold to 0: from 31 cells that needs 31 deaths in one leap, probability
+# p_leave^31, < 3e-26 even at p_leave = 0.15 per daily leap, 4x the typical drug death). Under treatment every pool crosses the
+# threshold, and below it every death was one lock-step iteration: with 1e3 the slowest lanes
+# of a trial's phase A made ~1,200 iterations (~170 leaps + ~1,000 deaths), with 30 ~340-510
+# (benchmarks/RESULTS.md, issue 15). tests/agents/test_pool_leap.py compares leaps above this
+# threshold with exact events (seeded two-sample test).
+POOL_LEAP_ABOVE = 30.0
 
 if TYPE_CHECKING:  # importing this module stays light (no JAX): the CLI reads its constants
     from dormancy_model.agents.simulate import AgentOptions, Heterogeneity

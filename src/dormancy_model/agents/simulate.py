@@ -351,6 +351,14 @@ def _replicate_keys(key, n):
     return tuple(jax.vmap(lambda k, j=j: jax.random.fold_in(k, j))(keys) for j in range(3))
 
 
+@jax.jit
+def _take_lanes(tree, idx):
+    """Lanes `idx` of every array leaf of `tree` (a chunk's tables, states and keys): one
+    compiled gather per chunk. Eager indexing, one dispatch per leaf, was ~7 s of a 60 s
+    32-trial run on the 2-core CPU (cProfile, issue 15); the same values either way."""
+    return jax.tree_util.tree_map(lambda x: x[idx], tree)
+
+
 def _use_kernel(backend: str, method: str, pool_leap: bool = False) -> bool:
     if method != "fast" or backend == "xla" or pool_leap:  # pool leaps: the XLA loop only
         return False
@@ -534,13 +542,14 @@ def simulate_agents(model: DormancyModel, params: Parameters, schedule: Schedule
     pool = (f64(o.pool_leap_above),) if o.pool_leap_above < float("inf") else ()
     for start in range(0, n, chunk):
         sl = order[np.arange(start, start + chunk) % n]  # pad the last chunk by wrapping
-        if identity and start + chunk <= n:  # contiguous: slice instead of gather
-            take = lambda x, a=start: x[a:a + chunk]  # noqa: E731
+        if sl.size == n_run and identity and np.array_equal(sl, np.arange(n_run)):
+            # the whole batch, in order: nothing to take
+            tb, st, kr = table, states, k_run
         else:
-            take = lambda x, sl=sl: x[sl]  # noqa: E731
-        tb = jax.tree_util.tree_map(take, table) if batched else table
-        out = _run_chunk(method, tb, 0 if batched else None,
-                         jax.tree_util.tree_map(take, states), take(k_run), f64(t0), f64(t1),
+            tb, st, kr = _take_lanes((table if batched else None, states, k_run),
+                                     jnp.asarray(sl))
+            tb = tb if batched else table
+        out = _run_chunk(method, tb, 0 if batched else None, st, kr, f64(t0), f64(t1),
                          jnp.asarray(rec_days), f64(switch_size), jnp.asarray(max_events),
                          f64(leap_days), f64(max(o.late_leap_days, leap_days)), o.backend,
                          int(o.kernel_block), *pool)
