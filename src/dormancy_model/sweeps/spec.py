@@ -402,7 +402,7 @@ def _samples(src, doc, params, seed, inputs):
         out, spread = _posterior_samples(src, s, doc, params, n, rng, inputs)
         coords = {f"sample_{nm}": (v / params.spec[nm].factor, params.spec[nm].unit)
                   for nm, v in out.items()}
-        coords.update({f"sample_{pn}": (v, u) for pn, (_, v, u) in spread.items()})
+        coords.update({f"sample_{pn}": (x, "1") for pn, (_, _, x) in spread.items()})
         dim = Dim("sample", np.arange(n), "1", "sample", "posterior draws", coords)
         return out, [dim], params, {t: om for t, om, _ in spread.values()}
     if method == "population":
@@ -475,7 +475,7 @@ def _samples(src, doc, params, seed, inputs):
 def _posterior_samples(src, s, doc, params, n, rng, inputs):
     """n draws (without replacement) of the posterior file `samples.posterior`: (model
     parameter -> (n,) internal values of the typical values, posterior name -> (model parameter,
-    (n,) omega per sample, unit) of the spreads)."""
+    (n,) log-SD per sample, (n,) the file's values) of the spreads)."""
     if "parameters" in s:
         want = s["parameters"]
         if not isinstance(want, list) or not want or not all(isinstance(x, str) for x in want):
@@ -525,7 +525,7 @@ def _posterior_samples(src, s, doc, params, n, rng, inputs):
                       f"{target}: give [patients] variability.{target} (any CV > 0; the "
                       "sample's spread replaces it)")
             om = x if nm == "load_sigma" else np.sqrt(np.log1p(x ** 2))
-            spread[nm] = (target, om.astype(float), "1")
+            spread[nm] = (target, om.astype(float), x.astype(float))
     return out, spread
 
 

@@ -477,6 +477,11 @@ def posterior_note(tab: pd.DataFrame, name: str) -> str:
     txt = (f"{name}: parameter uncertainty dominates {par} of {len(t)} answers "
            f"({', '.join(ANSWER_METRICS)}, n per arm, P(best)); median share of the variance "
            f"from parameters {float(np.nanmedian(t['share_parameters'])):.2f}")
+    ns = tab[tab["metric"] == "n_per_arm"]
+    for r in ns.itertuples():
+        txt += (f"; n per arm for 80% power {r.median:.4g} [{r.p05:.4g}, {r.p95:.4g}] "
+                f"(replicate-only [{r.rep_p05:.4g}, {r.rep_p95:.4g}]), no benefit in "
+                f"{r.no_benefit:.0%} of the simulated pools")
     if len(narrower):
         txt += (f"; {len(narrower)} posterior intervals narrower than the replicate-only one "
                 "(sampling noise of few draws / replicates: raise --posterior-draws / "
