@@ -235,3 +235,21 @@ def test_cli_bad_posterior_one_line_exit_2_no_output(sensitive, post_file, tmp_p
     lines = err.strip().splitlines()
     assert len(lines) == 1 and words in lines[0], err
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+@pytest.mark.slow
+def test_real_agents_what_if_over_a_tiny_posterior(post_file, tmp_path, capsys):
+    """The real agent model through the CLI: 2 draws x 2 trials at each of 2 levels and 2 at
+    the centre; the table has finite intervals and its decomposition adds up."""
+    code, out, err = run(["trial", "--replicates", "2", "--seed", "1", "--calibration", "",
+                          "--what-if", "cycles=3,6", "--posterior", str(post_file),
+                          "--posterior-draws", "2", "--posterior-replicates", "2", "--out",
+                          str(tmp_path / "o")], capsys)
+    assert code == 0, err
+    tab = pd.read_csv(tmp_path / "o" / "whatif_cycles.csv")
+    main = tab[tab["metric"] == "rfs_3y"]
+    assert np.isfinite(main[["median", "p05", "p95", "rep_p05", "rep_p95"]]).all().all()
+    ok = tab["var_total"].notna()
+    np.testing.assert_allclose(tab.loc[ok, "var_total"],
+                               tab.loc[ok, "var_between"] + tab.loc[ok, "var_within"],
+                               rtol=1e-9, atol=1e-15)

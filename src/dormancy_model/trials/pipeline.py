@@ -108,6 +108,9 @@ def run_trial_report(out: Path, *, design: str = "clever", replicates: int = 100
                          "posterior's population: parameter-file values for everything it "
                          "does not calibrate (as in its calibration), not --calibration")
             notes += [f"posterior file warning: {w}" for w in pfile.warnings]
+        elif pfile is not None:
+            notes.append(f"posterior {pfile.source} read and checked; it is used by the "
+                         "what-ifs only (none asked)")
         elif specs:
             notes.append("what-ifs: replicate noise only, at the calibration point (no "
                          "posterior file: --posterior FILE, or `dormancy calibrate --posterior` "
