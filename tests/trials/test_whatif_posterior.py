@@ -200,6 +200,7 @@ def test_cli_what_if_over_a_posterior_file_and_none(sensitive, post_file, tmp_pa
             "share_parameters", "dominant"} <= set(tab.columns)
     md = (tmp_path / "o" / "report.md").read_text()
     assert "posterior: 3 draws x 2 trials" in md and "parameter uncertainty dominates" in md
+    assert "note: cycles: parameter uncertainty dominates" in out  # said on the terminal too
     code, out, err = _cli(tmp_path, capsys, "--posterior", "none", out="p")
     assert code == 0, err
     tab = pd.read_csv(tmp_path / "p" / "whatif_cycles.csv")

@@ -63,6 +63,10 @@ def trial_cmd(
     for _, r in c.iterrows():
         typer.echo(f"  {r['statistic']:<18} {r['arm']:<12} reported {r['reported']:.3g}  "
                    f"simulated {r['sim_median']:.3g} [{r['sim_p05']:.3g}, {r['sim_p95']:.3g}]")
+    for note in res.get("notes", []):
+        if note.startswith(("what-if", "cycles:", "dose:", "combo", "sample-size:",
+                            "confirmatory", "posterior")):
+            typer.echo(f"note: {note}")
 
 
 def calibrate_cmd(

@@ -31,7 +31,7 @@ def run_trial_report(out: Path, *, design: str = "clever", replicates: int = 100
     (`whatif.compare_designs_posterior` and siblings).
     `progress(advance_text)` is called as work proceeds. Returns headline numbers, the
     "reported vs simulated" table (`check`), the per-trial table (`trials`) and
-    `agent_failures` (patients with agent_status != "ok").
+    `agent_failures` (patients with agent_status != "ok") and the report's `notes`.
     """
     import jax
     import numpy as np
@@ -148,7 +148,7 @@ def run_trial_report(out: Path, *, design: str = "clever", replicates: int = 100
         head = write_report(res, trials, out_dir, check=check, whatifs=whatifs, notes=notes)
         tick("report")
     failed = int(np.sum(res.patients["agent_status"] != "ok"))
-    return {"check": check, "trials": trials, "agent_failures": failed, **head}
+    return {"check": check, "trials": trials, "agent_failures": failed, "notes": notes, **head}
 
 
 MAX_POSTERIOR_DRAWS = 10_000  # parameter sets per what-if (each runs its own trials)
