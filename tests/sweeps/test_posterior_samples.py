@@ -150,3 +150,27 @@ def test_cli_posterior_and_fit_sweeps_end_to_end(method, tmp_path, capsys):
     assert len(set(k)) == 8 and f"samples.{method}" in ds.attrs["input_files"]
     rfs = ds["relapse_free"].values[:, 0]
     assert (np.diff(rfs[np.argsort(k)]) < 0).all(), (k, rfs)
+
+
+@pytest.mark.slow
+def test_a_real_dormancy_fit_file_drives_a_sweep(tmp_path, capsys, root):
+    """`dormancy fit` (2 starts, short) on the synthetic mouse study, then `dormancy sweep`
+    with `[samples] method = "fit"` on the file it wrote: 8 lanes, all solved, draws around
+    the fit's estimates (the fit-file format was once refused by the sweep reader)."""
+    fit = tmp_path / "fit.json"
+    code, _, err = run(["fit", "--study", str(root / "data" / "mouse_synthetic"), "--free",
+                        "k_dr,delta_max", "--starts", "2", "--adam-steps", "5", "--lbfgs-steps",
+                        "15", "--out", str(fit)], capsys)
+    assert code == 0, err
+    text = ('[sweep]\nmodel = "mouse"\nschedule = "mouse-vehicle"\n[samples]\nmethod = "fit"\n'
+            'n = 8\nfit = "fit.json"\nseed = 3\n[outputs]\nresidual_days = [28]\n'
+            '[solver]\nchunk = 8\n')
+    (tmp_path / "spec.toml").write_text(text)
+    code, _, err = run(["sweep", str(tmp_path / "spec.toml"), "--out",
+                        str(tmp_path / "o.zarr")], capsys)
+    assert code == 0, err
+    ds = open_sweep(tmp_path / "o.zarr")
+    assert ds.attrs["complete"] == 1 and (ds["status"].values == 0).all()
+    est = json.loads(fit.read_text())["estimates"]["k_dr"]["internal_value"]
+    k = ds["sample_k_dr"].values * parse(tmp_path, text).params.spec["k_dr"].factor
+    assert len(set(k)) == 8 and 0.2 < np.exp(np.mean(np.log(k))) / est < 5
