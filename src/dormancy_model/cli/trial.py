@@ -23,8 +23,19 @@ def trial_cmd(
     method: str = typer.Option("fast", "--method", help="agent method: fast or exact"),
     discontinuation: float = typer.Option(0.0, "--discontinuation",
                                           help="probability of early stop per patient"),
+    posterior: str = typer.Option(None, "--posterior",
+                                  help="posterior calibration JSON the what-ifs draw parameter "
+                                  "sets from (default: fits/clever_posterior.json if it "
+                                  "exists; none: replicate noise at the calibration only)"),
+    posterior_draws: int = typer.Option(20, "--posterior-draws",
+                                        help="what-ifs: posterior draws (>= 2)"),
+    posterior_replicates: int = typer.Option(None, "--posterior-replicates",
+                                             help="what-ifs: trials per posterior draw (>= 2; "
+                                             "default max(2, replicates // 20))"),
 ):
-    """Replicated virtual CLEVER trials: writes report.md, report.html, trials.csv."""
+    """Replicated virtual CLEVER trials: writes report.md, report.html, trials.csv. What-ifs
+    carry the posterior (parameter uncertainty with replicate noise) when one is given or
+    fits/clever_posterior.json exists."""
     from dormancy_model.engine.devices import use_cpu_cores
 
     use_cpu_cores()  # before any JAX operation: one CPU device per core
@@ -41,6 +52,8 @@ def trial_cmd(
         res = run_trial_report(out, design=design, replicates=replicates, seed=seed,
                                model=model, calibration=calibration, what_if=what_if,
                                method=method, discontinuation=discontinuation,
+                               posterior=posterior, posterior_draws=posterior_draws,
+                               posterior_replicates=posterior_replicates,
                                progress=lambda t: bar.update(task, advance=1, description=t))
     if res["agent_failures"]:
         typer.echo(f"warning: {res['agent_failures']} patients hit an agent-model limit "
@@ -50,6 +63,10 @@ def trial_cmd(
     for _, r in c.iterrows():
         typer.echo(f"  {r['statistic']:<18} {r['arm']:<12} reported {r['reported']:.3g}  "
                    f"simulated {r['sim_median']:.3g} [{r['sim_p05']:.3g}, {r['sim_p95']:.3g}]")
+    for note in res.get("notes", []):
+        if note.startswith(("what-if", "cycles:", "dose:", "combo", "sample-size:",
+                            "confirmatory", "posterior")):
+            typer.echo(f"note: {note}")
 
 
 def calibrate_cmd(

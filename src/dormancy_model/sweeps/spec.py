@@ -17,11 +17,12 @@
     n = 5                                 # (or values = [...])
 
     [samples]                             # joint samples: dim "sample"
-    method = "sobol"                      # sobol | lhs | fit | population
+    method = "sobol"                      # sobol | lhs | fit | population | posterior
     n = 64
     parameters = ["k_dr", "delta_max"]    # within the parameter file's bounds, on its scale
     fit = "fit.json"                      # fit: draws from a pooled fit's uncertainty;
                                           # population: virtual animals of a population fit
+    posterior = "clever_posterior.json"   # posterior: draws of a posterior calibration
     uncertainty = false                   # population only: also draw the typical values
 
     [patients]                            # virtual patients per cell: dim "patient"
@@ -66,6 +67,21 @@ most sweeps ask (and the default of `dormancy vpc`); the estimation covariance o
 is often wide or singular (the spec is then refused with a message), and mixing it in would
 blur the between-animal spread with the uncertainty about its centre.
 
+`method = "posterior"` takes n of the draws of a posterior calibration file (`dormancy
+calibrate --posterior`, `posterior = "PATH"`, relative to the spec; read by `params.postfile`),
+without replacement (seeded by `seed`; n must not exceed the file's draws), so the sweep carries
+the joint posterior (correlations included) of the virtual trial's population parameters. Each
+posterior parameter acts on a model parameter (`postfile.POSTERIOR_PARAMETERS`): delta_max and
+k_dr are the typical values, load_median is dormant_initial (the median patient's DTC load);
+the spread parameters (cv_delta_max, cv_k_dr, load_sigma: the log-SD of dormant_initial) set,
+per sample, the between-patient spread of their model parameter in `[patients]`, which must
+then give that parameter a variability (any CV > 0: the sample's spread replaces it, the
+patients' normals stay the same, factor_sp = f_p ** (omega_s / omega), omega =
+sqrt(ln(1 + CV^2))). `parameters` (posterior names) selects a subset; by default every typical
+value of the file and every spread whose model parameter varies in `[patients]`. A file made
+with another parameter file (by name), a name the file does not have, or draws outside the
+parameter set's bounds is refused with one line naming the file and the field.
+
 `SweepSpec.inputs` lists every file the spec refers to (the parameter file, packaged or not,
 schedule files, the fit JSON) with the SHA-256 of its content: with the spec text and the
 package version it is the resume key of a sweep store (`sweeps.run`).
@@ -85,8 +101,9 @@ from dormancy_model.errors import InputError, check_seed, suggest
 from dormancy_model.io import read_toml
 from dormancy_model.params.fitfile import check_fit_model, fit_covariance, read_fit
 from dormancy_model.params.popfit import draw_animals, read_population, typical_parameters
+from dormancy_model.params.postfile import POSTERIOR_PARAMETERS, read_posterior
 from dormancy_model.params.table import Parameters, load_model_parameters
-from dormancy_model.params.transforms import from_scale, to_scale
+from dormancy_model.params.transforms import from_scale, lognormal_sigma, to_scale
 from dormancy_model.params.variability import lognormal_factors
 from dormancy_model.pk.presets import PRESETS, get_schedule
 from dormancy_model.pk.schedule import DRUGS, MAX_CYCLES, Schedule
@@ -97,14 +114,14 @@ TABLES = {"sweep", "schedule", "parameters", "samples", "patients", "outputs", "
 FIELDS = {
     "sweep": {"name", "description", "model", "schedule", "seed"},
     "schedule": {"presets", "cycles", "hcq_dose", "eve_dose"},
-    "samples": {"method", "n", "parameters", "fit", "seed", "uncertainty"},
+    "samples": {"method", "n", "parameters", "fit", "seed", "uncertainty", "posterior"},
     "patients": {"n", "variability", "seed"},
     "outputs": {"residual_days", "relapse_free_days", "relapse_free_years", "assessment_days"},
     "solver": {"rtol", "atol", "dtype", "method", "chunk", "buckets", "max_iters", "backend",
                "block", "event_step"},
 }
 GRID_FIELDS = {"grid", "range", "n", "values"}
-METHODS_SAMPLES = ("sobol", "lhs", "fit", "population")
+METHODS_SAMPLES = ("sobol", "lhs", "fit", "population", "posterior")
 MAX_SWEEP_SIZE = 10**9  # trajectories of one sweep (the product of its dimensions)
 MAX_DOSE_FACTOR = 10.0  # schedule.hcq_dose / eve_dose: factors on the schedule's amounts
 MAX_DIM = 10**6  # points of one dimension (grid n, samples.n, patients.n)
@@ -137,6 +154,9 @@ class SweepSpec:
     patient_factors: dict  # name -> (n_patients,) multiplicative factors
     grids: dict  # name -> (n,) internal values
     inputs: tuple = ()  # (field, path, sha256) of every file the spec refers to
+    # name -> (n_samples,) exponent on the [patients] factors of that parameter (a posterior's
+    # spread per sample: omega_sample / omega_patients)
+    sample_spread: dict = field(default_factory=dict)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -176,7 +196,10 @@ class SweepSpec:
                 v = self.samples[name][pos["sample"]]
             if name in self.patient_factors:
                 lo, hi = self.params.spec[name].bounds
-                v = np.clip(v * self.patient_factors[name][pos["patient"]], lo, hi)
+                f = self.patient_factors[name][pos["patient"]]
+                if name in self.sample_spread:
+                    f = f ** self.sample_spread[name][pos["sample"]]
+                v = np.clip(v * f, lo, hi)
             vals[name] = v
         return vals, sid.astype(np.int32)
 
@@ -357,20 +380,31 @@ def _fit_doc(src, s, params, inputs):
 
 def _samples(src, doc, params, seed, inputs):
     """(name -> (n,) internal values, [the sample Dim], the base parameter set: `params`, or
-    with method = "population" the fit's typical values)."""
+    with method = "population" the fit's typical values, model parameter -> (n,) log-SD per
+    sample of a posterior's spread)."""
     if "samples" not in doc:
-        return {}, [], params
+        return {}, [], params, {}
     s = doc["samples"]
     _check_keys(src, "samples", s, FIELDS["samples"])
     method = s.get("method", "sobol")
     if method not in METHODS_SAMPLES:
-        _fail(src, "samples.method", f"must be sobol, lhs, fit or population, got {method!r}")
+        _fail(src, "samples.method", f"must be sobol, lhs, fit, population or posterior, got "
+              f"{method!r}")
     n = _int(src, "samples.n", s.get("n"), 1, MAX_DIM)
     seed = check_seed(src, "samples.seed", s.get("seed", seed))
     if "uncertainty" in s and method != "population":
         _fail(src, "samples.uncertainty", 'only with method = "population"')
+    if "posterior" in s and method != "posterior":
+        _fail(src, "samples.posterior", 'only with method = "posterior"')
     rng = np.random.default_rng(seed)
     out = {}
+    if method == "posterior":
+        out, spread = _posterior_samples(src, s, doc, params, n, rng, inputs)
+        coords = {f"sample_{nm}": (v / params.spec[nm].factor, params.spec[nm].unit)
+                  for nm, v in out.items()}
+        coords.update({f"sample_{pn}": (x, "1") for pn, (_, _, x) in spread.items()})
+        dim = Dim("sample", np.arange(n), "1", "sample", "posterior draws", coords)
+        return out, [dim], params, {t: om for t, om, _ in spread.values()}
     if method == "population":
         unc = s.get("uncertainty", False)
         if not isinstance(unc, bool):
@@ -435,7 +469,64 @@ def _samples(src, doc, params, seed, inputs):
     coords = {f"sample_{nm}": (v / params.spec[nm].factor, params.spec[nm].unit)
               for nm, v in out.items()}
     desc = "virtual animals" if method == "population" else f"{method} samples"
-    return out, [Dim("sample", np.arange(n), "1", "sample", desc, coords)], params
+    return out, [Dim("sample", np.arange(n), "1", "sample", desc, coords)], params, {}
+
+
+def _posterior_samples(src, s, doc, params, n, rng, inputs):
+    """n draws (without replacement) of the posterior file `samples.posterior`: (model
+    parameter -> (n,) internal values of the typical values, posterior name -> (model parameter,
+    (n,) log-SD per sample, (n,) the file's values) of the spreads)."""
+    if "parameters" in s:
+        want = s["parameters"]
+        if not isinstance(want, list) or not want or not all(isinstance(x, str) for x in want):
+            _fail(src, "samples.parameters", "must be a non-empty list of posterior parameter "
+                  "names")
+        if len(set(want)) != len(want):
+            _fail(src, "samples.parameters", "contains duplicates")
+    f = s.get("posterior")
+    if not isinstance(f, str) or not f:
+        _fail(src, "samples.posterior", "missing: the path of the posterior calibration JSON "
+              "(dormancy calibrate --posterior) to draw from")
+    path = f if Path(f).is_absolute() else str(Path(src).parent / f)
+    pf = read_posterior(path, params)
+    inputs.append(_input(src, "samples.posterior", path))
+    if n > pf.n:
+        _fail(src, "samples.n", f"{n} is more than the {pf.n} draws of {path}")
+    varied = doc.get("patients", {}).get("variability", {}) if isinstance(
+        doc.get("patients"), dict) else {}
+    varied = varied if isinstance(varied, dict) else {}
+    if "parameters" in s:
+        for nm in s["parameters"]:
+            if nm not in pf.names:
+                _fail(src, "samples.parameters", f"{nm!r} is not a parameter of the posterior "
+                      f"{path} (it has {', '.join(pf.names)}){suggest(nm, pf.names)}")
+        names = list(s["parameters"])
+    else:
+        names = [nm for nm in pf.names if POSTERIOR_PARAMETERS[nm][0] == "typical"
+                 or POSTERIOR_PARAMETERS[nm][1] in varied]
+        if not names:
+            _fail(src, "samples.posterior", f"{path} has no typical value to sample and no "
+                  "spread of a parameter that varies in [patients]")
+    idx = rng.choice(pf.n, size=n, replace=False)
+    out, spread = {}, {}
+    for nm in names:
+        kind, target = POSTERIOR_PARAMETERS[nm]
+        if target not in params.spec:
+            _fail(src, "samples.parameters", f"{nm!r}: its model parameter {target!r} is not "
+                  f"in the parameter set {params.name}")
+        x = pf.draws[nm][idx]
+        if kind == "typical":
+            if target in out:
+                _fail(src, "samples.parameters", f"{target} given twice")
+            out[target] = x.astype(float)
+        else:
+            if target not in varied:
+                _fail(src, "samples.parameters", f"{nm!r} is the between-patient spread of "
+                      f"{target}: give [patients] variability.{target} (any CV > 0; the "
+                      "sample's spread replaces it)")
+            om = x if nm == "load_sigma" else np.sqrt(np.log1p(x ** 2))
+            spread[nm] = (target, om.astype(float), x.astype(float))
+    return out, spread
 
 
 def _patients(src, doc, params, seed):
@@ -530,11 +621,18 @@ def parse_sweep(doc: dict, src: str, text: str = "") -> SweepSpec:
                                                       params.species)
     inputs += sched_inputs
     grids, grid_dims = _grids(src, doc, params)
-    samples, sample_dims, params = _samples(src, doc, params, seed, inputs)
+    samples, sample_dims, params, spread = _samples(src, doc, params, seed, inputs)
     both = set(grids) & set(samples)
     if both:
         _fail(src, f"parameters.{sorted(both)[0]}", "is both a grid and a sampled parameter")
     patients, patient_dims = _patients(src, doc, params, seed + 1)
+    sample_spread = {}
+    for target, om in spread.items():
+        cv = doc["patients"]["variability"][target]
+        if not cv > 0:
+            _fail(src, f"patients.variability.{target}", "must be > 0 where a posterior spread "
+                  "scales it (the sample's spread replaces it)")
+        sample_spread[target] = om / lognormal_sigma(cv)
     outputs = _outputs(src, doc)
     opts, chunk = _solver(src, doc)
     dims = tuple(sched_dims + grid_dims + sample_dims + patient_dims)
@@ -548,7 +646,8 @@ def parse_sweep(doc: dict, src: str, text: str = "") -> SweepSpec:
     if last > 100 * DAYS_PER_YEAR:
         _fail(src, "outputs", f"horizon {last:g} days is beyond 100 years")
     return SweepSpec(src, text, str(sw.get("name", Path(src).stem)), params, scheds, dims,
-                     outputs, opts, chunk, samples, patients, grids, tuple(inputs))
+                     outputs, opts, chunk, samples, patients, grids, tuple(inputs),
+                     sample_spread)
 
 
 def load_sweep_spec(path: str | Path) -> SweepSpec:

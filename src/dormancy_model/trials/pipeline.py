@@ -15,19 +15,29 @@ MAX_SPAN = 5.0  # calibration grid half-width in ln units (a factor e**5 ~ 150 e
 def run_trial_report(out: Path, *, design: str = "clever", replicates: int = 100, seed: int = 1,
                      model: str = "human", calibration: str | None = None,
                      what_if: list[str] | None = None, method: str = "fast",
-                     discontinuation: float = 0.0, chunk: int = 512, progress=None) -> dict:
+                     discontinuation: float = 0.0, chunk: int = 512, progress=None,
+                     posterior: str | None = None, posterior_draws: int = 20,
+                     posterior_replicates: int | None = None) -> dict:
     """Run, analyse and write OUT/report.md, report.html, trials.csv (+ figures, whatif_*.csv).
 
     `calibration`: a calibration JSON for the population's typical values; None: the packaged
     default (`calibrate.DEFAULT_CALIBRATION`); "": none (the parameter file's values).
+    `posterior`: the posterior calibration file the what-ifs draw parameter sets from
+    (`params.postfile`); None: `fits/clever_posterior.json` if it exists, else none; "none":
+    none (the what-ifs then show replicate noise at the calibration only). With a posterior each
+    what-if runs `posterior_draws` draws x `posterior_replicates` trials (default
+    max(2, what-if replicates // 5)) plus the what-if replicates at the posterior centre, and
+    reports the pooled interval, the replicate-only interval and the variance decomposition
+    (`whatif.compare_designs_posterior` and siblings).
     `progress(advance_text)` is called as work proceeds. Returns headline numbers, the
     "reported vs simulated" table (`check`), the per-trial table (`trials`) and
-    `agent_failures` (patients with agent_status != "ok").
+    `agent_failures` (patients with agent_status != "ok") and the report's `notes`.
     """
     import jax
     import numpy as np
 
     from dormancy_model.io import atomic_write_csv, check_out_dir, output_dir
+    from dormancy_model.params.postfile import posterior_path, read_posterior
     from dormancy_model.params.table import load_model_parameters
     from dormancy_model.trials import whatif as W
     from dormancy_model.trials.calibrate import (
@@ -50,6 +60,20 @@ def run_trial_report(out: Path, *, design: str = "clever", replicates: int = 100
     specs = [W.parse_whatif(s) for s in (what_if or [])]  # validate before any work
     d = get_design(design).replace(discontinuation_prob=discontinuation)
     params = load_model_parameters(model)
+    # the default file is only looked for when a what-if will use it; a given one is checked
+    post_path = posterior_path(posterior) if (specs or posterior is not None) else None
+    pfile = read_posterior(post_path, params) if post_path is not None else None
+    if pfile is not None:
+        if isinstance(posterior_draws, bool) or not isinstance(posterior_draws, int) or not (
+                2 <= posterior_draws <= MAX_POSTERIOR_DRAWS):
+            raise InputError("--posterior-draws", "posterior_draws", f"must be a whole number "
+                             f"in [2, {MAX_POSTERIOR_DRAWS}], got {posterior_draws!r}")
+        if posterior_replicates is not None and (
+                isinstance(posterior_replicates, bool) or not isinstance(posterior_replicates, int)
+                or not 2 <= posterior_replicates <= MAX_POSTERIOR_REPLICATES):
+            raise InputError("--posterior-replicates", "posterior_replicates", f"must be a whole"
+                             f" number in [2, {MAX_POSTERIOR_REPLICATES}], got "
+                             f"{posterior_replicates!r}")
     pop = Population()
     notes = []
     if calibration != "":
@@ -72,7 +96,34 @@ def run_trial_report(out: Path, *, design: str = "clever", replicates: int = 100
         whatifs = {}
         wkey = jax.random.fold_in(key, 7)
         wrep = max(2, replicates // 4)
+        unc = None
+        if pfile is not None and specs:
+            unc = W.posterior_uncertainty(
+                pfile, draws=posterior_draws, centre_replicates=wrep, seed=seed,
+                replicates=posterior_replicates or max(2, wrep // 5))
+            notes.append("what-ifs over the posterior: " + unc.describe() + "; each answer: "
+                         "median [5%, 95%] of the pooled trials (parameters and replicate "
+                         "noise), rep_p05-rep_p95 the replicate-only interval, share_parameters"
+                         " = between-draw / total variance (law of total variance); the "
+                         "posterior's population: parameter-file values for everything it "
+                         "does not calibrate (as in its calibration), not --calibration")
+            notes += [f"posterior file warning: {w}" for w in pfile.warnings]
+        elif pfile is not None:
+            notes.append(f"posterior {pfile.source} read and checked; it is used by the "
+                         "what-ifs only (none asked)")
+        elif specs:
+            notes.append("what-ifs: replicate noise only, at the calibration point (no "
+                         "posterior file: --posterior FILE, or `dormancy calibrate --posterior` "
+                         "to write fits/clever_posterior.json)")
         for name, vals in specs:
+            if unc is not None:
+                tab = _posterior_whatif(W, name, vals, d, params, wkey, unc, method, tick)
+                notes.append(W.posterior_note(tab, name))
+                atomic_write_csv(out_dir / f"whatif_{name}.csv", tab)
+                whatifs[f"{name} (posterior: {unc.draws} draws x {unc.replicates} trials; "
+                        f"replicate-only: {unc.centre_replicates} trials)"] = W.report_view(tab)
+                tick(f"what-if {name}")
+                continue
             if name == "cycles":
                 tab = W.compare_designs(W.cycles_designs(d, vals), params, key=wkey,
                                         replicates=wrep, population=pop, method=method)
@@ -97,7 +148,29 @@ def run_trial_report(out: Path, *, design: str = "clever", replicates: int = 100
         head = write_report(res, trials, out_dir, check=check, whatifs=whatifs, notes=notes)
         tick("report")
     failed = int(np.sum(res.patients["agent_status"] != "ok"))
-    return {"check": check, "trials": trials, "agent_failures": failed, **head}
+    return {"check": check, "trials": trials, "agent_failures": failed, "notes": notes, **head}
+
+
+MAX_POSTERIOR_DRAWS = 10_000  # parameter sets per what-if (each runs its own trials)
+MAX_POSTERIOR_REPLICATES = 10_000  # trials per draw
+
+
+def _posterior_whatif(W, name, vals, d, params, key, unc, method, tick):
+    """One what-if over the posterior (`whatif.*_posterior`)."""
+    prog = lambda i, n, t: tick(f"what-if {name}: {t}")  # noqa: E731
+    if name == "cycles":
+        designs = W.cycles_designs(d, vals)
+        ref = f"{d.cycles} cycles" if f"{d.cycles} cycles" in designs else None
+        return W.compare_designs_posterior(designs, params, key=key, unc=unc, reference=ref,
+                                           method=method, progress=prog)
+    if name == "dose":
+        return W.compare_designs_posterior(W.dose_designs(d, vals), params, key=key, unc=unc,
+                                           reference="full dose", method=method, progress=prog)
+    if name == "combo":
+        return W.combo_vs_single_posterior(d, params, n_per_arm=vals[0], key=key, unc=unc,
+                                           method=method, progress=prog)
+    return W.sample_size_posterior(d, params, key=key, unc=unc, sizes=vals, method=method,
+                                   progress=prog)
 
 
 def run_calibration(out: Path, *, model: str = "human", replicates: int = 16,
