@@ -50,16 +50,18 @@ def test_draws_load_and_map_to_the_calibration_populations(tmp_path):
 
 
 @pytest.mark.parametrize("content, field", [
-    ("not json", "(file)"),
-    (json.dumps({"parameters": ["delta_max"]}), "parameters/draws"),
+    ("not json", "file"),
+    (json.dumps({"parameters": ["delta_max"]}), "draws"),
     (json.dumps({"parameters": ["delta_max", "k_dr"], "draws": {"delta_max": [0.1]}}),
-     "parameters/draws"),
+     "draws.k_dr"),
     (json.dumps({"parameters": ["speed"], "draws": {"speed": [1.0]}}), "parameters"),
-    (json.dumps({"parameters": ["delta_max"], "draws": {"delta_max": ["a"]}}), "draws"),
+    (json.dumps({"parameters": ["delta_max"], "draws": {"delta_max": ["a"]}}),
+     "draws.delta_max"),
     (json.dumps({"parameters": ["delta_max", "k_dr"],
-                 "draws": {"delta_max": [0.1, 0.2], "k_dr": [1e-9]}}), "draws"),
-    (json.dumps({"parameters": ["delta_max"], "draws": {"delta_max": [0.1, -0.2]}}), "draws"),
-    (json.dumps({"parameters": ["delta_max"], "draws": {"delta_max": []}}), "draws"),
+                 "draws": {"delta_max": [0.1, 0.2], "k_dr": [1e-9]}}), "draws.k_dr"),
+    (json.dumps({"parameters": ["delta_max"], "draws": {"delta_max": [0.1, -0.2]}}),
+     "draws.delta_max"),
+    (json.dumps({"parameters": ["delta_max"], "draws": {"delta_max": []}}), "draws.delta_max"),
 ])
 def test_bad_posterior_files_give_one_line_naming_the_file_and_field(tmp_path, content, field):
     p = tmp_path / "bad.json"
@@ -68,7 +70,7 @@ def test_bad_posterior_files_give_one_line_naming_the_file_and_field(tmp_path, c
         PR.PosteriorDraws.load(p)
     msg = str(e.value)
     assert "\n" not in msg and msg.startswith(str(p)) and e.value.field == field
-    with pytest.raises(InputError, match="no such posterior file"):
+    with pytest.raises(InputError, match="not found"):
         PR.PosteriorDraws.load(tmp_path / "missing.json")
 
 

@@ -15,15 +15,11 @@ and trial tables carry a `draw` column.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import jax
 import numpy as np
 import pandas as pd
-
-from dormancy_model.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -34,37 +30,16 @@ class PosteriorDraws:
     record: dict
 
     @classmethod
-    def load(cls, path, option: str = "--posterior") -> PosteriorDraws:
-        """Read a posterior file; a missing or malformed file is an `InputError` naming
-        `option`."""
-        p = Path(path)
-        if not p.is_file():
-            raise InputError(option, str(p), "no such posterior file")
-        try:
-            rec = json.loads(p.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise InputError(str(p), "(file)", f"not a JSON posterior file ({e})") from None
-        names = rec.get("parameters") if isinstance(rec, dict) else None
-        draws = rec.get("draws") if isinstance(rec, dict) else None
-        if not names or not isinstance(draws, dict) or set(names) - set(draws):
-            raise InputError(str(p), "parameters/draws", "needs 'parameters' and 'draws' for "
-                             "each of them (the file `dormancy calibrate --posterior` writes)")
-        from dormancy_model.trials.posterior import PRIOR_LOG_SD
+    def load(cls, path, params=None) -> PosteriorDraws:
+        """Read and check a posterior file (`params.postfile.read_posterior`: one clear line
+        naming the file and the field for any problem)."""
+        from dormancy_model.params.postfile import read_posterior
 
-        unknown = [n for n in names if n not in PRIOR_LOG_SD]
-        if unknown:
-            raise InputError(str(p), "parameters", f"unknown population parameters {unknown}")
-        try:
-            cols = [np.asarray(draws[n], float).ravel() for n in names]
-        except (TypeError, ValueError):
-            raise InputError(str(p), "draws", "must be numbers") from None
-        if len({c.size for c in cols}) != 1 or cols[0].size == 0:
-            raise InputError(str(p), "draws", "every parameter needs the same, non-zero number "
-                             "of draws")
-        x = np.stack(cols, -1)
-        if not np.all(np.isfinite(x) & (x > 0)):
-            raise InputError(str(p), "draws", "must be finite and positive")
-        return cls(tuple(names), x, str(p), rec)
+        pf = read_posterior(path, params)
+        x = np.stack([pf.draws[n] for n in pf.names], -1)
+        return cls(tuple(pf.names), x, pf.source, {"describe": pf.describe(),
+                                                   "sha256": pf.sha256,
+                                                   "warnings": list(pf.warnings)})
 
     @property
     def n(self) -> int:
