@@ -81,7 +81,7 @@ def test_posterior_trials_number_key_and_label_each_draw(tmp_path, monkeypatch):
     post = PR.PosteriorDraws.load(tmp_path / "p.json")
     calls = []
 
-    def fake_trial(design, params, *, key, replicates, population, method):
+    def fake_trial(design, params, *, key, replicates, population, method, chunk=512):
         calls.append((np.asarray(jax.random.key_data(key)).tolist(), replicates, population))
         n = replicates * 2
         pats = pd.DataFrame({"trial": np.repeat(np.arange(replicates), 2), "arm": "HCQ",

@@ -254,3 +254,31 @@ def test_real_agents_what_if_over_a_tiny_posterior(post_file, tmp_path, capsys):
     np.testing.assert_allclose(tab.loc[ok, "var_total"],
                                tab.loc[ok, "var_between"] + tab.loc[ok, "var_within"],
                                rtol=1e-9, atol=1e-15)
+
+
+def test_cli_named_posterior_makes_the_main_run_the_posterior_predictive_check(
+        sensitive, post_file, tmp_path, capsys):
+    """--posterior FILE without what-ifs: the replicated trials run over its draws (each
+    trial's patients carry their draw's typical delta_max), the report says so; the default
+    file alone does not change the main run."""
+    code, out, err = run(["trial", "--replicates", "6", "--seed", "4", "--posterior",
+                          str(post_file), "--posterior-draws", "3", "--out",
+                          str(tmp_path / "o")], capsys)
+    assert code == 0, err
+    md = (tmp_path / "o" / "report.md").read_text()
+    assert "posterior predictive check" in md and "3 draws" in md and "(6 trials)" in md
+    trials = pd.read_csv(tmp_path / "o" / "trials.csv")
+    assert trials["trial"].nunique() == 6
+    draws = read_posterior(post_file).draws["delta_max"]
+    # the stand-in relapses below RELAPSE_BELOW: the trials' RFS differ between draws whose
+    # delta_max lie on either side of it, and agree within a draw (deterministic stand-in)
+    per = trials.groupby("draw")["trial"].nunique()
+    assert (per == 2).all() and len(per) == 3
+    assert set(trials["draw"]) <= set(range(len(draws)))
+    below = {int(k): draws[int(k)] < RELAPSE_BELOW for k in per.index}
+    hcq = trials[trials["arm"] == "HCQ"]
+    # a draw whose typical delta_max is below the stand-in's threshold relapses more
+    if any(below.values()) and not all(below.values()):
+        lo = hcq[hcq["draw"].map(below)]["rfs_3y"].mean()
+        hi = hcq[~hcq["draw"].map(below)]["rfs_3y"].mean()
+        assert lo < hi

@@ -24,7 +24,11 @@ def run_trial_report(out: Path, *, design: str = "clever", replicates: int = 100
     default (`calibrate.DEFAULT_CALIBRATION`); "": none (the parameter file's values).
     `posterior`: the posterior calibration file the what-ifs draw parameter sets from
     (`params.postfile`); None: `fits/clever_posterior.json` if it exists, else none; "none":
-    none (the what-ifs then show replicate noise at the calibration only). With a posterior each
+    none (the what-ifs then show replicate noise at the calibration only). A file named here
+    (not the default one) also makes the main run the posterior predictive check: the
+    replicated trials run over min(posterior_draws, replicates) draws x replicates // draws
+    trials (`predictive.posterior_trials`), so the report's reported-vs-simulated intervals
+    carry the parameter uncertainty. With a posterior each
     what-if runs `posterior_draws` draws x `posterior_replicates` trials (default
     max(2, what-if replicates // 5)) plus the what-if replicates at the posterior centre, and
     reports the pooled interval, the replicate-only interval and the variance decomposition
@@ -74,9 +78,14 @@ def run_trial_report(out: Path, *, design: str = "clever", replicates: int = 100
             raise InputError("--posterior-replicates", "posterior_replicates", f"must be a whole"
                              f" number in [2, {MAX_POSTERIOR_REPLICATES}], got "
                              f"{posterior_replicates!r}")
+    # a posterior named on the command line also makes the main run the posterior predictive
+    # check (replicated trials over its draws); the default file only serves the what-ifs
+    ppc = pfile is not None and posterior is not None
     pop = Population()
     notes = []
-    if calibration != "":
+    if ppc:
+        pass  # the posterior's draws set the population (notes below)
+    elif calibration != "":
         typical = load_calibration(calibration, params)
         pop = pop.replace(typical=typical)
         label = calibration or f"the packaged {DEFAULT_CALIBRATION}"
@@ -88,9 +97,26 @@ def run_trial_report(out: Path, *, design: str = "clever", replicates: int = 100
     with output_dir(out) as out_dir:
         key = jax.random.key(seed)
         tick = progress or (lambda text: None)
-        res = trial(d, params, key=key, replicates=replicates, population=pop, method=method,
-                    chunk=chunk, progress=lambda i, n, t: tick(f"simulate {t}"))
-        trials = res.summary()
+        if ppc:  # the main run is the posterior predictive check
+            from dormancy_model.trials.predictive import PosteriorDraws, posterior_trials
+
+            n_draws = min(posterior_draws, replicates)
+            per_draw = max(1, replicates // n_draws)
+            res, trials = posterior_trials(
+                d, params, PosteriorDraws.load(post_path, params), key=key, draws=n_draws,
+                replicates_per_draw=per_draw, method=method, chunk=chunk,
+                progress=lambda i, n: tick(f"simulate posterior draw {i}/{n}"))
+            notes.append(f"posterior predictive check: the replicated trials run over "
+                         f"{n_draws} draws of {pfile.source} x {per_draw} trials each "
+                         f"({n_draws * per_draw} trials), so each simulated interval carries "
+                         "the parameter uncertainty and the replicate noise; parameters the "
+                         "posterior does not calibrate at the parameter-file values (as in its "
+                         "calibration), not --calibration")
+        else:
+            res = trial(d, params, key=key, replicates=replicates, population=pop,
+                        method=method, chunk=chunk,
+                        progress=lambda i, n, t: tick(f"simulate {t}"))
+            trials = res.summary()
         tick("analysis")
         check = reported_vs_simulated(trials, res.patients)
         whatifs = {}
@@ -108,7 +134,7 @@ def run_trial_report(out: Path, *, design: str = "clever", replicates: int = 100
                          "posterior's population: parameter-file values for everything it "
                          "does not calibrate (as in its calibration), not --calibration")
             notes += [f"posterior file warning: {w}" for w in pfile.warnings]
-        elif pfile is not None:
+        elif pfile is not None and not ppc:
             notes.append(f"posterior {pfile.source} read and checked; it is used by the "
                          "what-ifs only (none asked)")
         elif specs:

@@ -67,7 +67,7 @@ class PosteriorDraws:
 
 def posterior_trials(design, params, posterior: PosteriorDraws, *, key, draws: int,
                      replicates_per_draw: int, method: str = "fast", base_population=None,
-                     progress=None):
+                     chunk: int = 512, progress=None):
     """(patients, trials): `draws` posterior draws x `replicates_per_draw` replicated trials
     (see the module doc). `progress(i, n)` after each draw."""
     from dormancy_model.trials.protocol import TrialResult, trial
@@ -81,7 +81,8 @@ def posterior_trials(design, params, posterior: PosteriorDraws, *, key, draws: i
     for j, i in enumerate(idx):
         pop = posterior.population(int(i), base_population)
         res = trial(design, params, key=jax.random.fold_in(key, j),
-                    replicates=replicates_per_draw, population=pop, method=method)
+                    replicates=replicates_per_draw, population=pop, method=method,
+                    chunk=chunk)
         s = res.summary()
         off = j * replicates_per_draw
         for df in (res.patients, s, res.screening):
