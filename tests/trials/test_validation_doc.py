@@ -183,3 +183,28 @@ def test_pk_rows_are_the_parameter_sets_own(generated, human):
     beta = 0.5 * (s - math.sqrt(s * s - 4 * k10 * k21))
     row = t.loc[[q_ for q_ in t.index if q_.startswith("HCQ terminal half-life")][0]]
     assert row["model_value"] == pytest.approx(math.log(2) / beta, rel=1e-3)
+
+
+def test_posterior_section_reports_the_files_summary_and_diagnostics(tmp_path):
+    import json
+
+    rec = {"command": "dormancy calibrate --posterior", "git_commit": "abcdef123456",
+           "settings": {"points": 64, "replicates": 32, "trials": 2048, "chains": 4,
+                        "warmup": 500, "samples": 500, "simulation_seconds": 1200.0},
+           "diagnostics": {"max_rhat": 1.004, "min_ess_bulk": 812.0, "divergences": 0,
+                           "ess_tail": {"a": 640.0, "b": 555.0}, "warnings": []},
+           "summary": [{"parameter": "delta_max", "p05": 0.02, "median": 0.031, "p95": 0.05,
+                        "prior_p05": 0.01, "prior_median": 0.04, "prior_p95": 0.15,
+                        "sd_ratio": 0.4, "at_box_edge": 0.0}],
+           "posterior_predictive_emulated": [
+               {"statistic": "screen_positivity", "arm": "all", "reported": 0.299,
+                "pred_p05": 0.25, "pred_median": 0.3, "pred_p95": 0.35, "inside_90": True}]}
+    p = tmp_path / "post.json"
+    p.write_text(json.dumps(rec))
+    info = V.posterior_info(p)
+    assert info["diagnostics"]["min_ess_tail"] == 555.0
+    text = "\n".join(V._posterior_lines(info))
+    assert "max R-hat 1" in text and "min bulk ESS 812" in text and "min tail ESS 555" in text
+    assert "| delta_max | 0.031 [0.02, 0.05] | 0.04 [0.01, 0.15] | 0.4 | 0 |" in text
+    assert "| screen_positivity | all | 0.299 | 0.3 [0.25, 0.35] | yes |" in text
+    assert "2048 trials" in text and "Warnings of the calibration: none." in text

@@ -665,16 +665,71 @@ def build(*, replicates: int = 40, seed: int = 1, untreated: int = 4000, model: 
             + trial_rows(trials, res.patients) + prognosis_rows(pg))
     table = pd.DataFrame([r.record() for r in rows])[COLUMNS]
     timings["total"] = time.perf_counter() - t0
+    post_info = None if post is None else posterior_info(posterior)
     calib = (f"dormancy_model/trials/data/{DEFAULT_CALIBRATION}" if post is None else
              f"posterior {posterior} ({replicates // replicates_per_draw} draws x "
              f"{replicates_per_draw} trials; PD and prognosis at the posterior median)")
     meta = dict(replicates=replicates, seed=seed, untreated=untreated, model=model,
                 method=method, calibration=calib,
-                posterior=None if post is None else str(posterior),
+                posterior=None if post is None else str(posterior), posterior_info=post_info,
                 git=_git_state(), date=_dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
                 timings=timings, backend=jax.default_backend(),
                 devices=len(jax.devices()), machine=platform.machine())
     return Validation(table, meta, params, typical)
+
+
+def posterior_info(path) -> dict:
+    """What the document says about a posterior file: its summary rows (posterior 5/50/95%
+    against the prior's), diagnostics (R-hat, ESS, divergences, warnings), the emulated
+    predictive rows, and its provenance (command, commit, settings)."""
+    import json
+    from pathlib import Path
+
+    rec = json.loads(Path(path).read_text())
+    diag = rec.get("diagnostics") or {}
+    keep = ("max_rhat", "min_ess_bulk", "divergences", "mean_accept_prob", "warnings")
+    dg = {k: diag.get(k) for k in keep}
+    tail = diag.get("ess_tail")
+    dg["min_ess_tail"] = min(tail.values()) if isinstance(tail, dict) and tail else None
+    return {"summary": rec.get("summary") or [], "diagnostics": dg,
+            "predictive": rec.get("posterior_predictive_emulated") or [],
+            "command": rec.get("command"), "git_commit": rec.get("git_commit"),
+            "settings": {k: (rec.get("settings") or {}).get(k) for k in
+                         ("points", "replicates", "trials", "chains", "warmup", "samples",
+                          "simulation_seconds", "inference_seconds")}}
+
+
+def _posterior_lines(info: dict) -> list[str]:
+    """The document's section on the posterior (`posterior_info`)."""
+    d, st = info["diagnostics"], info["settings"]
+    fmt = lambda x: "NA" if x is None else f"{x:.3g}"  # noqa: E731
+    lines = ["## The posterior over the population parameters", "",
+             f"From `{info['command']}` (git {str(info['git_commit'])[:10]}): {st['points']} "
+             f"design points x {st['replicates']} trials ({st['trials']} trials, "
+             f"{fmt(st['simulation_seconds'])} s simulated), {st['chains']} NUTS chains x "
+             f"{st['samples']} draws after {st['warmup']} warm-up. Diagnostics: max R-hat "
+             f"{fmt(d.get('max_rhat'))}, min bulk ESS {fmt(d.get('min_ess_bulk'))}, min tail "
+             f"ESS {fmt(d.get('min_ess_tail'))}, divergences {d.get('divergences')}.", "",
+             "| parameter | posterior median [5%, 95%] | prior median [5%, 95%] | posterior sd "
+             "/ prior sd (log scale) | draws near the box edge |", "|---|---|---|---|---|"]
+    for r in info["summary"]:
+        lines.append(f"| {r['parameter']} | {fmt(r['median'])} [{fmt(r['p05'])}, "
+                     f"{fmt(r['p95'])}] | {fmt(r['prior_median'])} [{fmt(r['prior_p05'])}, "
+                     f"{fmt(r['prior_p95'])}] | {fmt(r['sd_ratio'])} | "
+                     f"{fmt(r['at_box_edge'])} |")
+    warns = d.get("warnings") or []
+    lines += ["", "Warnings of the calibration: " + ("; ".join(warns) if warns else "none")
+              + ".", ""]
+    if info["predictive"]:
+        lines += ["Emulated posterior predictive (the calibration's own check, through its "
+                  "emulator; the trial rows above are the simulated one):", "",
+                  "| statistic | arm | reported | predictive median [5%, 95%] | inside |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {r['statistic']} | {r['arm']} | {fmt(r['reported'])} | "
+                  f"{fmt(r['pred_median'])} [{fmt(r['pred_p05'])}, {fmt(r['pred_p95'])}] | "
+                  f"{'yes' if r['inside_90'] else 'no'} |" for r in info["predictive"]]
+        lines.append("")
+    return lines
 
 
 def _git_state() -> str:
@@ -895,6 +950,7 @@ def render(v: Validation, command: str) -> str:
         "regression to the mean that the observation arm's apparent 'reduction' row shows; "
         "the mean-field PD rows compare with an untreated twin instead.",
         "",
+        *(_posterior_lines(m["posterior_info"]) if m.get("posterior_info") else []),
         "## Which data constrain which parameter",
         "",
         "Each compared number and the parameters it pins (column *constrains* above), grouped:",
