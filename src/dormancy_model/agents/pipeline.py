@@ -20,12 +20,12 @@ from dormancy_model.errors import InputError, check_seed
 # moves no approximation. It only decides where exact events take over: the last cells of a
 # pool die at their own times (the clearance day is exact as long as no leap takes a pool from
 # above the threshold to 0: from 31 cells that needs 31 deaths in one leap, probability
-# p_leave^31, < 3e-26 even at p_leave = 0.15 per daily leap, 4x the typical drug death).
-# Under treatment every pool crosses the threshold, and below it every death was one
-# lock-step iteration: with 1e3 the slowest lanes of a trial's phase A made ~1,200
-# iterations (~170 leaps + ~1,000 deaths), with 30 ~340-510 (benchmarks/RESULTS.md, issue 15).
-# tests/agents/test_pool_leap.py compares leaps above this threshold with exact events (seeded
-# two-sample test).
+# p_leave^31, < 3e-26 even at p_leave = 0.15 per daily leap, ~4x the calibrated delta_max of
+# 0.0371/day). Under treatment every pool crosses the threshold, and below it every death was
+# one lock-step iteration: with 1e3 the slowest lanes
+# of a trial's phase A made ~1,200 iterations (~170 leaps + ~1,000 deaths), with 30 ~340-510
+# (benchmarks/RESULTS.md, issue 15). tests/agents/test_pool_leap.py compares leaps above this
+# threshold with exact events (seeded two-sample test).
 POOL_LEAP_ABOVE = 30.0
 
 if TYPE_CHECKING:  # importing this module stays light (no JAX): the CLI reads its constants
