@@ -351,7 +351,7 @@ README = """# mouse_synthetic: a SYNTHETIC mouse study
 **These are not real measurements.** No real mouse residual-burden or relapse numbers were
 available, so this study was simulated by `scripts/make_synthetic_study.py` (seed {seed},
 {generator} generator, design "{design}"). Re-running the script with the same seed writes the same
-files (the full study takes about 1 minute on the project's 2-core CPU).
+files (the full study takes 1-2 minutes on the project's 2-core CPU).
 
 ## Ground truth (`truth.json`)
 
@@ -450,18 +450,21 @@ ODE_OBSERVATION = """`residual_cells` is log-normal around the sampled fraction 
 solitary residual tumour cells D + R (the fit's observable)."""
 
 
-DOSE_DURATION = """Dose: HCQ lowers the dormant (Ki67-negative) cells with dose at both durations
-and relapses become rarer; EVE is near its maximal effect from 1-5 mg/kg in this truth (eve_ic50 3
-ng/mL, eve_imax 0.8), so 5 and 10 mg/kg give similar counts and 10 survival mice per arm do not
-order its relapses; the combinations are lowest. Duration: every 8-week (chronic) arm ends with
-fewer dormant cells than the 2-week (transient) arm of the same dose, and has fewer relapses.
-A mouse whose cells escaped before the drugs took effect carries a proliferating clone (the
-drugs kill dormant cells; HCQ does not act on proliferating ones), so its total count
-(`residual_cells`) is far above its arm's others: totals scatter more than the dormant counts.
-`dormancy fit` draws the totals against dose in `burden_vs_dose.png` (one panel per duration):
-there the 8-week panel sits below the 2-week one for EVE and the combinations, while the dose
-trend of the totals is weak with 3 mice per arm and day (the HCQ mice with an escaped clone have
-the largest totals); the dormant counts (`dormant_count`, table above) show the dose trend.
+DOSE_DURATION = """Dose: HCQ lowers the solitary cells with dose at both durations (mean field
+at the typical values, D + R at the end of treatment: 1293 / 806 / 661 cells after 2 weeks of
+30 / 60 / 120 mg/kg, 158 / 27 / 16 after 8 weeks; vehicle 1925 at day 56) and relapses become
+rarer. EVE's effect saturates in this truth (eve_ic50 3 ng/mL, eve_imax 0.8): 1173 / 923 / 890
+cells after 2 weeks of 1 / 5 / 10 mg/kg, 236 / 91 / 78 after 8 weeks, so its dose trend is
+between 1 and 5 mg/kg and mostly in the chronic arms; 10 survival mice per arm do not order its
+relapses. The combinations are lowest. Duration: every 8-week (chronic) arm ends with far fewer
+cells than the 2-week (transient) arm of the same dose, and has fewer relapses. `dormancy fit`
+draws the counts against dose in `burden_vs_dose.png` (one panel per duration, the end of
+treatment): the 8-week panel lies 1-2 orders of magnitude below the 2-week one, HCQ falls with
+dose in both, EVE mainly from 1 to 5 mg/kg at 8 weeks; 3 mice per arm and day and the
+between-animal spread of the initial load (CV 0.5) scatter the points. Clone cells
+(`clone_cells`) are found in some vehicle and HCQ mice (HCQ does not act on proliferating
+cells; EVE slows clone division) and lesions (`lesion_cells`) mainly at the later count day;
+they are not in the counts.
 """
 
 
