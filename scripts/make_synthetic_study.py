@@ -376,7 +376,8 @@ the mean-field ODE that `dormancy fit` uses. Each mouse is one agent replicate w
 parameters drawn around the typical values
 `{truth}` (internal units; every other value from `src/dormancy_model/params/data/mouse.toml`):
 log-normal between animals with CVs {cvs} (independent). The initial dormant load is Poisson
-with the animal's mean. A sample sees each of the animal's cells with probability
+with the animal's mean. A sample sees each of the animal's solitary and clone cells with
+probability
 {f} x exp({sigma} z) (tissue recovery varies, log sd {sigma}; binomial counting). Relapse is the
 agent model's event (a lesion reaching detection size). Body weights (`animals.csv`, the study's
 per-animal covariate table): log-normal, median {bw:g} g, CV {bwcv}; they have no effect in this
