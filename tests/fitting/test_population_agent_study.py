@@ -241,22 +241,26 @@ def test_shipped_agent_study_recovery_and_documented_misses():
     """The `dormancy fit --method laplace --random dormant_initial,k_dr,delta_max` pipeline
     (pooled fit with 8 starts, then the Laplace fit from the 2 best distinct pooled estimates,
     at most 150 L-BFGS iterations, gtol 1e-3) on the shipped agent study (304 animals, one
-    observation each; diagonal Omega). Measured 2026-12-07 on the 2-core CPU shared with three
-    other jobs (load 6-9): 2415 s (pooled 131 s; Laplace compile ~390 s; 93 and 150 iterations
-    at 4-8 s; outer Hessian), objective 1220.262, both starts within 0.002.
+    observation each; diagonal Omega), whose count is the solitary cells D + R.
 
-    Recovered (truth inside the 95% CI): dormant_initial 2017 [1503, 2708] (truth 2000),
-    hcq_ic50 66.7 [48.0, 92.8] (80), the CV of delta_max 0.29 [0.16, 0.54] (0.3); eve_ic50 0.07
-    [0.0004, 12] (3) contains the truth only because it is not identified (RSE 262%: EVE is near
-    its maximal effect from 1 mg/kg in this truth).
+    Measured 2026-12-07 (session 10, 2-core CPU shared with three other jobs, load 11-15) on the
+    regenerated study: 3006 s, converged, Hessian positive definite, 304/304 inner problems,
+    nll 1078.710; its estimates were NOT recorded (the session's reporting script failed after
+    the fit), so the recovery assertions below are what a reduced run of the same pipeline
+    showed, not yet confirmed on the full study: 5 arms (vehicle, HCQ 120 chronic, HCQ 60
+    transient, EVE 5 chronic, HCQ+EVE 60+5 transient; 80 animals; 4 pooled starts, 1 Laplace
+    start; 529 s): dormant_initial 1763 [1139, 2729] (truth 2000), k_dr 3.2e-4 [2.0e-4, 5.4e-4]
+    (4e-4), delta_max 0.122 [0.090, 0.165] (0.12), hcq_ic50 85 [31, 234] (80), eve_ic50 3.8
+    [0.2, 71] (3, not identified: RSE 149%), CV delta_max 0.26 [0.13, 0.55] (0.3).
 
-    Missed, for the documented reason (module docstring, the test above: the totals include
-    lesion cells whose mean-field value is far above the typical mouse's), asserted as findings,
-    not hidden by wider bounds: k_dr 1.02e-4 [5.6e-5, 1.9e-4] (truth 4e-4); its CV 26
-    [11, 84] (0.4); burden_sigma 0.78 [0.53, 1.14] (0.3, the tissue-recovery sd); the CV of
-    dormant_initial at the lower sd bound 0.01 (0.5; one count per animal: its variance and
-    the count noise add on the log scale, shrinkage 0.99). delta_max 0.103 [0.0892, 0.1197]
-    (0.12) ends just below the truth: not asserted either way."""
+    Design-limited, asserted as findings: with one count per animal (the sacrifice design) the
+    between-animal variance of dormant_initial is not separable from the count noise: its CV
+    goes to the lower sd bound (0.01 for 0.5; shrinkage 0.99) and burden_sigma takes both
+    (0.70 [0.48, 1.01] in the reduced run; sqrt(0.3^2 + 0.47^2) = 0.56 plus binomial
+    counting); the CV of k_dr is not identified from one relapse time per animal (0.01, CI
+    spanning 1e-101 to 1e152 in the reduced run). With the former count (D + R + all P) the same
+    pipeline missed k_dr (1.02e-4 [5.6e-5, 1.9e-4]) and gave its CV 26 and burden_sigma 0.78
+    (2,415 s; benchmarks/RESULTS.md)."""
     from dormancy_model.fitting.estimate import LBFGS, FitOptions
     from dormancy_model.fitting.population.study_fit import fit_study_laplace
 
@@ -269,18 +273,16 @@ def test_shipped_agent_study_recovery_and_documented_misses():
                           laplace=LaplaceOptions(starts=2, iterations=150, gtol=1e-3))
     pop = r.population
     assert pop["converged"] and pop["hessian_pd"] and pop["inner_converged"] == 304, pop["starts"]
+    assert abs(pop["objective"]["nll"] - 1078.710) < 0.5, pop["objective"]
     typ, ran = pop["typical"], pop["random"]
 
     def inside(n):
         return typ[n]["ci95_low"] <= truth[n] <= typ[n]["ci95_high"]
 
-    for n in ("dormant_initial", "hcq_ic50", "eve_ic50"):
+    for n in ("dormant_initial", "k_dr", "delta_max", "hcq_ic50", "eve_ic50"):
         assert inside(n), (n, typ[n])
-    assert typ["eve_ic50"]["rse_percent"] > 100  # not identified: its CI says nothing
     d = ran["delta_max"]
     assert not d["sd_at_bound"] and d["cv_ci95_low"] <= cv_true["delta_max"] <= d["cv_ci95_high"]
-    # the documented misses (misspecified burden observable)
-    assert typ["k_dr"]["ci95_high"] < truth["k_dr"], typ["k_dr"]
-    assert ran["k_dr"]["cv_ci95_low"] > 10 * cv_true["k_dr"], ran["k_dr"]
-    assert typ["burden_sigma"]["ci95_low"] > info["burden_sigma"], typ["burden_sigma"]
+    # design-limited findings (docstring)
     assert ran["dormant_initial"]["sd_at_bound"] and ran["dormant_initial"]["cv"] < 0.02
+    assert typ["burden_sigma"]["ci95_low"] > info["burden_sigma"], typ["burden_sigma"]
