@@ -433,16 +433,16 @@ def _readme(info: dict, presets, summary) -> str:
                          end=info["study_end_day"], extra=extra)
 
 
-OBSERVATION = """`residual_cells` counts the SOLITARY residual tumour cells (RTCs) seen in the sample:
-dormant cells D (Ki67-negative, `dormant_count`) and reactivating single cells R (Ki67-positive,
-`proliferating_count`). Cells in proliferating clones are recorded apart and not fitted:
-`clone_cells` (clusters below the switch size of 1e4 cells) and `lesion_cells` (lesions: clones
-past the switch size, not yet a detected relapse, whole at necropsy). This is the quantity the
-mean field that `dormancy fit` uses predicts per animal (`fitting.likelihood`: log-normal around
-f x (D + R)). A total with the clones in it is not: an animal's proliferating cells sit in a few
-clones (in most treated mice none, in a few thousands of cells each) and the mean field gives
-their MEAN over animals (e.g. at day 56 of HCQ 120 mg/kg the median of D + R + marrow clone
-cells is 1/50 of its mean). The previous version of this study counted D + R + all
+OBSERVATION = """`residual_cells` counts the SOLITARY residual tumour cells (RTCs) seen in the
+sample: dormant cells D (Ki67-negative, `dormant_count`) and reactivating single cells R
+(Ki67-positive, `proliferating_count`). Cells in proliferating clones are recorded apart and not
+fitted: `clone_cells` (clusters below the switch size of 1e4 cells) and `lesion_cells` (lesions:
+clones past the switch size, not yet a detected relapse, whole at necropsy). This is the
+quantity the mean field that `dormancy fit` uses predicts per animal (`fitting.likelihood`:
+log-normal around f x (D + R)). A total with the clones in it is not: an animal's proliferating
+cells sit in a few clones (in most treated mice none, in a few thousands of cells each) and the
+mean field gives their MEAN over animals (e.g. at day 56 of HCQ 120 mg/kg the median of D + R +
+marrow clone cells is 1/50 of its mean). The previous version of this study counted D + R + all
 proliferating cells (lesions included); its population fit recovered k_dr 4x low and a count
 noise of 0.78 for 0.3 (benchmarks/RESULTS.md). The escape into clones reaches the fit through
 the relapse times. See the docstring of `scripts/make_synthetic_study.py`."""
