@@ -17,13 +17,36 @@ and chronic (8 weeks) = 19 arms (the `mouse-*` presets). Per arm BURDEN_MICE mic
 for residual tumour-cell counts (half at the end of treatment, half 4 weeks later; vehicle at the
 chronic days) and SURVIVAL_MICE mice are followed for relapse until day STUDY_END.
 
+* What a sacrificed mouse's count is (the observation, issue 14 deliverable 8 / issue 16). The
+  residual tumour cells (RTCs, `residual_cells`) are the SOLITARY disseminated cells: dormant D
+  and reactivating R, i.e. the cells not (yet) in a proliferating clone. Cells in proliferating
+  clones are recorded apart: `clone_cells` (cells seen in proliferating clusters, the clones
+  below the switch size, `observables.SWITCH_SIZE`) and `lesion_cells` (cells in lesions, clones
+  past the switch size not yet detected as a relapse, found at necropsy). Why not the marrow
+  DTCs D + R + marrow P, or all cells: an animal's proliferating cells sit in a few clones (in
+  most treated mice none, in a few thousands of cells each), so its count of them scatters over
+  orders of magnitude around the mean-field value, which is their MEAN over animals. Measured
+  with these agents (400 replicates at the typical values, 2026-12-07): at day 56 of HCQ 120
+  mg/kg chronic the median of D + R + marrow P is 1/50 of its mean (D 16, marrow P mean 977,
+  zero in 60% of the mice), of D + R 1/1; vehicle day 56: 1/1.5 and 1/1. A log-normal count
+  law around the mean field's value of a total with clones in it is therefore misspecified
+  (the former study counted D + R + all P, lesions included: its Laplace fit recovered k_dr 4x
+  low, burden_sigma 0.78 for 0.3 and a CV of dormant_initial at its bound; RESULTS.md), while
+  D + R of an agent matches the mean field's D + R to binomial noise. So the count the fit
+  models (`fitting.likelihood`: D + R) is the quantity the mean field predicts per animal, and
+  the clones stay visible in their own columns. Chosen over a likelihood with the clone
+  component in it (a compound Poisson law of clone sizes per animal), which the fit does not
+  have; the relapse times carry the escape into clones.
 * Burden count: a fraction of the tissue is analysed; the effective fraction of one sample is
   SAMPLED_FRACTION x exp(TRUTH_SIGMA z) (tissue recovery varies between samples; median
-  SAMPLED_FRACTION), and each of the animal's cells (D, R, P; P includes lesion cells) is seen
-  with that probability (binomial). A count below DETECTION_LIMIT (i.e. 0 cells seen) is written
-  as 0 (censored). The marker counts split the seen cells as a Ki67 stain would: dormant_count =
-  Ki67-negative = D (quiescent, G0); proliferating_count = Ki67-positive = R + P (cells that left
-  G0: reactivating and proliferating cells, lesions included); their sum is residual_cells.
+  SAMPLED_FRACTION), and each of the animal's D, R and marrow-clone cells is seen with that
+  probability (binomial). A count below DETECTION_LIMIT (i.e. 0 cells seen) is written as 0
+  (censored). The marker counts split the seen solitary cells as a Ki67 stain would:
+  dormant_count = Ki67-negative = D (quiescent, G0); proliferating_count = Ki67-positive = R
+  (single cells that left G0, not yet a clone); their sum is residual_cells. clone_cells: the
+  seen cells of the animal's clones below the switch size (Ki67-positive clusters);
+  lesion_cells: the cells in its undetected lesions (whole, not sampled: a lesion is found at
+  necropsy), 0 for most mice.
 * Relapse: the agent model's relapse event (a lesion reaching detection size), rounded to 0.1
   day; right-censored at STUDY_END.
 * design "biopsy" (optional): the survival mice also give a non-terminal count at the end of
@@ -52,6 +75,7 @@ import numpy as np
 from dormancy_model.agents.simulate import AgentOptions, simulate_agents
 from dormancy_model.fitting.study import stacked_dosing
 from dormancy_model.io import atomic_write_text
+from dormancy_model.model.observables import SWITCH_SIZE
 from dormancy_model.model.ode import DormancyModel
 from dormancy_model.model.simulate import simulate
 from dormancy_model.params.table import load_model_parameters
@@ -121,13 +145,16 @@ def draw_animals(rng, n: int, truth: dict, cv: dict) -> dict:
 
 
 def seen_cells(rng, cells, fraction: float, sigma: float):
-    """(total, dormant, proliferating) cells seen in one sample of each animal: cells (n, 3) =
-    D, R, P; effective fraction fraction x exp(sigma z) (capped at 1), binomial per cell."""
+    """(residual, dormant, proliferating, clone) cells seen in one sample of each animal:
+    cells (n, 3) = D, R and the marrow clones' cells (below the switch size); effective fraction
+    fraction x exp(sigma z) (capped at 1), binomial per cell. residual = dormant + proliferating
+    = the solitary cells D + R seen (Ki67-negative D, Ki67-positive R); clone: the clone cells
+    seen, recorded apart (module docstring)."""
     cells = np.rint(np.asarray(cells, float)).astype(np.int64)
     f = np.minimum(fraction * np.exp(sigma * rng.standard_normal(cells.shape[0])), 1.0)
     seen = rng.binomial(cells, f[:, None])
-    dormant, prolif = seen[:, 0], seen[:, 1] + seen[:, 2]
-    return dormant + prolif, dormant, prolif
+    dormant, prolif, clone = seen[:, 0], seen[:, 1], seen[:, 2]
+    return dormant + prolif, dormant, prolif, clone
 
 
 def _agent_arm(model, base, dosing, animals, key, days, n):
@@ -139,7 +166,11 @@ def _agent_arm(model, base, dosing, animals, key, days, n):
                                                clone_slots=CLONE_SLOTS))
     if not res.ok:
         raise RuntimeError(f"agent simulation failed: {res.message}")
-    return res.counts, res.relapse_day
+    # (n, days, 3) D, R and the marrow clones' cells (below the switch size); (n, days) cells
+    # in undetected lesions
+    cells = np.concatenate([np.asarray(res.counts)[..., :2],
+                            np.asarray(res.marrow_proliferating)[..., None]], axis=-1)
+    return cells, np.asarray(res.lesion_cells), res.relapse_day
 
 
 def _ode_arm(model, p, preset, rng, days, burden_mice, survival_mice, sigma):
@@ -148,9 +179,8 @@ def _ode_arm(model, p, preset, rng, days, burden_mice, survival_mice, sigma):
     fine = np.arange(0.0, STUDY_END + 1e-9, 0.1)
     ts = np.unique(np.concatenate([fine, days]))
     tr = simulate(model, p, PRESETS[preset], ts=ts).raise_if_failed()
-    # the fit's burden observable (fitting.likelihood.arm_prediction): D + R + the ODE's P,
-    # lesions included, as the agents' counts (not `residual`, the marrow DTCs)
-    residual = np.asarray(tr.dormant + tr.reactivating + tr.proliferating)
+    # the fit's burden observable (fitting.likelihood.arm_prediction): the solitary RTCs D + R
+    residual = np.asarray(tr.dormant + tr.reactivating)
     lam = np.asarray(tr.hazard)
     counts = []
     for i in range(burden_mice):
@@ -214,33 +244,38 @@ def make(out: Path, seed: int = SEED, burden_mice: int = BURDEN_MICE,
         else:
             animals = draw_animals(rng, n, truth, cv)
             dosing = jax.tree.map(lambda x, j=j: x[j], stacked)
-            cells, relapse_all = _agent_arm(model, base, dosing, animals, key, days, n)
-            at_sac = cells[np.arange(burden_mice), (np.arange(burden_mice) % 2)]
-            tot, dor, pro = seen_cells(rng, at_sac, SAMPLED_FRACTION, sigma)
+            cells, lesion, relapse_all = _agent_arm(model, base, dosing, animals, key, days, n)
+            which = (np.arange(burden_mice), np.arange(burden_mice) % 2)
+            tot, dor, pro, clo = seen_cells(rng, cells[which], SAMPLED_FRACTION, sigma)
+            les = lesion[which]
             dormant_at_end = dor[sac == days[0]]  # the README's summary
             for i in range(burden_mice):
                 b_rows.append(f"{ids[i]},{arm},{sac[i]:g},{tot[i]},{DETECTION_LIMIT:g},"
-                              f"{SAMPLED_FRACTION:g},{dor[i]},{pro[i]}")
+                              f"{SAMPLED_FRACTION:g},{dor[i]},{pro[i]},{clo[i]},"
+                              f"{les[i]:.0f}")
             if design == "biopsy":
                 surv = np.arange(burden_mice, n)
-                tot, dor, pro = seen_cells(rng, cells[surv, 0], BIOPSY_FRACTION, sigma)
+                tot, dor, pro, clo = seen_cells(rng, cells[surv, 0], BIOPSY_FRACTION, sigma)
                 for k, i in enumerate(surv):
                     if relapse_all[i] > days[0]:  # a relapsed mouse is not biopsied
+                        # a biopsy samples tissue: the solitary cells and clusters, no lesion
+                        # count (blank: not measured)
                         b_rows.append(f"{ids[i]},{arm},{days[0]:g},{tot[k]},"
                                       f"{DETECTION_LIMIT:g},{BIOPSY_FRACTION:g},{dor[k]},"
-                                      f"{pro[k]}")
+                                      f"{pro[k]},{clo[k]},")
             for i, mid in enumerate(ids):
                 a_rows.append(f"{mid},{animals['body_weight_g'][i]:.1f}")
                 t_rows.append(f"{mid},{arm}," + ",".join(
-                    f"{animals[k][i]:.6g}" for k in cv) + f",{cells[i, 0].sum():.6g},"
-                    f"{relapse_all[i]:.6g}")
-            summary.append(_arm_summary(arm, days[0], cells[:, 0], dormant_at_end,
-                                        relapse_all[burden_mice:]))
+                    f"{animals[k][i]:.6g}" for k in cv) + f",{cells[i, 0, :2].sum():.6g},"
+                    f"{cells[i, 0, 2]:.6g},{lesion[i, 0]:.6g},{relapse_all[i]:.6g}")
+            summary.append(_arm_summary(arm, days[0], cells[:, 0], lesion[:, 0],
+                                        dormant_at_end, relapse_all[burden_mice:]))
         for i in range(burden_mice, n):
             s_rows.append(_relapse_row(ids[i], arm, relapse_all[i]))
     out.mkdir(parents=True, exist_ok=True)
     head = HEADER.format(seed=seed, generator=f"{generator} generator")
-    marker = ",dormant_count,proliferating_count" if generator == "agents" else ""
+    marker = (",dormant_count,proliferating_count,clone_cells,lesion_cells"
+              if generator == "agents" else "")
     atomic_write_text(out / "burden.csv", head + "\n"
                       "mouse_id,arm,day,residual_cells,detection_limit,sampled_fraction"
                       + marker + "\n" + "\n".join(b_rows) + "\n")
@@ -256,9 +291,12 @@ def make(out: Path, seed: int = SEED, burden_mice: int = BURDEN_MICE,
         atomic_write_text(out / "animals.csv", head + "\nmouse_id,body_weight_g\n"
                           + "\n".join(a_rows) + "\n")
         atomic_write_text(out / "truth_animals.csv", head + "\n# true per-animal parameters "
-                          "(internal units), cells at the first count day, relapse day (inf: "
-                          "none by the study end)\nmouse_id,arm," + ",".join(cv)
-                          + ",cells_end_of_treatment,relapse_day\n" + "\n".join(t_rows) + "\n")
+                          "(internal units); at the first count day: solitary cells D + R, "
+                          "cells of clones below the switch size, cells in undetected lesions; "
+                          "relapse day (inf: none by the study end)\nmouse_id,arm,"
+                          + ",".join(cv) + ",solitary_cells_end_of_treatment,"
+                          "clone_cells_end_of_treatment,lesion_cells_end_of_treatment,"
+                          "relapse_day\n" + "\n".join(t_rows) + "\n")
     toml.append("")
     for preset in presets:
         toml += [f"[arms.{preset.removeprefix('mouse-')}]", f'schedule = "{preset}"', ""]
@@ -284,19 +322,27 @@ def make(out: Path, seed: int = SEED, burden_mice: int = BURDEN_MICE,
         info.update(body_weight_cv=BODY_WEIGHT_CV, biopsy_fraction=BIOPSY_FRACTION,
                     agent_options={"method": "fast", "initial_count": "poisson",
                                    "clone_slots": CLONE_SLOTS, "replicates_per_animal": 1},
-                    marker_counts="dormant_count = D (Ki67-negative); proliferating_count = "
-                                  "R + P (Ki67-positive, lesion cells included)")
+                    observation=("residual_cells = the solitary RTCs D + R seen (what the fit "
+                                 "models); dormant_count = D (Ki67-negative); "
+                                 "proliferating_count = R (Ki67-positive single cells); "
+                                 "clone_cells = cells of clones below the switch size seen "
+                                 "(recorded apart, not fitted); lesion_cells = cells in "
+                                 "undetected lesions (clones past the switch size) at necropsy, "
+                                 "whole (recorded apart, not fitted)"),
+                    switch_size_cells=SWITCH_SIZE)
     atomic_write_text(out / "truth.json", json.dumps(info, indent=2) + "\n")
     atomic_write_text(out / "README.md", _readme(info, presets, summary))
     info["seconds"] = time.perf_counter() - t_start
     return info
 
 
-def _arm_summary(arm, day, cells, dormant_seen, relapse):
-    """(arm, count day, median dormant cells, median Ki67-positive cells (all the arm's animals
-    at the end of treatment, true cells before sampling), mean dormant_count of the mice
-    sacrificed then, relapsed, followed)."""
-    return (arm, day, float(np.median(cells[:, 0])), float(np.median(cells[:, 1:].sum(1))),
+def _arm_summary(arm, day, cells, lesion, dormant_seen, relapse):
+    """(arm, count day, median dormant cells, mean reactivating cells, fraction of animals
+    with a marrow clone, with an undetected lesion (all the arm's animals at the end of
+    treatment, true cells before sampling), mean dormant_count of the mice sacrificed then,
+    relapsed, followed)."""
+    return (arm, day, float(np.median(cells[:, 0])), float(np.mean(cells[:, 1])),
+            float(np.mean(cells[:, 2] > 0)), float(np.mean(lesion > 0)),
             float(np.mean(dormant_seen)), int(np.sum(relapse <= STUDY_END)), relapse.size)
 
 
@@ -305,11 +351,15 @@ README = """# mouse_synthetic: a SYNTHETIC mouse study
 **These are not real measurements.** No real mouse residual-burden or relapse numbers were
 available, so this study was simulated by `scripts/make_synthetic_study.py` (seed {seed},
 {generator} generator, design "{design}"). Re-running the script with the same seed writes the same
-files (the full study takes about 1 minute on the project's 2-core CPU).
+files (the full study takes 1-2 minutes on the project's 2-core CPU).
 
 ## Ground truth (`truth.json`)
 
 {truth_text}
+
+## What a count is
+
+{observation}
 
 ## Design (`study.toml`)
 
@@ -326,7 +376,8 @@ the mean-field ODE that `dormancy fit` uses. Each mouse is one agent replicate w
 parameters drawn around the typical values
 `{truth}` (internal units; every other value from `src/dormancy_model/params/data/mouse.toml`):
 log-normal between animals with CVs {cvs} (independent). The initial dormant load is Poisson
-with the animal's mean. A sample sees each of the animal's cells with probability
+with the animal's mean. A sample sees each of the animal's solitary and clone cells with
+probability
 {f} x exp({sigma} z) (tissue recovery varies, log sd {sigma}; binomial counting). Relapse is the
 agent model's event (a lesion reaching detection size). Body weights (`animals.csv`, the study's
 per-animal covariate table): log-normal, median {bw:g} g, CV {bwcv}; they have no effect in this
@@ -348,10 +399,12 @@ def _readme(info: dict, presets, summary) -> str:
         bw=info["body_weight_g"], bwcv=info.get("body_weight_cv"))
     extra = ""
     if agents:
-        extra += ("\n\n`burden.csv` also has `dormant_count` (Ki67-negative: dormant cells D) "
-                  "and `proliferating_count` (Ki67-positive: reactivating R and proliferating P "
-                  "cells, lesion cells included) of the same sample; they add up to "
-                  "`residual_cells`. The fit uses the total.")
+        extra += ("\n\n`burden.csv` also has `dormant_count` (Ki67-negative single cells: "
+                  "dormant D) and `proliferating_count` (Ki67-positive single cells: "
+                  "reactivating R) of the same sample, which add up to `residual_cells` (the "
+                  "fit uses the total), and, recorded apart and not fitted, `clone_cells` (cells "
+                  "of proliferating clusters below the switch size seen in the sample) and "
+                  "`lesion_cells` (cells in lesions found at necropsy; blank for a biopsy).")
     if info["design"] == "biopsy":
         extra += (f"\n\nDesign \"biopsy\": every survival mouse not relapsed by the end of "
                   f"treatment also has a non-terminal count then (fraction "
@@ -359,34 +412,60 @@ def _readme(info: dict, presets, summary) -> str:
     if summary and len(presets) == len(arm_names()):
         extra += ("\n\n## What the data show\n\nPer arm, over all its simulated animals "
                   "(burden and survival mice) at the end of treatment (vehicle: day 56), from "
-                  "the agent runs before sampling: median dormant (D, Ki67-negative) and "
-                  "Ki67-positive (R + P) cells; the data: mean `dormant_count` of the mice "
-                  "sacrificed that day; and relapses among the survival mice by day "
+                  "the agent runs before sampling: median dormant cells (D, Ki67-negative), "
+                  "mean reactivating cells (R, Ki67-positive single cells), the fraction of "
+                  "animals with a proliferating clone below the switch size and with an "
+                  "undetected lesion; the data: mean `dormant_count` of the mice sacrificed "
+                  "that day; and relapses among the survival mice by day "
                   f"{info['study_end_day']:g}.\n\n| arm | day | dormant cells (median) | "
-                  "Ki67-positive cells (median) | dormant_count (mean) | relapsed |\n"
-                  "|---|---|---|---|---|---|\n")
-        extra += "\n".join(f"| {a} | {d:g} | {dm:.4g} | {pm:.4g} | {ds:.3g} | {r}/{m} |"
-                            for a, d, dm, pm, ds, r, m in summary)
+                  "reactivating cells (mean) | with a clone | with a lesion | "
+                  "dormant_count (mean) | relapsed |\n|---|---|---|---|---|---|---|---|\n")
+        extra += "\n".join(f"| {a} | {d:g} | {dm:.4g} | {rm:.3g} | {fc:.2f} | {fl:.2f} | "
+                            f"{ds:.3g} | {r}/{m} |"
+                            for a, d, dm, rm, fc, fl, ds, r, m in summary)
         extra += "\n\n" + DOSE_DURATION
     return README.format(seed=info["seed"], generator=info["generator"],
-                         design=info["design"], truth_text=truth_text, n_arms=len(presets),
+                         design=info["design"], truth_text=truth_text,
+                         observation=OBSERVATION if agents else ODE_OBSERVATION,
+                         n_arms=len(presets),
                          bm=info["burden_mice_per_arm"], sm=info["survival_mice_per_arm"],
                          f=info["sampled_fraction"], lod=info["detection_limit_cells"],
                          end=info["study_end_day"], extra=extra)
 
 
-DOSE_DURATION = """Dose: HCQ lowers the dormant (Ki67-negative) cells with dose at both durations
-and relapses become rarer; EVE is near its maximal effect from 1-5 mg/kg in this truth (eve_ic50 3
-ng/mL, eve_imax 0.8), so 5 and 10 mg/kg give similar counts and 10 survival mice per arm do not
-order its relapses; the combinations are lowest. Duration: every 8-week (chronic) arm ends with
-fewer dormant cells than the 2-week (transient) arm of the same dose, and has fewer relapses.
-A mouse whose cells escaped before the drugs took effect carries a proliferating clone (the
-drugs kill dormant cells; HCQ does not act on proliferating ones), so its total count
-(`residual_cells`) is far above its arm's others: totals scatter more than the dormant counts.
-`dormancy fit` draws the totals against dose in `burden_vs_dose.png` (one panel per duration):
-there the 8-week panel sits below the 2-week one for EVE and the combinations, while the dose
-trend of the totals is weak with 3 mice per arm and day (the HCQ mice with an escaped clone have
-the largest totals); the dormant counts (`dormant_count`, table above) show the dose trend.
+OBSERVATION = """`residual_cells` counts the SOLITARY residual tumour cells (RTCs) seen in the
+sample: dormant cells D (Ki67-negative, `dormant_count`) and reactivating single cells R
+(Ki67-positive, `proliferating_count`). Cells in proliferating clones are recorded apart and not
+fitted: `clone_cells` (clusters below the switch size of 1e4 cells) and `lesion_cells` (lesions:
+clones past the switch size, not yet a detected relapse, whole at necropsy). This is the
+quantity the mean field that `dormancy fit` uses predicts per animal (`fitting.likelihood`:
+log-normal around f x (D + R)). A total with the clones in it is not: an animal's proliferating
+cells sit in a few clones (in most treated mice none, in a few thousands of cells each) and the
+mean field gives their MEAN over animals (e.g. at day 56 of HCQ 120 mg/kg the median of D + R +
+marrow clone cells is 1/50 of its mean). The previous version of this study counted D + R + all
+proliferating cells (lesions included); its population fit recovered k_dr 4x low and a count
+noise of 0.78 for 0.3 (benchmarks/RESULTS.md). The escape into clones reaches the fit through
+the relapse times. See the docstring of `scripts/make_synthetic_study.py`."""
+
+ODE_OBSERVATION = """`residual_cells` is log-normal around the sampled fraction of the ODE's
+solitary residual tumour cells D + R (the fit's observable)."""
+
+
+DOSE_DURATION = """Dose: HCQ lowers the solitary cells with dose at both durations (mean field
+at the typical values, D + R at the end of treatment: 1293 / 806 / 661 cells after 2 weeks of
+30 / 60 / 120 mg/kg, 158 / 27 / 16 after 8 weeks; vehicle 1925 at day 56) and relapses become
+rarer. EVE's effect saturates in this truth (eve_ic50 3 ng/mL, eve_imax 0.8): 1173 / 923 / 890
+cells after 2 weeks of 1 / 5 / 10 mg/kg, 236 / 91 / 78 after 8 weeks, so its dose trend is
+between 1 and 5 mg/kg and mostly in the chronic arms; 10 survival mice per arm do not order its
+relapses. The combinations are lowest. Duration: every 8-week (chronic) arm ends with far fewer
+cells than the 2-week (transient) arm of the same dose, and has fewer relapses. `dormancy fit`
+draws the counts against dose in `burden_vs_dose.png` (one panel per duration, the end of
+treatment): the 8-week panel lies 1-2 orders of magnitude below the 2-week one, HCQ falls with
+dose in both, EVE mainly from 1 to 5 mg/kg at 8 weeks; 3 mice per arm and day and the
+between-animal spread of the initial load (CV 0.5) scatter the points. Clone cells
+(`clone_cells`) are found in some vehicle and HCQ mice (HCQ does not act on proliferating
+cells; EVE slows clone division) and lesions (`lesion_cells`) mainly at the later count day;
+they are not in the counts.
 """
 
 

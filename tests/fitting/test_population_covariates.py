@@ -311,7 +311,9 @@ def _weighted_study(root: Path, truth, beta_w, arm_fold, sd, sigma, n_per_arm, d
                   * np.exp(rng.normal() * sd))
             tr = simulate(DormancyModel(), truth.replace(dormant_initial=d0), sched,
                           ts=np.array([0.0, *days]))
-            y = np.asarray(tr.residual)[1:] * np.exp(rng.normal(size=len(days)) * sigma)
+            # the fit's burden observable: the solitary RTCs D + R (fitting.likelihood)
+            y = np.asarray(tr.dormant + tr.reactivating)[1:] * np.exp(
+                rng.normal(size=len(days)) * sigma)
             rows += [f"{arm}-b{j:02d},{arm},{d:g},{v:.8g},1" for d, v in zip(days, y,
                                                                             strict=True)]
             animals.append(f"{arm}-b{j:02d},{w[k]:.6g}")
@@ -453,7 +455,8 @@ def test_vpc_simulates_each_animal_with_its_covariates(tmp_path):
         d0 = 2000.0 * float(weights[mid]) / ref * fold[arm]
         tr = simulate(DormancyModel(), truth.replace(dormant_initial=d0),
                       get_schedule(presets[arm], species="mouse"), ts=np.array([0.0, day]))
-        expect.append(float(np.asarray(tr.residual)[1]))
+        # the fit's burden observable: the solitary RTCs D + R (fitting.likelihood)
+        expect.append(float(np.asarray(tr.dormant + tr.reactivating)[1]))
     np.testing.assert_allclose(np.exp(sims.pred_log), expect, rtol=2e-3)
     assert np.ptp(np.asarray(expect)[b.arm == 0]) > 0.1 * np.mean(expect)
 

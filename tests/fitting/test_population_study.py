@@ -130,7 +130,8 @@ def _synthetic_study(root: Path, truth, sd, sigma, n_per_arm, days, seed):
             eta_true.append(e)
             p = truth.replace(dormant_initial=float(truth["dormant_initial"]) * np.exp(e))
             tr = simulate(DormancyModel(), p, sched, ts=np.array([0.0, *days]))
-            res = np.asarray(tr.residual)[1:]
+            # the fit's burden observable: the solitary RTCs D + R (fitting.likelihood)
+            res = np.asarray(tr.dormant + tr.reactivating)[1:]
             y = res * np.exp(rng.normal(size=res.size) * sigma)
             rows += [f"{arm}-b{k:02d},{arm},{d:g},{v:.8g},1" for d, v in zip(days, y,
                                                                             strict=True)]

@@ -168,6 +168,16 @@ def _marker_count_negative(d):
     return f"burden.csv:{no}", "proliferating_count", "must be >= 0"
 
 
+def _clone_cells_negative(d):
+    no = _set_burden_field(d, 2, 8, "-1")
+    return f"burden.csv:{no}", "clone_cells", "must be >= 0"
+
+
+def _lesion_cells_not_a_number(d):
+    no = _set_burden_field(d, 1, 9, "many")
+    return f"burden.csv:{no}", "lesion_cells", "not a number"
+
+
 def _set_animal(d, row, text):
     no, line = _data_line(d / "animals.csv", row)
     _edit(d / "animals.csv", line + "\n", text + "\n" if text else "")
@@ -212,7 +222,8 @@ def _animal_twice(d):
 BAD = [_bad_missing_column, _bad_negative_count, _bad_event, _bad_arm, _bad_schedule,
        _empty_file, _header_only, _not_a_number, _mouse_in_two_arms, _mouse_twice_on_one_day,
        _study_weight_in_kg, _study_weight_huge, _bom_in_toml_is_not_the_problem,
-       _marker_counts_do_not_add_up, _marker_count_negative, _animal_without_covariates,
+       _marker_counts_do_not_add_up, _marker_count_negative, _clone_cells_negative,
+       _lesion_cells_not_a_number, _animal_without_covariates,
        _animal_covariate_blank, _animal_unknown, _animal_weight_not_finite,
        _animal_weight_implausible, _animal_twice]
 

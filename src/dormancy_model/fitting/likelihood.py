@@ -1,8 +1,16 @@
 """Likelihoods of a mouse study under the model.
 
-* Residual burden: log-normal around the model's residual burden D + R + P at the sampling day,
+* Residual burden: log-normal around the model's solitary residual tumour cells D + R at the
+  sampling day (the cells not in a proliferating clone: dormant D and reactivating R),
   ``log y ~ Normal(log(f * residual(t)), sigma)`` with the sampled fraction f; a count below the
   detection limit L contributes ``P(y < L) = Phi((log L - log(f residual)) / sigma)`` (censoring).
+  Proliferating cells P are not in the count: in an animal they sit in a few clones (none in
+  most mice under the drugs, thousands of cells in a few), whose MEAN the mean field's P (and
+  its marrow part) is, so a log-normal law centred on a mean with P in it is far above the
+  typical mouse (measured with the agents, `scripts/make_synthetic_study.py`: at day 56 of HCQ
+  120 mg/kg the median of D + R + marrow P is 1/50 of its mean; of D + R, 1/1). Count the
+  single RTCs (dormant and Ki67-positive single cells) in `residual_cells` and clones and
+  lesions apart (the study format's `clone_cells` and `lesion_cells` columns, not fitted).
 * Relapse: right-censored event times from the model's cumulative hazard
   ``Lambda(t) = p_found E_L[E(t - L)]`` (`Trajectory.hazard`) and its rate
   ``h(t) = p_found E_L[k_RP g(M(t - L)) R(t - L)]`` (the escape flux from `rates.cell_rates`,
@@ -49,7 +57,7 @@ TINY = 1e-300
 class ArmPrediction(eqx.Module):
     """Model outputs of one arm on the study grid (G,)."""
 
-    residual: jax.Array  # cells
+    residual: jax.Array  # cells: solitary RTCs D + R (the burden count's observable)
     cum_hazard: jax.Array  # Lambda(t)
     hazard_rate: jax.Array  # h(t), 1/day
     status: jax.Array  # a code of dormancy_model.status (0 ok)
@@ -86,7 +94,9 @@ def arm_prediction(model: DormancyModel, params: Parameters, dosing: Dosing, gri
     ex = jax.vmap(jax.vmap(course.exposure))(reads.times)
     rates = R.cell_rates(ex.eve, ex.hcq_effect, params)
     return ArmPrediction(
-        residual=y[:, 0] + y[:, 1] + y[:, 2],
+        # the burden observable: the solitary RTCs D + R (module docstring); the ODE's P (all
+        # proliferating cells, clones and lesions) is not counted
+        residual=y[:, 0] + y[:, 1],
         cum_hazard=O.cumulative_hazard(yl[..., 3], reads, p_found),
         hazard_rate=O.hazard_rate(rates.commitment, yl[..., 1], reads, p_found),
         status=finite_status(status, y, yl))
@@ -242,7 +252,8 @@ def log_prior(scaled_values, centre, width):
 
 def predict_arms(study, params: Parameters, days, options: SolverOptions | None = None,
                  model: DormancyModel | None = None):
-    """Fitted curves for figures: (residual (A, G) cells, relapse-free probability (A, G)) of
+    """Fitted curves for figures: (residual (A, G) cells: the solitary RTCs D + R, the burden
+    count's observable; relapse-free probability (A, G)) of
     every arm of `study` on `days` (increasing, starting at 0), as numpy arrays."""
     import numpy as np
 

@@ -27,7 +27,12 @@ Formats (a study is a directory holding the three files):
   A ``mouse_id`` belongs to one arm and has at most one count per day. Optional marker columns
   ``dormant_count`` (e.g. Ki67-negative) and ``proliferating_count`` (Ki67-positive) split the
   same sample (blank: not measured; when both are given they must add up to
-  ``residual_cells``); the fit uses the total.
+  ``residual_cells``); the fit uses the total. The model's observable for ``residual_cells`` is
+  the solitary residual tumour cells, dormant D plus reactivating R (`fitting.likelihood`):
+  cells in proliferating clones are not in it. Optional columns ``clone_cells`` (cells seen in
+  proliferating clusters, micro-clones below the switch size) and ``lesion_cells`` (cells in
+  lesions, clones past the switch size, found at necropsy) record them apart (non-negative
+  numbers, blank: not measured); they are checked and not fitted.
 * ``survival.csv``: ``mouse_id, arm, day, event`` with event 1 = relapse observed at ``day``,
   0 = relapse-free when last seen at ``day`` (right-censored).
 * ``animals.csv`` (optional, named by ``study.animals``): one row per animal, ``mouse_id`` and
@@ -81,7 +86,8 @@ from dormancy_model.pk.schedule import Schedule
 from dormancy_model.units import body_weight_problem
 
 BURDEN_COLUMNS = ("mouse_id", "arm", "day", "residual_cells", "detection_limit")
-BURDEN_OPTIONAL = ("sampled_fraction", "dormant_count", "proliferating_count")
+BURDEN_OPTIONAL = ("sampled_fraction", "dormant_count", "proliferating_count", "clone_cells",
+                   "lesion_cells")
 SURVIVAL_COLUMNS = ("mouse_id", "arm", "day", "event")
 PK_COLUMNS = ("mouse_id", "arm", "day", "drug", "matrix", "conc_ng_ml")
 PK_OPTIONAL = ("lloq_ng_ml",)
@@ -328,6 +334,9 @@ def _read_burden(path: Path, arm_names) -> BurdenRows:
             text = r.get(col, "")
             split.append(_num(src, no, col, text, minimum=0.0) if text else math.nan)
             out[key].append(split[-1])
+        for col in ("clone_cells", "lesion_cells"):  # recorded apart: checked, not fitted
+            if r.get(col, ""):
+                _num(src, no, col, r[col], minimum=0.0)
         total = out["cells"][-1]
         if not any(math.isnan(v) for v in split) and abs(sum(split) - total) > 1e-6 * max(
                 total, 1.0):
