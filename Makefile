@@ -17,10 +17,13 @@ demo: $(STAMP)
 	$(BIN)/dormancy demo --out out/demo
 
 # docs/validation.md (+ .csv, .png): published numbers beside the model's; REPLICATES=200 for
-# the acceptance of issue 14
+# the acceptance of issue 14; POSTERIOR=fits/clever_posterior.json: the trial rows become the
+# posterior predictive check over its draws
 REPLICATES ?= 40
+POSTERIOR ?=
 validation: $(STAMP)
-	$(BIN)/python scripts/validation.py --replicates $(REPLICATES) --seed 1 --out docs
+	$(BIN)/python scripts/validation.py --replicates $(REPLICATES) --seed 1 --out docs \
+		$(if $(POSTERIOR),--posterior $(POSTERIOR))
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15
