@@ -101,6 +101,7 @@ def test_gradient_matches_finite_differences(setup):
     np.testing.assert_allclose(g[0], fd, rtol=2e-3, atol=1e-6 * np.abs(fd).max())
 
 
+@pytest.mark.slow  # fast-suite budget (make test from a fresh clone ~10 min on 2 cores)
 def test_fixed_step_objective_is_accurate_and_smooth(ode_setup):
     """The fitting solver (fixed-step Tsit5 on every dose time plus an even grid) is within
     0.05 nll units of an adaptive solve at rtol 1e-8 near the truth, and it is smooth: its

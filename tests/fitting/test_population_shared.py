@@ -79,6 +79,7 @@ def _problems(random):
             for t in (True, False)], s
 
 
+@pytest.mark.slow  # fast-suite budget (make test from a fresh clone ~10 min on 2 cores)
 def test_animal_likelihoods_are_the_same_with_the_table():
     (tab, ref), s = _problems(("dormant_initial", "k_dr", "delta_max"))
     theta = jnp.asarray(tab.theta0(s, [0.4, 0.3, 0.5]))

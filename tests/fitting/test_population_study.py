@@ -33,6 +33,7 @@ ARMS = ["vehicle", "combo-hcq60-eve5-chronic"]
 FREE = ["dormant_initial", "k_dr", "delta_max", "burden_sigma"]
 
 
+@pytest.mark.slow  # fast-suite budget (make test from a fresh clone ~10 min on 2 cores)
 def test_animals_at_zero_random_effects_sum_to_the_pooled_likelihood():
     """Every eta = 0: the sum over the animals (burden and survival mice are separate animals
     here) of the per-animal burden and relapse log-likelihoods equals the pooled fit's

@@ -109,6 +109,7 @@ relapse_free_days = [1825]
 """
 
 
+@pytest.mark.slow  # fast-suite budget (make test from a fresh clone ~10 min on 2 cores)
 def test_sensitivity_command(tmp_path, capsys):
     """HCQ alone gives no everolimus, so eve_hill changes nothing: its indices are exactly 0,
     while k_dr carries all of the relapse-free variance (S1 and ST > 0)."""
