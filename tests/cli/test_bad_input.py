@@ -175,6 +175,8 @@ CASES = {
         (["--posterior", "--replicates", "2"], "--replicates: replicates: must be >= 3 with "
          "--posterior, got 2"),
         (["--posterior", "--chains", "0"], "--chains: chains: must be >= 1, got 0"),
+        (["--posterior", "--untreated", "50"], "--untreated: untreated: must be >= 100, got 50"),
+        (["--untreated", "500"], "--untreated: untreated: only with --posterior"),
         (["--posterior", "--box-sd", "0"], "--box-sd: box_sd: must be in (0, 4], got 0"),
         (["--posterior", "--box-sd", "4.5"], "--box-sd: box_sd: must be in (0, 4], got 4.5"),
         (["--posterior", "--out", "c.txt"], "c.txt: --out: must be a .json file path"),

@@ -152,7 +152,9 @@ def test_clever_targets_and_joint_loglik_sum_the_terms():
     assert t.late == (0, 31)
     assert t.cleared == (41, 51)
     pred = {"p_screen": 0.3, "logit_late": -3.0, "logit_late:var": 0.0, "log_hr": -1.0,
-            "log_hr:var": 0.0, "logit_cleared": 1.2, "logit_cleared:var": 0.0}
+            "log_hr:var": 0.0, "logit_cleared": 1.2, "logit_cleared:var": 0.0,
+            "log_irr": math.log(3.0), "log_irr:var": 0.0, "logit_rfs5_pos": 1.5,
+            "logit_rfs5_pos:var": 0.0}
     for a in L.ARMS:
         pred.update({f"logit_rfs:{a}": 2.5, f"logit_rfs:{a}:var": 0.0, f"z_mean:{a}": -1.5,
                      f"z_mean:{a}:var": 0.0, f"z_logsd:{a}": math.log(0.5),
@@ -164,8 +166,14 @@ def test_clever_targets_and_joint_loglik_sum_the_terms():
     ref += stats.norm.logpdf(math.log(0.21), -1.0, L.hr_se_from_ci(0.01, 3.4))
     ref += sum(stats.norm.logpdf(math.log(1 - r), -1.5, 0.5) for r in (0.80, 0.78, 0.87))
     ref += stats.binom.logpmf(41, 51, special.expit(1.2))
+    # prognosis: Braun's 2.13 with the 1.5-3 range as a 95% interval on the log scale; the
+    # derived 5-year RFS range 0.62-0.85 as a 95% interval on the logit scale
+    sd_irr = (math.log(3.0) - math.log(1.5)) / (2 * 1.959963984540054)
+    ref += stats.norm.logpdf(math.log(2.13), math.log(3.0), sd_irr)
+    lo, hi = special.logit(0.62), special.logit(0.85)
+    ref += stats.norm.logpdf((lo + hi) / 2, 1.5, (hi - lo) / (2 * 1.959963984540054))
     assert float(L.joint_loglik(pred, t)) == pytest.approx(ref, rel=1e-9)
-    assert len(parts) == 10
+    assert len(parts) == 12
     # differentiable
     g = jax.grad(lambda x: L.joint_loglik({**pred, "log_hr": x}, t))(-1.0)
     assert float(g) == pytest.approx((math.log(0.21) + 1.0) / L.hr_se_from_ci(0.01, 3.4) ** 2)
@@ -204,3 +212,29 @@ def test_point_quantities_on_a_hand_built_trial_table():
     v, _ = point_quantities(pats, trials)
     assert v["z_mean:EVE"] == pytest.approx(math.log(0.01))
     assert v["z_logsd:EVE"] == pytest.approx(math.log(0.05))
+
+
+def test_prognosis_quantities_on_a_hand_built_cohort():
+    """Rate ratio from events over person-time within 5 years, 0.5 added to each count; the
+    screen-positive's 5-year RFS with the same continuity as the other binomial quantities."""
+    from dormancy_model.trials.posterior import prognosis_quantities
+
+    five = 5 * 365.25
+    # 10 positive: 4 relapse at day 100 (person-time 400), 6 none (6 x five)
+    # 30 negative: 3 relapse at day 1000, 27 none
+    cohort = pd.DataFrame({
+        "baseline_count": [1] * 4 + [2] * 6 + [0] * 30,
+        "relapse_day": [100.0] * 4 + [np.inf] * 6 + [1000.0] * 3 + [np.inf] * 27})
+    v, w = prognosis_quantities(cohort)
+    r1 = 4.5 / (400 + 6 * five)
+    r0 = 3.5 / (3000 + 27 * five)
+    assert v["log_irr"] == pytest.approx(math.log(r1 / r0))
+    assert w["log_irr"] == pytest.approx(1 / 4.5 + 1 / 3.5)
+    assert v["logit_rfs5_pos"] == pytest.approx(math.log(6.5 / 4.5))  # (6 + .5) / (10 + 1)
+    assert w["logit_rfs5_pos"] == pytest.approx(11 / (6.5 * 4.5))
+    # a relapse after 5 years counts as none, its person-time stops at 5 years
+    late = cohort.assign(relapse_day=np.where(np.arange(40) == 5, 2000.0, cohort["relapse_day"]))
+    assert prognosis_quantities(late)[0] == pytest.approx(v)
+    # no screen-negative candidate: not estimable (NaN, left out of the emulator fit)
+    v, _ = prognosis_quantities(cohort.iloc[:10])
+    assert math.isnan(v["log_irr"])

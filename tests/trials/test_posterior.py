@@ -217,8 +217,8 @@ def test_tiny_real_posterior_calibration_end_to_end(tmp_path, capsys):
     out = tmp_path / "fits" / "post.json"
     code, stdout, err = run(["calibrate", "--posterior", "--parameters", "delta_max",
                              "--design-points", "4", "--replicates", "3", "--chains", "2",
-                             "--warmup", "50", "--samples", "50", "--seed", "3", "--out",
-                             str(out)], capsys)
+                             "--warmup", "50", "--samples", "50", "--untreated", "200",
+                             "--seed", "3", "--out", str(out)], capsys)
     assert code == 0, err
     assert "R-hat max" in stdout
     rec = json.loads(out.read_text())
@@ -228,6 +228,8 @@ def test_tiny_real_posterior_calibration_end_to_end(tmp_path, capsys):
     lo, hi = rec["priors"]["delta_max"]["box"]
     assert lo <= np.min(rec["draws"]["delta_max"]) <= np.max(rec["draws"]["delta_max"]) <= hi
     assert len(rec["design"]) == 4 and "logit_rfs:HCQ" in rec["design"][0]
+    assert "log_irr" in rec["design"][0] and rec["settings"]["untreated"] == 200
+    assert "prognosis_irr" in rec["targets"]
     assert (tmp_path / "fits" / "post.nc").exists()
 
 

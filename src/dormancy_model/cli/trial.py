@@ -94,6 +94,10 @@ def calibrate_cmd(
                                 "(default 500)"),
     box_sd: float = typer.Option(None, "--box-sd", help="--posterior: design box half-width "
                                  "in prior SDs, in (0, 4] (default 2.5)"),
+    untreated: int = typer.Option(None, "--untreated",
+                                  help="--posterior: screened candidates per design point in "
+                                  "the untreated cohort of the prognosis terms (default 1000, "
+                                  ">= 100)"),
     netcdf: bool = typer.Option(True, "--netcdf/--no-netcdf",
                                 help="--posterior: also write the arviz NetCDF (OUT.nc)"),
     seed: int = typer.Option(2026, "--seed", help="random seed"),
@@ -109,7 +113,7 @@ def calibrate_cmd(
     point_only = {"--points": points, "--span": span, "--check-replicates": check_replicates}
     post_only = {"--design-points": design_points, "--parameters": parameters,
                  "--chains": chains, "--warmup": warmup, "--samples": samples,
-                 "--box-sd": box_sd}
+                 "--box-sd": box_sd, "--untreated": untreated}
     wrong = point_only if posterior else post_only
     for flag, v in wrong.items():
         if v is not None:
@@ -120,7 +124,7 @@ def calibrate_cmd(
     use_cpu_cores()  # before any JAX operation: one CPU device per core
     if posterior:
         _posterior_cmd(model, replicates, design_points, parameters, chains, warmup, samples,
-                       box_sd, netcdf, seed, out)
+                       box_sd, untreated, netcdf, seed, out)
         return
     from dormancy_model.trials.pipeline import run_calibration
 
@@ -140,7 +144,7 @@ def calibrate_cmd(
 
 
 def _posterior_cmd(model, replicates, design_points, parameters, chains, warmup, samples,
-                   box_sd, netcdf, seed, out):
+                   box_sd, untreated, netcdf, seed, out):
     from dormancy_model.trials import posterior as P
     from dormancy_model.trials.pipeline import run_posterior_calibration
 
@@ -150,12 +154,14 @@ def _posterior_cmd(model, replicates, design_points, parameters, chains, warmup,
               replicates=32 if replicates is None else replicates,
               chains=4 if chains is None else chains, warmup=500 if warmup is None else warmup,
               samples=500 if samples is None else samples,
-              box_sd=2.5 if box_sd is None else box_sd)
+              box_sd=2.5 if box_sd is None else box_sd,
+              untreated=P.DEFAULT_UNTREATED if untreated is None else untreated)
     out = Path("fits/clever_posterior.json") if out is None else out
     command = (f"dormancy calibrate --posterior --model {model} --design-points {kw['points']} "
                f"--replicates {kw['replicates']} --parameters {','.join(names)} --chains "
                f"{kw['chains']} --warmup {kw['warmup']} --samples {kw['samples']} --box-sd "
-               f"{kw['box_sd']:g} --{'' if netcdf else 'no-'}netcdf --seed {seed} --out {out}")
+               f"{kw['box_sd']:g} --untreated {kw['untreated']} "
+               f"--{'' if netcdf else 'no-'}netcdf --seed {seed} --out {out}")
     res, rec = run_posterior_calibration(out, model=model, parameters=names, seed=seed,
                                          netcdf=netcdf, command=command, progress=typer.echo,
                                          **kw)

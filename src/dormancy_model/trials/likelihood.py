@@ -36,6 +36,22 @@ posterior calibration (`trials/posterior.py`). Published numbers (DeMichele et a
   participant). p_clear = the pooled fraction over the replicated trials. It is the one
   published number that says how many patients persist through treatment, so it is what pins
   the between-patient sensitivity spread (cv_delta_max) and the load spread.
+* Untreated prognosis (`PublishedTargets.prognosis`; no CLEVER number says how often untreated
+  screen-positive survivors relapse, and without it the trial data alone let the load spread
+  grow until DTC-positivity predicts relapse far more strongly than it does in the clinic):
+  - the relapse-rate ratio, screen-positive vs screen-negative, over 5 years untreated: Braun et
+    al. NEJM 2005 [S4] report an incidence-rate ratio of 2.13 for DFS (pooled, n = 4,703, no CI
+    in the abstract; P < 0.001). Entered as ln 2.13 ~ Normal(ln IRR_model, s^2) with s = (ln 3 -
+    ln 1.5) / (2 x 1.96) = 0.177: the validation document's tolerance 1.5-3 read as a 95%
+    interval. Assumption: s is not Braun's sampling error (about 0.06 with ~1,000 events) but
+    the transport of a ratio measured at diagnosis over 10 years to CLEVER's survivors over 5;
+  - the 5-year relapse-free fraction of the untreated screen-positive: the range 0.62-0.85
+    derived in docs/prognosis.md (Braun's ratio applied to an assumed 1.5-4.5%/year relapse
+    rate of DTC-negative high-risk survivors), read as the 95% interval of a normal on the logit
+    scale (mean 1.11, sd 0.316). A derived constraint, not a published statistic; the 3-year
+    range comes from the same rate and is not entered twice.
+  The model side (`posterior.prognosis_quantities`): an untreated cohort of screened candidates
+  per design point (agent model, as `validation.untreated_cohort`).
 
 Emulator uncertainty is propagated: a Gaussian term adds the emulator's variance to the
 sampling variance; a binomial term whose probability is emulated on the logit scale with mean m
@@ -212,6 +228,8 @@ class PublishedTargets:
     reduction_C3: dict = field(default_factory=dict)
     published: dict = field(default_factory=dict)
     cleared: tuple | None = None  # (DTC- at the last on-treatment aspirate, treated); None: off
+    # untreated prognosis: {"irr": (point, lo95, hi95), "rfs5_positive": (lo95, hi95)}; None: off
+    prognosis: dict | None = None
 
     @classmethod
     def clever(cls, p_followed_3y: float = 0.635) -> PublishedTargets:
@@ -226,6 +244,7 @@ class PublishedTargets:
         return cls(screen=(55, 184), rfs=rfs, late=late, hr=(0.21, 0.01, 3.4),
                    reduction_C3={"HCQ": 0.80, "EVE": 0.78, "HCQ+EVE": 0.87},
                    cleared=(int(round(0.80 * n)), n),
+                   prognosis={"irr": (2.13, 1.5, 3.0), "rfs5_positive": (0.62, 0.85)},
                    published={"cleared_eot": "80% of participants (press release)",
 "screen_positivity": "55/184", "rfs_3y": km, "arm_n": arm_n,
                               "relapses": f"{relapses} in {n}",
@@ -255,7 +274,34 @@ class PublishedTargets:
                 "likelihood": "binomial in the pooled fraction DTC- at the last on-treatment "
                 "aspirate (emulated; the count 41/51 read from the press release's 80%)"}}
                if self.cleared is not None else {}),
+            **({"prognosis_irr": {
+                "irr": self.prognosis["irr"][0], "range95": list(self.prognosis["irr"][1:]),
+                "sd_log": prognosis_sd(*self.prognosis["irr"][1:]),
+                "likelihood": "normal on log IRR (screen-positive vs negative, untreated, 5 "
+                "years; Braun 2005, the range as a 95% interval: transport, assumption)"},
+                "prognosis_rfs5_positive": {
+                "range95": list(self.prognosis["rfs5_positive"]),
+                "likelihood": "normal on logit 5-year RFS of the untreated screen-positive "
+                "(range derived in docs/prognosis.md, read as a 95% interval)"}}
+               if self.prognosis is not None else {}),
         }
+
+
+def prognosis_sd(lo: float, hi: float, scale=math.log) -> float:
+    """SD of a normal whose 95% interval is (lo, hi) on `scale`."""
+    return float((scale(hi) - scale(lo)) / (2 * Z975))
+
+
+def _logit_np(p: float) -> float:
+    return math.log(p) - math.log1p(-p)
+
+
+def range_loglik(x_model, lo: float, hi: float, extra_var=0.0, scale=math.log):
+    """A range read as a 95% interval: scale(mid) ~ Normal(x_model, sd^2 + extra_var), mid and
+    sd on `scale` (x_model already on that scale)."""
+    mid = 0.5 * (scale(lo) + scale(hi))
+    sd = prognosis_sd(lo, hi, scale)
+    return normal_loglik(mid, x_model, sd ** 2 + jnp.asarray(extra_var, float))
 
 
 def joint_loglik(pred: dict, targets: PublishedTargets, *, parts: bool = False):
@@ -264,8 +310,9 @@ def joint_loglik(pred: dict, targets: PublishedTargets, *, parts: bool = False):
     `pred` (JAX scalars): "p_screen"; for each arm a "logit_rfs:a" and its emulator variance
     "logit_rfs:a:var"; "logit_late" (+ ":var"); "log_hr" (+ ":var"); "z_mean:a" (+ ":var")
     and "z_logsd:a" (+ ":var"; the synthetic variance is E[sd^2] = exp(2 m + 2 v) over the
-    emulator's normal for ln sd); with `targets.cleared`, "logit_cleared" (+ ":var"). Returns
-    the total, or a dict of terms with `parts`.
+    emulator's normal for ln sd); with `targets.cleared`, "logit_cleared" (+ ":var"); with
+    `targets.prognosis`, "log_irr" and "logit_rfs5_pos" (+ ":var"). Returns the total, or a
+    dict of terms with `parts`.
     """
     out = {"screen_positivity": screening_loglik(*targets.screen, pred["p_screen"])}
     for a, (k, n) in targets.rfs.items():
@@ -283,6 +330,13 @@ def joint_loglik(pred: dict, targets: PublishedTargets, *, parts: bool = False):
         k, n = targets.cleared
         out["cleared_eot"] = binomial_logit_loglik(k, n, pred["logit_cleared"],
                                                    pred["logit_cleared:var"])
+    if targets.prognosis is not None:
+        irr, lo, hi = targets.prognosis["irr"]
+        out["prognosis_irr"] = normal_loglik(math.log(irr), pred["log_irr"],
+                                             prognosis_sd(lo, hi) ** 2 + pred["log_irr:var"])
+        lo, hi = targets.prognosis["rfs5_positive"]
+        out["prognosis_rfs5_positive"] = range_loglik(pred["logit_rfs5_pos"], lo, hi,
+                                                      pred["logit_rfs5_pos:var"], _logit_np)
     if parts:
         return out
     return sum(out.values())

@@ -246,7 +246,8 @@ def run_posterior_calibration(out: Path, *, model: str = "human", points: int = 
                               replicates: int = 32, parameters=None, chains: int = 4,
                               warmup: int = 500, samples: int = 500, box_sd: float = 2.5,
                               seed: int = 2026, netcdf: bool = True, method: str = "fast",
-                              command: str | None = None, progress=None):
+                              untreated: int | None = None, command: str | None = None,
+                              progress=None):
     """Posterior calibration of the CLEVER design's population parameters
     (`posterior.calibrate_posterior`), written to the JSON file `out` (draws, diagnostics,
     provenance) and, with `netcdf`, the arviz InferenceData next to it (`out` with suffix
@@ -286,6 +287,9 @@ def run_posterior_calibration(out: Path, *, model: str = "human", points: int = 
     if method not in ("fast", "exact"):
         raise InputError("--method", "method", f"must be fast or exact, got {method!r}")
     check_seed("--seed", "seed", seed)
+    untreated = P.DEFAULT_UNTREATED if untreated is None else untreated
+    if untreated < 100:  # the prognosis terms' rate ratio needs events in both groups
+        raise InputError("--untreated", "untreated", f"must be >= 100, got {untreated}")
     out = Path(out)
     if out.suffix != ".json":
         raise InputError(str(out), "--out", "must be a .json file path")
@@ -302,7 +306,7 @@ def run_posterior_calibration(out: Path, *, model: str = "human", points: int = 
     res = P.calibrate_posterior(
         clever_design(), params, key=jax.random.key(seed), names=names, points=points,
         replicates=replicates, chains=chains, warmup=warmup, samples=samples, box_sd=box_sd,
-        method=method,
+        method=method, untreated=untreated,
         progress=lambda i, n, s: tick(f"{s} {i}/{n} ({time.perf_counter() - t:.0f} s)"))
     rec = P.posterior_record(res, params, seed, command, _git_commit())
     rec["wall_seconds"] = round(time.perf_counter() - t, 1)

@@ -32,7 +32,10 @@ Method:
    RFS per arm (logit), P(relapse after 3 years | relapse-free and followed at 3 years) (logit),
    pooled Cox log HR cleared vs persistent, and the mean and log-sd over trials of
    z = ln(1 - DTC reduction at C3) per arm, the pooled fraction DTC- at the last on-treatment
-   aspirate (logit), each with its Monte-Carlo variance;
+   aspirate (logit), each with its Monte-Carlo variance; and, where the targets include the
+   untreated prognosis, from an untreated cohort of `untreated` screened candidates (agent
+   model, 5 years, the same key at every point) the log relapse-rate ratio screen-positive vs
+   negative and the logit 5-year RFS of the screen-positive (`prognosis_quantities`);
 3. a quadratic emulator of each quantity (`emulator.py`) with its uncertainty, checked by
    leave-one-out cross-validation; the screening probability is exact (`likelihood.py`);
 4. NUTS (numpyro, several chains) on the emulated log-likelihood of every published statistic
@@ -69,7 +72,9 @@ PRIOR_SOURCE = {
     "cv_k_dr": "population.py default 0.76 (Ribba 2012 IIV 76% [S11]); log-sd 0.5",
 }
 Z_SD_FLOOR = 0.05  # smallest sd over trials of z = ln(1 - reduction) (5% relative)
-EMULATED = ("logit_rfs", "logit_late", "log_hr", "z_mean", "z_logsd", "logit_cleared")
+EMULATED = ("logit_rfs", "logit_late", "log_hr", "z_mean", "z_logsd", "logit_cleared",
+            "log_irr", "logit_rfs5_pos")
+DEFAULT_UNTREATED = 1000  # screened candidates per design point for the prognosis terms
 
 
 @dataclass(frozen=True)
@@ -203,11 +208,35 @@ def point_quantities(patients: pd.DataFrame, trials: pd.DataFrame, arms=L.ARMS,
     return val, var
 
 
+def prognosis_quantities(cohort: pd.DataFrame) -> tuple[dict, dict]:
+    """From an untreated cohort (`validation.untreated_cohort`): the log relapse-rate ratio
+    screen-positive vs negative over 5 years (events over person-time; MC variance 1/e1 + 1/e0,
+    0.5 added to each count so that no event stays finite) and the logit 5-year RFS of the
+    screen-positive (binomial variance)."""
+    five = 5 * 365.25
+    pos = cohort["baseline_count"].to_numpy() >= 1
+    rd = cohort["relapse_day"].to_numpy(float)
+    e1, e0 = float(np.sum(rd[pos] <= five)) + 0.5, float(np.sum(rd[~pos] <= five)) + 0.5
+    t1 = max(float(np.sum(np.minimum(rd[pos], five))), 1.0)
+    t0 = max(float(np.sum(np.minimum(rd[~pos], five))), 1.0)
+    n = int(pos.sum())
+    val, var = {}, {}
+    if n == 0 or (~pos).sum() == 0:
+        return {"log_irr": np.nan, "logit_rfs5_pos": np.nan}, \
+            {"log_irr": np.nan, "logit_rfs5_pos": np.nan}
+    val["log_irr"] = math.log((e1 / t1) / (e0 / t0))
+    var["log_irr"] = 1.0 / e1 + 1.0 / e0
+    q = (float(np.sum(rd[pos] > five)) + 0.5) / (n + 1.0)
+    val["logit_rfs5_pos"], var["logit_rfs5_pos"] = _logit(q), 1.0 / ((n + 1.0) * q * (1 - q))
+    return val, var
+
+
 class TrialSimulator:
     """The virtual CLEVER trial at design points (common random numbers: one key for all)."""
 
     def __init__(self, design, params, prior: Prior, *, key, replicates: int,
-                 population=None, method: str = "fast", chunk: int = 512):
+                 population=None, method: str = "fast", chunk: int = 512,
+                 untreated: int = 0):
         from dormancy_model.trials.population import Population
 
         self.design = design.replace(observation_n=0)
@@ -218,6 +247,7 @@ class TrialSimulator:
         self.replicates = int(replicates)
         self.method = method
         self.chunk = chunk
+        self.untreated = int(untreated)
         base = self.population.base_params(params)
         self.aspirate_fraction = float(base["aspirate_fraction"])
         self.aspirate_dispersion = float(base["aspirate_dispersion"])
@@ -245,6 +275,14 @@ class TrialSimulator:
             res = trial(self.design, self.params, key=self.key, replicates=self.replicates,
                         population=pop, method=self.method, chunk=self.chunk)
             v, w = point_quantities(res.patients, res.summary())
+            if self.untreated:
+                from dormancy_model.trials.validation import untreated_cohort
+
+                cohort = untreated_cohort(self.params, pop, key=jax.random.fold_in(self.key, 11),
+                                          n=self.untreated, method=self.method)
+                pv, pw = prognosis_quantities(cohort)
+                v.update(pv)
+                w.update(pw)
             vals.append(v)
             vars_.append(w)
             if progress:
@@ -424,6 +462,20 @@ def emulated_predictive(draws: dict, prior: Prior, emulator, exact, targets, *, 
         k, n = targets.cleared
         rows.append(("cleared at the last on-treatment aspirate", "all treated", k / n,
                      rng.binomial(n, draw_logit("logit_cleared")) / n))
+    if targets.prognosis is not None and "log_irr" in pred:
+        # the published/derived value against the model's value with the range's own spread
+        irr, lo, hi = targets.prognosis["irr"]
+        s_irr = L.prognosis_sd(lo, hi)
+        rows.append(("relapse-rate ratio DTC+ vs DTC-, untreated 5 y", "untreated", irr, np.exp(
+            pred["log_irr"] + np.sqrt(s_irr ** 2 + pred["log_irr:var"])
+            * rng.standard_normal(m))))
+        lo, hi = targets.prognosis["rfs5_positive"]
+        s_rfs = L.prognosis_sd(lo, hi, L._logit_np)
+        x = (pred["logit_rfs5_pos"] + np.sqrt(s_rfs ** 2 + pred["logit_rfs5_pos:var"])
+             * rng.standard_normal(m))
+        rows.append(("5-year RFS of the untreated DTC+ (range midpoint)", "untreated",
+                     1 / (1 + math.exp(-0.5 * (L._logit_np(lo) + L._logit_np(hi)))),
+                     1 / (1 + np.exp(-x))))
     out = []
     for stat, arm, obs, x in rows:
         lo, med, hi = np.quantile(x, [0.05, 0.5, 0.95])
@@ -456,8 +508,10 @@ def calibrate_posterior(design, params, *, key, population=None, names=DEFAULT_P
                         points: int = 64, replicates: int = 32, chains: int = 4,
                         warmup: int = 500, samples: int = 500, box_sd: float = 2.5,
                         targets: L.PublishedTargets | None = None, method: str = "fast",
-                        progress=None) -> PosteriorResult:
-    """Posterior over the population parameters `names` (see the module doc)."""
+                        untreated: int = DEFAULT_UNTREATED, progress=None) -> PosteriorResult:
+    """Posterior over the population parameters `names` (see the module doc). `untreated`:
+    screened candidates per design point in the untreated cohort of the prognosis terms (used
+    only when the targets include them)."""
     prior = default_prior(params, population, names, box_sd)
     targets = targets or L.PublishedTargets.clever(L.p_followed(design, THREE_YEARS_DAYS))
     need = n_features(len(names)) + 1
@@ -467,11 +521,15 @@ def calibrate_posterior(design, params, *, key, population=None, names=DEFAULT_P
     k_design, k_sim, k_inf = jax.random.split(key, 3)
     seed = int(np.asarray(jax.random.randint(k_design, (), 0, 2**31 - 1)))
     theta = sobol_design(prior, points, seed)
+    if targets.prognosis is not None and untreated < 100:
+        raise ValueError(f"untreated must be >= 100 for the prognosis terms, got {untreated}")
     sim = TrialSimulator(design, params, prior, key=k_sim, replicates=replicates,
-                         population=population, method=method)
+                         population=population, method=method,
+                         untreated=untreated if targets.prognosis is not None else 0)
     values, mc_var = sim.run(theta, progress)
     t = time.perf_counter()
     settings = dict(points=points, replicates=replicates, trials=points * replicates,
+                    untreated=sim.untreated,
                     chains=chains, warmup=warmup, samples=samples, box_sd=box_sd, method=method,
                     design=sim.design.describe(), simulation_seconds=round(sim.seconds, 1))
     res = posterior_from_design(theta, values, mc_var, prior, sim.exact, targets, key=k_inf,
