@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dormancy_model.errors import InputError
+from dormancy_model.params.postfile import read_posterior
 from dormancy_model.trials import predictive as PR
 from dormancy_model.trials.design import clever_design
 from dormancy_model.trials.population import Population
@@ -31,54 +31,38 @@ def write_posterior(path, n=6, seed=0, **override):
     return draws
 
 
-def test_draws_load_and_map_to_the_calibration_populations(tmp_path):
+def test_draws_map_to_the_calibration_populations(tmp_path):
     draws = write_posterior(tmp_path / "p.json")
-    post = PR.PosteriorDraws.load(tmp_path / "p.json")
-    assert post.names == tuple(NAMES) and post.n == 6
-    np.testing.assert_allclose(post.draws[:, 1], np.ravel(draws["k_dr"]))
-    med = post.median()
-    assert med["load_sigma"] == pytest.approx(np.median(np.ravel(draws["load_sigma"])))
-    for i in range(post.n):
-        pop = post.population(i)
-        ref = population_at(np.log(post.draws[i]), NAMES, Population())
-        assert pop.typical["delta_max"] == pytest.approx(post.draws[i, 0])
-        assert pop.cv["delta_max"] == pytest.approx(post.draws[i, 4])
+    pf = read_posterior(tmp_path / "p.json")
+    unc = PR.predictive_draws(pf, key=jax.random.key(3), draws=4, replicates_per_draw=2)
+    assert unc.names == tuple(NAMES) and unc.draws == 4 and unc.replicates == 2
+    assert len(set(unc.index.tolist())) == 4 and np.all(unc.index < 6)  # without replacement
+    flat = np.stack([np.ravel(draws[n]) for n in NAMES], -1)
+    for j in range(unc.draws):
+        row = flat[unc.row(j)]
+        pop = unc.population_at(j)
+        ref = population_at(np.log(row), NAMES, Population())
+        assert pop.typical["delta_max"] == pytest.approx(row[0])
+        assert pop.typical["k_dr"] == pytest.approx(row[1])
+        assert pop.cv["delta_max"] == pytest.approx(row[4])
         assert pop.load_sigma == ref.load_sigma and pop.load_median == ref.load_median
-    idx = post.choose(4, seed=3)
-    assert len(set(idx.tolist())) == 4 and np.all(idx < 6)  # without replacement
-    assert len(post.choose(9, seed=3)) == 9  # more than the file has: with replacement
-
-
-@pytest.mark.parametrize("content, field", [
-    ("not json", "file"),
-    (json.dumps({"parameters": ["delta_max"]}), "draws"),
-    (json.dumps({"parameters": ["delta_max", "k_dr"], "draws": {"delta_max": [0.1]}}),
-     "draws.k_dr"),
-    (json.dumps({"parameters": ["speed"], "draws": {"speed": [1.0]}}), "parameters"),
-    (json.dumps({"parameters": ["delta_max"], "draws": {"delta_max": ["a"]}}),
-     "draws.delta_max"),
-    (json.dumps({"parameters": ["delta_max", "k_dr"],
-                 "draws": {"delta_max": [0.1, 0.2], "k_dr": [1e-9]}}), "draws.k_dr"),
-    (json.dumps({"parameters": ["delta_max"], "draws": {"delta_max": [0.1, -0.2]}}),
-     "draws.delta_max"),
-    (json.dumps({"parameters": ["delta_max"], "draws": {"delta_max": []}}), "draws.delta_max"),
-])
-def test_bad_posterior_files_give_one_line_naming_the_file_and_field(tmp_path, content, field):
-    p = tmp_path / "bad.json"
-    p.write_text(content)
-    with pytest.raises(InputError) as e:
-        PR.PosteriorDraws.load(p)
-    msg = str(e.value)
-    assert "\n" not in msg and msg.startswith(str(p)) and e.value.field == field
-    with pytest.raises(InputError, match="not found"):
-        PR.PosteriorDraws.load(tmp_path / "missing.json")
+    # the centre: the geometric mean of all draws in the file
+    c = unc.centre_values()
+    assert c["load_sigma"] == pytest.approx(np.exp(np.mean(np.log(flat[:, 3]))))
+    # more draws than the file has: all of them, once each
+    assert PR.predictive_draws(pf, key=jax.random.key(3), draws=9,
+                               replicates_per_draw=2).draws == 6
+    with pytest.raises(ValueError, match="draws >= 1"):
+        PR.predictive_draws(pf, key=jax.random.key(3), draws=0, replicates_per_draw=2)
 
 
 def test_posterior_trials_number_key_and_label_each_draw(tmp_path, monkeypatch):
     from dormancy_model.trials import protocol
 
-    write_posterior(tmp_path / "p.json", n=10)
-    post = PR.PosteriorDraws.load(tmp_path / "p.json")
+    draws = write_posterior(tmp_path / "p.json", n=10)
+    flat = np.stack([np.ravel(draws[n]) for n in NAMES], -1)
+    unc = PR.predictive_draws(read_posterior(tmp_path / "p.json"), key=jax.random.key(5),
+                              draws=4, replicates_per_draw=3)
     calls = []
 
     def fake_trial(design, params, *, key, replicates, population, method, chunk=512):
@@ -95,8 +79,7 @@ def test_posterior_trials_number_key_and_label_each_draw(tmp_path, monkeypatch):
         return res
 
     monkeypatch.setattr(protocol, "trial", fake_trial)
-    res, summ = PR.posterior_trials(clever_design(), None, post, key=jax.random.key(5),
-                                    draws=4, replicates_per_draw=3)
+    res, summ = PR.posterior_trials(clever_design(), None, unc, key=jax.random.key(5))
     assert len(calls) == 4 and all(c[1] == 3 for c in calls)
     assert len({json.dumps(c[0]) for c in calls}) == 4  # one key per draw
     assert res.replicates == 12
@@ -105,13 +88,35 @@ def test_posterior_trials_number_key_and_label_each_draw(tmp_path, monkeypatch):
     assert summ["draw"].nunique() == 4
     # each trial's rows carry the parameters of its own draw
     for d, g in res.patients.groupby("draw"):
-        assert g["k"].iloc[0] == pytest.approx(post.draws[d, 1])
+        assert g["k"].iloc[0] == pytest.approx(flat[d, 1])
         assert set(g["trial"] // 3) == {int(summ.loc[summ["draw"] == d, "trial"].iloc[0] // 3)}
     for d, g in summ.groupby("draw"):
-        assert g["rfs_3y"].iloc[0] == pytest.approx(post.draws[d, 3])
+        assert g["rfs_3y"].iloc[0] == pytest.approx(flat[d, 3])
     # deterministic given the key
     calls.clear()
-    res2, summ2 = PR.posterior_trials(clever_design(), None, post, key=jax.random.key(5),
-                                      draws=4, replicates_per_draw=3)
+    res2, summ2 = PR.posterior_trials(clever_design(), None, unc, key=jax.random.key(5))
     pd.testing.assert_frame_equal(summ, summ2)
     assert math.isclose(res2.patients["k"].sum(), res.patients["k"].sum())
+
+
+def test_untreated_cohort_is_spread_over_the_draws(tmp_path, monkeypatch):
+    """n // D candidates per draw, each draw at its own population and key, labelled."""
+    from dormancy_model.trials import untreated
+
+    draws = write_posterior(tmp_path / "p.json", n=10)
+    flat = np.stack([np.ravel(draws[n]) for n in NAMES], -1)
+    unc = PR.predictive_draws(read_posterior(tmp_path / "p.json"), key=jax.random.key(2),
+                              draws=5, replicates_per_draw=1)
+    keys = []
+
+    def fake_cohort(params, population, *, key, n, method="fast"):
+        keys.append(json.dumps(np.asarray(jax.random.key_data(key)).tolist()))
+        return pd.DataFrame({"load": np.full(n, 1.0), "baseline_count": np.zeros(n, int),
+                             "sigma": population.load_sigma, "relapse_day": np.inf})
+
+    monkeypatch.setattr(untreated, "untreated_cohort", fake_cohort)
+    c = PR.untreated_over_draws(None, unc, key=jax.random.key(9), n=53)
+    assert len(c) == 5 * 10 and len(set(keys)) == 5
+    assert sorted(c["draw"].unique()) == sorted(unc.index.tolist())
+    for d, g in c.groupby("draw"):
+        assert len(g) == 10 and g["sigma"].iloc[0] == pytest.approx(flat[d, 3])

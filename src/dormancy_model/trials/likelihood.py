@@ -51,7 +51,7 @@ posterior calibration (`trials/posterior.py`). Published numbers (DeMichele et a
     scale (mean 1.11, sd 0.316). A derived constraint, not a published statistic; the 3-year
     range comes from the same rate and is not entered twice.
   The model side (`posterior.prognosis_quantities`): an untreated cohort of screened candidates
-  per design point (agent model, as `validation.untreated_cohort`).
+  per design point (agent model, as `untreated.untreated_cohort`).
 
 Emulator uncertainty is propagated: a Gaussian term adds the emulator's variance to the
 sampling variance; a binomial term whose probability is emulated on the logit scale with mean m

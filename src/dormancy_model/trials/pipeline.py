@@ -98,13 +98,15 @@ def run_trial_report(out: Path, *, design: str = "clever", replicates: int = 100
         key = jax.random.key(seed)
         tick = progress or (lambda text: None)
         if ppc:  # the main run is the posterior predictive check
-            from dormancy_model.trials.predictive import PosteriorDraws, posterior_trials
+            from dormancy_model.trials.predictive import posterior_trials, predictive_draws
 
             n_draws = min(posterior_draws, replicates)
             per_draw = max(1, replicates // n_draws)
+            ppc_unc = predictive_draws(pfile, key=key, draws=n_draws,
+                                       replicates_per_draw=per_draw)
+            n_draws = ppc_unc.draws  # the file may hold fewer draws
             res, trials = posterior_trials(
-                d, params, PosteriorDraws.load(post_path, params), key=key, draws=n_draws,
-                replicates_per_draw=per_draw, method=method, chunk=chunk,
+                d, params, ppc_unc, key=key, method=method, chunk=chunk,
                 progress=lambda i, n: tick(f"simulate posterior draw {i}/{n}"))
             notes.append(f"posterior predictive check: the replicated trials run over "
                          f"{n_draws} draws of {pfile.source} x {per_draw} trials each "

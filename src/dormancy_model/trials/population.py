@@ -36,7 +36,7 @@ are larger than the screened ones (size-biased), and their baseline counts are >
 
 The load spread (`LOAD_SIGMA` = 1.0). Positivity alone does not identify it: any log-SD has a
 median that gives 30%. What the data allow, measured with this detection law (a = 1) on the
-untreated screened cohort of the validation rows (`validation.untreated_cohort`, agent model,
+untreated screened cohort of the validation rows (`untreated.untreated_cohort`, agent model,
 packaged calibration, 1,000 candidates, seed 1, 2026-12-07):
 
 ==========================================  ==============  ==============  =================

@@ -209,7 +209,7 @@ def point_quantities(patients: pd.DataFrame, trials: pd.DataFrame, arms=L.ARMS,
 
 
 def prognosis_quantities(cohort: pd.DataFrame) -> tuple[dict, dict]:
-    """From an untreated cohort (`validation.untreated_cohort`): the log relapse-rate ratio
+    """From an untreated cohort (`untreated.untreated_cohort`): the log relapse-rate ratio
     screen-positive vs negative over 5 years (events over person-time; MC variance 1/e1 + 1/e0,
     0.5 added to each count so that no event stays finite) and the logit 5-year RFS of the
     screen-positive (binomial variance)."""
@@ -276,7 +276,7 @@ class TrialSimulator:
                         population=pop, method=self.method, chunk=self.chunk)
             v, w = point_quantities(res.patients, res.summary())
             if self.untreated:
-                from dormancy_model.trials.validation import untreated_cohort
+                from dormancy_model.trials.untreated import untreated_cohort
 
                 cohort = untreated_cohort(self.params, pop, key=jax.random.fold_in(self.key, 11),
                                           n=self.untreated, method=self.method)

@@ -43,6 +43,7 @@ from dormancy_model.params.table import Parameters, load_model_parameters
 from dormancy_model.pk.closed_form import Dosing, drug_system, solve_pk
 from dormancy_model.pk.presets import PRESETS
 from dormancy_model.pk.schedule import DoseLine, Schedule
+from dormancy_model.trials.untreated import untreated_cohort
 from dormancy_model.units import DAYS_PER_YEAR
 
 # how a row's "inside" is decided (published numbers in ref_point / ref_lo..ref_hi, the model's
@@ -243,29 +244,6 @@ def pd_numbers(params: Parameters, model: DormancyModel | None = None) -> dict:
 
 
 # ----------------------------------------------------------------------------- cohorts
-def untreated_cohort(params: Parameters, population, *, key, n: int,
-                     model: DormancyModel | None = None, method: str = "fast") -> pd.DataFrame:
-    """`n` screened candidates (positive or not) left untreated for 5 years, agent model:
-    columns load (marrow DTCs at screening), baseline_count (DTCs seen in the screening
-    aspirate) and relapse_day (inf: no relapse within 5 years)."""
-    from dormancy_model.agents.simulate import AgentOptions, simulate_agents
-    from dormancy_model.trials.design import clever_design
-    from dormancy_model.trials.population import sample_patients
-    from dormancy_model.trials.protocol import agent_chunk, arm_dosing, default_agent_options
-
-    model = model or DormancyModel()
-    scr = sample_patients(jax.random.fold_in(key, 0), n, population, params, screen=False)
-    p = scr.params.with_values({k: jnp.asarray(v) for k, v in scr.params.values.items()})
-    opts = AgentOptions(method=method, initial_count="fixed", chunk_size=agent_chunk(n),
-                        **default_agent_options(method))
-    res = simulate_agents(model, p, arm_dosing(clever_design(), None), n_replicates=n,
-                          key=jax.random.fold_in(key, 1), t1=5 * DAYS_PER_YEAR, options=opts)
-    f = float(population.base_params(params)["aspirate_fraction"])
-    return pd.DataFrame({"load": scr.load, "baseline_count": scr.baseline_count,
-                         "aspirate_mean": f * scr.load.astype(float),
-                         "relapse_day": np.asarray(res.relapse_day, float)[:n]})
-
-
 def prognosis_numbers(cohort: pd.DataFrame) -> dict:
     """Relapse-free fractions of the screen-positive at 3 and 5 years (with Monte-Carlo
     standard errors) and the 5-year relapse-rate ratio positive vs negative."""
@@ -601,10 +579,12 @@ def build(*, replicates: int = 40, seed: int = 1, untreated: int = 4000, model: 
     """Compute every row (see module doc). `untreated`: screened candidates in the untreated
     cohort (about 30% of them screen-positive).
 
-    `posterior` (a posterior file path, `dormancy calibrate --posterior`): the trial rows become
-    the posterior predictive check: `replicates` trials over replicates / replicates_per_draw
-    posterior draws (`predictive.posterior_trials`), so each interval carries the parameter
-    uncertainty and the replicate noise; the PD and prognosis rows use the posterior median."""
+    `posterior` (a posterior file path, `dormancy calibrate --posterior`): the trial and
+    prognosis rows become the posterior predictive check: `replicates` trials over
+    replicates / replicates_per_draw posterior draws (`predictive.posterior_trials`) and the
+    untreated cohort spread over the same draws (`predictive.untreated_over_draws`), so each
+    interval carries the parameter uncertainty and the replicate noise; the PD rows (one
+    typical patient) use the posterior centre (the geometric mean of the draws)."""
     from dormancy_model.errors import InputError
     from dormancy_model.trials.calibrate import DEFAULT_CALIBRATION, load_calibration
     from dormancy_model.trials.design import clever_design
@@ -620,16 +600,20 @@ def build(*, replicates: int = 40, seed: int = 1, untreated: int = 4000, model: 
     timings = {}
     params = load_model_parameters(model)
     post = None
+    key = jax.random.key(seed)
     if posterior is not None:
-        from dormancy_model.trials.predictive import PosteriorDraws
+        from dormancy_model.params.postfile import read_posterior
+        from dormancy_model.trials.predictive import predictive_draws
 
-        post = PosteriorDraws.load(posterior)
         if replicates_per_draw < 1 or replicates % replicates_per_draw:
             raise InputError("--replicates", "replicates", f"must be a multiple of the "
                              f"replicates per posterior draw ({replicates_per_draw}), got "
                              f"{replicates}")
-        median_pop = post.population(post.median())
-        typical = dict(median_pop.typical)
+        post = predictive_draws(read_posterior(posterior, params), key=key,
+                                draws=replicates // replicates_per_draw,
+                                replicates_per_draw=replicates_per_draw)
+        centre_pop = post.population_at(None)
+        typical = dict(centre_pop.typical)
     else:
         typical = load_calibration()
     typical_params = params.replace(**typical)
@@ -639,8 +623,7 @@ def build(*, replicates: int = 40, seed: int = 1, untreated: int = 4000, model: 
     pdn = pd_numbers(typical_params)
     timings["pd"] = time.perf_counter() - t0 - timings["pk"]
     tick(f"PD ({timings['pd']:.0f} s)")
-    key = jax.random.key(seed)
-    pop = Population().replace(typical=typical) if post is None else median_pop
+    pop = Population().replace(typical=typical) if post is None else centre_pop
     t1 = time.perf_counter()
     if post is None:
         res = trial(clever_design(), params, key=key, replicates=replicates, population=pop,
@@ -650,14 +633,19 @@ def build(*, replicates: int = 40, seed: int = 1, untreated: int = 4000, model: 
         from dormancy_model.trials.predictive import posterior_trials
 
         res, trials = posterior_trials(
-            clever_design(), params, post, key=key, draws=replicates // replicates_per_draw,
-            replicates_per_draw=replicates_per_draw, method=method,
+            clever_design(), params, post, key=key, method=method,
             progress=lambda i, n: tick(f"posterior draw {i}/{n}") if i % 5 == 0 else None)
     timings["trial"] = time.perf_counter() - t1
     tick(f"{replicates} trials ({timings['trial']:.0f} s)")
     t1 = time.perf_counter()
-    cohort = untreated_cohort(params, pop, key=jax.random.fold_in(key, 11), n=untreated,
-                              method=method)
+    if post is None:
+        cohort = untreated_cohort(params, pop, key=jax.random.fold_in(key, 11), n=untreated,
+                                  method=method)
+    else:
+        from dormancy_model.trials.predictive import untreated_over_draws
+
+        cohort = untreated_over_draws(params, post, key=jax.random.fold_in(key, 11),
+                                      n=untreated, method=method)
     pg = prognosis_numbers(cohort)
     timings["untreated"] = time.perf_counter() - t1
     tick(f"untreated cohort ({timings['untreated']:.0f} s)")
@@ -668,7 +656,8 @@ def build(*, replicates: int = 40, seed: int = 1, untreated: int = 4000, model: 
     post_info = None if post is None else posterior_info(posterior)
     calib = (f"dormancy_model/trials/data/{DEFAULT_CALIBRATION}" if post is None else
              f"posterior {posterior} ({replicates // replicates_per_draw} draws x "
-             f"{replicates_per_draw} trials; PD and prognosis at the posterior median)")
+             f"{replicates_per_draw} trials and the untreated cohort over the same draws; PD "
+             f"at the posterior centre)")
     meta = dict(replicates=replicates, seed=seed, untreated=untreated, model=model,
                 method=method, calibration=calib,
                 posterior=None if post is None else str(posterior), posterior_info=post_info,
@@ -862,7 +851,9 @@ def render(v: Validation, command: str) -> str:
         + (" **Posterior predictive check:** the trials were simulated over posterior draws of "
            "the population parameters (`dormancy calibrate --posterior`), so each trial "
            "interval is the posterior predictive 90% interval (parameter uncertainty and "
-           "replicate noise together); PD and prognosis rows use the posterior median."
+           "replicate noise together); the prognosis rows pool an untreated cohort spread over "
+           "the same draws (the posterior predictive mean); PD rows use the posterior centre "
+           "(geometric mean of the draws)."
            if m.get("posterior") else ""),
         "- *inside*: computed from the numbers in `validation.csv` by "
         "`dormancy_model.trials.validation.inside`:",

@@ -26,8 +26,6 @@ against the reference level (6 cycles / full dose): same draw, trial and patient
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pandas as pd
 from scipy import stats
@@ -35,8 +33,11 @@ from scipy import stats
 from dormancy_model.model.survival import survival_at
 from dormancy_model.trials import analysis as TA
 from dormancy_model.trials.design import MAX_ARM_N, MAX_DESIGN_CYCLES, Arm, TrialDesign
-from dormancy_model.trials.population import Population
 from dormancy_model.trials.protocol import trial
+from dormancy_model.trials.uncertainty import (  # noqa: F401  (re-exported)
+    ParameterUncertainty,
+    posterior_uncertainty,
+)
 
 METRICS = ("clearance_C3", "clearance_C6", "clearance_eot", "cleared_true_eot", "reduction_C3",
            "rfs_3y")
@@ -214,49 +215,6 @@ def parse_whatif(spec: str) -> tuple[str, list]:
 
 N_CAP = 1e5  # n per arm counted as "no benefit" in the decomposition of ln n (Schoenfeld inf)
 ANSWER_METRICS = ("rfs_3y", "clearance_eot")  # shown in the report (every metric in the CSV)
-
-
-@dataclass(frozen=True)
-class ParameterUncertainty:
-    """D posterior draws (natural log, columns `names`) of population parameters, R trials per
-    draw, and the centre (posterior mean of the log draws) with its R_c trials."""
-
-    names: tuple
-    theta: np.ndarray  # (D, d)
-    centre: np.ndarray  # (d,)
-    population: Population  # base population the draws modify (`posterior.population_at`)
-    replicates: int  # R per draw
-    centre_replicates: int  # R_c at the centre
-    source: str = ""
-
-    @property
-    def draws(self) -> int:
-        return int(self.theta.shape[0])
-
-    def population_at(self, d: int | None) -> Population:
-        from dormancy_model.trials.posterior import population_at
-
-        th = self.centre if d is None else self.theta[d]
-        return population_at(th, self.names, self.population)
-
-    def describe(self) -> str:
-        return (f"{self.draws} posterior draws of {', '.join(self.names)} from {self.source} x "
-                f"{self.replicates} replicated trials per draw (common random numbers across "
-                f"levels); replicate-only interval: {self.centre_replicates} trials at the "
-                "posterior mean of the log parameters")
-
-
-def posterior_uncertainty(pfile, *, draws: int, replicates: int, centre_replicates: int,
-                          seed: int = 0, population: Population | None = None
-                          ) -> ParameterUncertainty:
-    """`draws` draws (without replacement, seeded; all of them if the file has fewer) of a read
-    posterior file (`params.postfile.read_posterior`)."""
-    th = pfile.theta()
-    rng = np.random.default_rng(seed)
-    idx = np.sort(rng.choice(len(th), size=min(int(draws), len(th)), replace=False))
-    return ParameterUncertainty(tuple(pfile.names), th[idx], th.mean(axis=0),
-                                population or Population(), int(replicates),
-                                int(centre_replicates), pfile.source)
 
 
 def variance_decomposition(values, draw) -> dict:
