@@ -80,6 +80,10 @@ CASES = {
         (["--method", "laplace", "--random", "k_dr,k_dr"], "--random: random: a random effect "
          "is named twice"),
         (["--method", "laplace"], "--random: random: --method laplace needs random effects"),
+        (["--method", "laplace", "--random", "k_dr", "--profile", "delta_max"],
+         "--profile: profile: 'delta_max' has no random effect: with --method laplace"),
+        (["--method", "nuts", "--random", "k_dr", "--profile", "k_dr"],
+         "--profile: profile: profiles are for --method pooled (parameters) or laplace"),
         (["--random", "k_dr"], "--random: random: random effects need --method laplace"),
         (["--method", "foce"], "--method: method: unknown method 'foce' (one of: pooled, "
          "laplace, nuts)"),

@@ -185,11 +185,17 @@ def test_cli_laplace_fit_writes_population_block_and_simulate_reads_it(tmp_path,
     code, out, err = run(["fit", "--study", str(SHIPPED), "--arms", ",".join(ARMS), "--free",
                           "dormant_initial,k_dr,burden_sigma", "--random", "dormant_initial",
                           "--method", "laplace", "--starts", "2", "--adam-steps", "5",
-                          "--lbfgs-steps", "30", "--laplace-starts", "1", "--out",
-                          "fits/pop.json"], capsys)
+                          "--lbfgs-steps", "30", "--laplace-starts", "1", "--profile",
+                          "dormant_initial", "--out", "fits/pop.json"], capsys)
     assert code == 0, err
     doc = json.loads((tmp_path / "fits" / "pop.json").read_text())
     pop = doc["population"]
+    # the profile-likelihood interval of the CV holds the estimate (its lower end may be the
+    # sd bound, flagged) and its walk starts at the optimum
+    r = pop["random"]["dormant_initial"]
+    assert r["cv_profile95_low"] <= r["cv"] <= r["cv_profile95_high"]
+    assert min(q["delta_nll"] for q in r["profile_points"]) > -0.05
+    assert "profile 95% [" in out
     study = load_study(SHIPPED).subset(ARMS)
     ids = set(study.burden.mouse_id) | set(study.survival.mouse_id)
     assert set(pop["ebe"]) == ids

@@ -24,7 +24,8 @@ def fit_cmd(
     adam_steps: int = typer.Option(30, "--adam-steps", help="optax Adam steps per start"),
     lbfgs_steps: int = typer.Option(60, "--lbfgs-steps", help="max L-BFGS iterations"),
     profile: str = typer.Option("", "--profile", help="comma-separated free parameters to "
-                                "profile"),
+                                "profile (--method laplace: --random parameters, whose "
+                                "between-animal CV gets a profile-likelihood 95% CI)"),
     prior: bool = typer.Option(False, "--prior/--no-prior", help="add priors from the table"),
     arms: str = typer.Option("", "--arms", help="fit only these arms (comma-separated)"),
     method: str = typer.Option("pooled", "--method", help="pooled (one parameter set for all "

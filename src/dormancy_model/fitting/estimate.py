@@ -165,9 +165,16 @@ class FitResult:
             pct = lambda x: "nan" if x is None else f"{100 * x:.1f}"  # noqa: E731
             ci = ("" if v.get("cv_ci95_low") is None else
                   f" [{pct(v['cv_ci95_low'])}, {pct(v['cv_ci95_high'])}]")
-            rows.append(f"  omega({r}) CV {pct(v['cv'])}%{ci}"
+            prof = ""
+            if "cv_profile95_low" in v:
+                lo_mark = "<=" if v.get("profile_low_at_bound") else ""
+                prof = (f"  profile 95% [{lo_mark}{pct(v['cv_profile95_low'])}, "
+                        f"{pct(v['cv_profile95_high'])}]"
+                        + ("" if v.get("profile_fits_converged", True) else " (not all profile "
+                           "fits converged)"))
+            rows.append(f"  omega({r}) CV {pct(v['cv'])}%{ci}{prof}"
                         + (f"  shrinkage {pct(v['shrinkage'])}%" if "shrinkage" in v else "")
-                        + ("  (sd at its bound: no CI)" if v.get("sd_at_bound") else ""))
+                        + ("  (sd at its bound: no Wald CI)" if v.get("sd_at_bound") else ""))
         rows += covariate_lines(pop.get("covariates") or [])
         return "\n".join(rows)
 

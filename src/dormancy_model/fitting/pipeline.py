@@ -159,8 +159,13 @@ def run_fit(study_path, model_path, free, options=None, *, out, figures=None, ar
         names = tuple(f.name for f in fp)
         covariates = check_covariates(covariates, names, params)
         study_covariates(study, ids, arm_of, covariates, names, tuple(f.scale for f in fp))
-        if options.profile:
-            raise InputError("--profile", "profile", "profiles are for --method pooled")
+        if options.profile and method == "nuts":
+            raise InputError("--profile", "profile", "profiles are for --method pooled "
+                             "(parameters) or laplace (between-animal CVs)")
+        for n in options.profile:  # laplace: profile-likelihood CIs of these random effects
+            if n not in random:
+                raise InputError("--profile", "profile", f"{n!r} has no random effect: with "
+                                 "--method laplace, --profile names --random parameters")
     for n in options.profile:
         if n not in free:
             raise InputError("--profile", "profile", f"{n!r} is not among --free")
@@ -182,7 +187,8 @@ def run_fit(study_path, model_path, free, options=None, *, out, figures=None, ar
         kw = {} if laplace is None else dict(laplace=laplace)
         result = fit_study_laplace(study, params, free, random, options=options,
                                    covariance=covariance, pooled=pooled,
-                                   on_iteration=on_iteration, covariates=covariates, **kw)
+                                   on_iteration=on_iteration, covariates=covariates,
+                                   profile=tuple(options.profile), **kw)
     elif method == "nuts":
         from dormancy_model.fitting.population.nuts import save_netcdf
         from dormancy_model.fitting.population.study_fit import fit_study_nuts

@@ -74,6 +74,7 @@ class PopulationResult:
     seed: int = 0
     wall_time_s: float = 0.0
     covariates: list = field(default_factory=list)  # `covariates.effect_rows`, one per beta
+    profile: dict = field(default_factory=dict)  # random name -> `profile.profile_sd` result
 
     @property
     def n_params(self) -> int:

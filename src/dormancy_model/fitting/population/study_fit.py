@@ -54,12 +54,14 @@ def fit_study_laplace(study, params, free, random, *, options: FitOptions = FitO
                       laplace: LaplaceOptions = LaplaceOptions(starts=2, gtol=1e-3),
                       covariance: str = "diagonal", sigma: float = 0.5,
                       solver: FixedSteps | None = None, pooled: FitResult | None = None,
-                      progress=None, on_iteration=None, covariates=()) -> FitResult:
+                      progress=None, on_iteration=None, covariates=(),
+                      profile: tuple = ()) -> FitResult:
     """Population (Laplace) fit of `study`; see the module docstring. `pooled`: reuse a pooled
     fit of the same study and free parameters; `progress(i, n, f)`: the pooled fit's;
     `on_iteration(start, iteration, objective)`: the Laplace fit's; `covariates`: covariate
     effects on typical values (`population.covariates`, e.g. ``("k_dr~body_weight_g",
-    "delta_max~arm")``)."""
+    "delta_max~arm")``); `profile`: random effects whose between-animal sd gets a
+    profile-likelihood 95% interval (`population.profile`, several Laplace fits each)."""
     t0 = time.perf_counter()
     fp = free_parameters(params, tuple(free))
     problem = study_problem(study, params, free, random, covariance=covariance, sigma=sigma,
@@ -84,6 +86,10 @@ def fit_study_laplace(study, params, free, random, *, options: FitOptions = FitO
             break
     pop = fit_laplace(problem, options=laplace, theta0=np.array(T0) if T0 else None,
                       on_iteration=on_iteration)
+    if profile:
+        from dormancy_model.fitting.population.profile import profile_sd
+
+        pop.profile = {r: profile_sd(problem, pop, r, options=laplace) for r in profile}
     return population_fit_result(pop, problem, fp, pooled, sigma,
                                  time.perf_counter() - t0 - t_pooled)
 
@@ -152,6 +158,16 @@ def population_block(pop, problem, fp, eta, pooled: FitResult, lb, lr) -> dict:
                          variance_rse_percent=wald(pop.omega_rse[r]),
                          shrinkage=_num(pop.shrinkage[r]), sd_at_bound=at_bound,
                          sd_bounds=list(problem.sd_bounds))
+        pr = (pop.profile or {}).get(r)
+        if pr is not None:  # profile-likelihood 95% CI (`population.profile`)
+            random[r].update(cv_profile95_low=_num(pr["cv_low"]),
+                             cv_profile95_high=_num(pr["cv_high"]),
+                             profile_low_at_bound=pr["low_at_bound"],
+                             profile_high_at_bound=pr["high_at_bound"],
+                             profile_fits_converged=pr["all_fits_converged"],
+                             profile_points=[{"sd": _num(q["sd"]),
+                                              "delta_nll": _num(q["delta_nll"])}
+                                             for q in pr["points"]])
     codes = np.array([SCALE_CODE[s] for s in pop.scales])
     ebe = {}
     for i, a in enumerate(pop.eta):
