@@ -180,3 +180,28 @@ def test_whatif_sample_sizes_parse():
 
     assert parse_whatif("sample-size=200, 50,100") == ("sample-size", [50, 100, 200])
     assert parse_whatif("sample-size") == ("sample-size", [50, 100, 200, 400])
+
+
+def test_provenance_commit_is_the_packages_not_the_working_directorys(tmp_path, monkeypatch):
+    """A calibration run from inside another git repository records the commit of the code that
+    ran (the checkout holding the package; "unknown" outside one), never the other repo's."""
+    import subprocess
+    from pathlib import Path
+
+    git = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, capture_output=True,  # noqa: E731
+                                    text=True, check=True).stdout.strip()
+    git("init", "-q")
+    (tmp_path / "f.txt").write_text("x")
+    git("add", "f.txt")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "other")
+    other = git("rev-parse", "HEAD")
+    monkeypatch.chdir(tmp_path)
+    got = C._git_commit()
+    assert not got.startswith(other)
+    pkg = Path(C.__file__).resolve().parent
+    ref = subprocess.run(["git", "-C", str(pkg), "rev-parse", "HEAD"], capture_output=True,
+                         text=True)
+    if ref.returncode == 0:
+        assert got.split("+")[0] == ref.stdout.strip()
+    else:
+        assert got == "unknown"

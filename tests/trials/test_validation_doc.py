@@ -208,3 +208,28 @@ def test_posterior_section_reports_the_files_summary_and_diagnostics(tmp_path):
     assert "| delta_max | 0.031 [0.02, 0.05] | 0.04 [0.01, 0.15] | 0.4 | 0 |" in text
     assert "| screen_positivity | all | 0.299 | 0.3 [0.25, 0.35] | yes |" in text
     assert "2048 trials" in text and "Warnings of the calibration: none." in text
+
+
+@pytest.mark.slow
+def test_script_with_a_posterior_runs_the_predictive_check_end_to_end(tmp_path, root):
+    """`scripts/validation.py --posterior FILE` on the shipped posterior, 2 draws x 2 trials and
+    an untreated cohort over the same draws: the document says it is the posterior predictive
+    check, has the posterior section (the file's summary and diagnostics) and every trial and
+    prognosis row has a model number."""
+    spec = importlib.util.spec_from_file_location("validation_script",
+                                                  root / "scripts" / "validation.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    post = root / "fits" / "clever_posterior.json"
+    rc = script.main(["--replicates", "4", "--replicates-per-draw", "2", "--seed", "2",
+                      "--untreated", "200", "--posterior", str(post), "--out", str(tmp_path)])
+    assert rc == 0
+    text = (tmp_path / "validation.md").read_text()
+    assert "Posterior predictive check" in text
+    assert "## The posterior over the population parameters" in text
+    assert "2 draws x 2 trials" in text
+    t = read_table(tmp_path / "validation.csv")
+    rows = t[t["group"].isin(["Trial", "Prognosis"])]
+    assert len(rows) > 10
+    computable = rows[rows["criterion"] != "prediction"]
+    assert computable["model_value"].notna().mean() > 0.9, computable[["quantity", "model_value"]]

@@ -225,9 +225,20 @@ def reported_vs_simulated(trials: pd.DataFrame, patients: pd.DataFrame | None = 
 
 
 def _git_commit() -> str:
+    """The commit of the code that runs: the git checkout holding this package's source (not
+    the working directory's repository), with "+dirty" when it has uncommitted changes;
+    "unknown" for an installed package outside a checkout."""
+    from pathlib import Path
+
+    here = str(Path(__file__).resolve().parent)
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=10).stdout.strip()
+        run = lambda *a: subprocess.run(["git", "-C", here, *a], capture_output=True,  # noqa: E731
+                                        text=True, timeout=10)
+        head = run("rev-parse", "HEAD")
+        if head.returncode != 0 or not head.stdout.strip():
+            return "unknown"
+        dirty = run("status", "--porcelain", "--untracked-files=no", "--", here).stdout.strip()
+        return head.stdout.strip() + ("+dirty" if dirty else "")
     except Exception:  # noqa: BLE001
         return "unknown"
 
