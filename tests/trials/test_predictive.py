@@ -31,6 +31,15 @@ def write_posterior(path, n=6, seed=0, **override):
     return draws
 
 
+def chosen_draws(tmp_path, *, n, seed_key, draws, replicates_per_draw):
+    """A written posterior file's draws (rows, columns NAMES) and the predictive choice."""
+    written = write_posterior(tmp_path / "p.json", n=n)
+    flat = np.stack([np.ravel(written[k]) for k in NAMES], -1)
+    unc = PR.predictive_draws(read_posterior(tmp_path / "p.json"), key=jax.random.key(seed_key),
+                              draws=draws, replicates_per_draw=replicates_per_draw)
+    return flat, unc
+
+
 def test_draws_map_to_the_calibration_populations(tmp_path):
     draws = write_posterior(tmp_path / "p.json")
     pf = read_posterior(tmp_path / "p.json")
@@ -59,10 +68,7 @@ def test_draws_map_to_the_calibration_populations(tmp_path):
 def test_posterior_trials_number_key_and_label_each_draw(tmp_path, monkeypatch):
     from dormancy_model.trials import protocol
 
-    draws = write_posterior(tmp_path / "p.json", n=10)
-    flat = np.stack([np.ravel(draws[n]) for n in NAMES], -1)
-    unc = PR.predictive_draws(read_posterior(tmp_path / "p.json"), key=jax.random.key(5),
-                              draws=4, replicates_per_draw=3)
+    flat, unc = chosen_draws(tmp_path, n=10, seed_key=5, draws=4, replicates_per_draw=3)
     calls = []
 
     def fake_trial(design, params, *, key, replicates, population, method, chunk=512):
@@ -103,10 +109,7 @@ def test_untreated_cohort_is_spread_over_the_draws(tmp_path, monkeypatch):
     """n // D candidates per draw, each draw at its own population and key, labelled."""
     from dormancy_model.trials import untreated
 
-    draws = write_posterior(tmp_path / "p.json", n=10)
-    flat = np.stack([np.ravel(draws[n]) for n in NAMES], -1)
-    unc = PR.predictive_draws(read_posterior(tmp_path / "p.json"), key=jax.random.key(2),
-                              draws=5, replicates_per_draw=1)
+    flat, unc = chosen_draws(tmp_path, n=10, seed_key=2, draws=5, replicates_per_draw=1)
     keys = []
 
     def fake_cohort(params, population, *, key, n, method="fast"):
