@@ -15,6 +15,7 @@ from cli_run import run
 from dormancy_model.sweeps.plots import sweep_figures
 from dormancy_model.sweeps.run import open_sweep, sweep
 from dormancy_model.sweeps.spec import parse_sweep
+from sweep_specs import run_sweep_cli
 
 GRID = """
 [sweep]
@@ -196,12 +197,7 @@ def test_cli_sweep_of_virtual_animals(tmp_path, capsys):
     write_population_fit_file(tmp_path / "pop.json", "human", {"k_dr": 2e-9}, ("k_dr",), [1.0])
     text = SAMPLED.format(method="population", n=8, params="", extra='fit = "pop.json"').replace(
         "parameters = \n", "")
-    (tmp_path / "spec.toml").write_text(text)
-    code, out, err = run(["sweep", str(tmp_path / "spec.toml"), "--out",
-                          str(tmp_path / "o.zarr")], capsys)
-    assert code == 0, err
-    ds = open_sweep(tmp_path / "o.zarr")
-    assert ds.attrs["complete"] == 1 and (ds["status"].values == 0).all()
+    ds = run_sweep_cli(tmp_path, text, capsys)
     spec = _parse(text, str(tmp_path / "spec.toml"))
     k = ds["sample_k_dr"].values
     np.testing.assert_array_equal(k, spec.samples["k_dr"] / spec.params.spec["k_dr"].factor)

@@ -4,15 +4,14 @@ covariance finite, symmetric and positive semi-definite, the fit one of the swee
 No solve here (parsing a spec draws the samples)."""
 
 import json
-import tomllib
 
 import numpy as np
 import pytest
 
 from dormancy_model.errors import InputError
 from dormancy_model.params.table import load_model_parameters
-from dormancy_model.sweeps.spec import parse_sweep
 from fit_files import write_fit_file
+from sweep_specs import parse_spec_file as parse
 
 EST = {"k_dr": 2.5e-4, "delta_max": 0.1, "burden_sigma": 0.5}  # mouse, internal units (1/day)
 COV = [[0.04, 0.012, 0.002],
@@ -24,12 +23,6 @@ def spec_text(fit="fit.json", n=4000, model="mouse", extra=""):
     return (f'[sweep]\nmodel = "{model}"\nschedule = "mouse-vehicle"\n'
             f'[samples]\nmethod = "fit"\nn = {n}\nfit = "{fit}"\nseed = 7\n{extra}'
             '[outputs]\nresidual_days = [28]\n')
-
-
-def parse(tmp_path, text):
-    src = tmp_path / "spec.toml"
-    src.write_text(text)
-    return parse_sweep(tomllib.loads(text), str(src), text)
 
 
 @pytest.fixture

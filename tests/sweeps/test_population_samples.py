@@ -5,16 +5,15 @@ their estimation covariance. `method = "fit"` refuses a population fit, `"popula
 pooled one. No solve here except the one small sweep through the CLI."""
 
 import json
-import tomllib
 
 import numpy as np
 import pytest
 
 from dormancy_model.errors import InputError
 from dormancy_model.params.table import load_model_parameters
-from dormancy_model.sweeps.spec import parse_sweep
 from fit_files import write_fit_file
 from population_fit_files import write_population_fit_file
+from sweep_specs import parse_spec_file as parse
 
 TYP = {"dormant_initial": 1000.0, "k_dr": 3e-4, "burden_sigma": 0.5}  # mouse, internal units
 RANDOM = ("dormant_initial", "k_dr")
@@ -27,12 +26,6 @@ def spec_text(fit="pop.json", n=N, method="population", extra="", seed=7):
     return (f'[sweep]\nmodel = "mouse"\nschedule = "mouse-vehicle"\n'
             f'[samples]\nmethod = "{method}"\nn = {n}\nfit = "{fit}"\nseed = {seed}\n{extra}'
             '[outputs]\nresidual_days = [28]\n')
-
-
-def parse(tmp_path, text):
-    src = tmp_path / "spec.toml"
-    src.write_text(text)
-    return parse_sweep(tomllib.loads(text), str(src), text)
 
 
 def log_draws(spec, names=RANDOM):

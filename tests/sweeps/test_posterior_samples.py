@@ -5,16 +5,15 @@ every bad file or field one line; the posterior-file and the fit-file sweeps end
 `dormancy sweep` (the spec has the shape of test_commands' sampled sweeps: compiled once)."""
 
 import json
-import tomllib
 
 import numpy as np
 import pytest
 
 from cli_run import run
 from dormancy_model.errors import InputError
-from dormancy_model.sweeps.run import open_sweep
-from dormancy_model.sweeps.spec import parse_sweep
 from posterior_files import lognormal_draws, write_posterior_file
+from sweep_specs import parse_spec_file as parse
+from sweep_specs import run_sweep_cli
 
 DRAWS = {"delta_max": 0.05, "k_dr": 3e-9, "load_median": 2e5, "cv_k_dr": 0.6}
 LOG_SD = {"delta_max": 0.3, "k_dr": 1.0, "load_median": 0.5, "cv_k_dr": 0.3}
@@ -24,12 +23,6 @@ def spec_text(n=8, extra="", patients="", method="posterior", field='posterior =
     return (f'[sweep]\nmodel = "human"\nschedule = "clever-hcq"\n'
             f'[samples]\nmethod = "{method}"\nn = {n}\n{field}\nseed = 5\n{extra}\n{patients}'
             '[outputs]\nrelapse_free_days = [1825]\n[solver]\nchunk = 8\n')
-
-
-def parse(tmp_path, text):
-    src = tmp_path / "spec.toml"
-    src.write_text(text)
-    return parse_sweep(tomllib.loads(text), str(src), text)
 
 
 @pytest.fixture
@@ -138,12 +131,7 @@ def test_cli_posterior_and_fit_sweeps_end_to_end(method, tmp_path, capsys):
         write_fit_file(tmp_path / "fit.json", "human", {"k_dr": 2e-9}, [[0.5]])
         field = 'fit = "fit.json"'
     text = spec_text(method=method, field=field, extra='parameters = ["k_dr"]')
-    (tmp_path / "spec.toml").write_text(text)
-    code, out, err = run(["sweep", str(tmp_path / "spec.toml"), "--out",
-                          str(tmp_path / "o.zarr")], capsys)
-    assert code == 0, err
-    ds = open_sweep(tmp_path / "o.zarr")
-    assert ds.attrs["complete"] == 1 and (ds["status"].values == 0).all()
+    ds = run_sweep_cli(tmp_path, text, capsys)
     spec = parse(tmp_path, text)
     k = ds["sample_k_dr"].values
     np.testing.assert_allclose(k, spec.samples["k_dr"] / spec.params.spec["k_dr"].factor)
@@ -165,12 +153,7 @@ def test_a_real_dormancy_fit_file_drives_a_sweep(tmp_path, capsys, root):
     text = ('[sweep]\nmodel = "mouse"\nschedule = "mouse-vehicle"\n[samples]\nmethod = "fit"\n'
             'n = 8\nfit = "fit.json"\nseed = 3\n[outputs]\nresidual_days = [28]\n'
             '[solver]\nchunk = 8\n')
-    (tmp_path / "spec.toml").write_text(text)
-    code, _, err = run(["sweep", str(tmp_path / "spec.toml"), "--out",
-                        str(tmp_path / "o.zarr")], capsys)
-    assert code == 0, err
-    ds = open_sweep(tmp_path / "o.zarr")
-    assert ds.attrs["complete"] == 1 and (ds["status"].values == 0).all()
+    ds = run_sweep_cli(tmp_path, text, capsys)
     est = json.loads(fit.read_text())["estimates"]["k_dr"]["internal_value"]
     k = ds["sample_k_dr"].values * parse(tmp_path, text).params.spec["k_dr"].factor
     assert len(set(k)) == 8 and 0.2 < np.exp(np.mean(np.log(k))) / est < 5
