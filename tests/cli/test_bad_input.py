@@ -185,6 +185,15 @@ CASES = {
         (["--posterior", "--box-sd", "4.5"], "--box-sd: box_sd: must be in (0, 4], got 4.5"),
         (["--posterior", "--out", "c.txt"], "c.txt: --out: must be a .json file path"),
         (["--posterior", "--out", "taken.json"], "taken.json: --out: is a directory"),
+        (["--refine-points", "32"], "--refine-points: refine_points: only with --posterior"),
+        (["--posterior", "--refine-points", "5"], "--refine-points: refine_points: must be 0 "
+         "(no second wave) or >= 22 for a quadratic emulator in 5 parameters, got 5"),
+        (["--posterior", "--refine-margin", "3"], "--refine-margin: refine_margin: must be in "
+         "[0, 2], got 3"),
+        (["--posterior", "--first-wave", "missing.json"], "missing.json: --first-wave: no such "
+         "file"),
+        (["--posterior", "--first-wave", "heavy.toml"], "heavy.toml: --first-wave: not a JSON "
+         "file"),
     ],
     "simulate": [
         (["--schedule", "heavy.toml"], "heavy.toml: body_weight_kg: 7000 kg is not a plausible"),

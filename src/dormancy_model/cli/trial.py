@@ -98,6 +98,17 @@ def calibrate_cmd(
                                   help="--posterior: screened candidates per design point in "
                                   "the untreated cohort of the prognosis terms (default 1000, "
                                   ">= 100)"),
+    refine_points: int = typer.Option(None, "--refine-points",
+                                      help="--posterior: points of a second design wave "
+                                      "inside the first posterior, where the emulator is "
+                                      "refitted (default 0: one wave)"),
+    refine_margin: float = typer.Option(None, "--refine-margin",
+                                        help="--posterior: the second wave's box is the first "
+                                        "posterior's central 99% widened by this fraction of "
+                                        "its width on each side, in [0, 2] (default 0.25)"),
+    first_wave: Path = typer.Option(None, "--first-wave",
+                                    help="--posterior: reuse the first wave's simulations from "
+                                    "an earlier posterior JSON made with the same settings"),
     netcdf: bool = typer.Option(True, "--netcdf/--no-netcdf",
                                 help="--posterior: also write the arviz NetCDF (OUT.nc)"),
     seed: int = typer.Option(2026, "--seed", help="random seed"),
@@ -113,7 +124,9 @@ def calibrate_cmd(
     point_only = {"--points": points, "--span": span, "--check-replicates": check_replicates}
     post_only = {"--design-points": design_points, "--parameters": parameters,
                  "--chains": chains, "--warmup": warmup, "--samples": samples,
-                 "--box-sd": box_sd, "--untreated": untreated}
+                 "--box-sd": box_sd, "--untreated": untreated,
+                 "--refine-points": refine_points, "--refine-margin": refine_margin,
+                 "--first-wave": first_wave}
     wrong = point_only if posterior else post_only
     for flag, v in wrong.items():
         if v is not None:
@@ -124,7 +137,9 @@ def calibrate_cmd(
     use_cpu_cores()  # before any JAX operation: one CPU device per core
     if posterior:
         _posterior_cmd(model, replicates, design_points, parameters, chains, warmup, samples,
-                       box_sd, untreated, netcdf, seed, out)
+                       box_sd, untreated, netcdf, seed, out,
+                       dict(refine_points=refine_points or 0, refine_margin=refine_margin,
+                            first_wave=first_wave))
         return
     from dormancy_model.trials.pipeline import run_calibration
 
@@ -144,7 +159,7 @@ def calibrate_cmd(
 
 
 def _posterior_cmd(model, replicates, design_points, parameters, chains, warmup, samples,
-                   box_sd, untreated, netcdf, seed, out):
+                   box_sd, untreated, netcdf, seed, out, refine):
     from dormancy_model.trials import posterior as P
     from dormancy_model.trials.pipeline import run_posterior_calibration
 
@@ -162,14 +177,23 @@ def _posterior_cmd(model, replicates, design_points, parameters, chains, warmup,
                f"{kw['chains']} --warmup {kw['warmup']} --samples {kw['samples']} --box-sd "
                f"{kw['box_sd']:g} --untreated {kw['untreated']} "
                f"--{'' if netcdf else 'no-'}netcdf --seed {seed} --out {out}")
+    if refine["refine_points"]:
+        command += f" --refine-points {refine['refine_points']}"
+        if refine["refine_margin"] is not None:
+            command += f" --refine-margin {refine['refine_margin']:g}"
+    if refine["first_wave"] is not None:
+        command += f" --first-wave {refine['first_wave']}"
     res, rec = run_posterior_calibration(out, model=model, parameters=names, seed=seed,
                                          netcdf=netcdf, command=command, progress=typer.echo,
-                                         **kw)
+                                         **kw, **refine)
     typer.echo(res.summary.to_string(index=False))
     d = rec["diagnostics"]
     typer.echo(f"R-hat max {d['max_rhat']:.3f}, bulk ESS min {d['min_ess_bulk']:.0f}, "
                f"{d['divergences']} divergences; emulator LOO RMSE "
                + ", ".join(f"{c['output']} {c['loo_rmse']:.2g}" for c in rec["emulator_cv"]))
+    for c in d.get("first_wave_error", []):
+        typer.echo(f"first-wave emulator at the second wave's points: {c['output']} RMSE "
+                   f"{c['rmse']:.2g}, bias {c['bias']:+.2g}, z-RMS {c['z_rms']:.2g}")
     for w in d["warnings"]:
         typer.echo(f"warning: {w}")
     typer.echo(f"wrote {out}" + (f" and {out.with_suffix('.nc')}" if netcdf else "")

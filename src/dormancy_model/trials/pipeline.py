@@ -249,7 +249,8 @@ def run_posterior_calibration(out: Path, *, model: str = "human", points: int = 
                               warmup: int = 500, samples: int = 500, box_sd: float = 2.5,
                               seed: int = 2026, netcdf: bool = True, method: str = "fast",
                               untreated: int | None = None, command: str | None = None,
-                              progress=None):
+                              refine_points: int = 0, refine_margin: float | None = None,
+                              first_wave: Path | None = None, progress=None):
     """Posterior calibration of the CLEVER design's population parameters
     (`posterior.calibrate_posterior`), written to the JSON file `out` (draws, diagnostics,
     provenance) and, with `netcdf`, the arviz InferenceData next to it (`out` with suffix
@@ -298,18 +299,42 @@ def run_posterior_calibration(out: Path, *, model: str = "human", points: int = 
     check_out_file(out)
     if netcdf:
         check_out_file(out.with_suffix(".nc"))
+    if refine_points < 0 or (refine_points and refine_points < need):
+        raise InputError("--refine-points", "refine_points", f"must be 0 (no second wave) or "
+                         f">= {need} for a quadratic emulator in {len(names)} parameters, "
+                         f"got {refine_points}")
+    refine_margin = P.REFINE_MARGIN if refine_margin is None else refine_margin
+    check_range("--refine-margin", "refine_margin", refine_margin, 0, 2)
     params = load_model_parameters(model)
     try:
         P.default_prior(params, None, names, box_sd)
     except ValueError as e:
         raise InputError(str(model), "parameters", str(e)) from None
+    wave1 = None
+    if first_wave is not None:
+        wave1, wave1_rec = first_wave_from_file(
+            Path(first_wave), names=names, points=points, replicates=replicates,
+            untreated=untreated, seed=seed, box_sd=box_sd, method=method,
+            parameter_file=params.source)
     t = time.perf_counter()
     tick = progress or (lambda text: None)
-    res = P.calibrate_posterior(
-        clever_design(), params, key=jax.random.key(seed), names=names, points=points,
-        replicates=replicates, chains=chains, warmup=warmup, samples=samples, box_sd=box_sd,
-        method=method, untreated=untreated,
-        progress=lambda i, n, s: tick(f"{s} {i}/{n} ({time.perf_counter() - t:.0f} s)"))
+    try:
+        res = P.calibrate_posterior(
+            clever_design(), params, key=jax.random.key(seed), names=names, points=points,
+            replicates=replicates, chains=chains, warmup=warmup, samples=samples,
+            box_sd=box_sd, method=method, untreated=untreated, refine_points=refine_points,
+            refine_margin=refine_margin, first_wave=wave1,
+            progress=lambda i, n, s: tick(f"{s} {i}/{n} ({time.perf_counter() - t:.0f} s)"))
+    except ValueError as e:
+        if wave1 is None or not str(e).startswith("first wave"):
+            raise
+        raise InputError(str(first_wave), "design", str(e)) from None
+    if wave1 is not None:  # where the reused simulations came from, and what they cost
+        res.settings["first_wave_file"] = dict(
+            path=str(first_wave), git_commit=wave1_rec.get("git_commit"),
+            created_utc=wave1_rec.get("created_utc"),
+            simulation_seconds=wave1_rec.get("settings", {}).get("simulation_seconds"),
+            mc_var=wave1_rec["_mc_var_source"])
     rec = P.posterior_record(res, params, seed, command, _git_commit())
     rec["wall_seconds"] = round(time.perf_counter() - t, 1)
     prepare_out_dir(out.parent)
@@ -319,3 +344,69 @@ def run_posterior_calibration(out: Path, *, model: str = "human", points: int = 
             "git_commit": rec["git_commit"], "command": command, "seed": seed,
             "posterior_json": out.name})
     return res, rec
+
+
+def first_wave_from_file(path: Path, *, names, points: int, replicates: int, untreated: int,
+                         seed: int, box_sd: float, method: str, parameter_file: str):
+    """(theta, values, mc_var) of the first design wave stored in an earlier posterior file,
+    after checking that the file was made with the settings given now (the parameters, design
+    points, replicates, untreated cohort, seed, box, agent method and parameter file): only
+    then are its simulations the ones this run would make. Files written before the design
+    rows carried their Monte-Carlo variances ("var:" columns) give each output the mean
+    variance of their `emulator_cv` (mc_sd squared), which is the only use the emulator makes
+    of them (its variance floor). Returns also the file's record."""
+    import json
+    import math
+
+    import numpy as np
+
+    if not path.is_file():
+        raise InputError(str(path), "--first-wave", "no such file")
+    try:
+        rec = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(str(path), "--first-wave", f"not a JSON file ({e})") from None
+    if not isinstance(rec, dict) or not isinstance(rec.get("design"), list):
+        raise InputError(str(path), "design", "missing: not a posterior calibration file")
+    st = rec.get("settings", {})
+    want = dict(parameters=list(names), points=points, replicates=replicates,
+                untreated=untreated, seed=seed, box_sd=box_sd, method=method,
+                parameter_file=parameter_file)
+    have = dict(parameters=rec.get("parameters"), points=st.get("points"),
+                replicates=st.get("replicates"), untreated=st.get("untreated"),
+                seed=rec.get("seed"), box_sd=st.get("box_sd"), method=st.get("method"),
+                parameter_file=rec.get("parameter_file"))
+    for k, v in want.items():
+        h = have[k]
+        if k == "parameter_file":  # the same packaged file in another checkout
+            same = isinstance(h, str) and Path(h).name == Path(v).name
+        elif isinstance(v, float) and isinstance(h, (int, float)):
+            same = math.isclose(h, v)
+        else:
+            same = h == v
+        if not same:
+            raise InputError(str(path), k, f"{h!r} in the file, {v!r} in this run: the first "
+                             "wave can be reused only with the same settings")
+    rows = [r for r in rec["design"] if r.get("wave", 1) == 1]
+    if len(rows) != points:
+        raise InputError(str(path), "design", f"{len(rows)} first-wave rows, expected {points}")
+    theta = np.log(np.array([[r[n] for n in names] for r in rows], float))
+    skip = set(names) | {"wave", "in_emulator"}
+    outs = [k for k in rows[0] if k not in skip and not k.startswith("var:")]
+
+    def col(k):
+        return np.array([np.nan if r.get(k) is None else r[k] for r in rows], float)
+
+    values = {k: col(k) for k in outs}
+    if all(f"var:{k}" in rows[0] for k in outs):
+        mc_var = {k: col(f"var:{k}") for k in outs}
+        rec["_mc_var_source"] = "per point, from the file's design rows"
+    else:
+        mc = {c["output"]: c["mc_sd"] ** 2 for c in rec.get("emulator_cv") or []}
+        missing = [k for k in outs if k not in mc]
+        if missing:
+            raise InputError(str(path), "emulator_cv", f"no Monte-Carlo sd for {missing[0]!r}")
+        mc_var = {k: np.full(points, mc[k]) for k in outs}
+        rec["_mc_var_source"] = ("the file's emulator_cv mc_sd squared for every point (the "
+                                 "file predates per-point variances)")
+    return (theta, values, mc_var), rec

@@ -40,7 +40,11 @@ Method:
    leave-one-out cross-validation; the screening probability is exact (`likelihood.py`);
 4. NUTS (numpyro, several chains) on the emulated log-likelihood of every published statistic
    (`likelihood.joint_loglik`) plus the log priors; diagnostics: R-hat, bulk and tail ESS
-   (arviz), divergences, mean acceptance.
+   (arviz), divergences, mean acceptance;
+5. optionally (`refine_points`) a second wave: a smaller box around the first posterior (its
+   central 99% widened by a margin), new Sobol points there simulated with the same random
+   numbers, the emulator refitted on every point inside that box, NUTS again on the prior
+   truncated to it; the first wave's emulator is tested at the new points (out of sample).
 """
 
 from __future__ import annotations
@@ -308,6 +312,8 @@ class PosteriorResult:
     predictive: pd.DataFrame
     settings: dict = field(default_factory=dict)
     idata: object = None
+    design_wave: np.ndarray | None = None  # per design point: 1 = first wave, 2 = refinement
+    design_used: np.ndarray | None = None  # per design point: in the final emulator's fit
 
     def values(self) -> dict:
         """Posterior medians in natural units."""
@@ -407,7 +413,9 @@ def summarize(draws: dict, prior: Prior) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def quality_warnings(diag: dict, summary: pd.DataFrame) -> list[str]:
+def quality_warnings(diag: dict, summary: pd.DataFrame,
+                     edge_hint: str = "widen --box-sd (the emulator is not fitted beyond it)"
+                     ) -> list[str]:
     """Plain-language flags for a posterior that should not be used as is."""
     out = []
     if np.isfinite(diag["max_rhat"]) and diag["max_rhat"] > 1.01:
@@ -419,7 +427,7 @@ def quality_warnings(diag: dict, summary: pd.DataFrame) -> list[str]:
     for r in summary.itertuples():
         if r.at_box_edge > 0.05:
             out.append(f"{r.parameter}: {r.at_box_edge:.0%} of the draws at the design box's "
-                       "edge: widen --box-sd (the emulator is not fitted beyond it)")
+                       f"edge: {edge_hint}")
     for c in diag.get("emulator_cv", []):
         if c["loo_z_rms"] > 2:
             out.append(f"emulator {c['output']}: leave-one-out errors {c['loo_z_rms']:.1f}x "
@@ -487,7 +495,8 @@ def emulated_predictive(draws: dict, prior: Prior, emulator, exact, targets, *, 
 
 def posterior_from_design(theta, values, mc_var, prior: Prior, exact, targets, *, key,
                           chains: int = 4, warmup: int = 500, samples: int = 500,
-                          settings: dict | None = None) -> PosteriorResult:
+                          settings: dict | None = None,
+                          edge_hint: str | None = None) -> PosteriorResult:
     """Emulator + NUTS + diagnostics from simulated design points (any simulator)."""
     em = fit_emulator(theta, values, mc_var, centre=(prior.lower + prior.upper) / 2,
                       half_width=(prior.upper - prior.lower) / 2)
@@ -499,19 +508,123 @@ def posterior_from_design(theta, values, mc_var, prior: Prior, exact, targets, *
     draws = {n: th[..., i] for i, n in enumerate(prior.names)}
     summ = summarize(draws, prior)
     pp = emulated_predictive(draws, prior, em, exact, targets, key=k_pred)
-    diag["warnings"] = quality_warnings(diag, summ)
+    diag["warnings"] = (quality_warnings(diag, summ) if edge_hint is None
+                        else quality_warnings(diag, summ, edge_hint))
     return PosteriorResult(prior.names, prior, draws, np.asarray(theta), values, mc_var, em,
                            diag, summ, pp, dict(settings or {}), idata)
+
+
+# ----------------------------------------------------------------------------- a second wave
+REFINE_QUANTILE = 0.005  # the refined box spans the first posterior's central 99% ...
+REFINE_MARGIN = 0.25  # ... widened by this fraction of its width on each side
+
+
+def refine_prior(draws: dict, prior: Prior, margin: float = REFINE_MARGIN,
+                 q: float = REFINE_QUANTILE) -> Prior:
+    """The prior truncated to a smaller box around a first posterior: per parameter the
+    draws' [q, 1 - q] quantiles widened by `margin` x their width each side, inside the first
+    box. The prior's centre and spread are unchanged; only its truncation (the box where the
+    emulator is fitted and NUTS samples) shrinks."""
+    import dataclasses
+
+    th = np.stack([np.asarray(draws[n]).ravel() for n in prior.names], -1)
+    lo, hi = np.quantile(th, [q, 1 - q], axis=0)
+    w = np.maximum(hi - lo, 1e-9)
+    lo = np.maximum(lo - margin * w, prior.lower)
+    hi = np.minimum(hi + margin * w, prior.upper)
+    return dataclasses.replace(prior, bounds=np.exp(np.stack([lo, hi], -1)))
+
+
+def emulator_error_at(emulator: QuadraticEmulator, theta, values: dict) -> list[dict]:
+    """Out-of-sample check of an emulator at new simulated points: per output the RMSE, the
+    mean error (bias) and the RMS of the errors over their predicted sd (about 1 when the
+    emulator's stated uncertainty is right)."""
+    pred = emulator.predict(jnp.asarray(np.asarray(theta, float)))
+    out = []
+    for k in emulator.outputs:
+        y = np.asarray(values[k], float)
+        ok = np.isfinite(y)
+        if not ok.any():
+            continue
+        e = y[ok] - np.asarray(pred[k])[ok]
+        sd = np.sqrt(np.asarray(pred[k + ":var"])[ok])
+        out.append(dict(output=k, rmse=float(np.sqrt(np.mean(e ** 2))), bias=float(e.mean()),
+                        z_rms=float(np.sqrt(np.mean((e / sd) ** 2))), points=int(ok.sum())))
+    return out
+
+
+def refine_posterior(first: PosteriorResult, simulate, exact, targets, *, key, points: int,
+                     seed: int, margin: float = REFINE_MARGIN, chains: int = 4,
+                     warmup: int = 500, samples: int = 500, progress=None) -> PosteriorResult:
+    """A second design wave inside the first posterior (history matching's refocusing): the
+    box of `refine_prior`, `points` new Sobol points there simulated by `simulate(theta,
+    progress) -> (values, mc_var)` (the same simulator and random numbers as the first wave),
+    the quadratic emulator refitted on every point inside that box (the new ones and the first
+    wave's that fall in it), and NUTS again on the prior truncated to the box. A quadratic
+    surface over the whole prior box can miss where the posterior sits; refitted on the smaller
+    region it need not. The first wave's emulator is checked at the new points
+    (`diagnostics["first_wave_error"]`, an out-of-sample test of what the first posterior
+    relied on)."""
+    prior2 = refine_prior(first.draws, first.prior, margin)
+    need = n_features(len(prior2.names)) + 1
+    if points < need:
+        raise ValueError(f"refine points must be >= {need} for a quadratic emulator in "
+                         f"{len(prior2.names)} parameters, got {points}")
+    theta2 = sobol_design(prior2, points, seed)
+    v2, w2 = simulate(theta2, progress)
+    check = emulator_error_at(first.emulator, theta2, v2)
+    th1 = np.asarray(first.design_theta)
+    wave1 = (np.ones(len(th1), int) if first.design_wave is None
+             else np.asarray(first.design_wave))
+    inside = np.all((th1 >= prior2.lower) & (th1 <= prior2.upper), axis=1)
+    keys = [k for k in first.design_values if k in v2]
+    theta = np.concatenate([th1[inside], theta2])
+    values = {k: np.concatenate([np.asarray(first.design_values[k], float)[inside], v2[k]])
+              for k in keys}
+    mc_var = {k: np.concatenate([np.asarray(first.design_mc_var[k], float)[inside], w2[k]])
+              for k in keys}
+    settings = dict(first.settings)
+    settings["refine"] = dict(points=points, margin=margin, quantile=REFINE_QUANTILE,
+                              first_wave_points_inside=int(inside.sum()),
+                              first_box={n: [float(np.exp(a)), float(np.exp(b))] for n, a, b
+                                         in zip(prior2.names, first.prior.lower,
+                                                first.prior.upper, strict=True)},
+                              box={n: [float(np.exp(a)), float(np.exp(b))] for n, a, b
+                                   in zip(prior2.names, prior2.lower, prior2.upper,
+                                          strict=True)})
+    res = posterior_from_design(
+        theta, values, mc_var, prior2, exact, targets, key=key, chains=chains, warmup=warmup,
+        samples=samples, settings=settings,
+        edge_hint="the refined box ends there (where it is also the first box's edge, widen "
+                  "--box-sd; otherwise raise --refine-margin or add a wave)")
+    res.diagnostics["first_wave_error"] = check
+    res.diagnostics["first_wave_emulator_cv"] = first.diagnostics.get("emulator_cv")
+    res.diagnostics["first_wave_summary"] = first.summary.to_dict(orient="records")
+    # every simulated point is kept in the result (and the file), marked by wave and use
+    res.design_theta = np.concatenate([th1, theta2])
+    res.design_values = {k: np.concatenate([np.asarray(first.design_values[k], float), v2[k]])
+                         for k in keys}
+    res.design_mc_var = {k: np.concatenate([np.asarray(first.design_mc_var[k], float),
+                                            w2[k]]) for k in keys}
+    res.design_wave = np.concatenate([wave1, np.full(points, wave1.max() + 1)])
+    res.design_used = np.concatenate([inside, np.ones(points, bool)])
+    return res
 
 
 def calibrate_posterior(design, params, *, key, population=None, names=DEFAULT_PARAMETERS,
                         points: int = 64, replicates: int = 32, chains: int = 4,
                         warmup: int = 500, samples: int = 500, box_sd: float = 2.5,
                         targets: L.PublishedTargets | None = None, method: str = "fast",
-                        untreated: int = DEFAULT_UNTREATED, progress=None) -> PosteriorResult:
+                        untreated: int = DEFAULT_UNTREATED, refine_points: int = 0,
+                        refine_margin: float = REFINE_MARGIN, first_wave=None,
+                        progress=None) -> PosteriorResult:
     """Posterior over the population parameters `names` (see the module doc). `untreated`:
     screened candidates per design point in the untreated cohort of the prognosis terms (used
-    only when the targets include them)."""
+    only when the targets include them). `refine_points` > 0: a second design wave of that
+    many points inside the first posterior (`refine_posterior`). `first_wave`: (theta,
+    values, mc_var) of the first wave's design points simulated earlier with the same key and
+    settings (an earlier posterior file's design, `pipeline.first_wave_from_file`), reused
+    instead of simulated again; the points must equal the ones the key regenerates."""
     prior = default_prior(params, population, names, box_sd)
     targets = targets or L.PublishedTargets.clever(L.p_followed(design, THREE_YEARS_DAYS))
     need = n_features(len(names)) + 1
@@ -526,15 +639,38 @@ def calibrate_posterior(design, params, *, key, population=None, names=DEFAULT_P
     sim = TrialSimulator(design, params, prior, key=k_sim, replicates=replicates,
                          population=population, method=method,
                          untreated=untreated if targets.prognosis is not None else 0)
-    values, mc_var = sim.run(theta, progress)
-    t = time.perf_counter()
+    if first_wave is None:
+        values, mc_var = sim.run(theta, progress)
+    else:
+        theta_file, values, mc_var = first_wave
+        if np.shape(theta_file) != theta.shape or not np.allclose(theta_file, theta,
+                                                                   rtol=1e-9, atol=0):
+            raise ValueError("first wave: its design points are not the ones this seed, "
+                             "box and parameter list give (a different calibration)")
+        bad = [k for k, v in values.items() if np.shape(v) != (points,)]
+        if bad:
+            raise ValueError(f"first wave: {bad[0]!r} has {np.shape(values[bad[0]])} values, "
+                             f"the design has {points} points")
+    t, s1 = time.perf_counter(), sim.seconds
     settings = dict(points=points, replicates=replicates, trials=points * replicates,
                     untreated=sim.untreated,
                     chains=chains, warmup=warmup, samples=samples, box_sd=box_sd, method=method,
                     design=sim.design.describe(), simulation_seconds=round(sim.seconds, 1))
+    if first_wave is not None:
+        settings["first_wave_reused"] = True
     res = posterior_from_design(theta, values, mc_var, prior, sim.exact, targets, key=k_inf,
                                 chains=chains, warmup=warmup, samples=samples, settings=settings)
-    res.settings["inference_seconds"] = round(time.perf_counter() - t, 1)
+    res.design_wave = np.ones(points, int)
+    res.design_used = np.ones(points, bool)
+    if refine_points:
+        s0 = sim.seconds
+        res = refine_posterior(res, sim.run, sim.exact, targets,
+                               key=jax.random.fold_in(k_inf, 2), points=refine_points,
+                               seed=seed + 1, margin=refine_margin, chains=chains,
+                               warmup=warmup, samples=samples, progress=progress)
+        res.settings["refine"]["simulation_seconds"] = round(sim.seconds - s0, 1)
+        res.settings["trials"] = (points + refine_points) * replicates
+    res.settings["inference_seconds"] = round(time.perf_counter() - t - (sim.seconds - s1), 1)
     res.settings["targets"] = targets.describe()
     return res
 
@@ -566,8 +702,14 @@ def posterior_record(res: PosteriorResult, params, seed: int, command: str | Non
     from dormancy_model._version import __version__
 
     names = res.names
+    wave = (np.ones(len(res.design_theta), int) if res.design_wave is None
+            else res.design_wave)
+    used = (np.ones(len(res.design_theta), bool) if res.design_used is None
+            else res.design_used)
     design = [{**{n: float(np.exp(t[i])) for i, n in enumerate(names)},
-               **{k: res.design_values[k][j] for k in res.design_values}}
+               **{k: res.design_values[k][j] for k in res.design_values},
+               **{f"var:{k}": res.design_mc_var[k][j] for k in res.design_mc_var},
+               "wave": int(wave[j]), "in_emulator": bool(used[j])}
               for j, t in enumerate(res.design_theta)]
     rec = {
         "what": "posterior over population parameters of the virtual CLEVER trial",
