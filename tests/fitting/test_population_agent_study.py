@@ -281,6 +281,9 @@ def test_shipped_agent_study_recovery_and_documented_misses():
                           options=FitOptions(starts=8, seed=0, optimizer=LBFGS(steps=60)),
                           laplace=LaplaceOptions(starts=2, iterations=150, gtol=1e-3))
     pop = r.population
+    print(json.dumps({k: pop.get(k) for k in ("objective", "converged", "hessian_pd",
+                                              "inner_converged", "typical", "random")},
+                     default=str))
     assert pop["converged"] and pop["hessian_pd"] and pop["inner_converged"] == 304, pop["starts"]
     assert abs(pop["objective"]["nll"] - 1078.710) < 0.5, pop["objective"]
     typ, ran = pop["typical"], pop["random"]

@@ -208,6 +208,20 @@ def test_posterior_section_reports_the_files_summary_and_diagnostics(tmp_path):
     assert "| delta_max | 0.031 [0.02, 0.05] | 0.04 [0.01, 0.15] | 0.4 | 0 |" in text
     assert "| screen_positivity | all | 0.299 | 0.3 [0.25, 0.35] | yes |" in text
     assert "2048 trials" in text and "Warnings of the calibration: none." in text
+    assert "Second design wave" not in text  # one wave: no such paragraph
+
+    rec["settings"]["refine"] = {"points": 32, "margin": 0.25, "first_wave_points_inside": 7,
+                                 "simulation_seconds": 900.0,
+                                 "box": {"delta_max": [0.008, 0.06]}}
+    rec["settings"]["first_wave_file"] = {"path": "fits/old.json", "git_commit": "0123456789ab"}
+    rec["diagnostics"]["first_wave_error"] = [
+        {"output": "log_irr", "rmse": 0.61, "bias": 0.4, "z_rms": 1.7, "points": 32}]
+    p.write_text(json.dumps(rec))
+    text = "\n".join(V._posterior_lines(V.posterior_info(p)))
+    assert "Second design wave: 32 Sobol points" in text and "delta_max 0.008-0.06" in text
+    assert "the 7 first-wave points inside the box" in text and "(900 s)" in text
+    assert "first wave reused from fits/old.json, git 0123456789" in text
+    assert "| log_irr | 0.61 | +0.4 | 1.7 | 32 |" in text
 
 
 @pytest.mark.slow

@@ -704,7 +704,9 @@ def posterior_info(path) -> dict:
             "command": rec.get("command"), "git_commit": rec.get("git_commit"),
             "settings": {k: (rec.get("settings") or {}).get(k) for k in
                          ("points", "replicates", "trials", "chains", "warmup", "samples",
-                          "simulation_seconds", "inference_seconds")}}
+                          "simulation_seconds", "inference_seconds", "refine",
+                          "first_wave_file")},
+            "first_wave_error": diag.get("first_wave_error") or []}
 
 
 def _posterior_lines(info: dict) -> list[str]:
@@ -728,6 +730,25 @@ def _posterior_lines(info: dict) -> list[str]:
     warns = d.get("warnings") or []
     lines += ["", "Warnings of the calibration: " + ("; ".join(warns) if warns else "none")
               + ".", ""]
+    ref = st.get("refine")
+    if ref:
+        fw = st.get("first_wave_file")
+        box = "; ".join(f"{n} {fmt(b[0])}-{fmt(b[1])}" for n, b in ref["box"].items())
+        lines += [f"Second design wave: {ref['points']} Sobol points in a box around the first "
+                  f"posterior (its central 99% widened by {ref['margin']:g} of its width each "
+                  f"side: {box}), simulated with the same random numbers"
+                  + (f" ({fmt(ref.get('simulation_seconds'))} s)"
+                     if ref.get("simulation_seconds") is not None else "")
+                  + f"; the emulator refitted on those and the {ref['first_wave_points_inside']}"
+                  " first-wave points inside the box; NUTS on the prior truncated to it"
+                  + (f" (first wave reused from {fw['path']}, git "
+                     f"{str(fw.get('git_commit'))[:10]})" if fw else "") + ".", "",
+                  "The first wave's emulator tested at the second wave's points (out of sample; "
+                  "z-RMS: error over the emulator's stated sd, about 1 if honest):", "",
+                  "| output | RMSE | bias | z-RMS | points |", "|---|---|---|---|---|"]
+        lines += [f"| {c['output']} | {fmt(c['rmse'])} | {c['bias']:+.3g} | {fmt(c['z_rms'])} "
+                  f"| {c['points']} |" for c in info.get("first_wave_error", [])]
+        lines.append("")
     if info["predictive"]:
         lines += ["Emulated posterior predictive (the calibration's own check, through its "
                   "emulator; the trial rows above are the simulated one):", "",
