@@ -43,7 +43,10 @@ def _error(msg: str, code: int = 2) -> None:
 
 
 def main(argv=None) -> None:
+    from dormancy_model.engine.devices import use_compilation_cache
     from dormancy_model.model.simulate import SolveError
+
+    use_compilation_cache()  # compiled programs kept between runs (off: DORMANCY_CACHE_DIR=off)
 
     try:
         app(args=argv, standalone_mode=False)

@@ -44,3 +44,41 @@ def use_cpu_cores(n: int | None = None) -> bool:
     except RuntimeError:  # backends already initialised: keep what they have
         return False
     return True
+
+
+def compilation_cache_dir(environ=None) -> str | None:
+    """The directory `use_compilation_cache` uses: JAX_COMPILATION_CACHE_DIR when set, else
+    DORMANCY_CACHE_DIR/jax, else XDG_CACHE_HOME/dormancy_model/jax (default
+    ~/.cache/dormancy_model/jax); None when DORMANCY_CACHE_DIR is off (or 0, false, no, none)."""
+    env = os.environ if environ is None else environ
+    if env.get("JAX_COMPILATION_CACHE_DIR"):
+        return env["JAX_COMPILATION_CACHE_DIR"]
+    base = env.get("DORMANCY_CACHE_DIR")
+    if base is not None and base.strip().lower() in ("off", "0", "false", "no", "none"):
+        return None
+    if base:
+        return os.path.join(os.path.expanduser(base), "jax")
+    xdg = env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(xdg, "dormancy_model", "jax")
+
+
+def use_compilation_cache(environ=None) -> str | None:
+    """Keep compiled XLA programs on disk between runs (JAX's persistent compilation cache), so
+    that a command's second run skips most of the compilation its first run paid for (the
+    virtual trial compiles a few hundred programs). The directory is `compilation_cache_dir`'s
+    (JAX_COMPILATION_CACHE_DIR, which JAX reads itself, is left alone); it is not size-capped
+    (JAX's cap needs the filelock package) and may be deleted at any time;
+    DORMANCY_CACHE_DIR=off turns it off. Must run before the first
+    compilation (the CLI calls it first thing). Returns the directory used, or None."""
+    env = os.environ if environ is None else environ
+    path = compilation_cache_dir(env)
+    if path is None or env.get("JAX_COMPILATION_CACHE_DIR"):
+        return path
+    try:
+        os.makedirs(path, exist_ok=True)
+        if not os.access(path, os.W_OK):
+            return None
+        jax.config.update("jax_compilation_cache_dir", path)
+    except (OSError, RuntimeError):  # unwritable home, or JAX already compiled: run uncached
+        return None
+    return path
