@@ -146,42 +146,65 @@ def test_agent_coverage_over_seeds(tmp_path):
     profile-likelihood interval of the sd (`fitting/population/profile.py`), which can reach
     the bound, is the candidate for the CV's misses; its coverage over these seeds is not yet
     measured (each profile is 10-20 outer fits per study)."""
-    TRUTH, make = _make()
-    params = load_model_parameters("mouse").replace(**TRUTH)  # fixed parameters at the truth
-    start = np.array([to_scale(f.table_value, f.scale)
-                      for f in free_parameters(load_model_parameters("mouse"), COVERAGE_FREE)])
-    truth = {**TRUTH, "cv(dormant_initial)": COVERAGE_CV["dormant_initial"], "burden_sigma": 0.3}
-    counted = ("dormant_initial", "k_dr", "delta_max", "cv(dormant_initial)")
-    hits = {n: 0 for n in (*counted, "burden_sigma")}
-    failed, rows = [], []
-    for k in range(COVERAGE_STUDIES):
-        d = tmp_path / f"s{k}"
-        make(d, seed=COVERAGE_SEED + k, arms=COVERAGE_ARMS, cv=COVERAGE_CV, design="biopsy",
-             generator="agents")
-        problem = study_problem(load_study(d), params, COVERAGE_FREE, COVERAGE_RANDOM,
-                                solver=population_solver())
-        res = fit_laplace(problem, options=LaplaceOptions(starts=1, iterations=150, gtol=1e-4),
-                          theta0=problem.theta0(start, [0.3])[None])
-        if not res.converged:
-            failed.append(k)
-        lo = {**res.typical_ci_low, "cv(dormant_initial)": res.cv_ci_low["dormant_initial"]}
-        hi = {**res.typical_ci_high, "cv(dormant_initial)": res.cv_ci_high["dormant_initial"]}
-        bound = _at_sd_bound(res, problem, "dormant_initial")
-        study_hits = ""
-        for n in hits:
-            hit = bool(lo[n] <= truth[n] <= hi[n])  # a NaN interval misses
-            hit = hit and not (bound and n == "cv(dormant_initial)")
-            hits[n] += hit
-            study_hits += "1" if hit else "0"
-        # (study, CV estimate, sd at bound, converged, covered: dormant_initial, k_dr,
-        # delta_max, CV, burden_sigma)
-        rows.append((k, round(res.cv["dormant_initial"], 3), bound, res.converged, study_hits))
-    covered = sum(hits[n] for n in counted)
+    hits, failed, rows = coverage_over_studies(tmp_path, range(COVERAGE_STUDIES))
+    covered = sum(hits[n] for n in COVERED)
     lo, hi = coverage_region(4 * COVERAGE_STUDIES)
     (tmp_path / "coverage.json").write_text(json.dumps(dict(hits=hits, rows=rows)))
     print(f"covered {covered}/{4 * COVERAGE_STUDIES} per interval {hits}; not converged "
           f"{failed}; (study, cv, sd at bound, converged) {rows}")
     assert lo <= covered <= hi, (covered, hits, failed, rows)
+
+
+COVERED = ("dormant_initial", "k_dr", "delta_max", "cv(dormant_initial)")
+
+
+def coverage_over_studies(tmp_path, studies, cv_interval: str = "wald"):
+    """Fit the coverage studies `studies` (indices; seed COVERAGE_SEED + k) and count, per
+    interval, the studies whose 95% CI holds the truth. `cv_interval`: "wald" (the fit's own
+    interval on log sd; an sd at its bound counts as a miss) or "profile" (the
+    profile-likelihood interval of `fitting.population.profile.profile_sd`, which may end at
+    the sd bound; a NaN limit is a miss). Returns (hits, unconverged studies, rows)."""
+    from dormancy_model.fitting.population.profile import profile_sd
+
+    TRUTH, make = _make()
+    params = load_model_parameters("mouse").replace(**TRUTH)  # fixed parameters at the truth
+    start = np.array([to_scale(f.table_value, f.scale)
+                      for f in free_parameters(load_model_parameters("mouse"), COVERAGE_FREE)])
+    truth = {**TRUTH, "cv(dormant_initial)": COVERAGE_CV["dormant_initial"], "burden_sigma": 0.3}
+    hits = {n: 0 for n in (*COVERED, "burden_sigma")}
+    failed, rows = [], []
+    for k in studies:
+        d = tmp_path / f"s{k}"
+        make(d, seed=COVERAGE_SEED + k, arms=COVERAGE_ARMS, cv=COVERAGE_CV, design="biopsy",
+             generator="agents")
+        problem = study_problem(load_study(d), params, COVERAGE_FREE, COVERAGE_RANDOM,
+                                solver=population_solver())
+        opts = LaplaceOptions(starts=1, iterations=150, gtol=1e-4)
+        res = fit_laplace(problem, options=opts, theta0=problem.theta0(start, [0.3])[None])
+        if not res.converged:
+            failed.append(k)
+        lo = {**res.typical_ci_low, "cv(dormant_initial)": res.cv_ci_low["dormant_initial"]}
+        hi = {**res.typical_ci_high, "cv(dormant_initial)": res.cv_ci_high["dormant_initial"]}
+        bound = _at_sd_bound(res, problem, "dormant_initial")
+        miss_cv = bound
+        if cv_interval == "profile":
+            prof = profile_sd(problem, res, "dormant_initial", options=opts)
+            lo["cv(dormant_initial)"], hi["cv(dormant_initial)"] = prof["cv_low"], prof["cv_high"]
+            miss_cv = False
+        elif cv_interval != "wald":
+            raise ValueError(cv_interval)
+        study_hits = ""
+        for n in hits:
+            hit = bool(lo[n] <= truth[n] <= hi[n])  # a NaN interval misses
+            hit = hit and not (miss_cv and n == "cv(dormant_initial)")
+            hits[n] += hit
+            study_hits += "1" if hit else "0"
+        # (study, CV estimate, sd at bound, converged, covered: dormant_initial, k_dr,
+        # delta_max, CV, burden_sigma, CV interval)
+        rows.append((k, round(res.cv["dormant_initial"], 3), bound, res.converged, study_hits,
+                     [round(float(lo["cv(dormant_initial)"]), 3),
+                      round(float(hi["cv(dormant_initial)"]), 3)]))
+    return hits, failed, rows
 
 
 SHIPPED_FREE = ("dormant_initial", "k_dr", "delta_max", "hcq_ic50", "eve_ic50", "burden_sigma")
@@ -297,3 +320,17 @@ def test_shipped_agent_study_recovery():
         d = ran[n]
         assert not d["sd_at_bound"], (n, d)
         assert d["cv_ci95_low"] <= cv_true[n] <= d["cv_ci95_high"], (n, d)
+
+
+@pytest.mark.slow
+def test_agent_coverage_over_seeds_with_profile_cv_intervals(tmp_path):
+    """As `test_agent_coverage_over_seeds` (the same 30 agent studies, fits and acceptance
+    region [108, 119] of 120 intervals), with the CV of dormant_initial's interval from the
+    profile likelihood (`profile_sd`: likelihood-ratio inversion on log sd, which may end at
+    the sd bound where the data do not exclude it) instead of the Wald interval."""
+    hits, failed, rows = coverage_over_studies(tmp_path, range(COVERAGE_STUDIES), "profile")
+    covered = sum(hits[n] for n in COVERED)
+    lo, hi = coverage_region(4 * COVERAGE_STUDIES)
+    print(f"covered {covered}/{4 * COVERAGE_STUDIES} per interval {hits}; not converged "
+          f"{failed}; rows {rows}")
+    assert lo <= covered <= hi, (covered, hits, failed, rows)
