@@ -970,7 +970,8 @@ def render(v: Validation, command: str) -> str:
         "the load spread among its parameters and both sides of this trade-off in its "
         "likelihood: the press release's 80% cleared (41 of 51) and the untreated prognosis "
         "(Braun's rate ratio 2.13, the 5-year RFS range of docs/prognosis.md); with the "
-        "prognosis terms its load log-SD is 1.30 [0.77, 1.91] (5-95%) and the clearance at "
+        "prognosis terms its load log-SD stays near 1.3 (1.25 [0.78, 1.84], 5-95%, for the "
+        "two-wave posterior shipped in fits/) and the clearance at "
         "the last on-treatment aspirate stays far above 80%: the two cannot both be met with "
         "this detection model.",
         "- Lesions respond to the drugs on a growth clock (`model/clock.py`: a lesion grows at "
