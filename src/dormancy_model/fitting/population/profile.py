@@ -12,9 +12,10 @@ the Wald se of log sd, kept in [0.1, 0.7]), re-optimising every other component 
 point's optimum (the fit's own L-BFGS in sigmoid-bounded coordinates, warm-started modes), and
 once a step crosses, refines the crossing by regula falsi in the signed root sqrt(2 delta nll)
 (nearly linear in log sd where the likelihood is near-quadratic) until delta nll is within
-`tol` of chi2_1(level) / 2 (at most `refine` more fits). A side that reaches the
-sd bound (`PopulationProblem.sd_bounds`) without crossing reports the bound and says so: the data
-do not exclude it. Each point is a full outer fit, so a profile costs several fits; it is opt-in
+`tol` of chi2_1(level) / 2 (at most `refine` more fits). The walk's last allowed step
+(`max_steps`) goes straight to the sd bound (`PopulationProblem.sd_bounds`), so a side always
+ends: a side that reaches the bound without crossing reports the bound and says so (the data
+do not exclude it), a crossing between the last step and the bound is refined as above. Each point is a full outer fit, so a profile costs several fits; it is opt-in
 (`dormancy fit --method laplace --profile`).
 """
 
@@ -92,9 +93,11 @@ def profile_sd(problem: PopulationProblem, result: PopulationResult, name: str, 
         theta, s, d_prev = theta_hat.copy(), theta_hat[k], 0.0
         ev.eta = eta_hat.copy()
         found = None
-        for _ in range(max_steps):
+        for i in range(max_steps):
             s_new = s + side * step
-            last = (s_new <= bound) if side < 0 else (s_new >= bound)
+            # the last allowed step goes to the bound: a profile still below the criterion
+            # there reports the bound, one above it brackets the crossing (never undetermined)
+            last = ((s_new <= bound) if side < 0 else (s_new >= bound)) or i == max_steps - 1
             if last:
                 s_new = bound
             d, theta_new, ok = at(s_new, theta)
@@ -121,10 +124,8 @@ def profile_sd(problem: PopulationProblem, result: PopulationResult, name: str, 
         key = "low" if side < 0 else "high"
         if found is not None:
             limits[key], at_bound[key] = float(math.exp(found)), False
-        elif (side < 0 and s <= bound) or (side > 0 and s >= bound):
+        else:  # the walk reached the bound without crossing
             limits[key], at_bound[key] = float(math.exp(bound)), True
-        else:  # max_steps without a crossing or the bound: not determined
-            limits[key], at_bound[key] = float("nan"), False
     scale = problem.scales[problem.random_index[j]]
     points.sort()
     return {"random": name, "level": level, "sd": float(math.exp(theta_hat[k])),
