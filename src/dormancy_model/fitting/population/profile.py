@@ -15,8 +15,9 @@ once a step crosses, refines the crossing by regula falsi in the signed root sqr
 `tol` of chi2_1(level) / 2 (at most `refine` more fits). The walk's last allowed step
 (`max_steps`) goes straight to the sd bound (`PopulationProblem.sd_bounds`), so a side always
 ends: a side that reaches the bound without crossing reports the bound and says so (the data
-do not exclude it), a crossing between the last step and the bound is refined as above. Each point is a full outer fit, so a profile costs several fits; it is opt-in
-(`dormancy fit --method laplace --profile`).
+do not exclude it), a crossing between the last step and the bound is refined as above. Each
+point is a full outer fit, so a profile costs several fits; it is opt-in (`dormancy fit
+--method laplace --profile`).
 """
 
 from __future__ import annotations
