@@ -413,8 +413,10 @@ def summarize(draws: dict, prior: Prior) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def quality_warnings(diag: dict, summary: pd.DataFrame,
-                     edge_hint: str = "widen --box-sd (the emulator is not fitted beyond it)"
+EDGE_HINT = "widen --box-sd (the emulator is not fitted beyond it)"
+
+
+def quality_warnings(diag: dict, summary: pd.DataFrame, edge_hint: str = EDGE_HINT
                      ) -> list[str]:
     """Plain-language flags for a posterior that should not be used as is."""
     out = []
@@ -496,7 +498,7 @@ def emulated_predictive(draws: dict, prior: Prior, emulator, exact, targets, *, 
 def posterior_from_design(theta, values, mc_var, prior: Prior, exact, targets, *, key,
                           chains: int = 4, warmup: int = 500, samples: int = 500,
                           settings: dict | None = None,
-                          edge_hint: str | None = None) -> PosteriorResult:
+                          edge_hint: str = EDGE_HINT) -> PosteriorResult:
     """Emulator + NUTS + diagnostics from simulated design points (any simulator)."""
     em = fit_emulator(theta, values, mc_var, centre=(prior.lower + prior.upper) / 2,
                       half_width=(prior.upper - prior.lower) / 2)
@@ -508,8 +510,7 @@ def posterior_from_design(theta, values, mc_var, prior: Prior, exact, targets, *
     draws = {n: th[..., i] for i, n in enumerate(prior.names)}
     summ = summarize(draws, prior)
     pp = emulated_predictive(draws, prior, em, exact, targets, key=k_pred)
-    diag["warnings"] = (quality_warnings(diag, summ) if edge_hint is None
-                        else quality_warnings(diag, summ, edge_hint))
+    diag["warnings"] = quality_warnings(diag, summ, edge_hint)
     return PosteriorResult(prior.names, prior, draws, np.asarray(theta), values, mc_var, em,
                            diag, summ, pp, dict(settings or {}), idata)
 
@@ -586,12 +587,8 @@ def refine_posterior(first: PosteriorResult, simulate, exact, targets, *, key, p
     settings = dict(first.settings)
     settings["refine"] = dict(points=points, margin=margin, quantile=REFINE_QUANTILE,
                               first_wave_points_inside=int(inside.sum()),
-                              first_box={n: [float(np.exp(a)), float(np.exp(b))] for n, a, b
-                                         in zip(prior2.names, first.prior.lower,
-                                                first.prior.upper, strict=True)},
-                              box={n: [float(np.exp(a)), float(np.exp(b))] for n, a, b
-                                   in zip(prior2.names, prior2.lower, prior2.upper,
-                                          strict=True)})
+                              first_box={n: d["box"] for n, d in first.prior.describe().items()},
+                              box={n: d["box"] for n, d in prior2.describe().items()})
     res = posterior_from_design(
         theta, values, mc_var, prior2, exact, targets, key=key, chains=chains, warmup=warmup,
         samples=samples, settings=settings,
