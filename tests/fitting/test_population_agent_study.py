@@ -338,7 +338,7 @@ def test_agent_coverage_over_seeds_with_profile_cv_intervals(tmp_path):
     26, k_dr 29, delta_max 26, CV 28 of 30 (misses: studies 26 and 28, upper limits 0.37 and
     0.48). The Wald intervals of the same fits give 105 (the CV 24/30). Confirmed with the
     new walk on all 30 studies (23:35-00:08 UTC, split over two processes on the quiet 2-core
-    CPU, ~1,950 s each): 109/120, the same per-interval counts, all fits converged."""
+    CPU, 1,875 and 1,945 s): 109/120, the same per-interval counts, all fits converged."""
     hits, failed, rows = coverage_over_studies(tmp_path, range(COVERAGE_STUDIES), "profile")
     covered = sum(hits[n] for n in COVERED)
     lo, hi = coverage_region(4 * COVERAGE_STUDIES)
