@@ -91,6 +91,20 @@ def test_second_wave_fixes_the_emulator_where_the_posterior_is(two_waves):
     assert d["max_rhat"] < 1.05 and d["divergences"] == 0, d
 
 
+def _first_wave_file(first, tmp_path):
+    """The first wave's posterior file and the settings it was made with (as
+    `first_wave_from_file` takes them)."""
+    from dormancy_model import load_model_parameters
+
+    params = load_model_parameters("human")
+    first.settings["targets"] = {"note": "fake"}
+    f = tmp_path / "post.json"
+    f.write_text(json.dumps(P.posterior_record(first, params, 4, "cmd", "abc")))
+    kw = dict(names=NAMES, points=64, replicates=32, untreated=1000, seed=4, box_sd=2.5,
+              method="fast", parameter_file=params.source)
+    return f, kw
+
+
 def test_record_keeps_both_waves_and_the_file_round_trips(two_waves, tmp_path):
     from dormancy_model import load_model_parameters
 
@@ -108,11 +122,7 @@ def test_record_keeps_both_waves_and_the_file_round_trips(two_waves, tmp_path):
     assert second.emulator.outputs["logit_late"].n_used == inside + 32
 
     # the first wave read back from a file equals the one simulated
-    first.settings["targets"] = {"note": "fake"}
-    f = tmp_path / "post.json"
-    f.write_text(json.dumps(P.posterior_record(first, params, 4, "cmd", "abc")))
-    kw = dict(names=NAMES, points=64, replicates=32, untreated=1000, seed=4, box_sd=2.5,
-              method="fast", parameter_file=params.source)
+    f, kw = _first_wave_file(first, tmp_path)
     (theta, values, mc_var), back = first_wave_from_file(f, **kw)
     np.testing.assert_allclose(theta, first.design_theta, rtol=1e-12)
     for k, v in first.design_values.items():
@@ -134,15 +144,8 @@ def test_record_keeps_both_waves_and_the_file_round_trips(two_waves, tmp_path):
                                           ("untreated", 500), ("box_sd", 2.0),
                                           ("names", NAMES[:4])])
 def test_first_wave_with_other_settings_is_refused(two_waves, tmp_path, field, value):
-    from dormancy_model import load_model_parameters
-
     _, _, first, _ = two_waves
-    params = load_model_parameters("human")
-    first.settings["targets"] = {"note": "fake"}
-    f = tmp_path / "post.json"
-    f.write_text(json.dumps(P.posterior_record(first, params, 4, "cmd", "abc")))
-    kw = dict(names=NAMES, points=64, replicates=32, untreated=1000, seed=4, box_sd=2.5,
-              method="fast", parameter_file=params.source)
+    f, kw = _first_wave_file(first, tmp_path)
     kw[field] = value
     with pytest.raises(InputError) as e:
         first_wave_from_file(f, **kw)
