@@ -100,10 +100,11 @@ class ReferenceModel:
         mn = max(M, 0.0) ** p["mtor_hill"]
         return mn * (kn + 1.0) / (kn + mn)
 
-    def growth_clock(self, schedule, t1, rtol=1e-11, atol=1e-13):
+    def growth_clock(self, schedule, t1, rtol=1e-11, atol=1e-13, with_gate=False):
         """kappa(t) = integral_0^t g(M(u)) du (the lesions' growth clock; t before 0: t), from
         the EVE ODE with a clock state, solved between EVE doses with DOP853 and its dense
-        output (the EVE system alone is not stiff)."""
+        output (the EVE system alone is not stiff). `with_gate`: also return the gate g(M(t))
+        (a function of one day) and the segment ends."""
         p = self.p
         (v1, v2), (cl, q) = self.vol["eve"], self.flow["eve"]
         ka = p["eve_ka"]
@@ -139,7 +140,78 @@ class ReferenceModel:
                 return float(segs[j][2](x)[3])
             return float(segs[-1][2](segs[-1][1])[3]) + (x - segs[-1][1])
 
-        return kappa
+        def gate_at(x):
+            if x < 0.0:
+                return 1.0
+            j = int(np.searchsorted(ends, x))
+            return self.gate(float(segs[j][2](x)[1])) if j < len(segs) else 1.0
+
+        def kappa_many(xs):  # kappa at sorted days xs >= 0 (vectorised per segment)
+            out = np.empty(len(xs))
+            j = np.searchsorted(ends, xs)
+            for k in np.unique(j):
+                sel = j == k
+                if k < len(segs):
+                    out[sel] = segs[k][2](xs[sel])[3]
+                else:
+                    out[sel] = float(segs[-1][2](segs[-1][1])[3]) + (xs[sel] - segs[-1][1])
+            return out
+
+        kappa.many = kappa_many
+        return (kappa, gate_at, ends) if with_gate else kappa
+
+    def clone_clock(self, schedule, t1, switch_size):
+        """The birth-death clock of a marrow clone under EVE (the package's `model.founding`,
+        written out): G(u) = lambda_p kappa(u) - delta_p u, the survival of a clone founded at e
+        p(e) = 1 / B(e), B(e) = integral_e^inf b e^-(G - G(e)), solved backward as the ODE
+        B' = -b + (b - delta_p) B from B(t1) = lambda_p / r (untreated after t1, the clock's
+        end) with DOP853 between the EVE doses (b = lambda_p g(M) from the clock's EVE states),
+        closed form before day 0; H(e) = G(e) - ln B(e); and the running maximum of G (on a
+        0.001-day grid). Returns (G, Ghat, H, p) as functions of one day."""
+        p = self.p
+        lam, dlt = p["lambda_p"], p["delta_p"]
+        r = lam - dlt
+        kappa, gate_at, ends = self.growth_clock(schedule, t1, with_gate=True)
+
+        def net(x):
+            return lam * kappa(x) - dlt * x
+
+        cuts = sorted({0.0, t1} | {float(e) for e in ends if 0.0 < e < t1})
+        segs, b_end = [], lam / r
+        for a, b in zip(cuts[-2::-1], cuts[:0:-1], strict=True):  # backward, segment by segment
+            def rhs(e, y):
+                bb = lam * gate_at(e)
+                return [-bb + (bb - dlt) * y[0]]
+
+            sol = solve_ivp(rhs, (b, a), [b_end], method="DOP853", rtol=1e-12, atol=1e-14,
+                            dense_output=True)
+            segs.append((a, b, sol.sol))
+            b_end = float(sol.y[0, -1])
+        b0 = b_end
+
+        def big_b(e):
+            if e >= t1:
+                return lam / r
+            if e < 0:
+                u = np.exp(r * e)
+                return lam / r * (1.0 - u) + u * b0
+            for a, b, f in segs:
+                if a <= e <= b:
+                    return float(f(e)[0])
+            raise ValueError(e)
+
+        grid = np.arange(0.0, t1 + 0.001, 0.001)
+        run = np.maximum.accumulate(lam * kappa.many(grid) - dlt * grid)
+
+        def peak(x):
+            if x <= 0:
+                return net(x)
+            return max(float(run[min(int(x / 0.001), len(run) - 1)]), net(x))
+
+        def level(e):
+            return net(e) - np.log(big_b(e))
+
+        return net, peak, level, lambda e: 1.0 / big_b(e)
 
     def detected_switch(self, schedule, ts, tau):
         """r(t): the latest switch day of a lesion detected by t, kappa(r) = kappa(t) - tau
@@ -177,6 +249,9 @@ class ReferenceModel:
             s = np.clip(np.asarray(s, float), -T, 0.0)
             return c * (sol.sol(s.ravel())[3].reshape(s.shape) - e_end)
 
+        # its derivative, the escape flux k_rp R (no drug: gate 1), vectorised (for the clocked
+        # hazard's history part)
+        self.history_flux = lambda s: c * self.p["k_rp"] * sol.sol(np.asarray(s, float))[1]
         return c * sol.y[1, -1], psi
 
     def solve(self, schedule, ts, method="Radau", rtol=1e-10, atol=1e-12, switch_size=1e4):
@@ -186,9 +261,11 @@ class ReferenceModel:
         lags, weights = self.relapse_lags(switch_size)
         ts = np.asarray(ts, float)
         raw = ts[:, None] - lags[None, :]
+        clone = None
         if any(e[1] == 4 for e in self.dose_events(schedule)):  # EVE: lesions on the clock
             tau = np.log(p["detection_size"] / switch_size) / p["lesion_growth_rate"]
-            raw = raw + (self.detected_switch(schedule, ts, tau) - (ts - tau))[:, None]
+            clone = self.clone_clock(schedule, float(ts[-1]), switch_size)
+            raw, raw0 = self._founding_times(clone, schedule, ts, tau, switch_size)
         lagged = np.maximum(raw, ts[0])
         want = np.unique(np.concatenate([ts, lagged.ravel()]))
         r_hist, psi = self.history()
@@ -196,6 +273,14 @@ class ReferenceModel:
         y[0] = p["dormant_initial"]
         y[1] = p["reactivating_initial"] + r_hist
         y[2] = p["proliferating_initial"]
+        rhs = self.rhs
+        if clone is not None:  # a 12th state: the survival-weighted escape, p(t) dE
+            y = np.append(y, 0.0)
+            surv = clone[3]
+
+            def rhs(t, yy):
+                d = self.rhs(t, yy[:11])
+                return np.append(d, surv(t) * d[3])
         out = {}
         t = ts[0]
         events = [e for e in self.dose_events(schedule) if e[0] < ts[-1]]
@@ -210,7 +295,7 @@ class ReferenceModel:
             if tb > t:
                 sel = want[(want >= t) & (want < tb)]
                 t_eval = np.append(sel, tb)
-                sol = solve_ivp(self.rhs, (t, tb), y, method=method, rtol=rtol, atol=atol,
+                sol = solve_ivp(rhs, (t, tb), y, method=method, rtol=rtol, atol=atol,
                                 t_eval=t_eval)
                 nfev += sol.nfev
                 if not sol.success:
@@ -223,12 +308,73 @@ class ReferenceModel:
             while ei < len(events) and events[ei][0] <= t:
                 y[events[ei][1]] += events[ei][2]
                 ei += 1
-        states = np.array([out[tt] for tt in ts])
+        states = np.array([out[tt][:11] for tt in ts])
+        self.nfev = nfev
+        if clone is not None:
+            return states, self._clocked_hazard(clone, out, raw, raw0, psi, weights)
         e_lag = np.array([[out[tt][3] for tt in row] for row in lagged])
         e_mean = np.sum(np.where(raw > ts[0], weights, 0.0) * e_lag, axis=1)
         # clones founded in the history and detected after day 0 (the history's escape from
         # -L_q on; before it they were detected before day 0)
         e_mean += np.sum(weights * (psi(np.minimum(raw - ts[0], 0.0)) - psi(-lags)), axis=1)
         hazard = (1.0 - p["delta_p"] / p["lambda_p"]) * e_mean
-        self.nfev = nfev
         return states, hazard
+
+    def _founding_times(self, clone, schedule, ts, tau, switch_size):
+        """e*_q(t) (T, K) and e*_q(0) (K,): the founding time whose clones, at node y_q, have
+        switched by the latest detected switch r(t): H(e*) = Ghat(r) - ln S + y_q (brentq; H
+        is increasing), at most r."""
+        from scipy.optimize import brentq
+
+        from dormancy_model.model.observables import lag_rule
+
+        net, peak, level, _ = clone
+        y, _ = lag_rule()
+        sig = self.detected_switch(schedule, np.append(ts, 0.0), tau)
+        # H on a 0.01-day grid over the course (for the bracket), brentq to 1e-11 days
+        t1 = float(np.max(ts))
+        grid = np.arange(0.0, t1 + 0.01, 0.01)
+        h_grid = np.array([level(e) for e in grid])
+
+        def est(sigma):
+            out = []
+            for yq in y:
+                target = peak(sigma) - np.log(switch_size) + yq
+                if level(sigma) <= target:
+                    out.append(sigma)
+                    continue
+                if target >= h_grid[0]:
+                    j = int(np.searchsorted(h_grid, target))
+                    lo, hi = grid[max(j - 1, 0)], min(grid[min(j, len(grid) - 1)], sigma)
+                else:
+                    lo, hi = min(-50.0, sigma), min(0.0, sigma)
+                    while level(lo) > target:
+                        lo -= 2.0 * abs(lo)
+                out.append(brentq(lambda e, v=target: level(e) - v, lo, hi, xtol=1e-11))
+            return np.array(out)
+
+        return np.array([est(s) for s in sig[:-1]]), est(sig[-1])
+
+    def _clocked_hazard(self, clone, out, raw, raw0, psi, weights):
+        """Lambda(t) - Lambda(0) = sum_q w_q (F(e*_q(t)) - F(e*_q(0))), F(x) = integral_0^x p dE
+        (the 12th state) after day 0 and -integral_x^0 p dPsi before (Simpson on a 0.005-day
+        grid of p psi, psi the history solve's escape flux, linear between)."""
+        surv = clone[3]
+        T = self.p["history_days"]
+        if T > 0:  # -integral_x^0 p psi on a 0.005-day grid (Simpson per pair of cells)
+            g = np.linspace(-T, 0.0, int(np.ceil(T / 0.005)) * 2 + 1)
+            f = np.array([surv(v) for v in g]) * self.history_flux(g)
+            pair = (g[2] - g[0]) / 6.0 * (f[:-2:2] + 4.0 * f[1:-1:2] + f[2::2])
+            cum = np.concatenate([[0.0], np.cumsum(pair)])
+            hist_f = cum - cum[-1]  # at g[::2]
+
+        def big_f(x):
+            if x >= 0:
+                return out[x][11]
+            if T <= 0 or x >= 0:
+                return 0.0
+            return float(np.interp(max(x, -T), g[::2], hist_f))
+
+        f0 = np.array([big_f(x) for x in raw0])
+        return np.array([np.sum(weights * (np.array([big_f(x) for x in row]) - f0))
+                         for row in raw])

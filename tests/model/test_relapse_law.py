@@ -18,6 +18,8 @@ from scipy import integrate, stats
 
 import dormancy_model as dm
 from dormancy_model.fitting.likelihood import arm_prediction
+from dormancy_model.model import clock as C
+from dormancy_model.model import founding as Fd
 from dormancy_model.model import observables as O
 from dormancy_model.pk.closed_form import Dosing
 from dormancy_model.units import DAYS_PER_YEAR
@@ -143,22 +145,48 @@ def test_lag_guards():
 
 
 # ------------------------------------------------------------------ quadrature vs convolution
-def _convolved(tr, p, t):
+def _convolved(tr, p, t, schedule=None):
     """Brute-force p_found * integral f_Y(y) E(t - L(y)) dy: E linearly interpolated on the
-    trajectory's 6-hourly grid (0 before day 0), y on a 0.0005 grid over [-45, 5]."""
+    trajectory's 6-hourly grid (0 before day 0), y on a 0.0005 grid over [-45, 5].
+
+    Under EVE (`schedule` with EVE) the law of `model.founding`: integral f_Y(y)
+    F(e*(y, t)) dy with e*(y, t) the clone clock's founding time for the latest switch the
+    lesion clock has detected by t, F(x) = integral_0^x p dE by the trapezoid rule on the
+    trajectory's grid (p from the clone clock), y on a 0.0025 grid over [-45, 5]: the check
+    of the 12-node rule in y and of the founding grid's trapezoid (96 cells) against fine
+    ones, with the package's clocks (tests/model/test_model.py checks those against
+    scipy)."""
     b, d = float(p["lambda_p"]), float(p["delta_p"])
     r, s = b - d, O.SWITCH_SIZE
+    times, esc = np.asarray(tr.times), np.asarray(tr.escaped)
+    tau = np.log(float(p["detection_size"]) / s) / float(p["lesion_growth_rate"])
+    if schedule is not None and C.has_eve(Dosing.from_schedule(schedule)):
+        p64 = p.astype(jnp.float64)
+        growth = C.dosing_clock(p64, Dosing.from_schedule(schedule).eve, 0.0,
+                                float(times[-1]))
+        cc = Fd.clone_clock(growth, p64["lambda_p"], p64["delta_p"])
+        y = np.linspace(-45.0, 5.0, 20_001)
+        w = np.exp(y - np.exp(y))
+        w /= w.sum()
+        surv = np.asarray(jax.vmap(cc.survival)(jnp.asarray(times)))
+        big_f = np.concatenate([[0.0], np.cumsum(0.5 * (surv[1:] + surv[:-1]) * np.diff(esc))])
+        sigma = np.asarray(jax.vmap(lambda x: growth.back(x, tau))(jnp.asarray(t, jnp.float64)))
+        peak = np.asarray(jax.vmap(cc.peak_at)(jnp.asarray(sigma)))
+        found = jax.jit(jax.vmap(cc.founded_by))
+        out = []
+        for sg, pk in zip(sigma, peak, strict=True):
+            est = np.minimum(np.asarray(found(jnp.asarray(pk - np.log(s) + y))), sg)
+            out.append(np.sum(w * np.interp(est, times, big_f, left=0.0)))
+        return np.array(out)
     y = np.linspace(-45.0, 5.0, 100_001)
     w = np.exp(y - np.exp(y))
     w /= w.sum()
-    lag = np.maximum((np.log(s * r / b) - y) / r, 0.0) + np.log(
-        float(p["detection_size"]) / s) / float(p["lesion_growth_rate"])
-    times, esc = np.asarray(tr.times), np.asarray(tr.escaped)
+    lag = np.maximum((np.log(s * r / b) - y) / r, 0.0) + tau
     return (1 - d / b) * np.array([np.sum(w * np.interp(ti - lag, times, esc, left=0.0))
                                    for ti in t])
 
 
-@pytest.mark.parametrize("arm, rel_tol", [("observation", 1.5e-3), ("clever-combo", 3e-2)])
+@pytest.mark.parametrize("arm, rel_tol", [("observation", 1.5e-3), ("clever-combo", 0.12)])
 def test_quadrature_matches_convolution(model, no_history, arm, rel_tol):
     """simulate's Lambda (12-node Gauss rule) against the brute-force convolution of the escape
     with the lag density, over 5 years: within 5e-4 in relapse-free probability (less than a
@@ -167,12 +195,18 @@ def test_quadrature_matches_convolution(model, no_history, arm, rel_tol):
     8.2e-5 (observation / clever-combo; 8 nodes: 6.9e-4). Earlier, old parameters, 8 nodes (observation / clever-combo): Gauss 8.0e-4 / 2.1e-2, equal-probability
     strata 1.0e-3 / 1.4e-2, Gauss-Laguerre in X 2.4e-3 / 3.6e-2. Under clever-combo nearly all
     escape happens in the first days (E is almost a step at day 0), which no smooth rule
-    integrates fast; its Lambda is 1e-3, so the error is 2e-5 in probability."""
+    integrates fast; its Lambda is 1e-3, so the error is 2e-5 in probability.
+
+    Under the clone clock (`model.founding`, 2026-12-08) clever-combo's reference is the clone
+    law's dense-y integral: measured 9.4% of the largest Lambda (3.5e-4 in probability, at day
+    845 where Lambda climbs from 7e-4 to 3.3e-3 within 100 days: the 12-node rule's staircase
+    over an escape that is almost a step at day 0; 24 / 48 nodes give 2.0% / 1.5% there), so
+    `rel_tol` 0.12 for it; the probability bound 5e-4 is unchanged."""
     tr = dm.simulate(model, no_history, dm.get_schedule(arm), t1=5 * DAYS_PER_YEAR,
                      save_every_hours=6.0)
     assert tr.ok
     t = np.asarray(tr.times)[::20]
-    ref = _convolved(tr, no_history, t)
+    ref = _convolved(tr, no_history, t, dm.get_schedule(arm))
     got = np.asarray(tr.hazard)[::20]
     assert ref.max() > 0
     assert np.max(np.abs(np.exp(-got) - np.exp(-ref))) < 5e-4

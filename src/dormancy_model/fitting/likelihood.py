@@ -97,7 +97,9 @@ def arm_prediction(model: DormancyModel, params: Parameters, dosing: Dosing, gri
         # the burden observable: the solitary RTCs D + R (module docstring); the ODE's P (all
         # proliferating cells, clones and lesions) is not counted
         residual=y[:, 0] + y[:, 1],
-        cum_hazard=O.cumulative_hazard(yl[..., 3], reads, p_found),
+        cum_hazard=O.cumulative_hazard(yl[..., 3], reads, p_found, None if reads.founding
+                                       is None else jax.vmap(at)(jnp.minimum(
+                                           reads.founding.saves(t0), t1))[:, 3]),
         hazard_rate=O.hazard_rate(rates.commitment, yl[..., 1], reads, p_found),
         status=finite_status(status, y, yl))
 

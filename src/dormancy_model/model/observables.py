@@ -16,10 +16,12 @@ by `simulate`, the fit likelihood, the sweep lanes and the agents.
   a Gumbel (minimum) law: mean ln(S r / b) / r + gamma / r + ln(detection_size / S) / g
   (gamma = 0.5772...), sd pi / (sqrt(6) r). Surviving clones get a random head start, so a
   fixed lag ln(detection_size) / g would put relapses too late and too tightly.
-  Approximation: b and d are the untreated rates (lambda_p g(1) = lambda_p, delta_p) for every
-  clone. The agents gate division by mTOR (lambda_p g(M(t))), so under drug the agent clones
-  in their birth-death phase grow slower (and die out more often) than this law says; it is
-  exact for clones that grow off treatment, i.e. for every clone under observation.
+  This is the untreated law (b = lambda_p, d = delta_p). Under EVE the agents gate division
+  by mTOR (lambda_p g(M(t))), so clones in their birth-death phase grow slower and die out
+  more often: the mean field then reads the same limit law on the clone clock of
+  `model.founding` (time-varying rates, Kendall 1948: survival p(e) of a clone founded at e,
+  its switch where the net log growth reaches H(e) + ln S - Y), which reduces to this one
+  untreated.
 * Mean field (ODE): relapses form a Poisson process with cumulative hazard
   Lambda(t) = p_found E_L[E(t - L)] (E: cumulative escape flux, state 3; E = 0 before day 0)
   and rate h(t) = p_found E_L[k_RP g(M(t - L)) R(t - L)]; relapse-free probability
@@ -42,8 +44,11 @@ by `simulate`, the fit likelihood, the sweep lanes and the agents.
   detected by t iff kappa(e + T_q) <= kappa(t) - tau, i.e. E is read at
   kappa^-1(kappa(t) - tau) - T_q (`lag_reads(..., clock=)`, exact for the lag law), the
   hazard rate gets the factor rho(t) / rho(kappa^-1(kappa(t) - tau)) and the lesion cells
-  read the clock too (`lesion_cells`). Approximation kept: the switch lags T_q are those of
-  untreated birth-death growth (above), and the marrow P law stays at untreated rates (below).
+  read the clock too (`lesion_cells`). The clones' birth-death phase runs on the clone clock
+  (`model.founding`): E is read at the founding times e*_q(t) whose clones have switched by
+  kappa^-1(kappa(t) - tau), weighted by their survival p(e) (a correction integrated on a
+  grid, `founding.survival_correction`). Approximation kept: the marrow P law stays at
+  untreated rates (below).
   The agents read the same clock per lesion (`agents.simulate`).
 * One aspirate (`aspirate_*`): the cytospins analyse `aspirate_cells` mononuclear cells out of a
   marrow pool of `marrow_cells`, so each DTC is seen with probability f = `aspirate_fraction`
@@ -216,31 +221,22 @@ class LagReads(NamedTuple):
     the hazard is conditional on no relapse before t0), and `pre_rate` (..., T, K):
     w_q psi(t - L_q - t0), its flux. Both are 0 without a history.
 
-    With a growth clock (`lag_reads(..., clock=)`) the lag L_q is T_q + (t - r(t)), r(t) the
-    latest switch time detected by t (kappa(r) = kappa(t) - tau), and `rate_factor` (..., T)
-    is dr/dt = rho(t) / rho(r(t)), the chain-rule factor of the hazard rate; None without a
-    clock (factor 1)."""
+    With a growth clock (`lag_reads(..., clock=)`) the read times are the founding times
+    e*_q(t) of `model.founding` (clones switched by the latest switch time r(t) the lesion
+    clock has detected by t, their birth-death phase on the clone clock), `rate_factor`
+    (..., T) is dr/dt = rho(t) / rho(r(t)), `rate_scale` (..., T, K) the factor of the flux at
+    e*_q in the hazard rate relative to p_found (1 untreated), and `founding`
+    (`model.founding.FoundingReads`) where the survival-weighted escape is integrated: the
+    callers give E at `founding.saves(t0)` to `cumulative_hazard`. All three are None without a
+    clock."""
 
     times: object
     weights: object
     pre: object
     pre_rate: object
     rate_factor: object = None
-
-
-def _clock_reads(clock, t, tau):
-    """(D(t) - D(r), rho(t) / rho(r)) (..., T) for r = clock.back(t, tau): the clock's arrays
-    (..., N) and tau (...) batch over the leading axes of t (..., T)."""
-    from dormancy_model.model.clock import GrowthClock
-
-    def one(times, delay, rho, tt, ta):
-        c = GrowthClock(times, delay, rho)
-        extra = c.lost_back(tt, ta)
-        r = tt - ta - extra
-        return extra, c.rate(tt) / c.rate(r)
-
-    f = jnp.vectorize(one, signature="(n),(n),(c,g),(m),()->(m),(m)")
-    return f(clock.times, clock.delay, clock.rho, t, tau)
+    rate_scale: object = None
+    founding: object = None
 
 
 def lag_reads(t, p, t0, switch_size=SWITCH_SIZE, nodes: int = LAG_NODES,
@@ -249,44 +245,79 @@ def lag_reads(t, p, t0, switch_size=SWITCH_SIZE, nodes: int = LAG_NODES,
     arrays broadcast against the leading axes (...) of t.
 
     `clock`: the lesions' growth clock (`model.clock.GrowthClock`, arrays (..., N) over the
-    same leading axes, or None: untreated lesions, today's reads bit for bit). A clone escaping
-    at e switches at e + T_q and is detected by t iff kappa(e + T_q) <= kappa(t) - tau, so the
-    read time is r(t) - T_q with r(t) = kappa^-1(kappa(t) - tau) (exact: kappa is monotone and
-    depends on the drug exposure only), computed as t - L_q - (D(t) - D(r)). The switch lags
-    T_q stay those of untreated birth-death growth (the approximation of `relapse_lag`); the
-    untreated history before t0 has kappa(t) = t."""
+    same leading axes, or None: untreated, today's reads bit for bit). A lesion that switched
+    at s is detected by t iff kappa(s) <= kappa(t) - tau, so the latest switch detected by t is
+    r(t) = kappa^-1(kappa(t) - tau) (exact: kappa depends on the drug exposure only); the
+    clones switched by r(t) are those founded by e*_q(t) on the clone clock of the same EVE
+    course (`model.founding`: the birth-death phase with division gated by mTOR, survival
+    p(e)). Untreated e*_q(t) = t - L_q; the history before t0 is untreated."""
     t = jnp.asarray(t)
     y, w = (jnp.asarray(v, t.dtype) for v in lag_rule(nodes))
     keys = ("lambda_p", "delta_p", "detection_size", "lesion_growth_rate") + HISTORY_KEYS
     p_b = {k: jnp.asarray(p[k], t.dtype)[..., None, None] for k in keys}
-    lag = relapse_lag(p_b, y, switch_size)  # (..., 1, K)
-    raw = t[..., :, None] - lag
-    factor = None
-    if clock is not None:
-        tau = lesion_growth_days(switch_size, p_b["detection_size"],
-                                 p_b["lesion_growth_rate"])[..., 0, 0]
-        extra, factor = _clock_reads(clock, t, tau)
-        raw = raw - extra[..., :, None]
     zero = jnp.zeros((), t.dtype)
+    if clock is None:
+        lag = relapse_lag(p_b, y, switch_size)  # (..., 1, K)
+        raw = t[..., :, None] - lag
+        esc, flux = history_escape(p_b, jnp.minimum(raw - t0, 0.0))
+        esc0, _ = history_escape(p_b, -lag)
+        return LagReads(jnp.maximum(raw, t0), jnp.where(raw > t0, w, zero),
+                        w * (esc - esc0), w * jnp.where(raw > t0, zero, flux))
+    from dormancy_model.model import founding as F
+
+    s = {k: v[..., 0, 0] for k, v in p_b.items()}
+    tau = lesion_growth_days(switch_size, s["detection_size"], s["lesion_growth_rate"])
+    # r <= 0: no clone survives (p_found <= 0); the clock is then built at a dummy r > 0 and
+    # the hazard's factor p_found makes it 0 (as `relapse_lag`'s 1e30 days do untreated)
+    ok = clone_growth_rate(s) > 0
+    lam = jnp.where(ok, s["lambda_p"], 1.0)
+    death = jnp.where(ok, s["delta_p"], 0.5)
+    raw, raw0, scale, factor, grid, pi, pi_e, pi_e0 = F.clone_reads(clock, lam, death, tau, t,
+                                                                    t0, y, switch_size)
     esc, flux = history_escape(p_b, jnp.minimum(raw - t0, 0.0))
-    esc0, _ = history_escape(p_b, -lag)
-    return LagReads(jnp.maximum(raw, t0), jnp.where(raw > t0, w, zero),
-                    w * (esc - esc0), w * jnp.where(raw > t0, zero, flux), factor)
+    esc0, _ = history_escape(p_b, raw0[..., None, :] - t0)
+    pf = founding_probability(s)[..., None, None]
+    rate_scale = scale / jnp.where(ok[..., None, None], pf, 1.0)
+    hist, _ = history_escape({k: v[..., 0] for k, v in p_b.items()},
+                             jnp.minimum(grid - t0, 0.0))
+    before = grid < t0
+    okk = ok[..., None]
+    found = F.FoundingReads(grid, jnp.where(okk, pi, 0.0), jnp.where(before, hist, zero),
+                            before, raw, raw0, jnp.where(okk[..., None], pi_e, 0.0),
+                            jnp.where(okk, pi_e0, 0.0), esc, esc0[..., 0, :], t0)
+    return LagReads(jnp.maximum(raw, t0), jnp.where(raw > t0, w, zero), w * (esc - esc0),
+                    w * jnp.where(raw > t0, zero, flux), factor, rate_scale, found)
 
 
-def cumulative_hazard(escaped_lagged, reads: LagReads, p_found):
+def cumulative_hazard(escaped_lagged, reads: LagReads, p_found, escaped_founding=None):
     """Lambda(t) - Lambda(t0) = p_found sum_q (w_q E(t - L_q) + pre_q) (..., T); `escaped_lagged`
-    is E at `reads.times`, `p_found` broadcasts against (..., T)."""
-    return p_found * jnp.sum(reads.weights * escaped_lagged + reads.pre, axis=-1)
+    is E at `reads.times`, `p_found` broadcasts against (..., T). Under a clock
+    (`reads.founding`), plus the survival correction of `model.founding` from E at
+    `reads.founding.saves(t0)` (`escaped_founding`, (..., J))."""
+    lam = p_found * jnp.sum(reads.weights * escaped_lagged + reads.pre, axis=-1)
+    if reads.founding is None:
+        return lam
+    if escaped_founding is None:
+        raise ValueError("a clocked hazard needs E at reads.founding.saves(t0)")
+    from dormancy_model.model import founding as F
+
+    w = jnp.asarray(lag_rule(reads.times.shape[-1])[1], lam.dtype)
+    return lam + F.survival_correction(escaped_founding, escaped_lagged, reads.founding, w,
+                                       reads.founding.t0)
 
 
 def hazard_rate(commitment_lagged, reactivating_lagged, reads: LagReads, p_found):
     """h(t) = p_found sum_q w_q k_RP g(M(t - L_q)) R(t - L_q) (1/day, (..., T)): the escape
     flux at the lagged times (`commitment_lagged` = `rates.cell_rates(...).commitment` there),
-    from the history where t - L_q is before the start. With a growth clock, times the
-    chain-rule factor `reads.rate_factor` (the lagged reads move at dr/dt)."""
-    h = p_found * jnp.sum(reads.weights * commitment_lagged * reactivating_lagged
-                          + reads.pre_rate, axis=-1)
+    from the history where t - L_q is before the start. With a growth clock, each node's flux
+    times `reads.rate_scale` and the sum times the chain-rule factor `reads.rate_factor` (the
+    lagged reads move at dr/dt)."""
+    flux = commitment_lagged * reactivating_lagged
+    if reads.rate_scale is None:
+        h = p_found * jnp.sum(reads.weights * flux + reads.pre_rate, axis=-1)
+    else:
+        h = p_found * jnp.sum(reads.rate_scale * (reads.weights * flux + reads.pre_rate),
+                              axis=-1)
     return h if reads.rate_factor is None else h * reads.rate_factor
 
 
@@ -383,8 +414,9 @@ def draw_aspirate_np(rng, cells, fraction, dispersion=0.0):
 #   in undetected lesions are
 #       L(t) = p_found S sum_q w_q I(t - T_q),  I(u) = integral_(u - tau)^u e^(g (u - s)) dE(s),
 #   the same reads as the hazard (which reads E at t - T_q - tau): the expected number of
-#   undetected lesions is p_found sum_q w_q (E(t - T_q) - E(t - T_q - tau)). Approximation: the
-#   switch follows the untreated lag law (as the relapse hazard does).
+#   undetected lesions is p_found sum_q w_q (E(t - T_q) - E(t - T_q - tau)). Under EVE the
+#   switch times and the survival come from the clone clock (`model.founding`), as in the
+#   relapse hazard.
 #
 # Marrow P is read like the hazard: E at fixed clone ages before each output time
 # (`marrow_reads`: integration by parts against the kernel's slope, a `MARROW_NODES`-point
@@ -552,17 +584,29 @@ def lesion_cells(ts, grid, esc_g, p, switch_size=SWITCH_SIZE, nodes: int = LAG_N
 
 
 def _lesion_cells_clock(ts, grid, esc_g, p, switch_size, nodes, batch, clock, g, tau):
-    """`lesion_cells` under a growth clock: a clone escaping at s switches at s + T_q and at t
-    is a lesion of S e^(g (kappa(t) - kappa(s + T_q))) cells, undetected while that clock
-    difference is below tau. Per node q the grid cells are mapped to the clock of their switch
-    times, kappa(grid + T_q), with the escape linear in the clock within a cell, and the
-    window integral of the untreated law is taken in clock units at kappa(t)."""
+    """`lesion_cells` under a growth clock: a clone escaping at s survives with p(s) and, at
+    node y_q, switches at s_q(s), the first time the running maximum of the clone clock's G
+    reaches H(s) + ln S - y_q (`model.founding`); at t it is a lesion of
+    S e^(g (kappa(t) - kappa(s_q))) cells, undetected while that clock difference is below
+    tau. Per node q the grid cells are mapped to the clock of their switch times,
+    kappa(s_q(grid)), with the survival-weighted escape linear in the clock within a cell, and
+    the window integral of the untreated law is taken in clock units at kappa(t)."""
+    from dormancy_model.model import founding as F
+
     y, w = (jnp.asarray(v, ts.dtype) for v in lag_rule(nodes))
-    lag = switch_lag(p, y, switch_size)  # (K,)
-    kv = clock.at(grid[None, :] + lag[:, None])  # (K, M + 1) clock of the switch times
+    pf = founding_probability(p)
+    ok = pf > 0
+    cc = F.clone_clock(clock, jnp.where(ok, p["lambda_p"], 1.0),
+                       jnp.where(ok, p["delta_p"], 0.5))
+    level = cc.level_at(grid)  # (M + 1,)
+    switch = jnp.maximum(cc.reached_peak(level[None, :] + jnp.log(switch_size) - y[:, None]),
+                         grid[None, :])  # (K, M + 1)
+    kv = clock.at(switch)  # (K, M + 1) clock of the switch times
     lo, hi = kv[:, :-1], kv[:, 1:]
     width = hi - lo
-    flux = (esc_g[1:] - esc_g[:-1])[None, :] / jnp.where(width > 0, width, 1.0)
+    surv = cc.survival(grid)
+    found = 0.5 * (surv[1:] + surv[:-1]) * (esc_g[1:] - esc_g[:-1])
+    flux = found[None, :] / jnp.where(width > 0, width, 1.0)
 
     def window(k):  # (K,): escape switched in (k - tau, k] in clock units, weighted e^(g (k - v))
         a, b = jnp.maximum(lo, k - tau), jnp.minimum(hi, k)
@@ -572,5 +616,4 @@ def _lesion_cells_clock(ts, grid, esc_g, p, switch_size, nodes, batch, clock, g,
                                  0.0), axis=-1) / g
 
     reads = jax.lax.map(window, clock.at(ts), batch_size=batch)  # (T, K)
-    pf = founding_probability(p)
-    return jnp.where(pf > 0, pf, 0.0) * switch_size * (reads @ w)
+    return jnp.where(ok, 1.0, 0.0) * switch_size * (reads @ w)

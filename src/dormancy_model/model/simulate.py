@@ -166,10 +166,13 @@ def _solve(model: DormancyModel, params: Parameters, dosing: Dosing, ts, options
     mreads = O.marrow_reads(ts, params, ts[0], switch_size)  # (n, J) clone-age reads
     j = mreads.times.shape[-1]
     grid = O.marrow_grid(ts[0], ts[-1], params, switch_size)  # (M + 1,) lesion reads
-    # save at the output times, at the K lagged times of each, at the J marrow reads of each
-    # and at the grid, merged in order
+    # under a clock, E on the founding grid of the clone clock (`model.founding`)
+    fsaves = (jnp.zeros((0,), ts.dtype) if reads.founding is None
+              else jnp.clip(reads.founding.saves(ts[0]), ts[0], ts[-1]))
+    # save at the output times, at the K lagged times of each, at the J marrow reads of each,
+    # at the grid and at the founding grid, merged in order
     all_ts = jnp.concatenate([ts, reads.times.reshape(-1), mreads.times.reshape(-1),
-                              jnp.clip(grid, ts[0], ts[-1])])
+                              jnp.clip(grid, ts[0], ts[-1]), fsaves])
     order = jnp.argsort(all_ts)
     inverse = jnp.argsort(order)
     sol = integrate(model, params, course, ts[0], ts[-1], options,
@@ -177,8 +180,11 @@ def _solve(model: DormancyModel, params: Parameters, dosing: Dosing, ts, options
     ys = sol.ys[inverse]
     y, y_lag = ys[:n], ys[n:n + n * k].reshape(n, k, ys.shape[-1])
     y_mar = ys[n + n * k:n + n * k + n * j, 3].reshape(n, j)
-    y_grid = ys[n + n * k + n * j:]
-    hazard = O.cumulative_hazard(y_lag[..., 3], reads, p_found)
+    n_grid = grid.shape[0]
+    y_grid = ys[n + n * k + n * j:n + n * k + n * j + n_grid]
+    y_found = ys[n + n * k + n * j + n_grid:, 3]
+    hazard = O.cumulative_hazard(y_lag[..., 3], reads, p_found,
+                                 None if reads.founding is None else y_found)
     # E on the grid: the solve's from t0, the history's closed form before it
     esc_g = jnp.where(grid < ts[0], O.grid_history(grid, ts[0], params), y_grid[:, 3])
     marrow_p = O.marrow_proliferating(y[:, 3], y_mar, mreads, params["proliferating_initial"])

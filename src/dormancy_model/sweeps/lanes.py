@@ -225,8 +225,11 @@ def solve_outputs_impl(varying: dict, base: Parameters, table: ScheduleTable, si
     reads = O.lag_reads(rfs_days, full, t0, clock=clock)  # (N, T, K) lagged times
     lagged = reads.times.reshape(n, -1)
     mreads = O.marrow_reads(jnp.broadcast_to(out_days, (n, out_days.size)), full, t0)
+    # under a clock, E on each lane's founding grid (`model.founding`), up to the last RFS day
+    fsaves = (jnp.zeros((n, 0), dt) if reads.founding is None
+              else jnp.minimum(reads.founding.saves(t0), jnp.max(rfs_days)))
     saves = jnp.concatenate([jnp.broadcast_to(out_days, (n, out_days.size)), lagged,
-                             mreads.times.reshape(n, -1)], axis=1)
+                             mreads.times.reshape(n, -1), fsaves], axis=1)
     order = jnp.argsort(saves, axis=1)
     saves_sorted = jnp.take_along_axis(saves, order, axis=1)
     y0 = (*O.initial_cells(full), jnp.zeros((n,), dt))
@@ -237,10 +240,12 @@ def solve_outputs_impl(varying: dict, base: Parameters, table: ScheduleTable, si
                         expected_steps)
     inv = jnp.argsort(order, axis=1)
     ys = [jnp.take_along_axis(v, inv, axis=1) for v in sol.ys]
-    n_out, n_lag = out_days.size, lagged.shape[1]
+    n_out, n_lag, n_mar = out_days.size, lagged.shape[1], mreads.times[0].size
     # marrow DTCs D + R + marrow P (clones below the switch size; `observables`), as `simulate`
-    marrow_p = O.marrow_proliferating(ys[3][:, :n_out], ys[3][:, n_out + n_lag:].reshape(
-        mreads.times.shape), mreads, full["proliferating_initial"][:, None])
+    marrow_p = O.marrow_proliferating(ys[3][:, :n_out], ys[3][:, n_out + n_lag:n_out + n_lag
+                                      + n_mar].reshape(mreads.times.shape), mreads,
+                                      full["proliferating_initial"][:, None])
+    e_found = ys[3][:, n_out + n_lag + n_mar:]
     cells = ys[0][:, :n_out] + ys[1][:, :n_out] + marrow_p
     pos = {d: i for i, d in enumerate(sorted(set(days.residual_days) | set(days.assessment_days)))}
     ridx = jnp.asarray([pos[d] for d in days.residual_days], jnp.int32)
@@ -250,7 +255,8 @@ def solve_outputs_impl(varying: dict, base: Parameters, table: ScheduleTable, si
     status = S.combine(sol.status, jnp.where(degenerate, S.DEGENERATE_PK, S.OK)).astype(jnp.int8)
     return dict(
         residual=cells[:, ridx],
-        relapse_free=O.relapse_free(O.cumulative_hazard(e_lag, reads, p_found[:, None])),
+        relapse_free=O.relapse_free(O.cumulative_hazard(
+            e_lag, reads, p_found[:, None], None if reads.founding is None else e_found)),
         p_dtc_positive=O.p_dtc_positive(cells[:, aidx], full["aspirate_fraction"][:, None],
                                         full["aspirate_dispersion"][:, None]),
         status=status, steps=sol.accepted, rejected=sol.rejected)

@@ -976,11 +976,15 @@ def render(v: Validation, command: str) -> str:
         "this detection model.",
         "- Lesions respond to the drugs on a growth clock (`model/clock.py`: a lesion grows at "
         "its untreated rate times the mTOR gate, so EVE is cytostatic on lesions of every "
-        "size and HCQ does not act on them). Approximations left: a clone's birth-death phase "
-        "below the switch size (1e4 cells) is read at untreated rates by the mean field's lag "
-        "law, so for clones founded under EVE the mean field relapses earlier than the agents "
-        "at 1.5-2 years (tests/agents/test_lesion_clock.py, measured z +6 to +9 at 4,000 "
-        "replicates); the trials use the agents.",
+        "size and HCQ does not act on them). A clone's birth-death phase below the switch "
+        "size (1e4 cells) runs on the clone clock of `model/founding.py` (division gated by "
+        "mTOR, so under EVE clones grow slower and die out more often), in the mean field as "
+        "in the agents: the mean field's relapse-free probability agrees with 4,000 agent "
+        "replicates from 3 months to 2 years on clever-eve and clever-combo "
+        "(tests/agents/test_lesion_clock.py, |z| <= 1.7; with the untreated lag law for those "
+        "clones it was z +6 to +9 at 1.5-2 years). Approximation left: the mean field's "
+        "marrow P (what an aspirate sees) keeps the untreated clone law; the trials use the "
+        "agents.",
         "- No PK was measured in CLEVER: the PK rows compare with other populations (lupus for "
         "HCQ, oncology and transplant for EVE).",
         "- The trial's baseline -> C3 reduction (Poisson regression within an arm) includes the "
