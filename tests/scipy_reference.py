@@ -189,16 +189,25 @@ class ReferenceModel:
             b_end = float(sol.y[0, -1])
         b0 = b_end
 
+        segs.reverse()  # in time order
+        starts = np.array([a for a, _, _ in segs])
+
         def big_b(e):
             if e >= t1:
                 return lam / r
             if e < 0:
                 u = np.exp(r * e)
                 return lam / r * (1.0 - u) + u * b0
-            for a, b, f in segs:
-                if a <= e <= b:
-                    return float(f(e)[0])
-            raise ValueError(e)
+            k = max(int(np.searchsorted(starts, e, side="right")) - 1, 0)
+            return float(segs[k][2](e)[0])
+
+        def big_b_many(es):  # at sorted days in [0, t1), vectorised per segment
+            out = np.empty(len(es))
+            k = np.maximum(np.searchsorted(starts, es, side="right") - 1, 0)
+            for j in np.unique(k):
+                sel = k == j
+                out[sel] = segs[j][2](es[sel])[0]
+            return out
 
         grid = np.arange(0.0, t1 + 0.001, 0.001)
         run = np.maximum.accumulate(lam * kappa.many(grid) - dlt * grid)
@@ -211,6 +220,7 @@ class ReferenceModel:
         def level(e):
             return net(e) - np.log(big_b(e))
 
+        level.many = lambda es: lam * kappa.many(es) - dlt * es - np.log(big_b_many(es))
         return net, peak, level, lambda e: 1.0 / big_b(e)
 
     def detected_switch(self, schedule, ts, tau):
@@ -333,8 +343,8 @@ class ReferenceModel:
         sig = self.detected_switch(schedule, np.append(ts, 0.0), tau)
         # H on a 0.01-day grid over the course (for the bracket), brentq to 1e-11 days
         t1 = float(np.max(ts))
-        grid = np.arange(0.0, t1 + 0.01, 0.01)
-        h_grid = np.array([level(e) for e in grid])
+        grid = np.arange(0.0, t1, 0.01)
+        h_grid = level.many(grid)
 
         def est(sigma):
             out = []

@@ -30,13 +30,19 @@ that reached S before the fall counts with the survival of the whole course (p(e
 and one founded in the fall switches when the running maximum of G, not G after its founding,
 reaches its level (too early). Both are exact for non-decreasing G.
 
-Representation (`CloneClock`): G, its running maximum, B and H at the growth clock's nodes; B by
-the backward recursion B(a) = integral_a^b b e^-(G - G(a)) + e^-(G(b) - G(a)) B(b) over each
-cell (3-point Gauss-Legendre, the clock's own points: rho there is stored, D from the cell's
-quadratic), an associative scan of affine maps from B = lambda_p / r after the last node (no
-drug there). Before the first node (untreated) B and the inverse of H are closed forms; after
-the last node G grows at r. Between nodes B(e) comes from the next node's by the same rule over
-[e, next node], and H^-1 is a Newton solve in the cell of the nodes' H (H' = b p).
+Representation (`CloneClock`): G, its running maximum (cell maxima included: G is cubic in a
+cell), B and H at the growth clock's nodes; B by the backward recursion
+B(a) = integral_a^b b e^-(G - G(a)) + e^-(G(b) - G(a)) B(b) over each cell (`QUAD_POINTS`-point
+Gauss-Legendre on the clock's quadratic gate, D from its integral), a reverse scan from
+B = lambda_p / r after the last node (no drug there). Before the first node (untreated) B and
+the inverse of H are closed forms; after the last node G grows at r. Between nodes B(e) comes
+from the next node's by the same rule over [e, next node], and H^-1 is a Newton solve in the
+cell of the nodes' H (H' = b p).
+
+The survival-weighted escape F(x) = integral p dE = p_found E(x) + Pi(x): E is read at the
+founding times, Pi = integral (p - p_found) dE by the trapezoid rule on `founding_grid`
+(HISTORY_CELLS cells before the first node, closed form there; COURSE_CELLS cells over the
+course, read from the solve), with the last, partial cell up to the read itself.
 """
 
 from __future__ import annotations
@@ -49,7 +55,7 @@ import numpy as np
 from dormancy_model.model.clock import GrowthClock
 
 HISTORY_CELLS = 128  # founding-grid cells before the clock's first node (closed form there)
-COURSE_CELLS = 96  # founding-grid cells from the first node to the last (solve reads)
+COURSE_CELLS = 48  # founding-grid cells from the first node to the last (solve reads)
 HISTORY_SPAN = 12.0  # the grid starts HISTORY_SPAN / r days before the first node
 
 
@@ -211,14 +217,15 @@ def clone_clock(growth: GrowthClock, lam, death) -> CloneClock:
     cell_net = r * (b - a) - lam * (growth.delay[1:] - growth.delay[:-1])
     beta = jnp.exp(-cell_net)
 
-    def compose(later, earlier):  # B = a1 + b1 (a2 + b2 B'), 1 the earlier cell (a reverse
-        a2, b2 = later            # scan passes the accumulated later cells first)
-        a1, b1 = earlier
-        return a1 + b1 * a2, b1 * b2
-
-    acc_a, acc_b = jax.lax.associative_scan(compose, (alpha, beta), reverse=True)
     tail = lam / r
-    big_b = jnp.concatenate([acc_a + acc_b * tail, jnp.asarray(tail, dt)[None]])
+
+    def back(b_next, ab):  # B(a) = alpha + beta B(b), cell by cell from the last
+        a_i, b_i = ab
+        b_here = a_i + b_i * b_next
+        return b_here, b_here
+
+    _, b_nodes = jax.lax.scan(back, jnp.asarray(tail, dt), (alpha, beta), reverse=True)
+    big_b = jnp.concatenate([b_nodes, jnp.asarray(tail, dt)[None]])
     net = r * (t - t[0]) - lam * growth.delay
     # cell maxima of G (an interior maximum where the gate crosses death / lam downwards)
     xm = _cell_max_x((c0, c1, c2), lam, death, jnp.ones_like(c0))
@@ -272,8 +279,9 @@ class FoundingReads(eqx.Module):
     t0: jax.Array
 
     def saves(self, t0):
-        """The grid times the solve must give E at (floored at t0; the history is closed)."""
-        return jnp.maximum(self.times, t0)
+        """The grid times the solve must give E at: the course part of the grid (after the
+        HISTORY_CELLS history points, whose E is the history's closed form), floored at t0."""
+        return jnp.maximum(self.times[..., HISTORY_CELLS:], t0)
 
 
 def _reads_one(times, delay, rho, lam, death, tau, log_s, t, t0, y):
@@ -327,11 +335,13 @@ def _pi_at(x, e_x, pi_x, times, e_grid, big_pi, pi_grid):
 def survival_correction(escaped_founding, escaped_lagged, reads: FoundingReads, weights, t0):
     """sum_q w_q (Pi(e*_q(t)) - Pi(e*_q(t0))) (..., T), Pi(x) = integral_-inf^x (p - p_found) dE
     by the trapezoid rule on the founding grid (`_pi_at` in the last cell): `escaped_founding`
-    E at `reads.saves(t0)` (..., J), the history's closed form before t0; `escaped_lagged`
+    E at `reads.saves(t0)` (..., J - HISTORY_CELLS), the history's closed form before t0;
+    `escaped_lagged`
     (..., T, K) E at the founding times where they are after t0 (the history's before);
     `weights` (K,) the lag rule's."""
     escaped_est = jnp.where(reads.est > t0, escaped_lagged, reads.history_est)
-    e = jnp.where(reads.before, reads.history, escaped_founding)
+    full = jnp.concatenate([reads.history[..., :HISTORY_CELLS], escaped_founding], axis=-1)
+    e = jnp.where(reads.before, reads.history, full)
     inc = 0.5 * (reads.pi[..., 1:] + reads.pi[..., :-1]) * jnp.diff(e, axis=-1)
     big_pi = jnp.concatenate([jnp.zeros_like(inc[..., :1]), jnp.cumsum(inc, axis=-1)], axis=-1)
     at_fn = jnp.vectorize(_pi_at, signature="(),(),(),(j),(j),(j),(j)->()")
