@@ -152,7 +152,7 @@ def _convolved(tr, p, t, schedule=None):
     Under EVE (`schedule` with EVE) the law of `model.founding`: integral f_Y(y)
     F(e*(y, t)) dy with e*(y, t) the clone clock's founding time for the latest switch the
     lesion clock has detected by t, F(x) = integral_0^x p dE by the trapezoid rule on the
-    trajectory's grid (p from the clone clock), y on a 0.0025 grid over [-45, 5]: the check
+    trajectory's grid (p from the clone clock), y on a 0.005 grid over [-45, 5]: the check
     of the 12-node rule in y and of the founding grid's trapezoid (96 cells) against fine
     ones, with the package's clocks (tests/model/test_model.py checks those against
     scipy)."""
@@ -165,7 +165,7 @@ def _convolved(tr, p, t, schedule=None):
         growth = C.dosing_clock(p64, Dosing.from_schedule(schedule).eve, 0.0,
                                 float(times[-1]))
         cc = Fd.clone_clock(growth, p64["lambda_p"], p64["delta_p"])
-        y = np.linspace(-45.0, 5.0, 20_001)
+        y = np.linspace(-45.0, 5.0, 10_001)
         w = np.exp(y - np.exp(y))
         w /= w.sum()
         surv = np.asarray(jax.vmap(cc.survival)(jnp.asarray(times)))
