@@ -106,7 +106,11 @@ class CloneClock(eqx.Module):
 
     def level_at(self, e):
         """H(e): closed form before the first node, G - ln(lambda_p / r) after the last, and in
-        between B(e) from the next node's by the 3-point rule over [e, next node]."""
+        between B(e) from the next node's by the Gauss rule over [e, next node]."""
+        return self.level_and_net(e)[0]
+
+    def level_and_net(self, e):
+        """(H(e), G(e)) (`level_at`, `net_at`; one evaluation of G)."""
         r, lam = self.rate, self.lam
         t = self.times
         u = jnp.exp(jnp.minimum(r * (e - t[0]), 0.0))
@@ -123,13 +127,14 @@ class CloneClock(eqx.Module):
             -(self.net_at(s) - g_e[..., None])), axis=-1)
         big_b = part + jnp.exp(-(self.net[i + 1] - g_e)) * self.backward[i + 1]
         inner = g_e - jnp.log(big_b)
-        return jnp.where(e < t[0], before, jnp.where(e >= t[-1], after, inner))
+        return jnp.where(e < t[0], before, jnp.where(e >= t[-1], after, inner)), g_e
 
     def survival(self, e):
         """p(e), the probability that a clone founded at e escapes extinction: e^(H(e) - G(e))."""
-        return jnp.exp(self.level_at(e) - self.net_at(e))
+        h, g = self.level_and_net(e)
+        return jnp.exp(h - g)
 
-    def founded_by(self, level, newton: int = 3):
+    def founded_by(self, level, newton: int = 2):
         """H^-1(level): the latest founding time e with H(e) <= level. Closed forms outside the
         nodes; inside, the cell from the nodes' H, then Newton from the linear guess
         (H' = b p)."""
@@ -146,8 +151,8 @@ class CloneClock(eqx.Module):
         ha, hb = self.level[i], self.level[i + 1]
         e = jnp.where(hb > ha, a + (b - a) * (level - ha) / jnp.where(hb > ha, hb - ha, 1.0), b)
         for _ in range(newton):
-            h = self.level_at(e)
-            slope = lam * self.growth.rate(e) * jnp.exp(h - self.net_at(e))
+            h, g = self.level_and_net(e)
+            slope = lam * self.growth.rate(e) * jnp.exp(h - g)
             step = (h - level) / jnp.maximum(slope, 1e-30)
             e = jnp.clip(jnp.where(slope > 0, e - step, e), a, b)
         return jnp.where(level < lo, before, jnp.where(level > hi, after, e))
@@ -285,26 +290,38 @@ class FoundingReads(eqx.Module):
 
 
 def _reads_one(times, delay, rho, lam, death, tau, log_s, t, t0, y):
+    # every clock quantity is evaluated once on the concatenation of the times it is needed at
+    # (each evaluation compiles its own cell searches: one call instead of several keeps the
+    # program, and its compile time, small)
     growth = GrowthClock(times, delay, rho)
     cc = clone_clock(growth, lam, death)
-    sigma = t - tau - growth.lost_back(t, tau)  # latest switch detected by t (lesion clock)
-    sigma0 = t0 - tau - growth.lost_back(t0, tau)
-    lvl = cc.peak_at(sigma)[:, None] - log_s + y  # (T, K)
-    raw = cc.founded_by(lvl)
+    n = t.shape[0]
+    tt = jnp.concatenate([t, jnp.reshape(t0, (1,)).astype(t.dtype)])
+    sig = tt - tau - growth.lost_back(tt, tau)  # latest switch detected by t (lesion clock)
+    peak = cc.peak_at(sig)
+    lvl = peak[:, None] - log_s + y  # (T + 1, K)
+    raw_all = cc.founded_by(lvl)
+    est_all = jnp.minimum(raw_all, sig[:, None])
+    raw, est, est0, sigma = raw_all[:n], est_all[:n], est_all[n], sig[:n]
     clamped = raw >= sigma[:, None]
-    est = jnp.minimum(raw, sigma[:, None])
-    est0 = jnp.minimum(cc.founded_by(cc.peak_at(sigma0) - log_s + y), sigma0)
+    grid = founding_grid(cc)
+    pts = jnp.concatenate([est_all.reshape(-1), grid, sigma])
+    surv = cc.survival(pts)
+    k = y.shape[0]
+    s_est, s_grid, s_sigma = surv[:(n + 1) * k], surv[(n + 1) * k:-n], surv[-n:]
+    rates = growth.rate(jnp.concatenate([est.reshape(-1), t, sigma]))
+    b_est = lam * rates[:n * k].reshape(n, k)
     # h = sum_q w_q F'(e*) de*/dt, F' = p flux, de*/dt = G'(sigma) sigma' / (b(e*) p(e*))
     # (sigma' = rho(t) / rho(sigma), the lesion factor); e* clamped at sigma: de*/dt = sigma'
-    b_est = lam * growth.rate(est)
-    scale = jnp.where(clamped, cc.survival(sigma)[:, None],
-                      cc.slope_at(sigma)[:, None] / jnp.maximum(b_est, 1e-30))
-    factor = growth.rate(t) / growth.rate(sigma)
-    grid = founding_grid(cc)
+    rho_sigma = rates[n * k + n:]
+    # G'(sigma) where G is at its running maximum (`CloneClock.slope_at`), else 0
+    slope = jnp.where(cc.net_at(sigma) >= peak[:n] - 1e-12,
+                      jnp.maximum(lam * rho_sigma - death, 0.0), 0.0)
+    scale = jnp.where(clamped, s_sigma[:, None], slope[:, None] / jnp.maximum(b_est, 1e-30))
+    factor = rates[n * k:n * k + n] / rho_sigma
     pu = 1.0 - death / lam
-    pi = cc.survival(grid) - pu
-    return (est, est0, scale, factor, grid, pi, cc.survival(est) - pu,
-            cc.survival(est0) - pu)
+    s_est = s_est.reshape(n + 1, k)
+    return est, est0, scale, factor, grid, s_grid - pu, s_est[:n] - pu, s_est[n] - pu
 
 
 def clone_reads(clock: GrowthClock, lam, death, tau, t, t0, y, switch_size):

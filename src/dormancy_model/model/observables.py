@@ -598,13 +598,13 @@ def _lesion_cells_clock(ts, grid, esc_g, p, switch_size, nodes, batch, clock, g,
     ok = pf > 0
     cc = F.clone_clock(clock, jnp.where(ok, p["lambda_p"], 1.0),
                        jnp.where(ok, p["delta_p"], 0.5))
-    level = cc.level_at(grid)  # (M + 1,)
+    level, net = cc.level_and_net(grid)  # (M + 1,)
     switch = jnp.maximum(cc.reached_peak(level[None, :] + jnp.log(switch_size) - y[:, None]),
                          grid[None, :])  # (K, M + 1)
     kv = clock.at(switch)  # (K, M + 1) clock of the switch times
     lo, hi = kv[:, :-1], kv[:, 1:]
     width = hi - lo
-    surv = cc.survival(grid)
+    surv = jnp.exp(level - net)  # p(e) on the grid
     found = 0.5 * (surv[1:] + surv[:-1]) * (esc_g[1:] - esc_g[:-1])
     flux = found[None, :] / jnp.where(width > 0, width, 1.0)
 
