@@ -99,11 +99,6 @@ class CloneClock(eqx.Module):
         after = jnp.maximum(at_node, self.net_at(t))
         return jnp.where(t < self.times[0], self.net_at(t), jnp.where(inside, cell, after))
 
-    def slope_at(self, t):
-        """G'(t) = b(t) - d where G is at its running maximum (the switch level moves), else 0."""
-        g = self.lam * self.growth.rate(t) - self.death
-        return jnp.where(self.net_at(t) >= self.peak_at(t) - 1e-12, jnp.maximum(g, 0.0), 0.0)
-
     def level_at(self, e):
         """H(e): closed form before the first node, G - ln(lambda_p / r) after the last, and in
         between B(e) from the next node's by the Gauss rule over [e, next node]."""
@@ -314,7 +309,7 @@ def _reads_one(times, delay, rho, lam, death, tau, log_s, t, t0, y):
     # h = sum_q w_q F'(e*) de*/dt, F' = p flux, de*/dt = G'(sigma) sigma' / (b(e*) p(e*))
     # (sigma' = rho(t) / rho(sigma), the lesion factor); e* clamped at sigma: de*/dt = sigma'
     rho_sigma = rates[n * k + n:]
-    # G'(sigma) where G is at its running maximum (`CloneClock.slope_at`), else 0
+    # G'(sigma) = b - d where G is at its running maximum (the switch level moves), else 0
     slope = jnp.where(cc.net_at(sigma) >= peak[:n] - 1e-12,
                       jnp.maximum(lam * rho_sigma - death, 0.0), 0.0)
     scale = jnp.where(clamped, s_sigma[:, None], slope[:, None] / jnp.maximum(b_est, 1e-30))
