@@ -75,6 +75,12 @@ class GrowthClock(eqx.Module):
     delay: jax.Array
     rho: jax.Array
 
+    def coefficients(self, i=slice(None)):
+        """Quadratic coefficients (c0, c1, c2) of rho in the local coordinate x of cell(s) i
+        (all cells by default): rho = c0 + c1 x + c2 x^2 through the 3 Gauss-point values."""
+        r1, r2, r3 = self.rho[i, 0], self.rho[i, 1], self.rho[i, 2]
+        return r2, (r3 - r1) / (2.0 * _S), (0.5 * (r1 + r3) - r2) / (_S * _S)
+
     def _local(self, t):
         """(cell i, half width, local coordinate x in [-1, 1], quadratic coefficients of rho
         in x) of t's cell."""
@@ -83,9 +89,7 @@ class GrowthClock(eqx.Module):
         half = 0.5 * (b - a)
         pos = half > 0
         x = jnp.clip(jnp.where(pos, (t - a) / jnp.where(pos, half, 1.0) - 1.0, -1.0), -1.0, 1.0)
-        r1, r2, r3 = self.rho[i, 0], self.rho[i, 1], self.rho[i, 2]
-        coef = (r2, (r3 - r1) / (2.0 * _S), (0.5 * (r1 + r3) - r2) / (_S * _S))
-        return i, half, x, coef
+        return i, half, x, self.coefficients(i)
 
     @staticmethod
     def _integral(half, x, coef):
@@ -119,8 +123,7 @@ class GrowthClock(eqx.Module):
                      -1.0, 1.0)
         a = self.times[i]
         half = 0.5 * (self.times[i + 1] - a)
-        r1, r2, r3 = self.rho[i, 0], self.rho[i, 1], self.rho[i, 2]
-        coef = (r2, (r3 - r1) / (2.0 * _S), (0.5 * (r1 + r3) - r2) / (_S * _S))
+        coef = self.coefficients(i)
         c0, c1, c2 = coef
         for _ in range(4):
             slope = half * jnp.maximum(c0 + x * (c1 + x * c2), 1e-6)

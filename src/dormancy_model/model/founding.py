@@ -197,16 +197,14 @@ def clone_clock(growth: GrowthClock, lam, death) -> CloneClock:
     r = lam - death
     a, b = t[:-1], t[1:]
     half = 0.5 * (b - a)
-    s3 = float(np.sqrt(3.0 / 5.0))
-    r1, r2, r3 = growth.rho[:, 0], growth.rho[:, 1], growth.rho[:, 2]
-    c0, c1, c2 = r2, (r3 - r1) / (2.0 * s3), (0.5 * (r1 + r3) - r2) / (s3 * s3)
+    c0, c1, c2 = growth.coefficients()
+    per_cell = (c0[:, None], c1[:, None], c2[:, None])
 
     def rho(xx):  # the clock's quadratic gate, per cell
-        return c0[:, None] + xx * (c1[:, None] + xx * c2[:, None])
+        return per_cell[0] + xx * (per_cell[1] + xx * per_cell[2])
 
-    def integral(xx):  # half * int_{-1}^{xx} rho, per cell
-        return half[:, None] * (c0[:, None] * (xx + 1.0) + c1[:, None] * 0.5 * (xx * xx - 1.0)
-                                + c2[:, None] * (xx * xx * xx + 1.0) / 3.0)
+    def integral(xx):  # half * int_{-1}^{xx} rho, per cell (the clock's own formula)
+        return GrowthClock._integral(half[:, None], xx, per_cell)
 
     gx, gw = (jnp.asarray(v, dt) for v in _gauss(QUAD_POINTS))
     xs = jnp.broadcast_to(gx, (a.shape[0], QUAD_POINTS))
